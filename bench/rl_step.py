@@ -1,0 +1,82 @@
+"""Time of one RL iteration (rollout, rewards, update) against the bare UNet compute inside it.
+
+    python bench/rl_step.py [--batch 4] [--steps 4] [--patch 192] [--rounds 3] [--device cpu]
+
+Runs ``--rounds`` darl rounds from the shipped SFT model on a pool of
+``--batch`` samples (pool difficulty is timed apart and left out), then
+times the UNet work such an iteration contains, with the same shapes:
+``steps`` rollout forwards, and per PPO epoch K = steps - 1 policy
+forward+backward passes, K reference forwards (KL) and one SFT
+forward+backward. Prints medians and the ratio iteration / bare compute
+(target <= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.rl import darl, train_rl  # noqa: E402
+
+
+def bare_compute(batch: int, steps: int, patch: int, epochs: int, device: str, repeats: int) -> float:
+    unet = load_pipeline(None, device).unet
+    x = torch.randn(batch, 6, patch, patch, device=device)
+    t = torch.full((batch,), 500, device=device)
+    k = steps - 1
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(steps):
+                unet(x, t)
+            for _ in range(epochs * k):
+                unet(x, t)  # reference forward for the KL
+        for _ in range(epochs * (k + 1)):  # policy passes, plus the SFT pass
+            unet(x, t).sample.float().pow(2).mean().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()
+    return statistics.median(once() for _ in range(repeats))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=192)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reward", default="niqe")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(darl(), output=tmp, rounds=args.rounds, batch_size=args.batch, pool_size=args.batch,
+                      hard_fraction=1.0, num_steps=args.steps, patch=args.patch, reward=args.reward,
+                      val_every=0, ckpt_every=10_000, device=args.device)
+        train_rl(cfg)
+        recs = [json.loads(line) for line in open(Path(tmp) / "metrics.jsonl")]
+    iters = [r["round_s"] - r["difficulty_s"] for r in recs[1:]]  # the first round warms up
+    it = statistics.median(iters)
+    bare = bare_compute(args.batch, args.steps, args.patch, cfg.epochs, args.device, 3)
+    print(f"darl iteration: batch {args.batch}, {args.steps} DDIM steps, {args.patch}px, {cfg.epochs} PPO epochs, "
+          f"reward {args.reward}, device {args.device}, {torch.get_num_threads()} threads")
+    print(f"median iteration (rollout + rewards + update) {it:.3f} s over {len(iters)} rounds")
+    print(f"median bare UNet compute inside it           {bare:.3f} s")
+    print(f"ratio                                         {it / bare:.3f}  (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

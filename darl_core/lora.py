@@ -1,0 +1,72 @@
+"""LoRA on a diffusers UNet through peft, for models whose class has no PEFT mixin.
+
+The reference (SFT) policy of the RL loss is the same network with its
+adapters switched off (``adapters_disabled``), so no second copy is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+__all__ = ["add_lora", "adapters_disabled", "lora_state_dict", "load_lora_state_dict", "merged_copy"]
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_shortcut", "time_emb_proj"]
+
+
+def add_lora(unet: torch.nn.Module, rank: int = 8, alpha: float | None = None) -> torch.nn.Module:
+    """Inject LoRA adapters into the attention and ResNet layers; only they are trainable."""
+    present = {n.split(".")[-1] for n, _ in unet.named_modules()} | {
+        ".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()}
+    targets = [t for t in TARGETS if t in present]
+    cfg = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights="gaussian")
+    unet.requires_grad_(False)
+    inject_adapter_in_model(cfg, unet)
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    unet._darl_lora = {"rank": rank, "alpha": alpha or rank, "targets": targets}
+    return unet
+
+
+def _tuner_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:
+    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet: torch.nn.Module) -> Iterator[None]:
+    """Run the base (reference) model: adapters off inside the block."""
+    layers = _tuner_layers(unet)
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+
+
+def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return get_peft_model_state_dict(unet)
+
+
+def load_lora_state_dict(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    set_peft_model_state_dict(unet, state)
+
+
+def merged_copy(unet: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Module:
+    """``fresh`` (an adapter-free UNet of the same config) loaded with base + LoRA merged weights."""
+    work = copy.deepcopy(unet)
+    for m in _tuner_layers(work):
+        m.merge()
+    state = {}
+    for k, v in work.state_dict().items():
+        if "lora_" in k:
+            continue
+        state[k.replace(".base_layer", "")] = v
+    fresh.load_state_dict(state)
+    return fresh

@@ -1,0 +1,276 @@
+"""IQA rewards: a registry over pyiqa, oriented once so that higher is better.
+
+    reward = create_reward("niqe")                 # -NIQE
+    reward = create_reward("niqe + 0.02*piqe")     # -(NIQE) - 0.02 PIQE
+    reward = create_reward("psnr")                 # full-reference: reward(img, ref=gt)
+    reward(images)                                 # (B,) tensor, higher is better
+
+Composite syntax: terms joined by ``+`` (or ``-``, which negates the weight);
+a term is ``NAME``, ``W*NAME`` or ``NAME*W`` with W a number. The weight
+multiplies the *oriented* score: every metric is first turned so that
+higher is better (``-score`` where pyiqa says ``lower_better``), so a
+positive weight always means "more of this quality". With
+``normalize=True`` each oriented score is mapped to about [0, 1] with the
+ranges of ``NORM_RANGES`` (ours, chosen from typical values on natural
+images) or, for other metrics, pyiqa's documented ``score_range``.
+
+Offline. NIQE uses the official pristine-model parameters of Mittal et al.
+(shipped in ``assets/``, see its README), so it never downloads. Metrics that
+need network weights (MUSIQ, CLIPIQA, Q-Align, LPIPS, BRISQUE's SVM, ...)
+load from the pyiqa / torch-hub / Hugging Face caches when the files are
+there; otherwise construction fails at once with ``MissingWeightsError``
+naming the file and how to fetch it. While a metric is built, every network
+connection is refused, so nothing can hang on the network.
+
+Metric objects are built once per (name, device) and reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["Metric", "MissingWeightsError", "NORM_RANGES", "Reward", "ScoreMeta", "create_reward",
+           "get_metric", "list_metrics", "parse_spec"]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+NIQE_PARAMS = ASSETS / "niqe_pris_params.mat"
+
+# Smallest side each metric accepts, and the side from which its score means something.
+MIN_SIDE = {"niqe": 96, "niqe_matlab": 96, "ilniqe": 96, "brisque": 32, "piqe": 16, "ssim": 11}
+RELIABLE_SIDE = {"niqe": 192, "niqe_matlab": 192, "ilniqe": 192}
+
+# (lo, hi) of the raw score for normalize=True; typical spans on natural images [ours].
+NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0), "psnr": (15.0, 40.0),
+               "ssim": (0.0, 1.0), "lpips": (0.0, 1.0), "musiq": (0.0, 100.0), "clipiqa": (0.0, 1.0),
+               "qalign": (1.0, 5.0), "topiq_nr": (0.0, 1.0), "maniqa": (0.0, 1.0)}
+
+# On the CPU these score faster one image at a time than as a batch (bench/rewards.py on 2 cores,
+# 16 images of 256 px: batched/serial throughput 0.86 for NIQE, 0.85 for PIQE), so Metric loops there.
+SERIAL_ON_CPU = {"niqe", "piqe"}
+
+# Metrics pyiqa computes with no weights file, plus NIQE with our shipped parameters.
+OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
+           "nlpd", "mad", "vsi")
+
+
+class MissingWeightsError(RuntimeError):
+    """A learned metric's weights are not cached and the network may not be used."""
+
+
+@dataclass(frozen=True)
+class ScoreMeta:
+    """What a cached score depends on: the store keys its cache on this."""
+
+    metric: str  # pyiqa metric name
+    pyiqa_version: str  # version of the package that computed it
+    params_hash: str  # sha1 of the metric options (and parameter file), 12 hex digits
+
+    def as_dict(self) -> dict[str, str]:
+        return {"metric": self.metric, "pyiqa_version": self.pyiqa_version, "params_hash": self.params_hash}
+
+
+_build_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_network(metric: str) -> Iterator[None]:
+    """Refuse downloads and connections while a metric is built (fail fast, never hang)."""
+    import huggingface_hub.constants as hfc
+    import pyiqa.utils.download_util as pdl
+    import torch.hub as th
+
+    def refuse_download(url: str, dst: str, *a: object, **k: object) -> None:
+        raise MissingWeightsError(
+            f"metric {metric!r} needs {Path(dst).name}, which is not in the cache ({Path(dst).parent}). "
+            f"On a connected machine run: python -c \"import pyiqa; pyiqa.create_metric('{metric}')\" "
+            f"(or download {url} into {Path(dst).parent}), then copy that folder here.")
+
+    def refuse_connect(self: socket.socket, *a: object) -> None:
+        raise MissingWeightsError(
+            f"metric {metric!r} tried to reach the network for weights that are not cached "
+            f"(pyiqa cache: {pdl.DEFAULT_CACHE_DIR}; Hugging Face cache: {hfc.HF_HUB_CACHE}). "
+            f"Build it once on a connected machine (python -c \"import pyiqa; pyiqa.create_metric('{metric}')\") "
+            f"and copy the caches here.")
+
+    saved = (pdl.download_url_to_file, th.download_url_to_file, socket.socket.connect, hfc.HF_HUB_OFFLINE,
+             os.environ.get("HF_HUB_OFFLINE"))
+    with _build_lock:
+        pdl.download_url_to_file = refuse_download
+        th.download_url_to_file = refuse_download
+        socket.socket.connect = refuse_connect  # type: ignore[method-assign]
+        hfc.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            yield
+        finally:
+            pdl.download_url_to_file, th.download_url_to_file, socket.socket.connect, hfc.HF_HUB_OFFLINE = saved[:4]
+            if saved[4] is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = saved[4]
+
+
+def list_metrics() -> list[str]:
+    """Every metric name pyiqa knows (learned ones need cached weights)."""
+    import pyiqa
+
+    return pyiqa.list_models()
+
+
+class Metric:
+    """One pyiqa metric, built once; ``__call__`` returns raw scores (B,)."""
+
+    def __init__(self, name: str, device: str | torch.device = "cpu"):
+        import pyiqa
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        if name not in DEFAULT_CONFIGS:
+            raise ValueError(f"unknown metric {name!r}; see darl_core.rewards.list_metrics()")
+        opts: dict[str, object] = {}
+        if name == "niqe":
+            opts["pretrained_model_path"] = str(NIQE_PARAMS)
+        self.name = name
+        self.device = torch.device(device)
+        with _no_network(name):
+            try:
+                self.net = pyiqa.create_metric(name, device=self.device, **opts)
+            except MissingWeightsError:
+                raise
+            except (OSError, ValueError) as e:
+                # transformers / timm report a refused or offline download as OSError/ValueError
+                raise MissingWeightsError(f"metric {name!r} could not load its weights offline: {e}") from e
+        self.lower_better = bool(self.net.lower_better)
+        self.full_reference = self.net.metric_mode == "FR"
+        self.min_side = MIN_SIDE.get(name, 1)
+        cfg = dict(DEFAULT_CONFIGS[name]["metric_opts"], **opts)
+        if name == "niqe":
+            cfg["pretrained_model_path"] = hashlib.sha1(NIQE_PARAMS.read_bytes()).hexdigest()
+        digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.meta = ScoreMeta(name, pyiqa.__version__, digest)
+        rng = DEFAULT_CONFIGS[name].get("score_range")
+        self.norm_range = NORM_RANGES.get(name) or _parse_range(rng)
+
+    def check_size(self, x: torch.Tensor) -> None:
+        side = min(x.shape[-2:])
+        if side < self.min_side:
+            raise ValueError(f"{self.name} needs images at least {self.min_side} px a side, got "
+                             f"{x.shape[-2]}x{x.shape[-1]}")
+        if side < RELIABLE_SIDE.get(self.name, 0):
+            warnings.warn(f"{self.name} is unreliable below {RELIABLE_SIDE[self.name]} px a side "
+                          f"(got {side})", stacklevel=3)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw scores of a (B, 3, H, W) batch in [0, 1] (``ref`` for full-reference metrics)."""
+        if x.ndim == 3:
+            x = x[None]
+        self.check_size(x)
+        if self.full_reference:
+            if ref is None:
+                raise ValueError(f"{self.name} is a full-reference metric: pass ref= (the ground truth)")
+            if ref.ndim == 3:
+                ref = ref[None]
+            if ref.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"{self.name}: image {tuple(x.shape[-2:])} and reference "
+                                 f"{tuple(ref.shape[-2:])} differ in size")
+            out = self.net(x.float().clamp(0, 1).to(self.device), ref.float().clamp(0, 1).to(self.device))
+        else:
+            x = x.float().clamp(0, 1).to(self.device)
+            if self.device.type == "cpu" and self.name in SERIAL_ON_CPU:
+                out = torch.cat([self.net(x[i : i + 1]).reshape(-1) for i in range(x.shape[0])])
+            else:
+                out = self.net(x)
+        return out.reshape(-1).float().cpu()
+
+    def oriented(self, raw: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Raw scores turned so that higher is better (and mapped to ~[0, 1] if ``normalize``)."""
+        if normalize:
+            lo, hi = self.norm_range
+            z = (raw - lo) / (hi - lo)
+            return 1 - z if self.lower_better else z
+        return -raw if self.lower_better else raw
+
+
+def _parse_range(text: str | None) -> tuple[float, float]:
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text or "")]
+    return (nums[0], nums[1]) if len(nums) == 2 and nums[1] > nums[0] else (0.0, 1.0)
+
+
+@lru_cache(maxsize=None)
+def _cached_metric(name: str, device: str) -> Metric:
+    return Metric(name, device)
+
+
+def get_metric(name: str, device: str | torch.device = "cpu") -> Metric:
+    """The shared Metric object for ``name`` on ``device`` (built on first use)."""
+    return _cached_metric(name.strip().lower(), str(torch.device(device)))
+
+
+_NUM = r"\d*\.?\d+(?:e[-+]?\d+)?"
+_TERM = re.compile(rf"(?P<sign>[+-]?)(?:(?P<w1>{_NUM})\*)?(?:\[(?P<qname>[^\]]+)\]|(?P<name>[a-z][a-z0-9_]*))"
+                   rf"(?:\*(?P<w2>[-+]?{_NUM}))?")
+
+
+def parse_spec(spec: str) -> list[tuple[float, str]]:
+    """``"niqe + 0.02*piqe"`` -> [(1.0, "niqe"), (0.02, "piqe")]; raises ValueError on bad syntax.
+
+    Names holding ``-`` or ``+`` (``musiq-koniq``, ``clipiqa+``) go in brackets: ``[clipiqa+]``.
+    """
+    text = re.sub(r"\s*([+*-])\s*", r"\1", spec.strip().lower())
+    if re.search(r"\s", text):
+        raise ValueError(f"cannot parse reward spec {spec!r}: join terms with + or -")
+    terms, pos = [], 0
+    while pos < len(text):
+        m = _TERM.match(text, pos)
+        if not m or m.end() == pos or (pos > 0 and not m.group("sign")):
+            raise ValueError(f"cannot parse reward spec {spec!r} at {text[pos:]!r}; "
+                             f"write NAME, W*NAME or NAME*W joined by + or -")
+        w = float(m.group("w1") or 1.0) * float(m.group("w2") or 1.0)
+        terms.append((-w if m.group("sign") == "-" else w, m.group("qname") or m.group("name")))
+        pos = m.end()
+    if not terms:
+        raise ValueError("empty reward spec")
+    return terms
+
+
+class Reward:
+    """A weighted sum of oriented metrics; ``reward(images, ref)`` -> (B,) higher is better."""
+
+    def __init__(self, spec: str, device: str | torch.device = "cpu", normalize: bool = False):
+        self.spec = spec
+        self.normalize = normalize
+        self.terms = [(w, get_metric(name, device)) for w, name in parse_spec(spec)]
+        self.full_reference = any(m.full_reference for _, m in self.terms)
+        self.min_side = max(m.min_side for _, m in self.terms)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for _, m in self.terms]
+
+    def raw(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Raw score of every term's metric."""
+        return {m.name: m(x, ref) for _, m in self.terms}
+
+    def from_raw(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(w * m.oriented(raw[m.name], self.normalize) for w, m in self.terms)
+
+    def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_raw(self.raw(x, ref))
+
+
+def create_reward(spec: str, device: str | torch.device = "cpu", normalize: bool = False) -> Reward:
+    """Resolve a reward spec (one metric or a weighted composite) to a Reward."""
+    return Reward(spec, device, normalize)

@@ -1,0 +1,507 @@
+"""Difficulty-adaptive RL fine-tuning with an IQA reward (PAPER.md), and its ablations.
+
+One round, for a batch of m inputs drawn from the hardest part of the pool:
+
+ 1. rollout with the policy frozen as theta_old (DDIM, eta > 0), keeping
+    x_t, x_{t-1} and log p_old of every stochastic transition;
+ 2. stepwise reward: transition x_t -> x_{t-1} is credited with the reward of
+    the clean image predicted *from its result* x_{t-1} (the next step's
+    x0_hat; the final image for the last one) [ours: the consequence of the
+    sampled action, so the credit is causal]. ``reward_last_k`` limits the
+    scored transitions to the last k (the others take the final image's
+    reward), since IQA scores of very noisy predictions are unreliable;
+ 3. advantages from a per-input reward memory keyed by (sample id, step),
+    normalised and clipped (batch statistics while a buffer is short);
+ 4. L = 1/m sum_i [ w_i L_RL,i + lambda_sft (1 - w_i) L_SFT,i ] + beta KL
+    with the PPO-clipped L_RL (mean over transitions), the v-prediction
+    diffusion loss L_SFT where a ground truth exists, and the closed-form KL
+    between the Gaussians of the policy and the frozen reference (SFT)
+    policy, ||mu - mu_ref||^2 / (2 sigma_t^2), averaged over pixels like the
+    log-probabilities (see sampler.py);
+ 5. w_i from relative difficulty (difficulty.relative_weights), recomputed
+    over the whole pool every ``difficulty_every`` rounds with the current
+    policy, so samples migrate from RL to SFT as they get easier.
+
+The ablations are presets of the same loop (``PRESETS``): ``sft`` (w = 0,
+no KL: SFT only, same rounds and batch), ``rl_uniform`` (w = 1, no SFT, no
+KL: plain DDPO with the IQA reward), ``rl_gt_reward`` (the full method with
+PSNR as the reward) and ``darl``.
+
+Training reports through ``callbacks`` (``on_round(record)``,
+``on_checkpoint(path, record)``, ``should_stop() -> bool``) and imports
+neither Gradio nor the store. Randomness comes from one generator whose
+state is checkpointed, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
+from .data import PatchSampler, folder_images
+from .degrade import degrade, get_preset
+from .difficulty import difficulty, relative_weights
+from .images import load_rgb, pil_to_tensor
+from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict, merged_copy
+from .pipeline import RestorationPipeline, Trajectory, load_pipeline
+from .rewards import Reward, create_reward
+from .sampler import ddim_step
+from .train_sft import SFTConfig, diffusion_loss, validation_set
+
+__all__ = ["PRESETS", "PoolSample", "RLConfig", "RewardMemory", "build_pool", "get_rl_preset", "policy_losses",
+           "ppo_loss", "train_rl"]
+
+Callbacks = dict[str, Callable[..., object]]
+
+
+@dataclass
+class RLConfig:
+    output: str = "runs/rl"  # folder for checkpoints, metrics.jsonl, difficulty.jsonl and the final model
+    base_model: str | None = None  # SFT model (folder or Hub id; None: the shipped one); also the KL reference
+    method: str = "darl"  # label of the ablation this config is (darl, sft, rl_uniform, rl_gt_reward)
+    reward: str = "niqe"  # reward spec, see rewards.create_reward (e.g. "niqe", "niqe + 0.02*piqe", "psnr")
+    reward_normalize: bool = False  # map each reward term to ~[0, 1] before weighting
+    adaptive_weight: bool = True  # w_i from relative difficulty; False: w_i = uniform_weight
+    uniform_weight: float = 1.0  # w for every sample when adaptive_weight is False (1: pure RL, 0: pure SFT)
+    lambda_sft: float = 1.0  # weight of the SFT loss (times 1 - w_i)
+    beta_kl: float = 0.05  # weight of the KL to the reference policy (0: none)
+    num_steps: int = 4  # DDIM steps of a rollout (the last one is deterministic)
+    eta: float = 1.0  # DDIM eta of rollouts (> 0: stochastic policy)
+    reward_last_k: int = 0  # score the consequences of the last k transitions only (0: all)
+    rounds: int = 60  # RL rounds (rollout + update)
+    batch_size: int = 8  # inputs per round (m)
+    patch: int = 192  # side of the training crops (NIQE is reliable from 192 px)
+    epochs: int = 2  # optimiser steps per round over the round's rollouts (PPO inner epochs)
+    clip_range: float = 1e-4  # PPO clip range of the ratio (DDPO's value)
+    adv_clip: float = 5.0  # advantages are clipped to [-adv_clip, adv_clip]
+    lr: float = 1e-5  # AdamW learning rate
+    grad_clip: float = 1.0  # global gradient-norm clip
+    memory_size: int = 16  # rewards kept per (sample, step)
+    memory_min: int = 4  # below this many, advantages use batch statistics
+    difficulty_metric: str = "ssim"  # full-reference distance for difficulty (ssim: d = 1 - SSIM)
+    difficulty_every: int = 1  # recompute pool difficulty every N rounds
+    q_lo: float = 0.25  # pool quantile mapped to w = 0
+    q_hi: float = 0.75  # pool quantile mapped to w = 1
+    hard_fraction: float = 0.5  # the RL batch is drawn from this hardest fraction of the pool
+    pool_size: int = 64  # size of a synthetic pool
+    task: str = "blind"  # degradation preset of a synthetic pool
+    hq_folder: str | None = None  # HQ images for a synthetic pool (default: the built-in training photos)
+    pairs_folder: str | None = None  # pool from a folder with lq/ and gt/ subfolders (same file names)
+    samples_file: str | None = None  # pool from a JSON list of {"id", "lq", "gt"?} (the app's flagged samples)
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank (reference = adapters off)
+    val_every: int = 10  # validate every N rounds (0: never)
+    ckpt_every: int = 10  # checkpoint every N rounds
+    seed: int = 0  # seeds the pool, the batches, rollouts and SFT noise
+    device: str = "auto"  # cpu, cuda, or auto
+    bf16: bool = False  # bf16 autocast for model forwards (CUDA; fp32 keeps the ratio exact)
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+
+
+def darl() -> RLConfig:
+    """The full method with the IQA reward (NIQE, offline)."""
+    return RLConfig()
+
+
+def sft() -> RLConfig:
+    """Ablation: SFT loss only, same rounds and batch (no rollouts)."""
+    return replace(RLConfig(), method="sft", adaptive_weight=False, uniform_weight=0.0, beta_kl=0.0)
+
+
+def rl_uniform() -> RLConfig:
+    """Ablation: plain DDPO-style RL with the IQA reward (w = 1, no SFT, no KL)."""
+    return replace(RLConfig(), method="rl_uniform", adaptive_weight=False, uniform_weight=1.0,
+                   lambda_sft=0.0, beta_kl=0.0)
+
+
+def rl_gt_reward() -> RLConfig:
+    """Ablation: the full method with a ground-truth reward (PSNR)."""
+    return replace(RLConfig(), method="rl_gt_reward", reward="psnr")
+
+
+def tiny_test() -> RLConfig:
+    """Seconds on a CPU with a tiny random model: the tests' config."""
+    return replace(RLConfig(), reward="psnr", num_steps=3, rounds=2, batch_size=2, patch=32, pool_size=4,
+                   val_every=0, ckpt_every=1, memory_min=2, clip_range=0.2, lr=1e-3)
+
+
+PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_uniform": rl_uniform,
+                                              "rl_gt_reward": rl_gt_reward, "tiny_test": tiny_test}
+
+
+def get_rl_preset(name: str) -> RLConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown RL preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# ----------------------------------------------------------------------------- pool
+
+@dataclass
+class PoolSample:
+    id: str  # stable key across rounds (the reward memory and the logs use it)
+    lq: torch.Tensor  # (3, P, P) degraded input in [0, 1]
+    gt: torch.Tensor | None  # (3, P, P) ground truth, or None
+
+
+def _fit(x: torch.Tensor, side: int, g: torch.Generator | None = None) -> tuple[int, int, torch.Tensor]:
+    """A ``side`` crop (random with ``g``, else centred) of x, enlarged first if it is smaller."""
+    if min(x.shape[1:]) < side:
+        s = side / min(x.shape[1:])
+        x = torch.nn.functional.interpolate(x[None], size=(max(side, round(x.shape[1] * s)),
+                                                           max(side, round(x.shape[2] * s))),
+                                            mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+    h, w = x.shape[1:]
+    if g is None:
+        y0, x0 = (h - side) // 2, (w - side) // 2
+    else:
+        y0 = int(torch.randint(h - side + 1, (1,), generator=g))
+        x0 = int(torch.randint(w - side + 1, (1,), generator=g))
+    return y0, x0, x[:, y0 : y0 + side, x0 : x0 + side]
+
+
+def build_pool(cfg: RLConfig) -> list[PoolSample]:
+    """The training pool the config names: samples file, pairs folder, or synthetic degradations."""
+    g = torch.Generator().manual_seed(cfg.seed + 17)
+    if cfg.samples_file:
+        items = json.loads(Path(cfg.samples_file).read_text())
+        pool = []
+        for it in items:
+            lq = pil_to_tensor(load_rgb(it["lq"]))
+            gt = pil_to_tensor(load_rgb(it["gt"])) if it.get("gt") else None
+            if gt is not None and gt.shape != lq.shape:
+                raise ValueError(f"sample {it['id']}: LQ {tuple(lq.shape)} and GT {tuple(gt.shape)} differ in size")
+            y0, x0, lq_c = _fit(lq, cfg.patch)
+            gt_c = _fit(gt, cfg.patch)[2] if gt is not None else None
+            pool.append(PoolSample(str(it["id"]), lq_c, gt_c))
+        return pool
+    if cfg.pairs_folder:
+        root = Path(cfg.pairs_folder)
+        lqs = dict(folder_images(root / "lq", 1))
+        gts = dict(folder_images(root / "gt", 1))
+        pool = []
+        for name in sorted(lqs):
+            if name not in gts:
+                raise ValueError(f"{root / 'lq' / name} has no ground truth {root / 'gt' / name}")
+            lq, gt = pil_to_tensor(lqs[name]), pil_to_tensor(gts[name])
+            both = _fit(torch.cat([lq, gt]), cfg.patch, g)[2]
+            pool.append(PoolSample(name, both[:3], both[3:]))
+        return pool
+    sampler = PatchSampler.from_sources(cfg.patch, cfg.seed + 23, cfg.hq_folder, cfg.hq_folder is None,
+                                        n_dead_leaves=0 if cfg.patch > 64 else 2)
+    hq = sampler.sample(cfg.pool_size)
+    lq = degrade(hq, get_preset(cfg.task), g)
+    return [PoolSample(f"syn-{k:04d}", lq[k], hq[k]) for k in range(cfg.pool_size)]
+
+
+# ----------------------------------------------------------------------------- advantages
+
+class RewardMemory:
+    """Recent rewards per key; advantages normalised per key (DDPO's per-prompt tracker)."""
+
+    def __init__(self, size: int, min_count: int):
+        self.size, self.min_count = size, min_count
+        self.buffers: dict[str, deque[float]] = {}
+
+    def advantages(self, keys: list[str], rewards: torch.Tensor, clip: float) -> torch.Tensor:
+        """Add ``rewards`` under ``keys``, then return clip((r - mean) / (std + 1e-6))."""
+        r = rewards.detach().float().cpu()
+        b_mean, b_std = float(r.mean()), float(r.std(unbiased=False))
+        out = torch.empty_like(r)
+        for i, (k, v) in enumerate(zip(keys, r.tolist())):
+            buf = self.buffers.setdefault(k, deque(maxlen=self.size))
+            buf.append(v)
+            if len(buf) >= self.min_count:
+                t = torch.tensor(buf)
+                mean, std = float(t.mean()), float(t.std(unbiased=False))
+            else:
+                mean, std = b_mean, b_std
+            out[i] = (v - mean) / (std + 1e-6)
+        return out.clamp(-clip, clip)
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.buffers = {k: deque(v, maxlen=self.size) for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- loss
+
+def ppo_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PAPER.md Eq. 4 per sample: max(-A rho, -A clip(rho, 1 - eps, 1 + eps))."""
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
+
+
+def policy_losses(policy: RestorationPipeline, traj: Trajectory, k: int, adv: torch.Tensor, eta: float,
+                  clip_range: float, ref_unet: torch.nn.Module | None, use_adapters_off: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample PPO loss, KL, ratio and clipped flag of transition ``k`` (with grad)."""
+    t, x_t, x_prev = traj.timesteps[k], traj.x_t[k], traj.x_prev[k]
+    out = policy.predict(x_t, t, traj.cond).float()
+    step = ddim_step(policy.scheduler, out, t, x_t, eta=eta, prev_sample=x_prev)
+    ratio = torch.exp(step.log_prob - traj.log_prob[k])
+    loss = ppo_loss(ratio, adv.to(ratio), clip_range)
+    kl = torch.zeros_like(loss)
+    if ref_unet is not None or use_adapters_off:
+        with torch.no_grad():
+            if use_adapters_off:
+                with adapters_disabled(policy.unet):
+                    ref_out = policy.predict(x_t, t, traj.cond).float()
+            else:
+                inp = torch.cat([x_t, traj.cond], 1)
+                tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+                ref_out = ref_unet(inp, tt).sample.float()
+            ref_mean = ddim_step(policy.scheduler, ref_out, t, x_t, eta=eta, prev_sample=x_prev).mean
+        kl = ((step.mean - ref_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * step.std**2)
+    clipped = ((ratio - 1).abs() > clip_range).float()
+    return loss, kl, ratio.detach(), clipped
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+@torch.no_grad()
+def _restore(policy: RestorationPipeline, lq: torch.Tensor, steps: int, chunk: int = 16) -> torch.Tensor:
+    # Fixed noise seed: difficulty and validation are comparable from round to round.
+    return torch.cat([policy.restore_tensor(lq[i : i + chunk], steps, eta=0.0, tile_size=None,
+                                            generator=torch.Generator().manual_seed(1234 + i))
+                      for i in range(0, lq.shape[0], chunk)])
+
+
+def _pool_difficulty(policy: RestorationPipeline, pool: list[PoolSample], cfg: RLConfig,
+                     device: torch.device) -> torch.Tensor:
+    """d for every pool sample (+inf where there is no GT: flagged samples always count as hard)."""
+    d = torch.full((len(pool),), math.inf)
+    idx = [i for i, s in enumerate(pool) if s.gt is not None]
+    if idx:
+        lq = torch.stack([pool[i].lq for i in idx])
+        gt = torch.stack([pool[i].gt for i in idx])  # type: ignore[misc]
+        d[idx] = difficulty(_restore(policy, lq, cfg.num_steps), gt, cfg.difficulty_metric, device)
+    return d
+
+
+def _choose(d: torch.Tensor, eligible: torch.Tensor, cfg: RLConfig, g: torch.Generator) -> torch.Tensor:
+    """Indices of a batch drawn from the hardest ``hard_fraction`` of the eligible pool."""
+    cand = torch.nonzero(eligible).flatten()
+    if cand.numel() == 0:
+        raise ValueError("no pool sample can be trained on (an FR reward needs ground truths)")
+    order = cand[torch.argsort(d[cand], descending=True, stable=True)]
+    top = order[: max(1, math.ceil(cfg.hard_fraction * order.numel()))]
+    if top.numel() >= cfg.batch_size:
+        return top[torch.randperm(top.numel(), generator=g)[: cfg.batch_size]]
+    return top[torch.randint(top.numel(), (cfg.batch_size,), generator=g)]
+
+
+@torch.no_grad()
+def _validate(policy: RestorationPipeline, val: tuple[torch.Tensor, torch.Tensor], reward: Reward | None,
+              cfg: RLConfig, device: torch.device) -> dict[str, float]:
+    from .rewards import get_metric
+
+    lq, hq = val
+    out = _restore(policy, lq, cfg.num_steps)
+    rec = {"val_psnr": float(get_metric("psnr", device)(out, hq).mean()),
+           "val_ssim": float(get_metric("ssim", device)(out, hq).mean())}
+    if reward is not None:
+        rec["val_reward"] = float(reward(out, hq if reward.full_reference else None).mean())
+    return rec
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool = False,
+             callbacks: Callbacks | None = None) -> Path:
+    """Run the rounds of ``cfg``; returns the folder of the exported final model."""
+    callbacks = callbacks or {}
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    # Policy, and the frozen reference it is kept close to (the SFT model).
+    policy = load_pipeline(cfg.base_model, device)
+    unet = policy.unet
+    if cfg.lora_rank:
+        add_lora(unet, cfg.lora_rank)
+    ref_unet = None
+    if cfg.beta_kl > 0 and not cfg.lora_rank:
+        ref_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+
+    pool = pool if pool is not None else build_pool(cfg)
+    if not pool:
+        raise ValueError("the training pool is empty")
+    needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0
+    reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
+    has_gt = torch.tensor([s.gt is not None for s in pool])
+    eligible = has_gt if (reward is not None and reward.full_reference) or not needs_rl else torch.ones_like(has_gt)
+    memory = RewardMemory(cfg.memory_size, cfg.memory_min)
+    diff: torch.Tensor | None = None
+    start = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        # Exact resume: weights, optimiser, reward memory, pool difficulty and the generator.
+        state = torch.load(ckpt / "train_state.pt", map_location=device, weights_only=False)
+        if cfg.lora_rank:
+            load_lora_state_dict(unet, state["unet"])
+        else:
+            unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        memory.load_state_dict(state["memory"])
+        diff, start = state["difficulty"], state["round"]
+        g.set_state(state["generator"])
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    val = None
+    if cfg.val_every:
+        val = validation_set(SFTConfig(val_crops=8))
+    metrics_log = open(out / "metrics.jsonl", "a")
+    diff_log = open(out / "difficulty.jsonl", "a")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    def export(path: Path) -> None:
+        unet.eval()
+        if cfg.lora_rank:
+            fresh = merged_copy(unet, build_unet_like(unet))
+            RestorationPipeline(fresh, policy.scheduler, policy.config.residual_scale,
+                                policy.config.upscale).save_pretrained(path)
+        else:
+            policy.save_pretrained(path)
+
+    def checkpoint(rnd: int, rec: dict[str, object]) -> None:
+        state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
+                 "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
+                 "round": rnd, "generator": g.get_state(), "config": asdict(cfg)}
+        path = save_checkpoint(out, rnd, export, state)
+        if "on_checkpoint" in callbacks:
+            callbacks["on_checkpoint"](path, rec)
+
+    if start == 0 and val is not None:
+        unet.eval()
+        with autocast:
+            rec0 = {"round": 0, **_validate(policy, val, reward, cfg, device)}
+        metrics_log.write(json.dumps(rec0) + "\n")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True)
+    t_start = time.time()
+    for rnd in range(start, cfg.rounds):
+        t0 = time.time()
+        unet.eval()
+        # 1. Difficulty of every pool sample under the current policy, and the batch from the hardest part.
+        if diff is None or rnd % cfg.difficulty_every == 0:
+            with autocast:
+                diff = _pool_difficulty(policy, pool, cfg, device)
+        t_diff = time.time() - t0
+        idx = _choose(diff, eligible, cfg, g)
+        ids = [pool[i].id for i in idx.tolist()]
+        lq = torch.stack([pool[i].lq for i in idx.tolist()]).to(device)
+        gt_mask = has_gt[idx].to(device)
+        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()]).to(device)
+        finite = diff[has_gt]
+        if cfg.adaptive_weight:
+            w = relative_weights(diff[idx].clamp(max=1e9), finite if finite.numel() else None,
+                                 cfg.q_lo, cfg.q_hi, has_gt[idx])
+        else:
+            w = torch.full((len(ids),), float(cfg.uniform_weight))
+        w = w.to(device)
+        rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
+                                  "d_mean": float(finite.mean()) if finite.numel() else None}
+        diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
+                                   "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
+                                   "batch": ids, "w": w.tolist()}) + "\n")
+
+        # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
+        rl_active = reward is not None and float(w.max()) > 0
+        if rl_active:
+            with autocast:
+                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, g)
+            K = len(traj.timesteps)
+            ref = gt if reward.full_reference else None
+            final_r = reward(traj.final, ref)
+            scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
+            step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
+                          traj.step_index[k] + 1 < len(traj.pred_image) - 1 else final_r) for k in range(K)}
+            # 3. Advantages against each input's own reward history at that step.
+            adv = {k: memory.advantages([f"{i}@{k}" for i in ids], step_r[k], cfg.adv_clip) for k in range(K)}
+            rec["reward"] = float(final_r.mean())
+            rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
+        sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
+        sft_active = float(sft_w.max()) > 0
+
+        # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
+        #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
+        unet.train()
+        logs: dict[str, list[float]] = {"kl": [], "ratio": [], "clip_frac": [], "loss_rl": [], "loss_sft": [],
+                                        "grad_norm": []}
+        for _ in range(cfg.epochs if (rl_active or sft_active) else 0):
+            opt.zero_grad(set_to_none=True)
+            if rl_active:
+                # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
+                for k in range(K):
+                    with autocast:
+                        loss_k, kl_k, ratio_k, clip_k = policy_losses(
+                            policy, traj, k, adv[k], cfg.eta, cfg.clip_range, ref_unet,
+                            cfg.lora_rank > 0 and cfg.beta_kl > 0)
+                    (((w * loss_k).mean() + cfg.beta_kl * kl_k.mean()) / K).backward()
+                    logs["kl"].append(float(kl_k.detach().mean()))
+                    logs["ratio"].append(float(ratio_k.mean()))
+                    logs["clip_frac"].append(float(clip_k.mean()))
+                    logs["loss_rl"].append(float((w * loss_k).detach().mean()))
+            if sft_active:
+                # SFT loss where a ground truth exists, weighted by 1 - w_i.
+                with autocast:
+                    l_sft = diffusion_loss(policy, unet, lq, gt, generator=g, reduce=False)
+                (sft_w * l_sft).mean().backward()
+                logs["loss_sft"].append(float(l_sft.detach().mean()))
+            params = [p for p in unet.parameters() if p.requires_grad]
+            logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+            opt.step()
+        rec.update({k: sum(v) / len(v) for k, v in logs.items() if v})
+        rec["round_s"] = round(time.time() - t0, 3)
+        rec["difficulty_s"] = round(t_diff, 3)
+
+        # 5. Validation, logging, checkpoints, stop flag.
+        done = rnd + 1
+        if val is not None and done % cfg.val_every == 0:
+            unet.eval()
+            with autocast:
+                rec.update(_validate(policy, val, reward, cfg, device))
+        metrics_log.write(json.dumps(rec) + "\n")
+        metrics_log.flush()
+        diff_log.flush()
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
+                         and isinstance(v, float)})
+        if "on_round" in callbacks:
+            callbacks["on_round"](rec)
+        stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
+        stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
+        if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
+            checkpoint(done, rec)
+        if stop:
+            break
+    bar.close()
+    metrics_log.close()
+    diff_log.close()
+    return atomic_dir(out / "model", export)
+
+
+def build_unet_like(unet: torch.nn.Module) -> torch.nn.Module:
+    """An adapter-free UNet with ``unet``'s config (for exporting merged LoRA weights)."""
+    from diffusers import UNet2DModel
+
+    cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    return UNet2DModel.from_config(cfg).to(unet.device, unet.dtype)

@@ -1,0 +1,29 @@
+"""CLI of the RL fine-tuning (see darl_core.rl for the method).
+
+    python -m darl_core.train_rl --preset darl --base-model models/sft-blind --output runs/darl
+    python -m darl_core.train_rl --preset rl_uniform --output runs/rl_uniform
+    python -m darl_core.train_rl --preset darl --output runs/darl --resume
+    python -m darl_core.train_rl --preset darl --samples-file flagged.json   # the app's hard samples
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import add_config_args, config_from_args
+from .rl import PRESETS, RLConfig, train_rl
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Difficulty-adaptive RL fine-tuning of a DARL restorer.")
+    ap.add_argument("--preset", default="darl", choices=sorted(PRESETS),
+                    help="the method or an ablation: darl, sft, rl_uniform, rl_gt_reward (tiny_test for tests)")
+    ap.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT/latest")
+    add_config_args(ap, RLConfig)
+    args = ap.parse_args(argv)
+    path = train_rl(config_from_args(PRESETS[args.preset](), args), resume=args.resume)
+    print(f"model written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Supervised fine-tuning (SFT) of the restorer on synthetic (LQ, HQ) pairs.
+
+    python -m darl_core.train_sft --preset cpu --output runs/sft
+    python -m darl_core.train_sft --preset gpu --output runs/sft --hq-folder ~/DIV2K/train
+    python -m darl_core.train_sft --output runs/sft --resume      # continue from runs/sft/latest
+
+The loss is the v-prediction MSE of the residual diffusion (see pipeline.py):
+for a random timestep t and noise n, x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) n
+and the UNet, given (x_t, LQ), predicts v = sqrt(abar_t) n - sqrt(1-abar_t) x0.
+Weights are tracked with an exponential moving average (EMA); checkpoints and
+the exported model hold the EMA weights, which sample better.
+
+Validation restores a fixed set of crops of the *training* photos, degraded
+with a seed the training stream never uses, and logs PSNR/SSIM next to those
+of the plain input. The held-out photos are kept for evaluation alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
+from .data import TRAIN_IMAGES, PatchSampler, builtin_image
+from .degrade import degrade, get_preset
+from .images import pil_to_tensor
+from .pipeline import RestorationPipeline, build_unet, load_pipeline, make_scheduler
+
+__all__ = ["SFTConfig", "train_sft", "PRESETS"]
+
+
+@dataclass
+class SFTConfig:
+    output: str = "runs/sft"  # folder for checkpoints, metrics.jsonl and the final model
+    task: str = "blind"  # degradation preset (darl_core.degrade.PRESETS)
+    unet_size: str = "small"  # UNet architecture for a fresh model (tiny, small)
+    init_from: str | None = None  # start from this model folder / Hub id instead of a fresh UNet
+    hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
+    builtin: bool = True  # use the built-in training photos (see darl_core.data)
+    dead_leaves: int = 40  # procedural dead-leaves images per data stream
+    patch: int = 128  # side of the training patches
+    batch_size: int = 16  # patches per step
+    steps: int = 20_000  # optimisation steps in total
+    lr: float = 2e-4  # peak AdamW learning rate
+    warmup: int = 500  # linear warm-up steps, then cosine decay to 10%
+    ema_decay: float = 0.999  # EMA decay of the exported weights
+    grad_clip: float = 1.0  # global gradient-norm clip
+    residual_scale: float = 0.5  # x0 = (HQ - LQ) * 2 / residual_scale, see pipeline.py
+    val_every: int = 1000  # validate every N steps (0: never)
+    val_steps: int = 10  # DDIM steps of the validation restores
+    val_crops: int = 8  # validation crops (192 px)
+    ckpt_every: int = 1000  # checkpoint every N steps
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+    num_workers: int = 0  # data-loader processes (0: in the training process)
+    seed: int = 0  # seeds the model init and the data stream
+    device: str = "auto"  # cpu, cuda, or auto
+    bf16: bool = False  # bf16 autocast for the forward/backward (CUDA)
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    export_fp16: bool = False  # store the exported model in float16 (half the size; loads as float32)
+
+
+def cpu() -> SFTConfig:
+    """Hours on a laptop-class CPU."""
+    return SFTConfig(batch_size=8, patch=96, steps=30_000, val_every=2000, ckpt_every=500)
+
+
+def gpu() -> SFTConfig:
+    """One modern GPU; the shipped model was trained with this preset."""
+    return SFTConfig(batch_size=48, patch=128, steps=200_000, lr=3e-4, warmup=500, num_workers=12,
+                     bf16=True, val_every=2000, ckpt_every=2000, device="cuda", export_fp16=True)
+
+
+def tiny_test() -> SFTConfig:
+    """Seconds on a CPU: the tests' config."""
+    return SFTConfig(unet_size="tiny", builtin=False, dead_leaves=2, patch=32, batch_size=2, steps=4,
+                     val_every=2, val_steps=2, val_crops=1, ckpt_every=2, warmup=1)
+
+
+PRESETS: dict[str, Callable[[], SFTConfig]] = {"default": SFTConfig, "cpu": cpu, "gpu": gpu,
+                                               "tiny_test": tiny_test}
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless (LQ, HQ) batches; each worker draws from its own seeded stream."""
+
+    def __init__(self, cfg: SFTConfig, start_step: int):
+        self.cfg, self.start_step = cfg, start_step
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info else 0
+        if info:
+            torch.set_num_threads(1)
+        # A resumed run continues with a fresh stream (seeded by the step) rather than replaying one.
+        seed = self.cfg.seed * 100_003 + wid * 7919 + self.start_step
+        sampler = PatchSampler.from_sources(self.cfg.patch, seed, self.cfg.hq_folder, self.cfg.builtin,
+                                            self.cfg.dead_leaves)
+        g = torch.Generator().manual_seed(seed + 1)
+        task = get_preset(self.cfg.task)
+        while True:
+            hq = sampler.sample(self.cfg.batch_size)
+            yield degrade(hq, task, g), hq
+
+
+def validation_set(cfg: SFTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed (LQ, HQ) crops of the training photos (or dead leaves), at a seed training never uses."""
+    size = 192
+    if cfg.builtin:
+        imgs = [pil_to_tensor(builtin_image(n)) for n in TRAIN_IMAGES[: cfg.val_crops]]
+        hq = torch.stack([x[:, (x.shape[1] - size) // 2 :][:, :size, (x.shape[2] - size) // 2 :][:, :, :size]
+                          for x in imgs])
+    else:
+        hq = PatchSampler.from_sources(size, 999_999, None, False, cfg.val_crops).sample(cfg.val_crops)
+    lq = degrade(hq, get_preset(cfg.task), torch.Generator().manual_seed(987_654_321))
+    return lq, hq
+
+
+def lr_at(cfg: SFTConfig, step: int, elapsed_s: float) -> float:
+    """Warm-up, then cosine decay to 10%. With ``max_minutes`` the decay follows whichever
+    of steps or wall time runs out first, so a time-boxed run still ends at a low LR."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    if cfg.max_minutes:
+        p = max(p, elapsed_s / (60 * cfg.max_minutes))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def diffusion_loss(pipe: RestorationPipeline, unet: torch.nn.Module, lq: torch.Tensor, hq: torch.Tensor,
+                   generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
+    """v-prediction MSE for a batch of pairs (per-sample means when ``reduce`` is False)."""
+    cond = pipe.condition(lq)
+    x0 = pipe.to_x0(hq, cond)
+    sched = pipe.scheduler
+    b = x0.shape[0]
+    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    x_t = sched.add_noise(x0, noise, t)
+    target = sched.get_velocity(x0, noise, t)
+    pred = unet(torch.cat([x_t, cond], 1), t).sample
+    err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return err.mean() if reduce else err
+
+
+@torch.no_grad()
+def validate(pipe: RestorationPipeline, lq: torch.Tensor, hq: torch.Tensor, steps: int) -> dict[str, float]:
+    from .rewards import get_metric
+
+    out = torch.cat([pipe.restore_tensor(lq[i : i + 1], steps, generator=torch.Generator().manual_seed(i))
+                     for i in range(lq.shape[0])])
+    psnr, ssim = get_metric("psnr"), get_metric("ssim")
+    return {"val_psnr": float(psnr(out, hq).mean()), "val_ssim": float(ssim(out, hq).mean())}
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callable[..., None]] | None = None
+              ) -> Path:
+    """Train; returns the folder of the exported final model (``output/model``)."""
+    callbacks = callbacks or {}
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    # Model: fresh, or from a pretrained restorer; the EMA copy is what gets exported.
+    if cfg.init_from:
+        pipe = load_pipeline(cfg.init_from)
+    else:
+        pipe = RestorationPipeline(build_unet(cfg.unet_size, cfg.seed), make_scheduler(), cfg.residual_scale)
+    unet = pipe.unet.to(device).train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    export = RestorationPipeline(ema, pipe.scheduler, pipe.config.residual_scale, pipe.config.upscale)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        # Resume: weights, EMA, optimiser, LR schedule and RNG state of the last complete checkpoint.
+        state = torch.load(ckpt / "train_state.pt", map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    loader = iter(torch.utils.data.DataLoader(PairStream(cfg, step), batch_size=None,
+                                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                              persistent_workers=cfg.num_workers > 0,
+                                              prefetch_factor=4 if cfg.num_workers else None))
+    val_lq, val_hq = validation_set(cfg)
+    log = open(out / "metrics.jsonl", "a")
+    if step == 0 and cfg.val_every:
+        from .rewards import get_metric
+        base = {"step": 0, "input_psnr": float(get_metric("psnr")(val_lq, val_hq).mean()),
+                "input_ssim": float(get_metric("ssim")(val_lq, val_hq).mean())}
+        log.write(json.dumps(base) + "\n")
+
+    def checkpoint() -> None:
+        save_checkpoint(out, step, lambda p: export.save_pretrained(p),
+                        {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "rng": torch.get_rng_state(), "step": step,
+                         "config": asdict(cfg)}, keep=cfg.keep_checkpoints)
+
+    t_start = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step, time.time() - t_start)
+        lq, hq = next(loader)
+        lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = diffusion_loss(pipe, unet, lq, hq)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        opt.step()
+        # EMA with a warm-up so early checkpoints are not dominated by the random init.
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        bar.update(1)
+        rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": opt.param_groups[0]["lr"],
+               "elapsed_s": round(time.time() - t_start, 1)}
+        if cfg.val_every and step % cfg.val_every == 0:
+            rec.update(validate(export, val_lq, val_hq, cfg.val_steps))
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['val_psnr']:.2f}")
+        if step % 50 == 0 or "val_psnr" in rec:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if "on_step" in callbacks:
+            callbacks["on_step"](rec)
+        stop = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
+        stop = stop or bool("should_stop" in callbacks and callbacks["should_stop"]())
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop:
+            checkpoint()
+        if stop:
+            break
+    bar.close()
+    log.close()
+    if cfg.export_fp16:
+        export.to(torch.float16)
+    return atomic_dir(out / "model", lambda p: export.save_pretrained(p))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .cli import add_config_args, config_from_args
+
+    ap = argparse.ArgumentParser(description="SFT of the DARL restorer on synthetic degradations.")
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    ap.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest")
+    add_config_args(ap, SFTConfig)
+    args = ap.parse_args(argv)
+    path = train_sft(config_from_args(PRESETS[args.preset](), args), resume=args.resume)
+    print(f"model written to {path}")
+
+
+if __name__ == "__main__":
+    main()

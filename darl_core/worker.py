@@ -1,0 +1,147 @@
+"""Background job worker: claims queued fine-tune jobs from the store and runs the RL trainer.
+
+    python -m darl_core.worker                 # loop forever (the run command starts one)
+    python -m darl_core.worker --once          # run at most one job, then exit
+
+A job's config holds ``preset`` (darl, sft, rl_uniform, rl_gt_reward) and
+any RLConfig fields; its frozen ``sample_ids`` are the training pool. The
+worker writes the pool as a samples file, trains into
+``{data_dir}/jobs/{id}/`` and reports through the trainer's callbacks:
+progress, metrics and a log line per round, a heartbeat (also from a
+background thread, since a round can outlast the stale timeout), and the
+cancel flag as the trainer's stop flag. The final model folder is written
+atomically by the trainer and registered as a Checkpoint, child of the base
+model, with its last validation numbers.
+
+At start, running jobs whose heartbeat is older than ``--stale-after``
+seconds (their worker died) are re-queued (``--requeue-stale``, the
+default), and resume exactly from their last checkpoint, or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from storage import IllegalTransition, Job, Store
+
+from .checkpoint import latest_checkpoint
+from .pipeline import DEFAULT_MODEL
+from .rl import RLConfig, get_rl_preset, train_rl
+
+__all__ = ["job_config", "run_job", "run_worker"]
+
+
+def job_config(job: Job, out_dir: Path, samples_file: Path) -> RLConfig:
+    """The RLConfig a job's stored config describes."""
+    conf = dict(job.config)
+    cfg = get_rl_preset(conf.pop("preset", "darl"))
+    known = {f.name for f in fields(RLConfig)}
+    unknown = set(conf) - known
+    if unknown:
+        raise ValueError(f"unknown config fields {sorted(unknown)}")
+    conf.update(output=str(out_dir), samples_file=str(samples_file), val_every=conf.get("val_every", 0))
+    return replace(cfg, **conf)
+
+
+def _write_pool(store: Store, job: Job, path: Path) -> None:
+    items = []
+    for sid in job.sample_ids:
+        s = store.sample(int(sid))
+        items.append({"id": f"sample-{s.id}", "lq": str(store.path(s.lq_path)),
+                      "gt": str(store.path(s.gt_path)) if s.gt_path else None})
+    path.write_text(json.dumps(items, indent=1))
+
+
+def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
+    """Train one claimed job to a terminal state (succeeded, failed or cancelled)."""
+    out = store.dir / "jobs" / str(job.id)
+    out.mkdir(parents=True, exist_ok=True)
+    cancel = threading.Event()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(heartbeat_s):
+            if store.heartbeat(job.id):
+                cancel.set()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        samples = out / "samples.json"
+        _write_pool(store, job, samples)
+        cfg = job_config(job, out, samples)
+        resume = latest_checkpoint(out) is not None  # a re-queued job continues where it stopped
+        store.heartbeat(job.id, log_line=f"{'resuming' if resume else 'starting'} {cfg.method} "
+                                          f"on {len(job.sample_ids)} samples, {cfg.rounds} rounds")
+        last: dict[str, Any] = {}
+
+        def on_round(rec: dict[str, Any]) -> None:
+            last.update(rec)
+            nums = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float)) and k != "round"}
+            store.add_metrics(job.id, int(rec["round"]), nums)
+            line = f"round {rec['round']}/{cfg.rounds} " + " ".join(
+                f"{k}={nums[k]:.4g}" for k in ("reward", "kl", "loss_sft", "val_psnr") if k in nums)
+            if store.heartbeat(job.id, progress=rec["round"] / cfg.rounds, log_line=line):
+                cancel.set()
+
+        model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set})
+        if cancel.is_set():
+            store.transition(job.id, "cancelled")
+            return
+        base = cfg.base_model or str(DEFAULT_MODEL)
+        parent = store.register_checkpoint(str(Path(base).resolve()) if Path(base).exists() else base,
+                                           Path(base).name)
+        evaluation = {k: float(v) for k, v in last.items() if k.startswith("val_") or k in ("reward", "d_mean")}
+        store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
+                                  job_id=job.id, evaluation=evaluation)
+        store.transition(job.id, "succeeded")
+    except Exception as e:  # the job fails; the worker lives on
+        try:
+            store.transition(job.id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        except IllegalTransition:
+            pass
+    finally:
+        done.set()
+        thread.join()
+
+
+def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float = 2.0,
+               stale_after_s: float = 120.0, requeue_stale: bool = True) -> int:
+    """Claim and run jobs; returns how many ran (``once``: at most one)."""
+    store.recover_stale(stale_after_s, requeue_stale)
+    ran = 0
+    while True:
+        job = store.claim_job(worker_id)
+        if job is None:
+            if once:
+                return ran
+            time.sleep(poll_s)
+            continue
+        run_job(store, job)
+        ran += 1
+        if once:
+            return ran
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Run queued DARL fine-tune jobs from the store.")
+    ap.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    ap.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
+    ap.add_argument("--stale-after", type=float, default=120.0, help="heartbeat age that marks a dead worker")
+    ap.add_argument("--fail-stale", action="store_true", help="fail stale jobs instead of re-queueing them")
+    ap.add_argument("--worker-id", default=f"{socket.gethostname()}:{os.getpid()}")
+    args = ap.parse_args(argv)
+    run_worker(Store(), args.worker_id, args.once, args.poll, args.stale_after, not args.fail_stale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""SQLAlchemy 2 typed models of the app's store.
+
+Sample      an uploaded / flagged image (unique content hash), LQ and optional GT blob
+Flag        append-only flag history; unflagging is a new event (``flagged = False``)
+Score       a cached metric value of (sample, model checkpoint or input, metric, params hash)
+Job         an RL fine-tune job: config, state, progress, heartbeat, frozen sample list
+Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted
+Metric      a (job, step, name, value) training metric
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "Checkpoint", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "Score", "utcnow"]
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the LQ bytes
+    lq_path: Mapped[str] = mapped_column(String(512))  # relative to the data directory
+    gt_path: Mapped[str | None] = mapped_column(String(512))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(64), default="upload")
+    task: Mapped[str] = mapped_column(String(32), default="blind")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    flags: Mapped[list[Flag]] = relationship(back_populates="sample", order_by="Flag.id")
+
+
+class Flag(Base):
+    __tablename__ = "flags"
+    __table_args__ = (Index("ix_flags_sample", "sample_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    flagged: Mapped[bool] = mapped_column(Boolean, default=True)  # False: an unflag event
+    user: Mapped[str] = mapped_column(String(128), default="anonymous")
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    difficulty: Mapped[float | None] = mapped_column(Float)  # estimate shown when flagged
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    sample: Mapped[Sample] = relationship(back_populates="flags")
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("sample_id", "model", "metric", "params_hash", name="uq_score"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(512))  # checkpoint path, or "input"
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    params_hash: Mapped[str] = mapped_column(String(32))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # a JobState
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # RLConfig fields
+    sample_ids: Mapped[list[Any]] = mapped_column(JSON)  # frozen training pool (Sample ids)
+    user: Mapped[str] = mapped_column(String(128), default="anonymous")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    worker: Mapped[str | None] = mapped_column(String(128))
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # training processes
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="RESTRICT"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job", "job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)

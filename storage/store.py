@@ -1,0 +1,325 @@
+"""The store's API: everything the app and the job worker read and write.
+
+Images are stored content-addressed on disk under ``{data_dir}/blobs/``
+(sha256 of the bytes; written to a temporary file and renamed), rows in the
+database. Adding the same image twice, even concurrently, gives one Sample.
+
+Jobs follow a state machine: queued -> running -> succeeded | failed |
+cancelled, queued -> cancelled, and running -> queued (re-queued after a
+worker died, to resume from its last checkpoint). Terminal states are final;
+every transition is a conditional UPDATE, so two processes cannot both make
+one. Workers claim jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL and an atomic conditional ``UPDATE ... RETURNING`` on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import StoreUnavailable, data_dir, make_engine, migrate
+from .models import JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score, utcnow
+
+__all__ = ["FlaggedRow", "IllegalTransition", "Store", "TRANSITIONS"]
+
+TRANSITIONS: dict[str, set[str]] = {
+    "queued": {"running", "cancelled"},
+    "running": {"succeeded", "failed", "cancelled", "queued"},
+    "succeeded": set(),
+    "failed": set(),
+    "cancelled": set(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A job state change the state machine does not allow (or that another process made first)."""
+
+
+@dataclass
+class FlaggedRow:
+    sample_id: int
+    lq_path: Path
+    gt_path: Path | None
+    task: str
+    reason: str
+    note: str
+    user: str
+    difficulty: float | None
+    flagged_at: datetime
+    width: int
+    height: int
+
+
+class Store:
+    """One store = one database + one data directory."""
+
+    def __init__(self, url: str | None = None, directory: Path | None = None, auto_migrate: bool = True):
+        self.dir = Path(directory) if directory is not None else data_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = make_engine(url or _default_url(self.dir))
+        if auto_migrate:
+            migrate(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self._session.begin() as s:
+                yield s
+        except OperationalError as e:
+            raise StoreUnavailable(f"database {self.engine.url.render_as_string(hide_password=True)}: "
+                                   f"{e.orig}") from e
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # ------------------------------------------------------------------ blobs
+    def put_blob(self, data: bytes, suffix: str = ".png") -> str:
+        """Store bytes content-addressed; returns the path relative to the data directory."""
+        digest = hashlib.sha256(data).hexdigest()
+        rel = Path("blobs") / digest[:2] / f"{digest}{suffix}"
+        path = self.dir / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # same filesystem: atomic
+        return str(rel)
+
+    def path(self, rel: str) -> Path:
+        return self.dir / rel
+
+    # ------------------------------------------------------------------ samples and flags
+    def add_sample(self, lq_png: bytes, width: int, height: int, gt_png: bytes | None = None,
+                   source: str = "upload", task: str = "blind") -> int:
+        """Id of the Sample for these LQ bytes, created if new (idempotent, concurrency-safe)."""
+        digest = hashlib.sha256(lq_png).hexdigest()
+        lq_rel = self.put_blob(lq_png)
+        gt_rel = self.put_blob(gt_png) if gt_png is not None else None
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Sample)
+        values = {"content_hash": digest, "lq_path": lq_rel, "gt_path": gt_rel, "width": width, "height": height,
+                  "source": source, "task": task, "created_at": utcnow()}
+        with self.session() as s:
+            s.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["content_hash"]))
+            sample = s.scalars(select(Sample).where(Sample.content_hash == digest)).one()
+            if gt_rel is not None and sample.gt_path is None:
+                sample.gt_path = gt_rel  # a ground truth given later is kept
+            return sample.id
+
+    def sample(self, sample_id: int) -> Sample:
+        with self.session() as s:
+            obj = s.get(Sample, sample_id)
+            if obj is None:
+                raise KeyError(f"no sample {sample_id}")
+            return obj
+
+    def flag(self, sample_id: int, user: str = "anonymous", reason: str = "", note: str = "",
+             difficulty: float | None = None, flagged: bool = True) -> int:
+        """Append a flag (or, with ``flagged=False``, an unflag) event; returns its id."""
+        with self.session() as s:
+            if s.get(Sample, sample_id) is None:
+                raise KeyError(f"no sample {sample_id}")
+            f = Flag(sample_id=sample_id, flagged=flagged, user=user, reason=reason, note=note,
+                     difficulty=difficulty, created_at=utcnow())
+            s.add(f)
+            s.flush()
+            return f.id
+
+    def unflag(self, sample_id: int, user: str = "anonymous") -> int:
+        return self.flag(sample_id, user, reason="unflag", flagged=False)
+
+    def flagged(self, task: str | None = None, reason: str | None = None, since: datetime | None = None,
+                min_difficulty: float | None = None, max_difficulty: float | None = None) -> list[FlaggedRow]:
+        """Samples whose latest flag event is a flag, newest first, with optional filters."""
+        latest = select(func.max(Flag.id)).group_by(Flag.sample_id).scalar_subquery()
+        q = (select(Flag, Sample).join(Sample, Sample.id == Flag.sample_id)
+             .where(Flag.id.in_(latest), Flag.flagged.is_(True)).order_by(Flag.id.desc()))
+        if task:
+            q = q.where(Sample.task == task)
+        if reason:
+            q = q.where(Flag.reason == reason)
+        if since:
+            q = q.where(Flag.created_at >= since)
+        if min_difficulty is not None:
+            q = q.where(Flag.difficulty >= min_difficulty)
+        if max_difficulty is not None:
+            q = q.where(Flag.difficulty <= max_difficulty)
+        with self.session() as s:
+            return [FlaggedRow(sm.id, self.path(sm.lq_path), self.path(sm.gt_path) if sm.gt_path else None,
+                               sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height)
+                    for f, sm in s.execute(q).all()]
+
+    # ------------------------------------------------------------------ score cache
+    def get_score(self, sample_id: int, model: str, metric: str, params_hash: str) -> float | None:
+        with self.session() as s:
+            return s.scalar(select(Score.value).where(Score.sample_id == sample_id, Score.model == model,
+                                                      Score.metric == metric, Score.params_hash == params_hash))
+
+    def put_score(self, sample_id: int, model: str, metric: str, value: float, meta: dict[str, str]) -> None:
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Score)
+        with self.session() as s:
+            s.execute(ins.values(sample_id=sample_id, model=model, metric=metric, value=value,
+                                 params_hash=meta["params_hash"], meta=meta, created_at=utcnow())
+                      .on_conflict_do_nothing(index_elements=["sample_id", "model", "metric", "params_hash"]))
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, config: dict[str, Any], sample_ids: list[int], user: str = "anonymous") -> int:
+        with self.session() as s:
+            job = Job(state="queued", config=config, sample_ids=list(sample_ids), user=user, progress=0.0,
+                      cancel_requested=False, log="", attempts=0, created_at=utcnow())
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def job(self, job_id: int) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise KeyError(f"no job {job_id}")
+            return job
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        with self.session() as s:
+            return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+    def claim_job(self, worker: str) -> Job | None:
+        """Atomically take the oldest queued job and mark it running for ``worker``."""
+        now = utcnow()
+        with self.session() as s:
+            if self.dialect == "postgresql":
+                job_id = s.scalar(select(Job.id).where(Job.state == "queued").order_by(Job.id)
+                                  .limit(1).with_for_update(skip_locked=True))
+                if job_id is None:
+                    return None
+            else:
+                job_id = s.scalar(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1))
+                if job_id is None:
+                    return None
+            res = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
+                            .values(state="running", worker=worker, heartbeat=now, started_at=now,
+                                    attempts=Job.attempts + 1).returning(Job.id))
+            if res.scalar() is None:
+                return None
+            return s.get(Job, job_id)
+
+    def transition(self, job_id: int, new: JobState, error: str | None = None) -> None:
+        """Move a job to ``new``; raises IllegalTransition if its current state does not allow it."""
+        if new not in JOB_STATES:
+            raise IllegalTransition(f"unknown job state {new!r}")
+        allowed_from = [s for s, targets in TRANSITIONS.items() if new in targets]
+        values: dict[str, Any] = {"state": new}
+        if new in ("succeeded", "failed", "cancelled"):
+            values["finished_at"] = utcnow()
+        if new == "succeeded":
+            values["progress"] = 1.0
+        if new == "queued":
+            values["worker"] = None
+        if error is not None:
+            values["error"] = error
+        with self.session() as s:
+            res = s.execute(update(Job).where(Job.id == job_id, Job.state.in_(allowed_from)).values(**values))
+            if res.rowcount != 1:
+                cur = s.scalar(select(Job.state).where(Job.id == job_id))
+                raise IllegalTransition(f"job {job_id}: {cur} -> {new} is not allowed")
+
+    def heartbeat(self, job_id: int, progress: float | None = None, log_line: str | None = None) -> bool:
+        """Record liveness (and progress); returns True when a cancel was requested."""
+        values: dict[str, Any] = {"heartbeat": utcnow()}
+        if progress is not None:
+            values["progress"] = max(0.0, min(1.0, progress))
+        with self.session() as s:
+            if log_line:
+                values["log"] = Job.log + log_line + "\n"
+            s.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(**values))
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def request_cancel(self, job_id: int) -> None:
+        """Queued jobs are cancelled at once; running ones stop at their next round."""
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        try:
+            self.transition(job_id, "cancelled")
+        except IllegalTransition:
+            pass  # running: the worker sees the flag; terminal: nothing to do
+
+    def recover_stale(self, timeout_s: float, requeue: bool) -> list[int]:
+        """Jobs marked running whose heartbeat is older than ``timeout_s``: re-queued or failed."""
+        cutoff = utcnow() - timedelta(seconds=timeout_s)
+        with self.session() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat < cutoff)))
+        for job_id in ids:
+            try:
+                if requeue:
+                    self.transition(job_id, "queued")
+                else:
+                    self.transition(job_id, "failed", error="worker stopped responding (stale heartbeat)")
+            except IllegalTransition:
+                pass
+        return ids
+
+    def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
+        with self.session() as s:
+            s.add_all(Metric(job_id=job_id, step=step, name=k, value=float(v)) for k, v in values.items())
+
+    def metrics(self, job_id: int) -> list[tuple[int, str, float]]:
+        with self.session() as s:
+            return [(m.step, m.name, m.value) for m in
+                    s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id))]
+
+    # ------------------------------------------------------------------ checkpoints
+    def register_checkpoint(self, path: str, name: str, parent_id: int | None = None, job_id: int | None = None,
+                            evaluation: dict[str, float] | None = None) -> int:
+        with self.session() as s:
+            existing = s.scalar(select(Checkpoint).where(Checkpoint.path == path))
+            if existing is not None:
+                existing.evaluation = evaluation or existing.evaluation
+                return existing.id
+            c = Checkpoint(path=path, name=name, parent_id=parent_id, job_id=job_id, evaluation=evaluation or {},
+                           promoted=False, created_at=utcnow())
+            s.add(c)
+            s.flush()
+            return c.id
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self.session() as s:
+            return list(s.scalars(select(Checkpoint).order_by(Checkpoint.id)))
+
+    def promote(self, checkpoint_id: int) -> None:
+        with self.session() as s:
+            s.execute(update(Checkpoint).values(promoted=Checkpoint.id == checkpoint_id))
+
+    def delete_checkpoint(self, checkpoint_id: int) -> None:
+        """Delete a checkpoint row that no other checkpoint descends from and that is not promoted."""
+        with self.session() as s:
+            c = s.get(Checkpoint, checkpoint_id)
+            if c is None:
+                raise KeyError(f"no checkpoint {checkpoint_id}")
+            if c.promoted:
+                raise ValueError(f"checkpoint {c.name} is the promoted default; promote another first")
+            if s.scalar(select(func.count()).where(Checkpoint.parent_id == checkpoint_id)):
+                raise ValueError(f"checkpoint {c.name} has descendants and cannot be deleted")
+            s.delete(c)
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(text("SELECT 1"))
+
+
+def _default_url(directory: Path) -> str | None:
+    return None if os.environ.get("DARL_DATABASE_URL") else f"sqlite:///{directory / 'darl.db'}"

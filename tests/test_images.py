@@ -1,0 +1,59 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from darl_core.images import ImageError, load_image, load_rgb, to_rgb
+
+
+def _png(im: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "LA", "RGBA", "CMYK", "I;16", "I", "F", "RGB"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    im = Image.new(mode, (8, 6))
+    rgb, alpha = to_rgb(im)
+    assert rgb.mode == "RGB" and rgb.size == (8, 6)
+    assert (alpha is not None) == (mode in ("LA", "RGBA"))
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    a = np.full((4, 4), 65535, dtype=np.uint16)
+    a[0, 0] = 0
+    im = Image.fromarray(a)  # mode I;16
+    rgb = np.asarray(to_rgb(im)[0])
+    assert rgb.max() == 255 and rgb.min() == 0
+    f = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32))  # mode F in [0, 1]
+    assert np.asarray(to_rgb(f)[0]).max() == 128
+
+
+def test_exif_orientation_applied() -> None:
+    im = Image.new("RGB", (10, 4), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    out = load_rgb(_png(im, "JPEG", exif=exif))
+    assert out.size == (4, 10)
+
+
+def test_animated_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (5, 5), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    out = np.asarray(load_rgb(buf.getvalue()))
+    assert out[0, 0, 0] > 200 and out[0, 0, 2] < 50
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    good = _png(Image.new("RGB", (64, 64), (1, 2, 3)))
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"hello world")
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(good[: len(good) // 2])
+    with pytest.raises(ImageError, match="limit"):
+        load_image(_png(Image.new("L", (3000, 3000))), max_pixels=1_000_000)
+    with pytest.raises(ImageError, match="no such file"):
+        load_image("/nonexistent/file.png")

@@ -1,0 +1,99 @@
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from darl_core.data import builtin_image
+from darl_core.degrade import degrade, get_preset
+from darl_core.images import pil_to_tensor, tensor_to_pil
+from darl_core.pipeline import DEFAULT_MODEL, ModelLoadError, RestorationPipeline, load_pipeline
+from darl_core.rewards import get_metric
+from darl_core.tiling import tile_starts, tiled_apply
+
+
+def test_tile_starts_cover_the_image() -> None:
+    for n, tile, ov in [(100, 32, 8), (64, 64, 8), (33, 16, 4), (1000, 256, 32)]:
+        starts = tile_starts(n, tile, ov)
+        assert starts[0] == 0 and starts[-1] + min(tile, n) == n
+        assert all(b - a <= tile - ov for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_equals_untiled_when_it_fits(tiny_pipe: RestorationPipeline) -> None:
+    lq = torch.rand(1, 3, 40, 48)
+    a = tiny_pipe.restore_tensor(lq, 3, generator=torch.Generator().manual_seed(0), tile_size=None)
+    b = tiny_pipe.restore_tensor(lq, 3, generator=torch.Generator().manual_seed(0), tile_size=48)
+    assert torch.equal(a, b)
+
+
+def test_tiled_apply_of_a_local_op_matches_everywhere() -> None:
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(1, 3, 70, 90)
+    with torch.no_grad():
+        full, tiled = conv(x), tiled_apply(conv, x, 32, 8)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    # only the 1-px tile borders differ (zero padding inside a tile); blending hides them
+    assert float((full - tiled)[inner].abs().mean()) < 0.02
+
+
+def _seam_ratio(img: torch.Tensor, cols: list[int]) -> float:
+    jump = (img[..., 1:] - img[..., :-1]).abs().mean(dim=(0, 1, 2))  # mean |difference| between columns
+    return float(jump[[c - 1 for c in cols]].max() / jump.median())
+
+
+def test_no_seam_on_a_larger_image() -> None:
+    pipe = load_pipeline()
+    hq = pil_to_tensor(builtin_image("chelsea.png"))[None, :, :64, :160]
+    lq = degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))
+    # tiles of 96 at x = 0 and 64: their edges fall at columns 64 and 96
+    blended = pipe.restore_tensor(lq, 4, generator=torch.Generator().manual_seed(0), tile_size=96, tile_overlap=32)
+    untiled = pipe.restore_tensor(lq, 4, generator=torch.Generator().manual_seed(0), tile_size=None)
+    assert _seam_ratio(blended, [64, 96]) < 2.0
+    assert float(get_metric("psnr")(blended, untiled)) > 30  # tiling changes little
+
+
+def test_save_load_round_trip(tmp_path, tiny_pipe: RestorationPipeline) -> None:
+    tiny_pipe.register_to_config(residual_scale=0.25)
+    tiny_pipe.save_pretrained(tmp_path / "m")
+    loaded = load_pipeline(tmp_path / "m")
+    assert loaded.config.residual_scale == 0.25
+    sa, sb = tiny_pipe.unet.state_dict(), loaded.unet.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    lq = torch.rand(1, 3, 16, 16)
+    a = tiny_pipe.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(1))
+    b = loaded.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_shipped_model_restores_a_small_image() -> None:
+    pipe = load_pipeline(DEFAULT_MODEL)
+    hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, 100:196, 200:296]  # held-out photo
+    lq = degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))
+    out = pipe.restore_tensor(lq, generator=torch.Generator().manual_seed(0))
+    assert out.shape == hq.shape
+    # a random-init model of this architecture scores about 14 dB here
+    assert float(get_metric("psnr")(out, hq)) > 25
+    assert float(get_metric("ssim")(out, hq)) > 0.7
+
+
+def test_any_size_grey_and_rgba(tiny_pipe: RestorationPipeline) -> None:
+    grey = Image.new("L", (37, 21), 128)
+    rgba = tensor_to_pil(torch.rand(3, 30, 19)).convert("RGBA")
+    rgba.putalpha(77)
+    a, b = tiny_pipe([grey, rgba], num_inference_steps=2)
+    assert a.mode == "L" and a.size == (37, 21)
+    assert b.mode == "RGBA" and b.size == (19, 30)
+    assert b.getchannel("A").getextrema() == (77, 77)
+
+
+def test_missing_folder_and_offline_hub_id_fail_clearly(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_pipeline(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_pipeline(tmp_path / "empty")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.time()
+    with pytest.raises(ModelLoadError, match="huggingface-cli download"):
+        load_pipeline("someone/darl-not-cached")
+    assert time.time() - t < 5

@@ -1,0 +1,114 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from darl_core.pipeline import load_pipeline
+from darl_core.rl import RewardMemory, build_pool, policy_losses, ppo_loss, tiny_test, train_rl
+
+
+def _cfg(tmp_path: Path, model: Path, **kw: object):
+    return replace(tiny_test(), output=str(tmp_path / "run"), base_model=str(model), **kw)
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_pipeline(model_dir).unet.state_dict()
+
+
+def test_ppo_clipping_and_sign() -> None:
+    ratio = torch.tensor([0.5, 0.99, 1.0, 1.01, 2.0])
+    pos, neg = torch.ones(5), -torch.ones(5)
+    # positive advantage: reward raising rho, but no gain past 1 + eps
+    torch.testing.assert_close(ppo_loss(ratio, pos, 0.1), -torch.tensor([0.5, 0.99, 1.0, 1.01, 1.1]))
+    # negative advantage: pushing rho down, no gain below 1 - eps
+    torch.testing.assert_close(ppo_loss(ratio, neg, 0.1), torch.tensor([0.9, 0.99, 1.0, 1.01, 2.0]))
+    r = torch.tensor([1.0], requires_grad=True)
+    ppo_loss(r, torch.tensor([2.0]), 0.1).sum().backward()
+    assert float(r.grad) == -2.0  # descending the loss raises the probability of a good action
+
+
+def test_old_log_probs_reproduced_and_kl_zero_at_reference(tiny_model_dir: Path) -> None:
+    pipe = load_pipeline(tiny_model_dir)
+    traj = pipe.rollout(torch.rand(2, 3, 16, 16), 4, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(traj.timesteps) == 3 and traj.final.shape == (2, 3, 16, 16)
+    ref = load_pipeline(tiny_model_dir).unet
+    for k in range(3):
+        loss, kl, ratio, clipped = policy_losses(pipe, traj, k, torch.ones(2), 1.0, 1e-4, ref, False)
+        torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
+        assert float(kl.detach().abs().max()) < 1e-8 and float(clipped.sum()) == 0
+        assert loss.requires_grad
+
+
+def test_reward_memory() -> None:
+    mem = RewardMemory(size=3, min_count=2)
+    # first sight of each key: batch statistics
+    a = mem.advantages(["a", "b"], torch.tensor([1.0, 3.0]), clip=5)
+    torch.testing.assert_close(a, torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
+    # second sight: per-key statistics (a's history [1, 2] -> mean 1.5, std 0.5)
+    a = mem.advantages(["a", "b"], torch.tensor([2.0, 3.0]), clip=5)
+    assert float(a[0]) == pytest.approx(1.0, abs=1e-4) and float(a[1]) == pytest.approx(0.0, abs=1e-4)
+    mem.advantages(["a"], torch.tensor([100.0]), clip=5)
+    assert list(mem.buffers["a"]) == [1.0, 2.0, 100.0]
+    mem.advantages(["a"], torch.tensor([7.0]), clip=0.5)
+    assert list(mem.buffers["a"]) == [2.0, 100.0, 7.0]  # bounded buffer
+    assert float(mem.advantages(["a"], torch.tensor([1e6]), clip=1.0)) == 1.0  # z = 1.41 clipped to 1
+    other = RewardMemory(3, 2)
+    other.load_state_dict(mem.state_dict())
+    assert other.buffers.keys() == mem.buffers.keys()
+
+
+@pytest.mark.slow
+def test_w1_is_pure_rl_and_w0_is_pure_sft(tmp_path: Path, tiny_model_dir: Path) -> None:
+    def run(name: str, **kw: object) -> dict[str, torch.Tensor]:
+        cfg = _cfg(tmp_path / name, tiny_model_dir, rounds=1, adaptive_weight=False, beta_kl=0.0, **kw)
+        return _weights(train_rl(cfg))
+
+    base = _weights(tiny_model_dir)
+    rl_only = run("a", uniform_weight=1.0, lambda_sft=0.0)
+    rl_with_sft_weight = run("b", uniform_weight=1.0, lambda_sft=1.0)
+    assert all(torch.equal(rl_only[k], rl_with_sft_weight[k]) for k in base)  # (1 - w) = 0 silences SFT
+    assert any(not torch.equal(rl_only[k], base[k]) for k in base)
+    sft_psnr = run("c", uniform_weight=0.0, reward="psnr")
+    sft_ssim = run("d", uniform_weight=0.0, reward="ssim")
+    assert all(torch.equal(sft_psnr[k], sft_ssim[k]) for k in base)  # w = 0 silences the reward
+    assert any(not torch.equal(sft_psnr[k], base[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> None:
+    full = _weights(train_rl(_cfg(tmp_path / "full", tiny_model_dir, rounds=3)))
+    rounds: list[int] = []
+    cb = {"on_round": lambda r: rounds.append(r["round"]), "should_stop": lambda: len(rounds) >= 2}
+    train_rl(_cfg(tmp_path / "cut", tiny_model_dir, rounds=3, ckpt_every=100), callbacks=cb)
+    assert rounds == [1, 2]
+    resumed = _weights(train_rl(_cfg(tmp_path / "cut", tiny_model_dir, rounds=3), resume=True))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import json
+
+    from darl_core.images import save_tensor
+
+    items = []
+    for i in range(3):
+        save_tensor(torch.rand(3, 40, 40), tmp_path / f"lq{i}.png")
+        item = {"id": f"flag-{i}", "lq": str(tmp_path / f"lq{i}.png")}
+        if i < 2:
+            save_tensor(torch.rand(3, 40, 40), tmp_path / f"gt{i}.png")
+            item["gt"] = str(tmp_path / f"gt{i}.png")
+        items.append(item)
+    (tmp_path / "samples.json").write_text(json.dumps(items))
+    cfg = _cfg(tmp_path, tiny_model_dir, samples_file=str(tmp_path / "samples.json"), reward="ssim",
+               lora_rank=4, rounds=2)
+    pool = build_pool(cfg)
+    assert [s.id for s in pool] == ["flag-0", "flag-1", "flag-2"] and pool[2].gt is None
+    model = train_rl(cfg)
+    merged = _weights(model)
+    base = _weights(tiny_model_dir)
+    assert merged.keys() == base.keys()
+    assert any(not torch.equal(merged[k], base[k]) for k in base)
+    log = [json.loads(line) for line in open(tmp_path / "run" / "difficulty.jsonl")]
+    assert log[0]["ids"] == ["flag-0", "flag-1", "flag-2"] and log[0]["difficulty"][2] is None

@@ -1,0 +1,180 @@
+"""Store tests, on SQLite always and on a throwaway PostgreSQL 15 cluster started here."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage import IllegalTransition, Store, TRANSITIONS
+from storage.db import migrate
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """Start a PostgreSQL cluster in a temporary folder (as the postgres user when we are root)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 is not installed (apt-get install postgresql-15); .ci/run installs it")
+    root = Path(tempfile.mkdtemp(prefix="darl-pg-"))
+    data, port = root / "data", _free_port()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(root, "postgres")
+    subprocess.run(run_as + [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100",
+                             "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str | None, Path]:
+    if request.param == "sqlite":
+        return None, tmp_path
+    url = request.getfixturevalue("pg_url")
+    s = Store(url, tmp_path)  # a clean schema for each test
+    migrate(s.engine, "base")
+    s.engine.dispose()
+    return url, tmp_path
+
+
+def _store(args: tuple[str | None, Path]) -> Store:
+    return Store(args[0], args[1])
+
+
+def _flag_many(args: tuple[str | None, Path], sample_id: int, n: int) -> int:
+    store = _store(args)
+    for i in range(n):
+        store.flag(sample_id, user=f"p{os.getpid()}", reason="test", note=str(i))
+    store.engine.dispose()
+    return n
+
+
+def _add_same(args: tuple[str | None, Path], data: bytes) -> int:
+    store = _store(args)
+    sid = store.add_sample(data, 4, 4)
+    store.engine.dispose()
+    return sid
+
+
+def _work(args: tuple[str | None, Path], name: str) -> list[int]:
+    store = _store(args)
+    done = []
+    while (job := store.claim_job(name)) is not None:
+        time.sleep(0.01)
+        store.transition(job.id, "succeeded")
+        done.append(job.id)
+    store.engine.dispose()
+    return done
+
+
+def test_concurrent_flags_8_processes_x_500(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    sid = store.add_sample(b"sample", 4, 4)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        counts = pool.starmap(_flag_many, [(store_args, sid, 500)] * 8)  # any error would raise here
+    assert sum(counts) == 4000
+    with store.session() as s:
+        assert s.execute(text("SELECT count(*) FROM flags")).scalar() == 4000
+
+
+def test_same_image_100_times_concurrently_is_one_sample(store_args: tuple[str | None, Path]) -> None:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        ids = pool.starmap(_add_same, [(store_args, b"the same png bytes")] * 100)
+    assert len(set(ids)) == 1
+    with _store(store_args).session() as s:
+        assert s.execute(text("SELECT count(*) FROM samples")).scalar() == 1
+
+
+def test_two_workers_ten_jobs_each_runs_once(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    jobs = [store.create_job({"rounds": 1}, []) for _ in range(10)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        a, b = pool.starmap(_work, [(store_args, "w1"), (store_args, "w2")])
+    assert sorted(a + b) == jobs and not set(a) & set(b)
+    assert all(store.job(j).state == "succeeded" and store.job(j).attempts == 1 for j in jobs)
+
+
+def test_state_machine(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    for start, targets in TRANSITIONS.items():
+        for new in ("queued", "running", "succeeded", "failed", "cancelled"):
+            j = store.create_job({}, [])
+            path = {"queued": [], "running": ["running"], "succeeded": ["running", "succeeded"],
+                    "failed": ["running", "failed"], "cancelled": ["cancelled"]}[start]
+            for step in path:
+                store.transition(j, step)
+            if new in targets:
+                store.transition(j, new)
+                assert store.job(j).state == new
+            else:
+                with pytest.raises(IllegalTransition):
+                    store.transition(j, new)
+                assert store.job(j).state == start
+
+
+def test_flags_history_filters_and_cancel(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    a = store.add_sample(b"a", 4, 4, gt_png=b"ga", task="denoise")
+    b = store.add_sample(b"b", 4, 4)
+    store.flag(a, "ann", "noise", difficulty=0.4)
+    store.flag(b, "bob", "blur", difficulty=0.1)
+    assert {r.sample_id for r in store.flagged()} == {a, b}
+    assert [r.sample_id for r in store.flagged(task="denoise")] == [a]
+    assert [r.sample_id for r in store.flagged(min_difficulty=0.2)] == [a]
+    store.unflag(a, "ann")
+    assert [r.sample_id for r in store.flagged()] == [b]
+    store.flag(a, "ann", "noise again")
+    assert {r.sample_id for r in store.flagged()} == {a, b}
+    with store.session() as s:
+        assert s.execute(text("SELECT count(*) FROM flags WHERE sample_id = :a"), {"a": a}).scalar() == 3
+    assert store.flagged(task="denoise")[0].gt_path.read_bytes() == b"ga"
+    j = store.create_job({}, [a])
+    store.request_cancel(j)
+    assert store.job(j).state == "cancelled"
+
+
+def test_migrations_down_and_up_with_data(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    sid = store.add_sample(b"keep me", 4, 4)
+    store.flag(sid, "ann", "r")
+    j = store.create_job({"rounds": 3}, [sid])
+    migrate(store.engine, "-1")  # 0002 -> 0001: drops jobs.processes, keeps the rows
+    with store.session() as s:
+        assert s.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+    migrate(store.engine, "head")
+    assert store.job(j).processes == 1 and store.job(j).config == {"rounds": 3}
+    assert [r.sample_id for r in store.flagged()] == [sid]
+
+
+def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
+    from storage import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        Store(f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/x", tmp_path)

@@ -1,0 +1,59 @@
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from darl_core.images import tensor_to_pil
+from darl_core.worker import run_worker
+from storage import Store
+
+
+def _png(seed: int) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    buf = io.BytesIO()
+    tensor_to_pil(torch.rand(3, 40, 40, generator=g)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    store = Store(directory=tmp_path)
+    ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(100 + i)) for i in range(3)]
+    for i in ids:
+        store.flag(i, "ann", "blur")
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 2}, ids, "ann")
+    assert run_worker(store, "w-test", once=True) == 1
+    j = store.job(job)
+    assert j.state == "succeeded", j.error
+    assert j.progress == 1.0 and "round 2/2" in j.log
+    names = {n for _, n, _ in store.metrics(job)}
+    assert {"reward", "w_mean"} <= names
+    ckpts = {c.name: c for c in store.checkpoints()}
+    child = ckpts[f"job-{job}-darl"]
+    assert child.parent_id == ckpts["model"].id and child.job_id == job
+    assert (Path(child.path) / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_bad_job_fails_with_its_error_and_cancel_is_honoured(tmp_path: Path, tiny_model_dir: Path) -> None:
+    store = Store(directory=tmp_path)
+    sid = store.add_sample(_png(0), 40, 40, gt_png=_png(1))
+    bad = store.create_job({"preset": "tiny_test", "not_a_field": 1}, [sid])
+    run_worker(store, "w", once=True)
+    assert store.job(bad).state == "failed" and "not_a_field" in store.job(bad).error
+    queued = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir)}, [sid])
+    store.request_cancel(queued)
+    assert run_worker(store, "w", once=True) == 0 and store.job(queued).state == "cancelled"
+
+
+def test_stale_running_jobs_are_requeued_or_failed(tmp_path: Path) -> None:
+    store = Store(directory=tmp_path)
+    a, b = store.create_job({}, []), store.create_job({}, [])
+    assert store.claim_job("dead-1").id == a and store.claim_job("dead-2").id == b
+    assert store.recover_stale(timeout_s=3600, requeue=True) == []  # fresh heartbeats: left alone
+    assert sorted(store.recover_stale(timeout_s=-1, requeue=True)) == [a, b]
+    assert store.job(a).state == "queued" and store.job(a).worker is None
+    store.claim_job("w")
+    store.recover_stale(timeout_s=-1, requeue=False)
+    assert store.job(a).state == "failed" and "stale" in store.job(a).error

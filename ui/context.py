@@ -1,0 +1,87 @@
+"""What every tab shares: the store, a model cache, upload limits. No Gradio here."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from darl_core.images import IMAGE_SUFFIXES, ImageError, load_image
+from darl_core.pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
+from storage import Store
+
+__all__ = ["AppContext", "SHIPPED_RL", "UserError"]
+
+SHIPPED_RL = DEFAULT_MODEL.parent / "darl-blind"
+
+
+class UserError(ValueError):
+    """A problem with the user's input or request; its message is shown in the page."""
+
+
+@dataclass
+class AppContext:
+    store: Store  # the SQL store (samples, flags, jobs, checkpoints)
+    metrics: tuple[str, ...] = ("niqe", "piqe")  # no-reference metrics in the score table
+    max_upload_bytes: int = 25 * 1024 * 1024  # larger files are refused before decoding
+    max_pixels: int = 16_000_000  # larger images are refused (and decompression bombs)
+    device: str = "cpu"  # where the restorers run
+    _models: dict[str, RestorationPipeline] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pipeline(self, path: str) -> RestorationPipeline:
+        """A loaded restorer, cached (one copy per checkpoint)."""
+        with self._lock:
+            if path not in self._models:
+                pipe = load_pipeline(path, self.device)
+                pipe.set_progress_bar_config(disable=True)
+                self._models[path] = pipe
+            return self._models[path]
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, path) of the shipped models and every registered checkpoint, promoted first."""
+        out = [("sft-blind (shipped SFT)", str(DEFAULT_MODEL)), ("darl-blind (shipped RL)", str(SHIPPED_RL))]
+        seen = {p for _, p in out}
+        for c in sorted(self.store.checkpoints(), key=lambda c: not c.promoted):
+            if c.path not in seen and Path(c.path).exists():
+                ev = ", ".join(f"{k} {v:.3g}" for k, v in list(c.evaluation.items())[:3])
+                out.append((f"{c.name}{' (default)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))
+                seen.add(c.path)
+        return out
+
+    def default_models(self) -> tuple[str, str]:
+        """(SFT, RL) defaults: the shipped pair, or the promoted checkpoint as the RL side."""
+        promoted = [c.path for c in self.store.checkpoints() if c.promoted and Path(c.path).exists()]
+        return str(DEFAULT_MODEL), promoted[0] if promoted else str(SHIPPED_RL)
+
+    def open_upload(self, path: str | os.PathLike | None, what: str = "image") -> Image.Image:
+        """Validate and decode an uploaded file; raises UserError with a clear message."""
+        if path is None or str(path) == "":
+            raise UserError(f"no {what} was uploaded")
+        p = Path(path)
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"{p.name}: unsupported file type {p.suffix or '(none)'}; "
+                            f"allowed: {', '.join(sorted(IMAGE_SUFFIXES))}")
+        try:
+            size = p.stat().st_size
+        except OSError as e:
+            raise UserError(f"{p.name}: cannot read the upload ({e.strerror})") from None
+        if size > self.max_upload_bytes:
+            raise UserError(f"{p.name}: {size / 2**20:.1f} MiB is over the {self.max_upload_bytes / 2**20:.0f} MiB "
+                            f"upload limit")
+        if size == 0:
+            raise UserError(f"{p.name}: the file is empty")
+        try:
+            return load_image(p.read_bytes(), self.max_pixels)
+        except ImageError as e:
+            raise UserError(f"{p.name}: {e}") from None
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,166 @@
+"""Fine-tune tab: launch RL jobs on flagged samples, watch them live, cancel them.
+
+Jobs run in the worker process (``python -m darl_core.worker``, started by the
+run command), not in the web server: closing the browser tab changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from darl_core.rewards import MissingWeightsError, parse_spec
+from darl_core.rl import PRESETS as RL_PRESETS
+
+from .context import AppContext, UserError
+
+__all__ = ["JOB_HEADERS", "cancel_job", "job_curves", "job_status", "launch_job", "list_jobs", "listen", "render"]
+
+JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
+METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
+
+
+def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
+               sample_ids: str = "", user: str = "anonymous", extra: dict[str, Any] | None = None) -> int:
+    """Queue a job on the flagged samples (all, or the comma-separated ids given); returns its id."""
+    if preset not in RL_PRESETS:
+        raise UserError(f"unknown method {preset!r}; choose one of {', '.join(METHODS)}")
+    try:
+        parse_spec(reward)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not 1 <= int(rounds) <= 100_000:
+        raise UserError("rounds must be between 1 and 100000")
+    flagged = {r.sample_id: r for r in ctx.store.flagged()}
+    if sample_ids and sample_ids.strip():
+        try:
+            ids = [int(s) for s in sample_ids.replace(" ", "").split(",") if s]
+        except ValueError:
+            raise UserError("sample ids must be numbers separated by commas") from None
+        missing = [i for i in ids if i not in flagged]
+        if missing:
+            raise UserError(f"samples {missing} are not flagged")
+    else:
+        ids = sorted(flagged)
+    if not ids:
+        raise UserError("there are no flagged samples to train on: flag some in the Restore tab first")
+    if preset == "rl_gt_reward" or _full_reference(reward):
+        if not any(flagged[i].gt_path for i in ids):
+            raise UserError("a full-reference reward needs flagged samples with a ground truth")
+    config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": int(rounds), "base_model": base_model,
+                              "batch_size": min(8, len(ids)), "pool_size": len(ids)}
+    config.update(extra or {})
+    return ctx.store.create_job(config, ids, user)  # the sample list is frozen here
+
+
+def _full_reference(spec: str) -> bool:
+    from darl_core.rewards import get_metric
+
+    try:
+        return any(get_metric(name).full_reference for _, name in parse_spec(spec))
+    except (MissingWeightsError, ValueError) as e:
+        raise UserError(f"reward {spec!r}: {e}") from None
+
+
+def list_jobs(ctx: AppContext) -> list[list[Any]]:
+    return [[j.id, j.state, f"{100 * j.progress:.0f}%", j.config.get("preset", ""), j.config.get("reward", ""),
+             len(j.sample_ids), j.user, j.created_at.strftime("%Y-%m-%d %H:%M")] for j in ctx.store.jobs()]
+
+
+def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
+    """State, progress (0..1), log and error of one job."""
+    try:
+        j = ctx.store.job(int(job_id))
+    except KeyError:
+        raise UserError(f"there is no job #{job_id}") from None
+    return {"job": j.id, "state": j.state, "progress": j.progress, "log": j.log, "error": j.error,
+            "config": j.config}
+
+
+def job_curves(ctx: AppContext, job_id: int | None) -> pd.DataFrame:
+    """Long-format (round, value, metric) of reward, KL and validation PSNR for a LinePlot."""
+    if job_id is None:
+        return pd.DataFrame({"round": [], "value": [], "metric": []})
+    keep = {"reward", "kl", "val_psnr", "loss_sft"}
+    rows = [(s, v, n) for s, n, v in ctx.store.metrics(int(job_id)) if n in keep]
+    return pd.DataFrame(rows, columns=["round", "value", "metric"])
+
+
+def cancel_job(ctx: AppContext, job_id: int | None) -> str:
+    if job_id is None:
+        raise UserError("choose a job to cancel")
+    state = job_status(ctx, int(job_id))["state"]
+    if state in ("succeeded", "failed", "cancelled"):
+        raise UserError(f"job #{job_id} already {state}")
+    ctx.store.request_cancel(int(job_id))
+    return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'stops after this round'})."
+
+
+def render(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    choices = ctx.model_choices()
+    with gr.Row():
+        with gr.Column(scale=1):
+            c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
+            c["reward"] = gr.Textbox("niqe", label="Reward (metric or composite, e.g. niqe + 0.02*piqe)")
+            c["preset"] = gr.Dropdown(METHODS, value="darl", label="Method (darl or an ablation)")
+            c["rounds"] = gr.Number(20, precision=0, label="Rounds")
+            c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
+            c["launch"] = gr.Button("Launch", variant="primary")
+            c["msg"] = gr.Markdown()
+        with gr.Column(scale=2):
+            c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs")
+            with gr.Row():
+                c["job"] = gr.Number(None, precision=0, label="Job #")
+                c["cancel"] = gr.Button("Cancel job")
+            c["status"] = gr.Markdown()
+            c["plot"] = gr.LinePlot(x="round", y="value", color="metric", label="Training curves", height=260)
+            c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
+    c["timer"] = gr.Timer(2.0)
+    return c
+
+
+def listen(ctx: AppContext, c: dict[str, Any]) -> None:
+    def on_launch(base, reward, preset, rounds, samples, request: gr.Request = None):  # noqa: ANN001
+        try:
+            job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
+                             getattr(request, "username", None) or "anonymous")
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        return f"Job #{job} queued.", job, list_jobs(ctx)
+
+    c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"]],
+                      [c["msg"], c["job"], c["jobs"]], api_name="launch_job")
+
+    def on_tick(job):  # noqa: ANN001
+        if job is None:
+            return list_jobs(ctx), "", job_curves(ctx, None), ""
+        try:
+            st = job_status(ctx, job)
+        except UserError as e:
+            return list_jobs(ctx), str(e), job_curves(ctx, None), ""
+        text = f"**job #{st['job']}: {st['state']}, {100 * st['progress']:.0f}%**"
+        if st["error"]:
+            text += f"\n\n```\n{st['error'][-800:]}\n```"
+        return list_jobs(ctx), text, job_curves(ctx, job), st["log"]
+
+    c["timer"].tick(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]])
+    c["job"].change(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]])
+
+    def on_cancel(job):  # noqa: ANN001
+        try:
+            return cancel_job(ctx, job)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    c["cancel"].click(on_cancel, c["job"], c["msg"])
+
+    def api_status(job: int) -> dict[str, Any]:
+        try:
+            return job_status(ctx, job)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    gr.api(api_status, api_name="job_status")

@@ -1,0 +1,122 @@
+"""Hard-samples tab: the flagged samples, filters, preview, unflag, export as a zip."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from darl_core.degrade import PRESETS
+from storage import FlaggedRow
+from storage.models import utcnow
+
+from .context import AppContext, UserError
+
+__all__ = ["HEADERS", "export_zip", "list_flagged", "listen", "render", "unflag"]
+
+HEADERS = ["sample", "task", "reason", "difficulty", "user", "flagged at", "size", "ground truth", "note"]
+
+
+def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | None,
+          d_min: float | None, d_max: float | None) -> list[FlaggedRow]:
+    since = utcnow() - timedelta(days=float(days)) if days else None
+    return ctx.store.flagged(task or None, reason or None, since, d_min, d_max)
+
+
+def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
+                 d_min: float | None = None, d_max: float | None = None
+                 ) -> tuple[list[tuple[str, str]], list[list[Any]]]:
+    """(gallery items, table rows) of the currently flagged samples matching the filters."""
+    rows = _rows(ctx, task, reason, days, d_min, d_max)
+    gallery = [(str(r.lq_path), f"#{r.sample_id} {r.reason}") for r in rows]
+    table = [[r.sample_id, r.task, r.reason, None if r.difficulty is None else round(r.difficulty, 4), r.user,
+              r.flagged_at.strftime("%Y-%m-%d %H:%M"), f"{r.width}x{r.height}", "yes" if r.gt_path else "no",
+              r.note] for r in rows]
+    return gallery, table
+
+
+def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> str:
+    if sample_id is None:
+        raise UserError("choose a sample to unflag")
+    try:
+        ctx.store.unflag(int(sample_id), user)
+    except KeyError:
+        raise UserError(f"there is no sample #{sample_id}") from None
+    return f"Sample #{int(sample_id)} unflagged (the history keeps both events)."
+
+
+def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
+               d_min: float | None = None, d_max: float | None = None) -> str:
+    """A zip of the matching samples: lq/, gt/ and metadata.csv; returns its path."""
+    rows = _rows(ctx, task, reason, days, d_min, d_max)
+    if not rows:
+        raise UserError("no flagged samples match the filters")
+    out = Path(tempfile.mkdtemp(prefix="darl-export-")) / "hard_samples.zip"
+    meta = io.StringIO()
+    wr = csv.writer(meta)
+    wr.writerow(["sample", "lq", "gt", "task", "reason", "difficulty", "user", "flagged_at", "note"])
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for r in rows:
+            lq = f"lq/{r.sample_id:06d}.png"
+            z.write(r.lq_path, lq)
+            gt = ""
+            if r.gt_path:
+                gt = f"gt/{r.sample_id:06d}.png"
+                z.write(r.gt_path, gt)
+            wr.writerow([r.sample_id, lq, gt, r.task, r.reason, r.difficulty, r.user, r.flagged_at.isoformat(),
+                         r.note])
+        z.writestr("metadata.csv", meta.getvalue())
+    return str(out)
+
+
+def render(ctx: AppContext) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["task"] = gr.Dropdown([""] + sorted(PRESETS), value="", label="Task")
+        c["reason"] = gr.Textbox(label="Reason")
+        c["days"] = gr.Number(None, label="Flagged in the last N days")
+        c["d_min"] = gr.Number(None, label="Difficulty ≥")
+        c["d_max"] = gr.Number(None, label="Difficulty ≤")
+        c["refresh"] = gr.Button("Refresh")
+    c["gallery"] = gr.Gallery(label="Flagged samples", columns=6, height=260)
+    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Flagged samples")
+    with gr.Row():
+        c["sample"] = gr.Number(None, precision=0, label="Sample #")
+        c["unflag"] = gr.Button("Unflag")
+        c["export"] = gr.Button("Export as zip")
+    c["msg"] = gr.Markdown()
+    c["zip"] = gr.File(label="Export")
+    return c
+
+
+def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
+    filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"]]
+
+    def refresh(*f: Any) -> tuple[Any, Any]:
+        return list_flagged(ctx, *f)
+
+    for trigger in (c["refresh"].click, load_event):
+        trigger(refresh, filters, [c["gallery"], c["table"]])
+
+    def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
+        try:
+            msg = unflag(ctx, sample, getattr(request, "username", None) or "anonymous")
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        return (msg, *list_flagged(ctx, *f))
+
+    c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], c["gallery"], c["table"]])
+
+    def on_export(*f: Any) -> str:
+        try:
+            return export_zip(ctx, *f)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    c["export"].click(on_export, filters, c["zip"])
