@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 import torch
+from gradio.data_classes import FileData
 from PIL import Image
 
 from darl_core.degrade import PRESETS
@@ -207,9 +208,9 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"]],
                         c["flag_msg"], api_name="flag")
 
-    def on_score(image: str, metrics: str = "niqe,piqe") -> dict[str, Any]:
+    def on_score(image: FileData, metrics: str = "niqe,piqe") -> dict[str, Any]:
         try:
-            return score(ctx, image, metrics)
+            return score(ctx, image["path"] if isinstance(image, dict) else image.path, metrics)
         except UserError as e:
             raise gr.Error(str(e)) from None
 

@@ -1,0 +1,202 @@
+"""App handlers without a browser, the upload fuzz test, and the app driven by gradio_client."""
+
+from __future__ import annotations
+
+import io
+import random
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from darl_core.worker import run_worker
+from storage import Store
+from ui import AppContext, UserError
+from ui import finetune_tab, models_tab, restore_tab, samples_tab
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> AppContext:
+    return AppContext(Store(directory=tmp_path / "data"))
+
+
+def _img(path: Path, size: tuple[int, int] = (40, 32), mode: str = "RGB", seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path)
+    return str(path)
+
+
+def _count(store: Store, table: str) -> int:
+    with store.session() as s:
+        return int(s.execute(text(f"SELECT count(*) FROM {table}")).scalar())
+
+
+def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    lq = _img(tmp_path / "lq.png", (100, 100))
+    gt = _img(tmp_path / "gt.png", (100, 100), seed=1)
+    m = str(tiny_model_dir)
+    r = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=0, tile=64, gt_path=gt)
+    assert r.sft.size == r.rl.size == r.input.size == (100, 100)
+    assert r.headers == ["image", "niqe", "piqe", "psnr", "ssim"] and [row[0] for row in r.scores] == ["input", "SFT", "RL"]
+    assert isinstance(r.scores[1][3], float) and "1 - SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
+    assert all(Path(f).is_file() for f in r.files)
+    r2 = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
+    assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == []
+    with pytest.raises(UserError, match="ground truth is"):
+        restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=_img(tmp_path / "g2.png", (50, 50)))
+    with pytest.raises(UserError, match="SFT model"):
+        restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
+
+
+def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
+    a = _img(tmp_path / "a.png")
+    msg = restore_tab.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3)
+    assert "#1" in msg and "ground truth" in msg
+    restore_tab.flag(ctx, _img(tmp_path / "b.png", seed=5), "blur left", user="bob")
+    gallery, table = samples_tab.list_flagged(ctx)
+    assert len(gallery) == 2 and {row[2] for row in table} == {"artifacts", "blur left"}
+    assert [row[0] for row in samples_tab.list_flagged(ctx, task="denoise")[1]] == [1]
+    assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2)[1]] == [1]
+    z = zipfile.ZipFile(samples_tab.export_zip(ctx))
+    assert {"metadata.csv", "lq/000001.png", "gt/000001.png", "lq/000002.png"} <= set(z.namelist())
+    assert "halo" in z.read("metadata.csv").decode()
+    samples_tab.unflag(ctx, 1, "ann")
+    assert [row[0] for row in samples_tab.list_flagged(ctx)[1]] == [2]
+    with pytest.raises(UserError):
+        samples_tab.unflag(ctx, 99)
+    with pytest.raises(UserError, match="reason"):
+        restore_tab.flag(ctx, a, "")
+
+
+def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(UserError, match="no flagged samples"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2)
+    for i in range(2):
+        restore_tab.flag(ctx, _img(tmp_path / f"s{i}.png", seed=i), "artifacts", gt_path=_img(tmp_path / f"g{i}.png", seed=9 + i))
+    with pytest.raises(UserError, match="parse"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe piqe", "darl", 2)
+    with pytest.raises(UserError, match="not flagged"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "7")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1,2", "ann")
+    assert finetune_tab.job_status(ctx, job)["state"] == "queued"
+    assert ctx.store.job(job).sample_ids == [1, 2]
+    run_worker(ctx.store, "w", once=True)
+    st = finetune_tab.job_status(ctx, job)
+    assert st["state"] == "succeeded" and st["progress"] == 1.0, st["error"]
+    curves = finetune_tab.job_curves(ctx, job)
+    assert set(curves["metric"]) >= {"reward", "kl"} and curves["round"].max() == 2
+    rows = models_tab.list_checkpoints(ctx)
+    child = [r for r in rows if r[3] == job][0]
+    assert any(label.startswith(f"job-{job}") for label, _ in ctx.model_choices())
+    with pytest.raises(UserError, match="descendants"):
+        models_tab.delete(ctx, child[0] - 1 if child[2] else None)
+    models_tab.promote(ctx, child[0])
+    assert ctx.default_models()[1] == child[6]
+    with pytest.raises(UserError, match="default"):
+        models_tab.delete(ctx, child[0])
+    with pytest.raises(UserError, match="already succeeded"):
+        finetune_tab.cancel_job(ctx, job)
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+def _valid(mode: str, size: tuple[int, int], fmt: str) -> bytes:
+    rng = np.random.default_rng(size[0] * 31 + size[1])
+    im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    if mode == "I;16":
+        im = Image.fromarray((rng.integers(0, 65535, (size[1], size[0]))).astype(np.uint16))
+    elif mode == "F":
+        im = Image.fromarray(rng.random((size[1], size[0])).astype(np.float32))
+    elif mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_fuzz_1000_malformed_uploads(tmp_path: Path) -> None:
+    ctx = AppContext(Store(directory=tmp_path / "data"), max_upload_bytes=200_000, max_pixels=1_000_000)
+    rng = random.Random(1234)
+    formats = [("PNG", ".png"), ("JPEG", ".jpg"), ("BMP", ".bmp"), ("TIFF", ".tif"), ("WEBP", ".webp"), ("GIF", ".gif")]
+    modes = {"PNG": ["1", "L", "P", "LA", "RGBA", "RGB", "I;16"], "JPEG": ["L", "RGB", "CMYK"], "BMP": ["1", "L", "P", "RGB"],
+             "TIFF": ["L", "RGB", "CMYK", "I;16", "F"], "WEBP": ["RGB", "RGBA"], "GIF": ["L", "P"]}
+    bomb = io.BytesIO()
+    Image.new("L", (1500, 1500)).save(bomb, "PNG")  # 2.25 MP in a few kB: over max_pixels
+    accepted = rejected = 0
+    for i in range(1000):
+        fmt, suffix = rng.choice(formats)
+        kind = rng.choice(["valid", "truncated", "garbage", "flipped", "bomb", "oversized", "empty", "suffix"])
+        data = _valid(rng.choice(modes[fmt]), (rng.randint(1, 64), rng.randint(1, 64)), fmt)
+        if kind == "truncated":
+            data = data[: rng.randint(0, len(data) - 1)]
+        elif kind == "garbage":
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 2000)))
+        elif kind == "flipped":
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 20)):
+                b[rng.randrange(len(b))] = rng.getrandbits(8)
+            data = bytes(b)
+        elif kind == "bomb":
+            data, suffix = bomb.getvalue(), ".png"
+        elif kind == "oversized":
+            data = data + b"\0" * 250_000
+        elif kind == "empty":
+            data = b""
+        elif kind == "suffix":
+            suffix = rng.choice([".txt", ".exe", ".svg", ""])
+        path = tmp_path / f"f{i}{suffix}"
+        path.write_bytes(data)
+        before = _count(ctx.store, "samples"), _count(ctx.store, "flags")
+        try:
+            msg = restore_tab.flag(ctx, str(path), "artifacts")
+            accepted += 1
+            assert msg.startswith("Flagged")
+            assert _count(ctx.store, "flags") == before[1] + 1
+        except UserError as e:  # the only exception a user may see
+            rejected += 1
+            assert path.name in str(e) and len(str(e)) > len(path.name) + 5
+            assert (_count(ctx.store, "samples"), _count(ctx.store, "flags")) == before
+    assert accepted > 100 and rejected > 300, (accepted, rejected)
+
+
+# ----------------------------------------------------------------------------- the app over HTTP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    from ui import build_app
+
+    ctx = AppContext(Store(directory=tmp_path / "data"))
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=1)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        lq = _img(tmp_path / "lq.png", (64, 64))
+        m = str(tiny_model_dir)
+        out = client.predict(handle_file(lq), None, "blind", m, m, 2, 0, 64, api_name="/restore")
+        slider, _, scores, note, files = out  # the gr.State output stays in the session
+        assert len(slider) == 2 and "difficulty" in note and len(files) == 2
+        msg = client.predict(handle_file(lq), "artifacts", "via api", handle_file(lq), "blind", api_name="/flag")
+        assert "Flagged as hard sample #1" in msg
+        scored = client.predict(handle_file(_img(tmp_path / "big.png", (128, 128))), "piqe", api_name="/score")
+        assert isinstance(scored["piqe"], float)
+        text_msg, job, _ = client.predict(m, "niqe", "darl", 1, "", api_name="/launch_job")
+        assert f"Job #{int(job)} queued" in text_msg
+        run_worker(ctx.store, "w", once=True)  # the worker process of `make run`, here in-process
+        st = client.predict(int(job), api_name="/job_status")
+        assert st["state"] == "succeeded" and st["progress"] == 1.0
+    finally:
+        demo.close()
