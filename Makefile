@@ -5,8 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.req-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: setup run test bench
+.PHONY: setup run test bench sysdeps
 setup: $(STAMP)
+
+# System packages the tests use: Debian's chromium (Playwright drives it, never downloads one)
+# and PostgreSQL 15 (the store tests start a throwaway cluster). Installed only when missing.
+sysdeps:
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	  test -x /usr/lib/postgresql/15/bin/initdb || missing="$$missing postgresql-15"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "the tests need: sudo apt-get install $$missing" >&2; fi; fi
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +25,11 @@ $(STAMP): requirements.txt
 run: setup
 	$(PY) app.py
 
-test: setup
+test: setup sysdeps
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/restore.py
 	$(PY) bench/rewards.py
+	$(PY) bench/rl_step.py
+	$(PY) bench/app_latency.py

@@ -58,7 +58,7 @@ from .sampler import ddim_step
 from .train_sft import SFTConfig, diffusion_loss, validation_set
 
 __all__ = ["PRESETS", "PoolSample", "RLConfig", "RewardMemory", "build_pool", "get_rl_preset", "policy_losses",
-           "ppo_loss", "train_rl"]
+           "ppo_loss", "synthetic_pool", "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
 
@@ -97,6 +97,7 @@ class RLConfig:
     hq_folder: str | None = None  # HQ images for a synthetic pool (default: the built-in training photos)
     pairs_folder: str | None = None  # pool from a folder with lq/ and gt/ subfolders (same file names)
     samples_file: str | None = None  # pool from a JSON list of {"id", "lq", "gt"?} (the app's flagged samples)
+    extra_hardest_k: int = 0  # with samples_file/pairs_folder: also the k hardest of a synthetic pool (seeded)
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank (reference = adapters off)
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
@@ -196,6 +197,12 @@ def build_pool(cfg: RLConfig) -> list[PoolSample]:
             both = _fit(torch.cat([lq, gt]), cfg.patch, g)[2]
             pool.append(PoolSample(name, both[:3], both[3:]))
         return pool
+    return synthetic_pool(cfg, g)
+
+
+def synthetic_pool(cfg: RLConfig, g: torch.Generator | None = None) -> list[PoolSample]:
+    """``pool_size`` crops of the HQ folder (default: built-in training photos) degraded with ``task``."""
+    g = g if g is not None else torch.Generator().manual_seed(cfg.seed + 17)
     sampler = PatchSampler.from_sources(cfg.patch, cfg.seed + 23, cfg.hq_folder, cfg.hq_folder is None,
                                         n_dead_leaves=0 if cfg.patch > 64 else 2)
     hq = sampler.sample(cfg.pool_size)
@@ -342,6 +349,11 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
 
     pool = pool if pool is not None else build_pool(cfg)
+    if cfg.extra_hardest_k > 0 and (cfg.samples_file or cfg.pairs_folder):
+        # Add the k hardest synthetic samples under the base model: same seed, same samples.
+        extra = synthetic_pool(cfg)
+        d_extra = _pool_difficulty(policy, extra, cfg, device)
+        pool = pool + [extra[i] for i in torch.argsort(d_extra, descending=True)[: cfg.extra_hardest_k].tolist()]
     if not pool:
         raise ValueError("the training pool is empty")
     needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0

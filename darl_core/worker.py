@@ -100,7 +100,8 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         base = cfg.base_model or str(DEFAULT_MODEL)
         parent = store.register_checkpoint(str(Path(base).resolve()) if Path(base).exists() else base,
                                            Path(base).name)
-        evaluation = {k: float(v) for k, v in last.items() if k.startswith("val_") or k in ("reward", "d_mean")}
+        evaluation = {k: float(v) for k, v in last.items()
+                      if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))}
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
                                   job_id=job.id, evaluation=evaluation)
         store.transition(job.id, "succeeded")

@@ -112,3 +112,9 @@ def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_d
     assert any(not torch.equal(merged[k], base[k]) for k in base)
     log = [json.loads(line) for line in open(tmp_path / "run" / "difficulty.jsonl")]
     assert log[0]["ids"] == ["flag-0", "flag-1", "flag-2"] and log[0]["difficulty"][2] is None
+    # flagged samples plus the 2 hardest of a synthetic pool of 4, chosen the same way on a rerun
+    for run in ("x1", "x2"):
+        train_rl(replace(cfg, output=str(tmp_path / run), extra_hardest_k=2, lora_rank=0, rounds=1))
+    ids = [json.loads(open(tmp_path / r / "difficulty.jsonl").readline())["ids"] for r in ("x1", "x2")]
+    assert ids[0] == ids[1] and ids[0][:3] == ["flag-0", "flag-1", "flag-2"] and len(ids[0]) == 5
+    assert all(i.startswith("syn-") for i in ids[0][3:])

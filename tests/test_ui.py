@@ -52,6 +52,17 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
         restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
 
 
+def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    m = str(tiny_model_dir)
+    paths = [_img(tmp_path / f"b{i}.png", (100, 96), seed=i) for i in range(2)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    rows, gallery, zpath = restore_tab.restore_batch(ctx, [*paths, str(bad)], "blind", m, m, steps=2, tile=64)
+    assert [r[1] for r in rows] == ["ok", "ok", rows[2][1]] and rows[2][1].startswith("skipped: bad.png")
+    assert len(gallery) == 4
+    assert sorted(zipfile.ZipFile(zpath).namelist()) == ["b0_rl.png", "b0_sft.png", "b1_rl.png", "b1_sft.png"]
+
+
 def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     a = _img(tmp_path / "a.png")
     msg = restore_tab.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3)
@@ -61,6 +72,9 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     assert len(gallery) == 2 and {row[2] for row in table} == {"artifacts", "blur left"}
     assert [row[0] for row in samples_tab.list_flagged(ctx, task="denoise")[1]] == [1]
     assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2)[1]] == [1]
+    # what the form sends when untouched: no filter at all (the unestimated sample #2 stays)
+    assert len(samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX)[1]) == 2
+    assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, 0.35)[1]] == [1]
     z = zipfile.ZipFile(samples_tab.export_zip(ctx))
     assert {"metadata.csv", "lq/000001.png", "gt/000001.png", "lq/000002.png"} <= set(z.namelist())
     assert "halo" in z.read("metadata.csv").decode()
@@ -83,6 +97,9 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "7")
     job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1,2", "ann")
     assert finetune_tab.job_status(ctx, job)["state"] == "queued"
+    with_k = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "", "ann", hardest_k=3)
+    assert ctx.store.job(with_k).config["extra_hardest_k"] == 3
+    ctx.store.request_cancel(with_k)
     assert ctx.store.job(job).sample_ids == [1, 2]
     run_worker(ctx.store, "w", once=True)
     st = finetune_tab.job_status(ctx, job)
@@ -193,7 +210,7 @@ def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> No
         assert "Flagged as hard sample #1" in msg
         scored = client.predict(handle_file(_img(tmp_path / "big.png", (128, 128))), "piqe", api_name="/score")
         assert isinstance(scored["piqe"], float)
-        text_msg, job, _ = client.predict(m, "niqe", "darl", 1, "", api_name="/launch_job")
+        text_msg, job, _ = client.predict(m, "niqe", "darl", 1, "", 0, api_name="/launch_job")
         assert f"Job #{int(job)} queued" in text_msg
         run_worker(ctx.store, "w", once=True)  # the worker process of `make run`, here in-process
         st = client.predict(int(job), api_name="/job_status")

@@ -23,8 +23,10 @@ METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
 
 
 def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
-               sample_ids: str = "", user: str = "anonymous", extra: dict[str, Any] | None = None) -> int:
-    """Queue a job on the flagged samples (all, or the comma-separated ids given); returns its id."""
+               sample_ids: str = "", user: str = "anonymous", hardest_k: int = 0,
+               extra: dict[str, Any] | None = None) -> int:
+    """Queue a job on the flagged samples (all, or the comma-separated ids given), plus optionally
+    the ``hardest_k`` hardest samples of the built-in synthetic pool; returns its id."""
     if preset not in RL_PRESETS:
         raise UserError(f"unknown method {preset!r}; choose one of {', '.join(METHODS)}")
     try:
@@ -33,6 +35,8 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         raise UserError(str(e)) from None
     if not 1 <= int(rounds) <= 100_000:
         raise UserError("rounds must be between 1 and 100000")
+    if not 0 <= int(hardest_k or 0) <= 256:
+        raise UserError("the number of extra hard samples must be between 0 and 256")
     flagged = {r.sample_id: r for r in ctx.store.flagged()}
     if sample_ids and sample_ids.strip():
         try:
@@ -50,7 +54,9 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         if not any(flagged[i].gt_path for i in ids):
             raise UserError("a full-reference reward needs flagged samples with a ground truth")
     config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": int(rounds), "base_model": base_model,
-                              "batch_size": min(8, len(ids)), "pool_size": len(ids)}
+                              "batch_size": min(8, len(ids) + int(hardest_k or 0))}
+    if hardest_k:
+        config.update(extra_hardest_k=int(hardest_k), pool_size=max(64, 4 * int(hardest_k)))
     config.update(extra or {})
     return ctx.store.create_job(config, ids, user)  # the sample list is frozen here
 
@@ -106,16 +112,17 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
             c["reward"] = gr.Textbox("niqe", label="Reward (metric or composite, e.g. niqe + 0.02*piqe)")
             c["preset"] = gr.Dropdown(METHODS, value="darl", label="Method (darl or an ablation)")
-            c["rounds"] = gr.Number(20, precision=0, label="Rounds")
+            c["rounds"] = gr.Number(20, precision=0, label="Rounds", elem_id="rounds")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
-            c["launch"] = gr.Button("Launch", variant="primary")
-            c["msg"] = gr.Markdown()
+            c["hardest_k"] = gr.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
+            c["launch"] = gr.Button("Launch", variant="primary", elem_id="launch-btn")
+            c["msg"] = gr.Markdown(elem_id="launch-msg")
         with gr.Column(scale=2):
             c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs")
             with gr.Row():
                 c["job"] = gr.Number(None, precision=0, label="Job #")
                 c["cancel"] = gr.Button("Cancel job")
-            c["status"] = gr.Markdown()
+            c["status"] = gr.Markdown(elem_id="job-status")
             c["plot"] = gr.LinePlot(x="round", y="value", color="metric", label="Training curves", height=260)
             c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
     c["timer"] = gr.Timer(2.0)
@@ -123,15 +130,15 @@ def render(ctx: AppContext) -> dict[str, Any]:
 
 
 def listen(ctx: AppContext, c: dict[str, Any]) -> None:
-    def on_launch(base, reward, preset, rounds, samples, request: gr.Request = None):  # noqa: ANN001
+    def on_launch(base, reward, preset, rounds, samples, hardest_k, request: gr.Request = None):  # noqa: ANN001
         try:
             job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
-                             getattr(request, "username", None) or "anonymous")
+                             getattr(request, "username", None) or "anonymous", int(hardest_k or 0))
         except UserError as e:
             raise gr.Error(str(e)) from None
         return f"Job #{job} queued.", job, list_jobs(ctx)
 
-    c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"]],
+    c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"]],
                       [c["msg"], c["job"], c["jobs"]], api_name="launch_job")
 
     def on_tick(job):  # noqa: ANN001
@@ -146,8 +153,8 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             text += f"\n\n```\n{st['error'][-800:]}\n```"
         return list_jobs(ctx), text, job_curves(ctx, job), st["log"]
 
-    c["timer"].tick(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]])
-    c["job"].change(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]])
+    c["timer"].tick(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]], api_visibility="private")
+    c["job"].change(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]], api_visibility="private")
 
     def on_cancel(job):  # noqa: ANN001
         try:
@@ -155,7 +162,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         except UserError as e:
             raise gr.Error(str(e)) from None
 
-    c["cancel"].click(on_cancel, c["job"], c["msg"])
+    c["cancel"].click(on_cancel, c["job"], c["msg"], api_visibility="private")
 
     def api_status(job: int) -> dict[str, Any]:
         try:

@@ -52,7 +52,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
 
 def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     for trigger in (c["refresh"].click, load_event):
-        trigger(lambda: list_checkpoints(ctx), None, c["table"])
+        trigger(lambda: list_checkpoints(ctx), None, c["table"], api_visibility="private")
 
     def act(fn: Any) -> Any:
         def handler(cid):  # noqa: ANN001
@@ -62,5 +62,5 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                 raise gr.Error(str(e)) from None
         return handler
 
-    c["promote"].click(act(promote), c["id"], [c["msg"], c["table"]])
-    c["delete"].click(act(delete), c["id"], [c["msg"], c["table"]])
+    c["promote"].click(act(promote), c["id"], [c["msg"], c["table"]], api_visibility="private")
+    c["delete"].click(act(delete), c["id"], [c["msg"], c["table"]], api_visibility="private")

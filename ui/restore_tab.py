@@ -22,7 +22,7 @@ from darl_core.rewards import MissingWeightsError, get_metric
 
 from .context import AppContext, UserError, png_bytes
 
-__all__ = ["RestoreResult", "flag", "listen", "render", "restore", "score"]
+__all__ = ["RestoreResult", "flag", "listen", "render", "restore", "restore_batch", "score"]
 
 REASONS = ["artifacts", "over-smoothed", "hallucination", "colour shift", "noise left", "blur left", "other"]
 
@@ -129,6 +129,38 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds)
 
 
+def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", sft_model: str | None = None,
+                  rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = 256,
+                  progress: Callable[[float, str], None] | None = None
+                  ) -> tuple[list[list[Any]], list[tuple[str, str]], str]:
+    """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal."""
+    import zipfile
+
+    if not image_paths:
+        raise UserError("no images were uploaded")
+    progress = progress or (lambda f, s: None)
+    out_dir = Path(tempfile.mkdtemp(prefix="darl-batch-"))
+    rows: list[list[Any]] = []
+    gallery: list[tuple[str, str]] = []
+    zpath = out_dir / "restored.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for i, path in enumerate(image_paths):
+            name = Path(path).stem
+            progress(i / len(image_paths), f"image {i + 1} of {len(image_paths)}")
+            try:
+                r = restore(ctx, path, task, sft_model, rl_model, steps, seed, tile)
+            except UserError as e:
+                rows.append([Path(path).name, f"skipped: {e}", "", "", ""])
+                continue
+            for label, f in zip(("sft", "rl"), r.files):
+                z.write(f, f"{name}_{label}.png")
+                gallery.append((f, f"{name} · {label.upper()}"))
+            niqe = {row[0]: row[1] for row in r.scores}
+            rows.append([Path(path).name, "ok", niqe["input"], niqe["SFT"], niqe["RL"]])
+    progress(1.0, "done")
+    return rows, gallery, str(zpath)
+
+
 def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path: str | None = None,
          task: str = "blind", user: str = "anonymous", difficulty_value: float | None = None) -> str:
     """Store the upload as a hard sample and append a flag event; returns a message."""
@@ -159,7 +191,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=1):
-            c["image"] = gr.Image(type="filepath", label="Degraded image", sources=["upload", "clipboard"])
+            c["image"] = gr.Image(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
+                                  elem_id="upload")
             c["gt"] = gr.Image(type="filepath", label="Ground truth (optional)", sources=["upload", "clipboard"])
             c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Task preset")
             c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True)
@@ -168,19 +201,26 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["steps"] = gr.Slider(1, 50, value=DEFAULT_STEPS, step=1, label="Steps")
                 c["seed"] = gr.Number(0, precision=0, label="Seed")
                 c["tile"] = gr.Slider(64, 1024, value=256, step=8, label="Tile size")
-            c["run"] = gr.Button("Restore", variant="primary")
+            c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
+            with gr.Accordion("Several images", open=False):
+                c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
+                c["run_batch"] = gr.Button("Restore all")
         with gr.Column(scale=2):
-            c["slider"] = gr.ImageSlider(label="SFT ⟷ RL", type="pil")
+            c["slider"] = gr.ImageSlider(label="SFT ⟷ RL", type="pil", elem_id="slider")
             c["input_view"] = gr.Image(label="Input", type="pil", interactive=False)
             c["scores"] = gr.Dataframe(label="IQA scores (NIQE, PIQE: lower is better)", interactive=False)
-            c["difficulty_md"] = gr.Markdown()
+            c["difficulty_md"] = gr.Markdown(elem_id="difficulty")
             c["files"] = gr.File(label="Downloads", file_count="multiple")
             c["difficulty"] = gr.State(float("nan"))
-            with gr.Accordion("Flag as hard", open=False):
+            c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
+                                            interactive=False, label="Batch results", visible=True)
+            c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=6, height=220)
+            c["batch_zip"] = gr.File(label="Batch download")
+            with gr.Accordion("Flag as hard", open=False, elem_id="flag-box"):
                 c["reason"] = gr.Dropdown(REASONS, value="artifacts", label="Reason")
                 c["note"] = gr.Textbox(label="Note")
-                c["flag_btn"] = gr.Button("Flag as hard")
-                c["flag_msg"] = gr.Markdown()
+                c["flag_btn"] = gr.Button("Flag as hard", elem_id="flag-btn")
+                c["flag_msg"] = gr.Markdown(elem_id="flag-msg")
     return c
 
 
@@ -198,6 +238,17 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                                 c["tile"]],
                    [c["slider"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["difficulty"]],
                    api_name="restore", concurrency_limit=1, concurrency_id="models")
+
+    def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress()):  # noqa: ANN001, B008
+        try:
+            return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, int(steps),
+                                 int(seed or 0), int(tile), progress=lambda f, s: progress(f, desc=s))
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    c["run_batch"].click(on_batch, [c["batch"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"], c["tile"]],
+                         [c["batch_table"], c["batch_gallery"], c["batch_zip"]], concurrency_limit=1,
+                         concurrency_id="models", api_visibility="private")
 
     def on_flag(image, reason, note, gt, task, d, request: gr.Request):  # noqa: ANN001
         try:

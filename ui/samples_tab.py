@@ -20,13 +20,17 @@ from .context import AppContext, UserError
 
 __all__ = ["HEADERS", "export_zip", "list_flagged", "listen", "render", "unflag"]
 
+D_MAX = 2.0  # difficulty (1 - SSIM) lies in [0, 2]; a bound at or past it filters nothing
 HEADERS = ["sample", "task", "reason", "difficulty", "user", "flagged at", "size", "ground truth", "note"]
 
 
 def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | None,
           d_min: float | None, d_max: float | None) -> list[FlaggedRow]:
-    since = utcnow() - timedelta(days=float(days)) if days else None
-    return ctx.store.flagged(task or None, reason or None, since, d_min, d_max)
+    # Neutral values mean "no filter": days <= 0, d_min <= 0, d_max >= D_MAX (a form always sends numbers).
+    since = utcnow() - timedelta(days=float(days)) if days and days > 0 else None
+    lo = d_min if d_min is not None and d_min > 0 else None
+    hi = d_max if d_max is not None and d_max < D_MAX else None
+    return ctx.store.flagged(task or None, reason or None, since, lo, hi)
 
 
 def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
@@ -80,12 +84,12 @@ def render(ctx: AppContext) -> dict[str, Any]:
     with gr.Row():
         c["task"] = gr.Dropdown([""] + sorted(PRESETS), value="", label="Task")
         c["reason"] = gr.Textbox(label="Reason")
-        c["days"] = gr.Number(None, label="Flagged in the last N days")
-        c["d_min"] = gr.Number(None, label="Difficulty ≥")
-        c["d_max"] = gr.Number(None, label="Difficulty ≤")
+        c["days"] = gr.Number(0, label="Flagged in the last N days (0: all)")
+        c["d_min"] = gr.Number(0.0, label="Difficulty ≥")
+        c["d_max"] = gr.Number(D_MAX, label="Difficulty ≤")
         c["refresh"] = gr.Button("Refresh")
     c["gallery"] = gr.Gallery(label="Flagged samples", columns=6, height=260)
-    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Flagged samples")
+    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Flagged samples", elem_id="samples-table")
     with gr.Row():
         c["sample"] = gr.Number(None, precision=0, label="Sample #")
         c["unflag"] = gr.Button("Unflag")
@@ -102,7 +106,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         return list_flagged(ctx, *f)
 
     for trigger in (c["refresh"].click, load_event):
-        trigger(refresh, filters, [c["gallery"], c["table"]])
+        trigger(refresh, filters, [c["gallery"], c["table"]], api_visibility="private")
 
     def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
         try:
@@ -111,7 +115,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
             raise gr.Error(str(e)) from None
         return (msg, *list_flagged(ctx, *f))
 
-    c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], c["gallery"], c["table"]])
+    c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], c["gallery"], c["table"]],
+                      api_visibility="private")
 
     def on_export(*f: Any) -> str:
         try:
@@ -119,4 +124,4 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         except UserError as e:
             raise gr.Error(str(e)) from None
 
-    c["export"].click(on_export, filters, c["zip"])
+    c["export"].click(on_export, filters, c["zip"], api_visibility="private")

@@ -1,0 +1,76 @@
+"""The worker killed with SIGKILL at 20 random points: nothing partial survives, nothing stays running."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from darl_core.checkpoint import latest_checkpoint
+from darl_core.pipeline import load_pipeline
+from storage import Store
+
+from test_worker import _png
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start_worker(data: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DARL_DATA_DIR=str(data), PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--once", "--stale-after", "3600"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+
+def _check_consistent(store: Store, job_dir: Path) -> None:
+    ckpt = latest_checkpoint(job_dir)
+    if ckpt is not None:  # the last complete checkpoint always loads, weights and training state
+        load_pipeline(ckpt / "pipeline")
+        assert "unet" in torch.load(ckpt / "train_state.pt", weights_only=False)
+    for c in store.checkpoints():  # a registered checkpoint is always complete
+        assert (Path(c.path) / "model_index.json").is_file(), c.path
+        load_pipeline(c.path)
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_random_points(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "data"
+    store = Store(directory=data)
+    ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(50 + i)) for i in range(3)]
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 120,
+                            "ckpt_every": 1}, ids)
+    job_dir = data / "jobs" / str(job)
+    rng = random.Random(20261126)
+    kills = 0
+    while kills < 20:
+        proc = _start_worker(data)
+        # Wait until training runs (a checkpoint exists or is being written), then kill at a random moment.
+        deadline = time.time() + 60
+        while time.time() < deadline and store.job(job).state != "running":
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.5, 2.5))
+        if proc.poll() is not None:
+            break  # finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert store.job(job).state == "running"  # what a dead worker leaves behind ...
+        _check_consistent(store, job_dir)
+        assert store.recover_stale(timeout_s=-1, requeue=True) == [job]  # ... which the next start re-queues
+        assert store.job(job).state == "queued"
+    assert kills == 20, f"the job finished after {kills} kills; make it longer"
+    # Now let it finish: it resumes from its last checkpoint, not from scratch.
+    done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
+    assert 0 < done_before < 120
+    assert _start_worker(data).wait(timeout=300) == 0
+    j = store.job(job)
+    assert j.state == "succeeded" and j.attempts == 21, j.error
+    assert latest_checkpoint(job_dir).name == "checkpoint-0000120"
+    _check_consistent(store, job_dir)
+    assert any(c.job_id == job for c in store.checkpoints())
