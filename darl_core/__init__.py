@@ -1,1 +1,16 @@
-"""DARL core: restoration inference, IQA rewards, difficulty, the RL trainer and the job worker."""
+"""DARL core: restoration inference, IQA rewards, difficulty, the SFT/RL trainers and the job worker.
+
+The public surface; everything else is reachable through its module.
+"""
+
+from .degrade import DegradationConfig, degrade, get_preset
+from .difficulty import difficulty, difficulty_no_reference, relative_weights
+from .pipeline import DEFAULT_MODEL, DEFAULT_STEPS, ModelLoadError, RestorationPipeline, load_pipeline
+from .rewards import MissingWeightsError, create_reward, get_metric, list_metrics
+from .rl import RLConfig, get_rl_preset, train_rl
+from .train_sft import SFTConfig, train_sft
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DegradationConfig", "MissingWeightsError", "ModelLoadError",
+           "RLConfig", "RestorationPipeline", "SFTConfig", "create_reward", "degrade", "difficulty",
+           "difficulty_no_reference", "get_metric", "get_preset", "get_rl_preset", "list_metrics",
+           "load_pipeline", "relative_weights", "train_rl", "train_sft"]

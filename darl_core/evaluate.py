@@ -43,8 +43,8 @@ def _pairs(data: str | None, task: str, seed: int) -> list[tuple[str, torch.Tens
     return [(n, pil_to_tensor(lqs[n]), pil_to_tensor(gts[n])) for n in sorted(lqs) if n in gts]
 
 
-def _score(names: list[str], imgs: list[torch.Tensor], gts: list[torch.Tensor], metrics: list[str],
-           device: str) -> dict[str, list[float]]:
+def _score(imgs: list[torch.Tensor], gts: list[torch.Tensor], metrics: list[str], device: str
+           ) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {m: [] for m in metrics}
     for img, gt in zip(imgs, gts):
         for m in metrics:
@@ -63,14 +63,13 @@ def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piq
     names = [p[0] for p in pairs]
     gts = [p[2] for p in pairs]
     metrics = ["psnr", "ssim", reward, nr_metric]
-    per_model: dict[str, dict[str, list[float]]] = {"input": _score(names, [p[1] for p in pairs], gts, metrics,
-                                                                    device)}
+    per_model: dict[str, dict[str, list[float]]] = {"input": _score([p[1] for p in pairs], gts, metrics, device)}
     first = None
     for label, path in models.items():
         pipe = load_pipeline(path, device)
         outs = [pipe.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i))[0].cpu()
                 for i, (_, lq, _) in enumerate(tqdm(pairs, desc=f"restore {label}", leave=False))]
-        per_model[label] = _score(names, outs, gts, metrics, device)
+        per_model[label] = _score(outs, gts, metrics, device)
         first = first or label
     # Hardest quartile by the first model's difficulty, d = 1 - SSIM.
     ref = per_model[first] if first else per_model["input"]

@@ -120,10 +120,9 @@ class RestorationPipeline(DiffusionPipeline):
     def predict(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, tile_size: int | None = None,
                 tile_overlap: int = 32) -> torch.Tensor:
         """Model output (v) for state ``x_t`` at timestep ``t``, tiled when ``tile_size`` is set."""
-        def fn(z: torch.Tensor) -> torch.Tensor:
-            inp = torch.cat([z[:, :3], z[:, 3:]], dim=1)
+        def fn(z: torch.Tensor) -> torch.Tensor:  # z = [x_t, cond] on the channel axis
             tt = torch.full((z.shape[0],), int(t), device=z.device, dtype=torch.long)
-            return self.unet(inp, tt).sample
+            return self.unet(z, tt).sample
         return tiled_apply(fn, torch.cat([x_t, cond], dim=1), tile_size, tile_overlap)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

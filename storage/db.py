@@ -4,7 +4,7 @@
   the database; without it, ``sqlite:///{data_dir}/darl.db``.
 * ``DARL_DATA_DIR`` (default ``./data``) holds the SQLite file and the
   content-addressed image blobs.
-* SQLite connections get WAL, a 30 s busy timeout and foreign keys, and
+* SQLite connections get WAL, a 60 s busy timeout and foreign keys, and
   every transaction starts with ``BEGIN IMMEDIATE`` (a writer takes the lock
   up front instead of failing with "database is locked" on upgrade).
 * ``migrate(engine)`` applies the Alembic migrations up to head; the run
@@ -44,14 +44,14 @@ def database_url(directory: Path | None = None) -> str:
 def make_engine(url: str | None = None) -> Engine:
     url = url or database_url()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: object, _rec: object) -> None:
             dbapi_conn.isolation_level = None  # type: ignore[attr-defined]  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            cur.execute("PRAGMA busy_timeout=60000")  # first: the WAL switch below may have to wait too
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -76,9 +76,18 @@ def _alembic_config(engine: Engine):  # noqa: ANN202 - alembic type
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade (or, with a revision like "-1" / "base", downgrade) the schema."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     cfg = _alembic_config(engine)
     try:
+        if revision == "head":
+            # Already at head (every start but the first): a short read, no migration lock held
+            # while Alembic loads its scripts. Many processes start at once; they must not queue here.
+            head = ScriptDirectory.from_config(cfg).get_current_head()
+            with engine.connect() as conn:
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return
         with engine.begin() as conn:
             if engine.dialect.name == "postgresql":
                 # Workers and apps starting together must not migrate at the same time.

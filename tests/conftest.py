@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 torch.set_num_threads(2)
 
 from darl_core.pipeline import RestorationPipeline, build_unet, make_scheduler  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -27,3 +32,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "model"
     RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), residual_scale=0.5).save_pretrained(path)
     return path
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """Start a PostgreSQL cluster in a temporary folder (as the postgres user when we are root)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 is not installed (apt-get install postgresql-15); .ci/run installs it")
+    root = Path(tempfile.mkdtemp(prefix="darl-pg-"))
+    data, port = root / "data", free_port()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(root, "postgres")
+    subprocess.run(run_as + [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100",
+                             "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

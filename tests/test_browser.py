@@ -8,12 +8,12 @@ Screenshots of each stage go to test-artifacts/browser/.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from darl_core.worker import run_worker
 from storage import Store
@@ -22,11 +22,6 @@ from ui import AppContext, build_app
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -41,7 +36,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
     store = Store(directory=tmp_path / "data")
     demo = build_app(AppContext(store))
     demo.queue(default_concurrency_limit=1)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     stop = threading.Event()
 

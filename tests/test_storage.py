@@ -4,51 +4,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from helpers import free_port
 from storage import IllegalTransition, Store, TRANSITIONS
 from storage.db import migrate
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """Start a PostgreSQL cluster in a temporary folder (as the postgres user when we are root)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail("PostgreSQL 15 is not installed (apt-get install postgresql-15); .ci/run installs it")
-    root = Path(tempfile.mkdtemp(prefix="darl-pg-"))
-    data, port = root / "data", _free_port()
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(root, "postgres")
-    subprocess.run(run_as + [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100",
-                             "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str | None, Path]:
@@ -177,4 +141,4 @@ def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
     from storage import StoreUnavailable
 
     with pytest.raises(StoreUnavailable, match="unreachable"):
-        Store(f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/x", tmp_path)
+        Store(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x", tmp_path)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import random
-import socket
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from PIL import Image
 from sqlalchemy import text
 
@@ -182,11 +182,6 @@ def test_fuzz_1000_malformed_uploads(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the app over HTTP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -197,7 +192,7 @@ def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> No
     ctx = AppContext(Store(directory=tmp_path / "data"))
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -215,5 +210,28 @@ def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> No
         run_worker(ctx.store, "w", once=True)  # the worker process of `make run`, here in-process
         st = client.predict(int(job), api_name="/job_status")
         assert st["state"] == "succeeded" and st["progress"] == 1.0
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_login_records_the_user_on_flags(tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    from ui import build_app
+
+    ctx = AppContext(Store(directory=tmp_path / "data"))
+    demo = build_app(ctx)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                auth=[("ann", "s3cret")])
+    try:
+        with pytest.raises(Exception):
+            Client(f"http://127.0.0.1:{port}/", verbose=False, auth=("ann", "wrong"))
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, auth=("ann", "s3cret"))
+        img = _img(tmp_path / "x.png")
+        client.predict(handle_file(img), "artifacts", "", None, "blind", api_name="/flag")
+        assert ctx.store.flagged()[0].user == "ann"
     finally:
         demo.close()

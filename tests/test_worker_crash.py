@@ -16,14 +16,17 @@ import torch
 from darl_core.checkpoint import latest_checkpoint
 from darl_core.pipeline import load_pipeline
 from storage import Store
+from storage.db import migrate
 
 from test_worker import _png
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start_worker(data: Path) -> subprocess.Popen[bytes]:
+def _start_worker(data: Path, url: str | None) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DARL_DATA_DIR=str(data), PYTHONPATH=str(ROOT))
+    if url:
+        env["DARL_DATABASE_URL"] = url
     return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--once", "--stale-after", "3600"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
@@ -39,9 +42,15 @@ def _check_consistent(store: Store, job_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_at_20_random_points(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_sigkill_at_20_random_points(db: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                     tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
-    store = Store(directory=data)
+    url = None
+    if db == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        migrate(Store(url, data).engine, "base")  # a clean schema
+    store = Store(url, data)
     ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(50 + i)) for i in range(3)]
     job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 120,
                             "ckpt_every": 1}, ids)
@@ -49,7 +58,7 @@ def test_sigkill_at_20_random_points(tmp_path: Path, tiny_model_dir: Path) -> No
     rng = random.Random(20261126)
     kills = 0
     while kills < 20:
-        proc = _start_worker(data)
+        proc = _start_worker(data, url)
         # Wait until training runs (a checkpoint exists or is being written), then kill at a random moment.
         deadline = time.time() + 60
         while time.time() < deadline and store.job(job).state != "running":
@@ -68,7 +77,7 @@ def test_sigkill_at_20_random_points(tmp_path: Path, tiny_model_dir: Path) -> No
     # Now let it finish: it resumes from its last checkpoint, not from scratch.
     done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
     assert 0 < done_before < 120
-    assert _start_worker(data).wait(timeout=300) == 0
+    assert _start_worker(data, url).wait(timeout=300) == 0
     j = store.job(job)
     assert j.state == "succeeded" and j.attempts == 21, j.error
     assert latest_checkpoint(job_dir).name == "checkpoint-0000120"
