@@ -276,6 +276,12 @@ def policy_losses(policy: RestorationPipeline, traj: Trajectory, k: int, adv: to
 
 # ----------------------------------------------------------------------------- helpers
 
+def _truncate_log(path: Path, last_round: int) -> None:
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("round", 0) <= last_round]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
 def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
@@ -375,6 +381,9 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         memory.load_state_dict(state["memory"])
         diff, start = state["difficulty"], state["round"]
         g.set_state(state["generator"])
+        # Rounds after the checkpoint were lost with the crash and will be redone: drop their log lines.
+        for name in ("metrics.jsonl", "difficulty.jsonl"):
+            _truncate_log(out / name, start)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     val = None
     if cfg.val_every:

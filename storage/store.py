@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -274,7 +274,9 @@ class Store:
         return ids
 
     def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
+        """Record a step's metrics; a step logged again (redone after a resume) replaces the old values."""
         with self.session() as s:
+            s.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step == step))
             s.add_all(Metric(job_id=job_id, step=step, name=k, value=float(v)) for k, v in values.items())
 
     def metrics(self, job_id: int) -> list[tuple[int, str, float]]:

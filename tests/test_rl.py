@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,14 +83,17 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, tiny_mo
     cb = {"on_round": lambda r: rounds.append(r["round"]), "should_stop": lambda: len(rounds) >= 2}
     train_rl(_cfg(tmp_path / "cut", tiny_model_dir, rounds=3, ckpt_every=100), callbacks=cb)
     assert rounds == [1, 2]
+    log = tmp_path / "cut" / "run" / "metrics.jsonl"
+    with open(log, "a") as f:  # a round 3 that ran, then crashed before its checkpoint
+        f.write('{"round": 3, "reward": 999.0}\n')
     resumed = _weights(train_rl(_cfg(tmp_path / "cut", tiny_model_dir, rounds=3), resume=True))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+    recs = [json.loads(line) for line in open(log)]
+    assert [r["round"] for r in recs] == [1, 2, 3] and recs[-1]["reward"] != 999.0  # redone, logged once
 
 
 @pytest.mark.slow
 def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import json
-
     from darl_core.images import save_tensor
 
     items = []

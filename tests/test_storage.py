@@ -124,6 +124,15 @@ def test_flags_history_filters_and_cancel(store_args: tuple[str | None, Path]) -
     assert store.job(j).state == "cancelled"
 
 
+def test_metrics_of_a_redone_step_replace_the_old_ones(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    j = store.create_job({}, [])
+    store.add_metrics(j, 1, {"reward": 1.0, "kl": 0.1})
+    store.add_metrics(j, 2, {"reward": 2.0})
+    store.add_metrics(j, 2, {"reward": 5.0})  # step 2 redone after a resume
+    assert store.metrics(j) == [(1, "reward", 1.0), (1, "kl", 0.1), (2, "reward", 5.0)]
+
+
 def test_migrations_down_and_up_with_data(store_args: tuple[str | None, Path]) -> None:
     store = _store(store_args)
     sid = store.add_sample(b"keep me", 4, 4)
