@@ -307,7 +307,7 @@ class Store:
             s.execute(update(Checkpoint).values(promoted=Checkpoint.id == checkpoint_id))
 
     def delete_checkpoint(self, checkpoint_id: int) -> None:
-        """Delete a checkpoint row that no other checkpoint descends from and that is not promoted."""
+        """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base."""
         with self.session() as s:
             c = s.get(Checkpoint, checkpoint_id)
             if c is None:
@@ -316,6 +316,10 @@ class Store:
                 raise ValueError(f"checkpoint {c.name} is the promoted default; promote another first")
             if s.scalar(select(func.count()).where(Checkpoint.parent_id == checkpoint_id)):
                 raise ValueError(f"checkpoint {c.name} has descendants and cannot be deleted")
+            active = s.scalars(select(Job).where(Job.state.in_(("queued", "running")))).all()
+            users = [j.id for j in active if j.config.get("base_model") == c.path]
+            if users:
+                raise ValueError(f"checkpoint {c.name} is the base of unfinished job(s) {users}")
             s.delete(c)
 
     def ping(self) -> None:

@@ -117,6 +117,14 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
         models_tab.delete(ctx, child[0])
     with pytest.raises(UserError, match="already succeeded"):
         finetune_tab.cancel_job(ctx, job)
+    # a checkpoint an unfinished job starts from is referenced; once free, its files go with it
+    models_tab.promote(ctx, child[0] - 1)
+    pending = finetune_tab.launch_job(ctx, child[6], "psnr", "tiny_test", 2)
+    with pytest.raises(UserError, match="unfinished"):
+        models_tab.delete(ctx, child[0])
+    ctx.store.request_cancel(pending)
+    assert "with its files" in models_tab.delete(ctx, child[0])
+    assert not Path(child[6]).exists()
 
 
 # ----------------------------------------------------------------------------- fuzz

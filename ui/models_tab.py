@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -28,14 +30,18 @@ def promote(ctx: AppContext, checkpoint_id: int | None) -> str:
 
 
 def delete(ctx: AppContext, checkpoint_id: int | None) -> str:
-    """Forget a checkpoint that nothing references (its files stay on disk)."""
+    """Delete a checkpoint nothing references; its files go too when the app made them (under the data folder)."""
     try:
+        path = Path(next(c.path for c in ctx.store.checkpoints() if c.id == int(checkpoint_id)))  # type: ignore[arg-type]
         ctx.store.delete_checkpoint(int(checkpoint_id))  # type: ignore[arg-type]
-    except (KeyError, TypeError):
+    except (StopIteration, KeyError, TypeError):
         raise UserError(f"there is no checkpoint #{checkpoint_id}") from None
     except ValueError as e:
         raise UserError(str(e)) from None
-    return f"Checkpoint #{int(checkpoint_id)} deleted from the registry."
+    if path.resolve().is_relative_to(ctx.store.dir.resolve()) and path.is_dir():
+        shutil.rmtree(path)
+        return f"Checkpoint #{int(checkpoint_id)} deleted, with its files."
+    return f"Checkpoint #{int(checkpoint_id)} removed from the registry (files outside the data folder are kept)."
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
