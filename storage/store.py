@@ -306,8 +306,9 @@ class Store:
         with self.session() as s:
             s.execute(update(Checkpoint).values(promoted=Checkpoint.id == checkpoint_id))
 
-    def delete_checkpoint(self, checkpoint_id: int) -> None:
-        """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base."""
+    def delete_checkpoint(self, checkpoint_id: int) -> str:
+        """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base;
+        returns its path."""
         with self.session() as s:
             c = s.get(Checkpoint, checkpoint_id)
             if c is None:
@@ -321,6 +322,7 @@ class Store:
             if users:
                 raise ValueError(f"checkpoint {c.name} is the base of unfinished job(s) {users}")
             s.delete(c)
+            return c.path
 
     def ping(self) -> None:
         with self.session() as s:

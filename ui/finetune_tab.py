@@ -35,7 +35,8 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         raise UserError(str(e)) from None
     if not 1 <= int(rounds) <= 100_000:
         raise UserError("rounds must be between 1 and 100000")
-    if not 0 <= int(hardest_k or 0) <= 256:
+    hardest_k = int(hardest_k or 0)
+    if not 0 <= hardest_k <= 256:
         raise UserError("the number of extra hard samples must be between 0 and 256")
     flagged = {r.sample_id: r for r in ctx.store.flagged()}
     if sample_ids and sample_ids.strip():
@@ -54,9 +55,9 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         if not any(flagged[i].gt_path for i in ids):
             raise UserError("a full-reference reward needs flagged samples with a ground truth")
     config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": int(rounds), "base_model": base_model,
-                              "batch_size": min(8, len(ids) + int(hardest_k or 0))}
+                              "batch_size": min(8, len(ids) + hardest_k)}
     if hardest_k:
-        config.update(extra_hardest_k=int(hardest_k), pool_size=max(64, 4 * int(hardest_k)))
+        config.update(extra_hardest_k=hardest_k, pool_size=max(64, 4 * hardest_k))
     config.update(extra or {})
     return ctx.store.create_job(config, ids, user)  # the sample list is frozen here
 

@@ -32,9 +32,8 @@ def promote(ctx: AppContext, checkpoint_id: int | None) -> str:
 def delete(ctx: AppContext, checkpoint_id: int | None) -> str:
     """Delete a checkpoint nothing references; its files go too when the app made them (under the data folder)."""
     try:
-        path = Path(next(c.path for c in ctx.store.checkpoints() if c.id == int(checkpoint_id)))  # type: ignore[arg-type]
-        ctx.store.delete_checkpoint(int(checkpoint_id))  # type: ignore[arg-type]
-    except (StopIteration, KeyError, TypeError):
+        path = Path(ctx.store.delete_checkpoint(int(checkpoint_id)))  # type: ignore[arg-type]
+    except (KeyError, TypeError):
         raise UserError(f"there is no checkpoint #{checkpoint_id}") from None
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,6 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
                   progress: Callable[[float, str], None] | None = None
                   ) -> tuple[list[list[Any]], list[tuple[str, str]], str]:
     """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal."""
-    import zipfile
-
     if not image_paths:
         raise UserError("no images were uploaded")
     progress = progress or (lambda f, s: None)
