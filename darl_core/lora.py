@@ -16,14 +16,20 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 __all__ = ["add_lora", "adapters_disabled", "lora_state_dict", "load_lora_state_dict", "merged_copy"]
 
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_shortcut", "time_emb_proj"]
+TARGETS = {"all": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_shortcut", "time_emb_proj"],
+           "attn": ["to_q", "to_k", "to_v", "to_out.0"]}  # named sets of adapted layers
 
 
-def add_lora(unet: torch.nn.Module, rank: int = 8, alpha: float | None = None) -> torch.nn.Module:
-    """Inject LoRA adapters into the attention and ResNet layers; only they are trainable."""
+def add_lora(unet: torch.nn.Module, rank: int = 8, alpha: float | None = None,
+             targets: str | list[str] = "all") -> torch.nn.Module:
+    """Inject LoRA adapters into the attention and ResNet layers (``all``), or the attention
+    projections only (``attn``), or the listed module names; only the adapters are trainable."""
     present = {n.split(".")[-1] for n, _ in unet.named_modules()} | {
         ".".join(n.split(".")[-2:]) for n, _ in unet.named_modules()}
-    targets = [t for t in TARGETS if t in present]
+    wanted = TARGETS[targets] if isinstance(targets, str) else list(targets)
+    targets = [t for t in wanted if t in present]
+    if not targets:
+        raise ValueError(f"none of the LoRA target layers {wanted} exists in this UNet")
     cfg = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights="gaussian")
     unet.requires_grad_(False)
     inject_adapter_in_model(cfg, unet)

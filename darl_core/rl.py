@@ -27,9 +27,23 @@ no KL: SFT only, same rounds and batch), ``rl_uniform`` (w = 1, no SFT, no
 KL: plain DDPO with the IQA reward), ``rl_gt_reward`` (the full method with
 PSNR as the reward) and ``darl``.
 
+The trainer drives any ``restorer.Restorer`` (our pixel model, the Stable
+Diffusion x4 upscaler, LDM super-resolution): it only calls ``rollout``,
+``predict``, ``sft_loss`` and ``restore_tensor``. LoRA (``lora_rank > 0``)
+keeps no second model: the reference is the UNet with its adapters off.
+
+Several processes (``accelerate launch -m darl_core.train_rl ...``): every
+process holds the whole pool and the same generator, so all choose the same
+batch; each rolls out and trains its slice of it (with the noise a single
+process would draw for those rows), rewards and difficulty are gathered so
+the reward memory and the weights w_i are identical everywhere, gradients
+are averaged once per optimiser step, and only the main process validates,
+logs and writes checkpoints.
+
 Training reports through ``callbacks`` (``on_round(record)``,
-``on_checkpoint(path, record)``, ``should_stop() -> bool``) and imports
-neither Gradio nor the store. Randomness comes from one generator whose
+``on_checkpoint(path, record)``, ``should_stop() -> bool``, called on the
+main process; ``on_finish(restorer)``, called on every process at the end)
+and imports neither Gradio nor the store. Randomness comes from one generator whose
 state is checkpointed, so a resumed run reproduces an uninterrupted one.
 """
 
@@ -37,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import math
 import time
 from collections import deque
@@ -52,10 +67,11 @@ from .degrade import degrade, get_preset
 from .difficulty import difficulty, relative_weights
 from .images import load_rgb, pil_to_tensor
 from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict, merged_copy
-from .pipeline import RestorationPipeline, Trajectory, load_pipeline
+from .pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
+from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
 from .sampler import ddim_step
-from .train_sft import SFTConfig, diffusion_loss, validation_set
+from .train_sft import SFTConfig, validation_set
 
 __all__ = ["PRESETS", "PoolSample", "RLConfig", "RewardMemory", "build_pool", "get_rl_preset", "policy_losses",
            "ppo_loss", "synthetic_pool", "train_rl"]
@@ -99,11 +115,14 @@ class RLConfig:
     samples_file: str | None = None  # pool from a JSON list of {"id", "lq", "gt"?} (the app's flagged samples)
     extra_hardest_k: int = 0  # with samples_file/pairs_folder: also the k hardest of a synthetic pool (seeded)
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank (reference = adapters off)
+    lora_targets: str = "all"  # LoRA on "all" attention and ResNet layers, or on "attn" projections only
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory)
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
     seed: int = 0  # seeds the pool, the batches, rollouts and SFT noise
     device: str = "auto"  # cpu, cuda, or auto
     bf16: bool = False  # bf16 autocast for model forwards (CUDA; fp32 keeps the ratio exact)
+    stop_file: str | None = None  # stop (with a checkpoint) once this file exists (multi-process jobs)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
 
 
@@ -170,19 +189,37 @@ def _fit(x: torch.Tensor, side: int, g: torch.Generator | None = None) -> tuple[
     return y0, x0, x[:, y0 : y0 + side, x0 : x0 + side]
 
 
-def build_pool(cfg: RLConfig) -> list[PoolSample]:
-    """The training pool the config names: samples file, pairs folder, or synthetic degradations."""
+def _pair(lq: torch.Tensor, gt: torch.Tensor, side: int, scale: int, name: str,
+          g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned crops: ``side`` of the GT and ``side / scale`` of the LQ (random with ``g``, else centred)."""
+    if tuple(gt.shape[1:]) != (lq.shape[1] * scale, lq.shape[2] * scale):
+        raise ValueError(f"{name}: GT {tuple(gt.shape[1:])} is not {scale}x LQ {tuple(lq.shape[1:])} "
+                         f"(the model's output scale)")
+    if scale == 1:
+        both = _fit(torch.cat([lq, gt]), side, g)[2]
+        return both[:3], both[3:]
+    small = side // scale
+    if min(lq.shape[1:]) < small:
+        raise ValueError(f"{name}: LQ {tuple(lq.shape[1:])} is smaller than the crop side {small}")
+    y0, x0, lq_c = _fit(lq, small, g)
+    return lq_c, gt[:, y0 * scale : (y0 + small) * scale, x0 * scale : (x0 + small) * scale]
+
+
+def build_pool(cfg: RLConfig, scale: int = 1) -> list[PoolSample]:
+    """The training pool the config names: samples file, pairs folder, or synthetic degradations.
+
+    ``scale`` is the model's output scale: the GT crop is ``patch`` and the LQ crop ``patch / scale``.
+    """
     g = torch.Generator().manual_seed(cfg.seed + 17)
     if cfg.samples_file:
         items = json.loads(Path(cfg.samples_file).read_text())
         pool = []
         for it in items:
             lq = pil_to_tensor(load_rgb(it["lq"]))
-            gt = pil_to_tensor(load_rgb(it["gt"])) if it.get("gt") else None
-            if gt is not None and gt.shape != lq.shape:
-                raise ValueError(f"sample {it['id']}: LQ {tuple(lq.shape)} and GT {tuple(gt.shape)} differ in size")
-            y0, x0, lq_c = _fit(lq, cfg.patch)
-            gt_c = _fit(gt, cfg.patch)[2] if gt is not None else None
+            if it.get("gt"):
+                lq_c, gt_c = _pair(lq, pil_to_tensor(load_rgb(it["gt"])), cfg.patch, scale, f"sample {it['id']}")
+            else:
+                lq_c, gt_c = _fit(lq, cfg.patch // scale)[2], None
             pool.append(PoolSample(str(it["id"]), lq_c, gt_c))
         return pool
     if cfg.pairs_folder:
@@ -193,9 +230,8 @@ def build_pool(cfg: RLConfig) -> list[PoolSample]:
         for name in sorted(lqs):
             if name not in gts:
                 raise ValueError(f"{root / 'lq' / name} has no ground truth {root / 'gt' / name}")
-            lq, gt = pil_to_tensor(lqs[name]), pil_to_tensor(gts[name])
-            both = _fit(torch.cat([lq, gt]), cfg.patch, g)[2]
-            pool.append(PoolSample(name, both[:3], both[3:]))
+            lq_c, gt_c = _pair(pil_to_tensor(lqs[name]), pil_to_tensor(gts[name]), cfg.patch, scale, name, g)
+            pool.append(PoolSample(name, lq_c, gt_c))
         return pool
     return synthetic_pool(cfg, g)
 
@@ -249,7 +285,7 @@ def ppo_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
 
 
-def policy_losses(policy: RestorationPipeline, traj: Trajectory, k: int, adv: torch.Tensor, eta: float,
+def policy_losses(policy: Restorer, traj: Trajectory, k: int, adv: torch.Tensor, eta: float,
                   clip_range: float, ref_unet: torch.nn.Module | None, use_adapters_off: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample PPO loss, KL, ratio and clipped flag of transition ``k`` (with grad)."""
@@ -265,11 +301,9 @@ def policy_losses(policy: RestorationPipeline, traj: Trajectory, k: int, adv: to
                 with adapters_disabled(policy.unet):
                     ref_out = policy.predict(x_t, t, traj.cond).float()
             else:
-                inp = torch.cat([x_t, traj.cond], 1)
-                tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
-                ref_out = ref_unet(inp, tt).sample.float()
+                ref_out = policy.predict(x_t, t, traj.cond, unet=ref_unet).float()
             ref_mean = ddim_step(policy.scheduler, ref_out, t, x_t, eta=eta, prev_sample=x_prev).mean
-        kl = ((step.mean - ref_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * step.std**2)
+        kl = ((step.mean - ref_mean) ** 2).mean(dim=tuple(range(1, x_t.ndim))) / (2 * step.std**2)
     clipped = ((ratio - 1).abs() > clip_range).float()
     return loss, kl, ratio.detach(), clipped
 
@@ -286,23 +320,86 @@ def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
+class _Procs:
+    """This process's place among the training processes (an ``accelerate.Accelerator`` when launched
+    by ``accelerate launch``; alone otherwise) and the few collectives the trainer needs."""
+
+    def __init__(self, cfg: RLConfig):
+        from accelerate import Accelerator
+
+        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.acc = Accelerator(cpu=_device(cfg.device).type == "cpu") if multi else None
+        self.rank = self.acc.process_index if multi else 0
+        self.world = self.acc.num_processes if multi else 1
+        self.main = self.rank == 0
+        self.device = self.acc.device if multi else _device(cfg.device)
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
+
+    def rows(self, n: int) -> slice:
+        """This process's rows of a global batch of ``n``."""
+        b = n // self.world
+        return slice(self.rank * b, (self.rank + 1) * b)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every process's rows, in rank order (= the global batch's order)."""
+        return x if self.acc is None else self.acc.gather(x.contiguous())
+
+    def gather_objects(self, items: list) -> list:
+        if self.acc is None:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.acc is None else self.acc.reduce(x, "mean")
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        # Several forward/backward passes make one optimiser step (each transition, the reference
+        # with adapters off, the SFT term), so rather than DDP's per-backward hooks we average the
+        # accumulated gradients once per step: one all-reduce of one flat buffer.
+        if self.acc is None:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.mean(torch.cat([g_.flatten() for g_ in grads]))
+        for p, g_ in zip(params, torch.split(flat, [g_.numel() for g_ in grads])):
+            p.grad = g_.view_as(p).clone()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on any (stop flags agree)."""
+        if self.acc is None:
+            return flag
+        return bool(self.mean(torch.tensor([float(flag)], device=self.device)) > 0)
+
+    def barrier(self) -> None:
+        if self.acc is not None:
+            self.acc.wait_for_everyone()
+
+
 @torch.no_grad()
-def _restore(policy: RestorationPipeline, lq: torch.Tensor, steps: int, chunk: int = 16) -> torch.Tensor:
-    # Fixed noise seed: difficulty and validation are comparable from round to round.
-    return torch.cat([policy.restore_tensor(lq[i : i + chunk], steps, eta=0.0, tile_size=None,
-                                            generator=torch.Generator().manual_seed(1234 + i))
-                      for i in range(0, lq.shape[0], chunk)])
+def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: _Procs | None = None,
+             chunk: int = 16) -> torch.Tensor:
+    """Deterministic restorations of ``lq`` (fixed noise per chunk: comparable from round to round);
+    with several processes each restores every world-th chunk and all get the whole result."""
+    rank, world = (procs.rank, procs.world) if procs else (0, 1)
+    mine = [(i, policy.restore_tensor(lq[i : i + chunk], steps, eta=0.0, tile_size=None,
+                                      generator=torch.Generator().manual_seed(1234 + i)).cpu())
+            for i in range(rank * chunk, lq.shape[0], world * chunk)]
+    parts = procs.gather_objects(mine) if procs else mine
+    return torch.cat([x for _, x in sorted(parts, key=lambda p: p[0])])
 
 
-def _pool_difficulty(policy: RestorationPipeline, pool: list[PoolSample], cfg: RLConfig,
-                     device: torch.device) -> torch.Tensor:
+def _pool_difficulty(policy: Restorer, pool: list[PoolSample], cfg: RLConfig, device: torch.device,
+                     procs: _Procs | None = None) -> torch.Tensor:
     """d for every pool sample (+inf where there is no GT: flagged samples always count as hard)."""
     d = torch.full((len(pool),), math.inf)
     idx = [i for i, s in enumerate(pool) if s.gt is not None]
     if idx:
         lq = torch.stack([pool[i].lq for i in idx])
         gt = torch.stack([pool[i].gt for i in idx])  # type: ignore[misc]
-        d[idx] = difficulty(_restore(policy, lq, cfg.num_steps), gt, cfg.difficulty_metric, device)
+        d[idx] = difficulty(_restore(policy, lq, cfg.num_steps, procs).to(device), gt.to(device),
+                            cfg.difficulty_metric, device).cpu()
     return d
 
 
@@ -319,12 +416,13 @@ def _choose(d: torch.Tensor, eligible: torch.Tensor, cfg: RLConfig, g: torch.Gen
 
 
 @torch.no_grad()
-def _validate(policy: RestorationPipeline, val: tuple[torch.Tensor, torch.Tensor], reward: Reward | None,
+def _validate(policy: Restorer, val: tuple[torch.Tensor, torch.Tensor], reward: Reward | None,
               cfg: RLConfig, device: torch.device) -> dict[str, float]:
     from .rewards import get_metric
 
     lq, hq = val
-    out = _restore(policy, lq, cfg.num_steps)
+    out = _restore(policy, lq, cfg.num_steps).to(device)
+    hq = hq.to(device)
     rec = {"val_psnr": float(get_metric("psnr", device)(out, hq).mean()),
            "val_ssim": float(get_metric("ssim", device)(out, hq).mean())}
     if reward is not None:
@@ -340,28 +438,38 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     callbacks = callbacks or {}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    procs = _Procs(cfg)
+    device, main = procs.device, procs.main
     torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # the same on every process: the same batches
 
     # Policy, and the frozen reference it is kept close to (the SFT model).
     policy = load_pipeline(cfg.base_model, device)
     unet = policy.unet
+    scale = policy.output_scale
     if cfg.lora_rank:
-        add_lora(unet, cfg.lora_rank)
+        add_lora(unet, cfg.lora_rank, targets=cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     ref_unet = None
     if cfg.beta_kl > 0 and not cfg.lora_rank:
         ref_unet = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
-    pool = pool if pool is not None else build_pool(cfg)
+    pool = pool if pool is not None else build_pool(cfg, scale)
     if cfg.extra_hardest_k > 0 and (cfg.samples_file or cfg.pairs_folder):
         # Add the k hardest synthetic samples under the base model: same seed, same samples.
         extra = synthetic_pool(cfg)
-        d_extra = _pool_difficulty(policy, extra, cfg, device)
+        d_extra = _pool_difficulty(policy, extra, cfg, device, procs)
         pool = pool + [extra[i] for i in torch.argsort(d_extra, descending=True)[: cfg.extra_hardest_k].tolist()]
     if not pool:
         raise ValueError("the training pool is empty")
+    for s in pool:
+        if s.gt is not None and s.gt.shape[-1] != s.lq.shape[-1] * scale:
+            raise ValueError(f"pool sample {s.id}: GT {tuple(s.gt.shape[1:])} is not {scale}x its LQ "
+                             f"{tuple(s.lq.shape[1:])}; this model's output scale is {scale} "
+                             f"(for x4 models use a x4 task such as --task sr4)")
     needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0
     reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
     has_gt = torch.tensor([s.gt is not None for s in pool])
@@ -382,32 +490,44 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         diff, start = state["difficulty"], state["round"]
         g.set_state(state["generator"])
         # Rounds after the checkpoint were lost with the crash and will be redone: drop their log lines.
-        for name in ("metrics.jsonl", "difficulty.jsonl"):
-            _truncate_log(out / name, start)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        if main:
+            for name in ("metrics.jsonl", "difficulty.jsonl"):
+                _truncate_log(out / name, start)
+    procs.barrier()
     val = None
-    if cfg.val_every:
-        val = validation_set(SFTConfig(val_crops=8))
-    metrics_log = open(out / "metrics.jsonl", "a")
-    diff_log = open(out / "difficulty.jsonl", "a")
+    if cfg.val_every and main:
+        val = validation_set(SFTConfig(val_crops=8, task=cfg.task if scale > 1 else "blind"))
+    if main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        metrics_log = open(out / "metrics.jsonl", "a")
+        diff_log = open(out / "difficulty.jsonl", "a")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    base_name = str(Path(cfg.base_model).resolve()) if cfg.base_model and Path(cfg.base_model).exists() else (
+        cfg.base_model or str(DEFAULT_MODEL))
 
     def export(path: Path) -> None:
         unet.eval()
-        if cfg.lora_rank:
-            fresh = merged_copy(unet, build_unet_like(unet))
+        if cfg.lora_rank and isinstance(policy, RestorationPipeline):
+            # Small pixel models: merge the adapter into a plain pipeline the app loads as is.
+            fresh = merged_copy(unet, type(unet).from_config(unet.config).to(unet.device, unet.dtype))
             RestorationPipeline(fresh, policy.scheduler, policy.config.residual_scale,
                                 policy.config.upscale).save_pretrained(path)
+        elif cfg.lora_rank:
+            from .latent import save_lora
+
+            save_lora(policy, path, base_name)  # large latent models: the adapter and its base's name
         else:
-            policy.save_pretrained(path)
+            policy.save(path)
 
     def checkpoint(rnd: int, rec: dict[str, object]) -> None:
-        state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
-                 "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
-                 "round": rnd, "generator": g.get_state(), "config": asdict(cfg)}
-        path = save_checkpoint(out, rnd, export, state)
-        if "on_checkpoint" in callbacks:
-            callbacks["on_checkpoint"](path, rec)
+        if main:
+            state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
+                     "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
+                     "round": rnd, "generator": g.get_state(), "config": asdict(cfg)}
+            path = save_checkpoint(out, rnd, export, state)
+            if "on_checkpoint" in callbacks:
+                callbacks["on_checkpoint"](path, rec)
+        procs.barrier()
 
     if start == 0 and val is not None:
         unet.eval()
@@ -416,21 +536,25 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         metrics_log.write(json.dumps(rec0) + "\n")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True)
+    bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True,
+               disable=not main)
     t_start = time.time()
+    rows = procs.rows(cfg.batch_size)
+    noise = Noise(g, procs.rank, procs.world)  # this process's rows of the global batch's noise
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
         unet.eval()
         # 1. Difficulty of every pool sample under the current policy, and the batch from the hardest part.
         if diff is None or rnd % cfg.difficulty_every == 0:
             with autocast:
-                diff = _pool_difficulty(policy, pool, cfg, device)
+                diff = _pool_difficulty(policy, pool, cfg, device, procs)
         t_diff = time.time() - t0
         idx = _choose(diff, eligible, cfg, g)
         ids = [pool[i].id for i in idx.tolist()]
-        lq = torch.stack([pool[i].lq for i in idx.tolist()]).to(device)
+        lq = torch.stack([pool[i].lq for i in idx.tolist()])[rows].to(device)
         gt_mask = has_gt[idx].to(device)
-        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()]).to(device)
+        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
+        gt = gt[rows].to(device)
         finite = diff[has_gt]
         if cfg.adaptive_weight:
             w = relative_weights(diff[idx].clamp(max=1e9), finite if finite.numel() else None,
@@ -440,27 +564,33 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         w = w.to(device)
         rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
                                   "d_mean": float(finite.mean()) if finite.numel() else None}
-        diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
-                                   "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
-                                   "batch": ids, "w": w.tolist()}) + "\n")
+        if main:
+            diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
+                                       "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
+                                       "batch": ids, "w": w.tolist()}) + "\n")
 
         # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
         rl_active = reward is not None and float(w.max()) > 0
         if rl_active:
             with autocast:
-                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, g)
+                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise)
             K = len(traj.timesteps)
             ref = gt if reward.full_reference else None
             final_r = reward(traj.final, ref)
             scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
             step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
                           traj.step_index[k] + 1 < len(traj.pred_image) - 1 else final_r) for k in range(K)}
-            # 3. Advantages against each input's own reward history at that step.
-            adv = {k: memory.advantages([f"{i}@{k}" for i in ids], step_r[k], cfg.adv_clip) for k in range(K)}
+            # 3. Advantages against each input's own reward history at that step (all processes'
+            #    rewards, so every process keeps the same memory).
+            final_r = procs.gather(final_r)
+            step_r = {k: procs.gather(v) for k, v in step_r.items()}
+            adv = {k: memory.advantages([f"{i}@{k}" for i in ids], step_r[k], cfg.adv_clip)[rows]
+                   for k in range(K)}
             rec["reward"] = float(final_r.mean())
             rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
         sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
         sft_active = float(sft_w.max()) > 0
+        w, sft_w = w[rows], sft_w[rows]
 
         # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
         #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
@@ -484,13 +614,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             if sft_active:
                 # SFT loss where a ground truth exists, weighted by 1 - w_i.
                 with autocast:
-                    l_sft = diffusion_loss(policy, unet, lq, gt, generator=g, reduce=False)
+                    l_sft = policy.sft_loss(lq, gt, noise, reduce=False)
                 (sft_w * l_sft).mean().backward()
                 logs["loss_sft"].append(float(l_sft.detach().mean()))
-            params = [p for p in unet.parameters() if p.requires_grad]
+            procs.average_gradients(params)
             logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
             opt.step()
-        rec.update({k: sum(v) / len(v) for k, v in logs.items() if v})
+        means = {k: sum(v) / len(v) for k, v in logs.items() if v}
+        if means:
+            avg = procs.mean(torch.tensor(list(means.values()), dtype=torch.float64, device=device)).tolist()
+            rec.update(dict(zip(means, avg)))
         rec["round_s"] = round(time.time() - t0, 3)
         rec["difficulty_s"] = round(t_diff, 3)
 
@@ -500,29 +633,31 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             unet.eval()
             with autocast:
                 rec.update(_validate(policy, val, reward, cfg, device))
-        metrics_log.write(json.dumps(rec) + "\n")
-        metrics_log.flush()
-        diff_log.flush()
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
-                         and isinstance(v, float)})
-        if "on_round" in callbacks:
-            callbacks["on_round"](rec)
-        stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
-        stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
+        stop = False
+        if main:
+            metrics_log.write(json.dumps(rec) + "\n")
+            metrics_log.flush()
+            diff_log.flush()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
+                             and isinstance(v, float)})
+            if "on_round" in callbacks:
+                callbacks["on_round"](rec)
+            stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
+            stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
+            stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists())
+        stop = procs.any(stop)  # the main process decides; all stop together
         if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
             checkpoint(done, rec)
         if stop:
             break
     bar.close()
-    metrics_log.close()
-    diff_log.close()
-    return atomic_dir(out / "model", export)
-
-
-def build_unet_like(unet: torch.nn.Module) -> torch.nn.Module:
-    """An adapter-free UNet with ``unet``'s config (for exporting merged LoRA weights)."""
-    from diffusers import UNet2DModel
-
-    cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    return UNet2DModel.from_config(cfg).to(unet.device, unet.dtype)
+    final = out / "model"
+    if main:
+        metrics_log.close()
+        diff_log.close()
+        atomic_dir(final, export)
+    procs.barrier()
+    if "on_finish" in callbacks:
+        callbacks["on_finish"](policy)
+    return final

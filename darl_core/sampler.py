@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["DDIMStepOutput", "ddim_step", "gaussian_log_prob", "prev_timestep"]
+__all__ = ["DDIMStepOutput", "ddim_step", "gaussian_log_prob", "prev_timestep", "step_std"]
 
 
 @dataclass
@@ -72,6 +72,13 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.
     return lp.mean(dim=tuple(range(1, x.ndim)))
 
 
+def step_std(scheduler: DDIMScheduler, t: int, eta: float) -> float:
+    """sigma_t of the step from ``t``: 0 for eta = 0 and for a final step that ends at abar = 1."""
+    abar_t, abar_prev = _alphas(scheduler, t)
+    var = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    return eta * math.sqrt(max(var, 0.0))
+
+
 def ddim_step(scheduler: DDIMScheduler, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
               eta: float = 0.0, prev_sample: torch.Tensor | None = None,
               generator: torch.Generator | None = None,
@@ -81,8 +88,7 @@ def ddim_step(scheduler: DDIMScheduler, model_output: torch.Tensor, t: int, x_t:
         raise ValueError("ddim_step supports schedulers without clip_sample/thresholding")
     abar_t, abar_prev = _alphas(scheduler, t)
     x0, eps = _x0_eps(scheduler, model_output, x_t, abar_t)
-    var = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
-    std = eta * math.sqrt(max(var, 0.0))
+    std = step_std(scheduler, t, eta)
     mean = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - std**2, 0.0)) * eps
     if std == 0.0:
         out = mean if prev_sample is None else prev_sample

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
@@ -136,22 +135,6 @@ def lr_at(cfg: SFTConfig, step: int, elapsed_s: float) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def diffusion_loss(pipe: RestorationPipeline, unet: torch.nn.Module, lq: torch.Tensor, hq: torch.Tensor,
-                   generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
-    """v-prediction MSE for a batch of pairs (per-sample means when ``reduce`` is False)."""
-    cond = pipe.condition(lq)
-    x0 = pipe.to_x0(hq, cond)
-    sched = pipe.scheduler
-    b = x0.shape[0]
-    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    x_t = sched.add_noise(x0, noise, t)
-    target = sched.get_velocity(x0, noise, t)
-    pred = unet(torch.cat([x_t, cond], 1), t).sample
-    err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return err.mean() if reduce else err
-
-
 @torch.no_grad()
 def validate(pipe: RestorationPipeline, lq: torch.Tensor, hq: torch.Tensor, steps: int) -> dict[str, float]:
     from .rewards import get_metric
@@ -222,7 +205,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
         lq, hq = next(loader)
         lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = diffusion_loss(pipe, unet, lq, hq)
+            loss = pipe.sft_loss(lq, hq)  # v-prediction MSE (restorer.Restorer.sft_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)

@@ -34,6 +34,35 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random StableDiffusionUpscalePipeline (channels 32/32/64), saved in diffusers format."""
+    from darl_core.latent import random_sd_upscaler
+
+    root = tmp_path_factory.mktemp("tiny_sd")
+    random_sd_upscaler("tiny", seed=0, workdir=root / "clip").save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LDMSuperResolutionPipeline (VQ-VAE x4, UNet2DModel on [x_t, LQ]), saved."""
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(block_out_channels=(16, 16, 32), in_channels=3, out_channels=3, latent_channels=3,
+                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                 layers_per_block=1, norm_num_groups=8, num_vq_embeddings=64)
+    unet = UNet2DModel(sample_size=16, in_channels=6, out_channels=3, layers_per_block=1,
+                       block_out_channels=(16, 32), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+                          clip_sample=False)
+    path = tmp_path_factory.mktemp("tiny_ldm") / "model"
+    LDMSuperResolutionPipeline(vqvae=vq, unet=unet, scheduler=sched).save_pretrained(path)
+    return path
+
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 

@@ -1,0 +1,233 @@
+"""The restorer interface: what the sampler, the rewards and the RL trainer need from a model.
+
+PAPER.md's method is plug-and-play: it needs a conditional diffusion model
+that can (a) be sampled step by step with DDIM, (b) show the clean image it
+predicts at every step, and (c) be trained with its own diffusion loss. A
+``Restorer`` says how, for one family of models:
+
+    cond  = condition(lq)           LQ batch in [0, 1] -> what the denoiser is conditioned on
+    shape = latent_shape(cond)      shape of the diffusion state x_t
+    out   = predict(x_t, t, cond)   denoiser output (epsilon, v or x0: scheduler.config.prediction_type)
+    img   = to_image(x0, cond)      predicted clean state -> image in [0, 1] (decoded for latent models)
+    x0    = to_x0(hq, cond)         clean image -> diffusion target (encoded for latent models)
+
+From these five, this class implements what every family shares: restoring
+a batch (``restore_tensor``) or Pillow images (``restore_images``), the RL
+rollout with log-probabilities (``rollout``), and the diffusion (SFT) loss
+(``sft_loss``). The trainer touches nothing else, so it does not know which
+model it drives. Families: ``pipeline.RestorationPipeline`` (our pixel-space
+residual model) and ``latent.LatentRestorer`` (Stable Diffusion x4 upscaler,
+LDM super-resolution).
+
+Randomness comes from a ``Noise`` source. With several processes each one
+draws the noise of the *global* batch from the same generator and keeps its
+own rows, so the generators stay in step and a multi-process run sees
+exactly the noise a single-process run would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .images import pil_to_tensor, tensor_to_pil, to_rgb
+from .sampler import ddim_step, step_std
+
+__all__ = ["Noise", "Restorer", "Trajectory"]
+
+
+class Noise:
+    """Random draws for this process's rows of a global batch (rank r of ``world`` processes)."""
+
+    def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world: int = 1):
+        self.generator, self.rank, self.world = generator, rank, world
+
+    @classmethod
+    def of(cls, source: Noise | torch.Generator | None) -> Noise:
+        return source if isinstance(source, Noise) else cls(source)
+
+    def _rows(self, full: torch.Tensor, n: int) -> torch.Tensor:
+        return full[self.rank * n : (self.rank + 1) * n]
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal noise of ``shape`` (on the CPU: a seed gives the same result on every device)."""
+        full = torch.randn((shape[0] * self.world, *shape[1:]), generator=self.generator)
+        return self._rows(full, shape[0])
+
+    def randint(self, high: int, n: int) -> torch.Tensor:
+        return self._rows(torch.randint(0, high, (n * self.world,), generator=self.generator), n)
+
+
+@dataclass
+class Trajectory:
+    """A stochastic rollout, everything the RL update needs (tensors on the model's device)."""
+
+    cond: torch.Tensor  # conditioning the rollout used (kept: latent models noise-augment it)
+    timesteps: list[int]  # t of each recorded (stochastic) step
+    step_index: list[int] = field(default_factory=list)  # position of each recorded step in the schedule
+    x_t: list[torch.Tensor] = field(default_factory=list)  # state before each recorded step
+    x_prev: list[torch.Tensor] = field(default_factory=list)  # sampled state after it
+    log_prob: list[torch.Tensor] = field(default_factory=list)  # (B,) log p_old of each transition
+    pred_image: list[torch.Tensor] = field(default_factory=list)  # x0_hat of every step as an image in [0, 1]
+    final: torch.Tensor | None = None  # (B, 3, H, W) restored image in [0, 1]
+
+
+class Restorer:
+    """Base class of the restorer families (see the module docstring)."""
+
+    family: str = ""  # "pixel", "sd_upscale" or "ldm_sr"
+    unet: torch.nn.Module  # the denoiser: what the RL trainer optimises (LoRA goes here)
+    scheduler: DDIMScheduler  # the noise schedule (our DDIM step samples it)
+
+    # ------------------------------------------------------------ per family
+    def condition(self, lq: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def latent_shape(self, cond: torch.Tensor) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, tile_size: int | None = None,
+                tile_overlap: int = 32, unet: torch.nn.Module | None = None) -> torch.Tensor:
+        """Denoiser output; ``unet`` replaces the model's own (the frozen reference of the KL term)."""
+        raise NotImplementedError
+
+    def to_image(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_x0(self, hq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a folder that ``load_pipeline`` loads back."""
+        raise NotImplementedError
+
+    @property
+    def output_scale(self) -> int:
+        """Output side / input side (1 for restoration, 4 for x4 super-resolution)."""
+        raise NotImplementedError
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded to a multiple of this (the UNet's total down-sampling)."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # ------------------------------------------------------------ shared
+    def _pad(self, lq: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        h, w = lq.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            lq = F.pad(lq, (0, pw, 0, ph), mode=mode)
+        return lq, (h, w)
+
+    def _start(self, lq: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Padded conditioning, the initial noise x_T and the output size."""
+        lq, (h, w) = self._pad(lq.to(self.model_device, torch.float32))
+        cond = self.condition(lq, noise)
+        x = noise.randn(self.latent_shape(cond)).to(self.model_device, self.model_dtype)
+        s = self.output_scale
+        return cond, x * float(self.scheduler.init_noise_sigma), (h * s, w * s)
+
+    @torch.no_grad()
+    def restore_tensor(self, lq: torch.Tensor, num_inference_steps: int = 4, eta: float = 0.0,
+                       generator: torch.Generator | Noise | None = None, tile_size: int | None = 256,
+                       tile_overlap: int = 32, progress: bool = False) -> torch.Tensor:
+        """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*s, W*s) in [0, 1] (s = output_scale)."""
+        if tile_size is not None and tile_size % self.multiple:
+            raise ValueError(f"tile_size must be a multiple of {self.multiple}, got {tile_size}")
+        noise = Noise.of(generator)
+        cond, x, (h, w) = self._start(lq, noise)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in tqdm(self.scheduler.timesteps, desc="restore", disable=not progress, leave=False):
+            out = self.predict(x, int(t), cond, tile_size, tile_overlap)
+            z = noise.randn(tuple(x.shape)).to(x) if step_std(self.scheduler, int(t), eta) > 0 else None
+            step = ddim_step(self.scheduler, out, int(t), x, eta=eta, noise=z)
+            x = step.prev_sample
+        # The last state, as diffusers' pipelines decode it (= x0_hat when the schedule ends at abar = 1).
+        return self.to_image(x, cond)[..., :h, :w].float()
+
+    def rollout(self, lq: torch.Tensor, num_inference_steps: int, eta: float,
+                generator: torch.Generator | Noise | None = None) -> Trajectory:
+        """Stochastic rollout recording every stochastic step's transition and log-probability.
+
+        ``pred_image[j]`` is x0_hat of step j as an image (the final state for the last step); the consequence of the
+        transition recorded at ``step_index[k]`` is ``pred_image[step_index[k] + 1]``.
+        """
+        noise = Noise.of(generator)
+        with torch.no_grad():
+            cond, x, _ = self._start(lq, noise)
+            self.scheduler.set_timesteps(num_inference_steps)
+            traj = Trajectory(cond=cond, timesteps=[])
+            for j, t in enumerate(self.scheduler.timesteps):
+                out = self.predict(x, int(t), cond).float()
+                z = noise.randn(tuple(x.shape)).to(out) if step_std(self.scheduler, int(t), eta) > 0 else None
+                step = ddim_step(self.scheduler, out, int(t), x.float(), eta=eta, noise=z)
+                if step.stochastic:
+                    traj.timesteps.append(int(t))
+                    traj.step_index.append(j)
+                    traj.x_t.append(x)
+                    traj.x_prev.append(step.prev_sample)
+                    traj.log_prob.append(step.log_prob)
+                last = j == len(self.scheduler.timesteps) - 1  # the result itself, as restore_tensor gives it
+                traj.pred_image.append(self.to_image(step.prev_sample if last else step.pred_x0, cond).float())
+                x = step.prev_sample
+            traj.final = traj.pred_image[-1]
+        return traj
+
+    def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
+                 reduce: bool = True) -> torch.Tensor:
+        """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
+        when ``reduce`` is False): t uniform, x_t = add_noise(x0), MSE of the denoiser's output."""
+        noise = Noise.of(generator)
+        with torch.no_grad():
+            cond = self.condition(lq, noise)
+            x0 = self.to_x0(hq, cond).float()
+        sched = self.scheduler
+        t = noise.randint(sched.config.num_train_timesteps, x0.shape[0]).to(x0.device)
+        eps = noise.randn(tuple(x0.shape)).to(x0)
+        x_t = sched.add_noise(x0, eps, t)
+        kind = sched.config.prediction_type
+        target = {"epsilon": eps, "sample": x0}.get(kind)
+        if target is None:
+            if kind != "v_prediction":
+                raise ValueError(f"unsupported prediction_type {kind!r}")
+            target = sched.get_velocity(x0, eps, t)
+        pred = self.predict(x_t.to(self.model_dtype), t, cond)
+        err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
+        return err.mean() if reduce else err
+
+    @torch.no_grad()
+    def restore_images(self, image: Image.Image | list[Image.Image], num_inference_steps: int = 4,
+                       eta: float = 0.0, seed: int | None = 0, tile_size: int | None = 256,
+                       tile_overlap: int = 32, progress: bool = False) -> list[Image.Image]:
+        """Restore Pillow images of any size and mode; grey stays grey, alpha is carried through."""
+        images = image if isinstance(image, list) else [image]
+        results = []
+        for im in images:
+            grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+            rgb, alpha = to_rgb(im)
+            g = torch.Generator().manual_seed(seed) if seed is not None else None
+            out = self.restore_tensor(pil_to_tensor(rgb)[None], num_inference_steps, eta, g,
+                                      tile_size, tile_overlap, progress)
+            res = tensor_to_pil(out[0])
+            if grey:
+                res = res.convert("L")
+            if alpha is not None:
+                res.putalpha(alpha.resize(res.size, Image.Resampling.BICUBIC))
+            results.append(res)
+        return results
