@@ -74,7 +74,7 @@ class Trajectory:
     x_t: list[torch.Tensor] = field(default_factory=list)  # state before each recorded step
     x_prev: list[torch.Tensor] = field(default_factory=list)  # sampled state after it
     log_prob: list[torch.Tensor] = field(default_factory=list)  # (B,) log p_old of each transition
-    pred_image: list[torch.Tensor] = field(default_factory=list)  # x0_hat of every step as an image in [0, 1]
+    pred_image: list[torch.Tensor | None] = field(default_factory=list)  # x0_hat of each step as an image in [0, 1]
     final: torch.Tensor | None = None  # (B, 3, H, W) restored image in [0, 1]
 
 
@@ -162,8 +162,11 @@ class Restorer:
         return self.to_image(x, cond)[..., :h, :w].float()
 
     def rollout(self, lq: torch.Tensor, num_inference_steps: int, eta: float,
-                generator: torch.Generator | Noise | None = None) -> Trajectory:
+                generator: torch.Generator | Noise | None = None, decode_from: int = 0) -> Trajectory:
         """Stochastic rollout recording every stochastic step's transition and log-probability.
+
+        Only steps ``j >= decode_from`` are decoded to ``pred_image`` (the others are None): a
+        VAE decode per step is the costly part for latent models when only late steps are scored.
 
         ``pred_image[j]`` is x0_hat of step j as an image (the final state for the last step); the consequence of the
         transition recorded at ``step_index[k]`` is ``pred_image[step_index[k] + 1]``.
@@ -184,7 +187,8 @@ class Restorer:
                     traj.x_prev.append(step.prev_sample)
                     traj.log_prob.append(step.log_prob)
                 last = j == len(self.scheduler.timesteps) - 1  # the result itself, as restore_tensor gives it
-                traj.pred_image.append(self.to_image(step.prev_sample if last else step.pred_x0, cond).float())
+                traj.pred_image.append(self.to_image(step.prev_sample if last else step.pred_x0, cond).float()
+                                       if j >= decode_from or last else None)
                 x = step.prev_sample
             traj.final = traj.pred_image[-1]
         return traj

@@ -573,7 +573,9 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         rl_active = reward is not None and float(w.max()) > 0
         if rl_active:
             with autocast:
-                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise)
+                # Decode only the predictions that will be scored (all steps unless reward_last_k).
+                first = 0 if cfg.reward_last_k <= 0 else max(0, cfg.num_steps - cfg.reward_last_k)
+                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise, decode_from=first)
             K = len(traj.timesteps)
             ref = gt if reward.full_reference else None
             final_r = reward(traj.final, ref)

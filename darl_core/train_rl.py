@@ -4,24 +4,53 @@
     python -m darl_core.train_rl --preset rl_uniform --output runs/rl_uniform
     python -m darl_core.train_rl --preset darl --output runs/darl --resume
     python -m darl_core.train_rl --preset darl --samples-file flagged.json   # the app's hard samples
+
+Several processes (one per GPU; gloo on CPUs) through accelerate:
+
+    accelerate launch --multi_gpu --num_processes 4 -m darl_core.train_rl --preset darl \\
+        --base-model stabilityai/stable-diffusion-x4-upscaler --task sr4 --lora-rank 16 --output runs/sdx4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import fields, replace
+from pathlib import Path
 
 from .cli import add_config_args, config_from_args
 from .rl import PRESETS, RLConfig, train_rl
+
+__all__ = ["launch_command", "main"]
+
+
+def launch_command(config_file: str | Path, processes: int, port: int, resume: bool = False) -> list[str]:
+    """The ``accelerate launch`` command line that trains ``config_file`` with ``processes`` processes."""
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), "-m", "darl_core.train_rl", "--config", str(config_file)]
+    return cmd + (["--resume"] if resume else [])
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Difficulty-adaptive RL fine-tuning of a DARL restorer.")
     ap.add_argument("--preset", default="darl", choices=sorted(PRESETS),
                     help="the method or an ablation: darl, sft, rl_uniform, rl_gt_reward (tiny_test for tests)")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a JSON file of RLConfig fields (applied over the preset; flags override it)")
     ap.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT/latest")
     add_config_args(ap, RLConfig)
     args = ap.parse_args(argv)
-    path = train_rl(config_from_args(PRESETS[args.preset](), args), resume=args.resume)
+    cfg = PRESETS[args.preset]()
+    if args.config is not None:
+        given = json.loads(args.config.read_text())
+        unknown = set(given) - {f.name for f in fields(RLConfig)}
+        if unknown:
+            ap.error(f"{args.config}: unknown config fields {sorted(unknown)}")
+        cfg = replace(cfg, **given)
+    path = train_rl(config_from_args(cfg, args), resume=args.resume)
     print(f"model written to {path}")
 
 

@@ -3,6 +3,10 @@
     python -m darl_core.worker                 # loop forever (the run command starts one)
     python -m darl_core.worker --once          # run at most one job, then exit
 
+A job with ``processes`` > 1 trains through ``accelerate launch`` with that many
+processes (one per GPU), watched by the worker: rounds are read from the run's
+metrics log, and cancelling creates the run's stop file.
+
 A job's config holds ``preset`` (darl, sft, rl_uniform, rl_gt_reward) and
 any RLConfig fields; its frozen ``sample_ids`` are the training pool. The
 worker writes the pool as a samples file, trains into
@@ -24,10 +28,13 @@ import argparse
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
-from dataclasses import fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from .checkpoint import latest_checkpoint
 from .pipeline import DEFAULT_MODEL
 from .rl import RLConfig, get_rl_preset, train_rl
 
-__all__ = ["job_config", "run_job", "run_worker"]
+__all__ = ["job_config", "run_job", "run_worker", "train_in_processes"]
 
 
 def job_config(job: Job, out_dir: Path, samples_file: Path) -> RLConfig:
@@ -93,7 +100,10 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
             if store.heartbeat(job.id, progress=rec["round"] / cfg.rounds, log_line=line):
                 cancel.set()
 
-        model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set})
+        if job.processes > 1:
+            model_dir = train_in_processes(cfg, job.processes, resume, on_round, cancel)
+        else:
+            model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set})
         if cancel.is_set():
             store.transition(job.id, "cancelled")
             return
@@ -113,6 +123,77 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
     finally:
         done.set()
         thread.join()
+
+
+def _die_with_parent() -> None:
+    # Linux: the launcher gets SIGTERM when this worker dies (even by SIGKILL) and takes its
+    # training processes down with it, so a re-queued job never races an orphaned run.
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_in_processes(cfg: RLConfig, processes: int, resume: bool, on_round: Callable[[dict[str, Any]], None],
+                       cancel: threading.Event, poll_s: float = 1.0) -> Path:
+    """Train ``cfg`` with ``processes`` processes (``accelerate launch``), reporting its rounds.
+
+    The main training process writes metrics.jsonl; each new round in it goes to ``on_round``.
+    Cancelling creates the run's stop file, which the training processes check every round.
+    """
+    from .train_rl import launch_command
+
+    out = Path(cfg.output).resolve()
+    stop = out / "STOP"
+    stop.unlink(missing_ok=True)
+    cfg = replace(cfg, output=str(out), stop_file=str(stop))
+    conf = out / "rl_config.json"
+    conf.write_text(json.dumps(asdict(cfg), indent=2))
+    ckpt = latest_checkpoint(out) if resume else None
+    reported = int(ckpt.name.rsplit("-", 1)[-1]) if ckpt is not None else 0
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    metrics = out / "metrics.jsonl"
+
+    def report() -> None:
+        nonlocal reported
+        if not metrics.is_file():
+            return
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if rec.get("round", 0) > reported:
+                reported = rec["round"]
+                on_round(rec)
+
+    with open(out / "train.log", "ab") as log:
+        proc = subprocess.Popen(launch_command(conf, processes, _free_port(), resume), cwd=root, env=env,
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            while proc.poll() is None:
+                time.sleep(poll_s)
+                report()
+                if cancel.is_set():
+                    stop.touch()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    report()
+    if proc.returncode != 0:
+        tail = (out / "train.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{processes} training processes failed (exit {proc.returncode}); "
+                           f"end of {out / 'train.log'}:\n{tail}")
+    return out / "model"
 
 
 def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float = 2.0,

@@ -179,10 +179,14 @@ class Store:
                       .on_conflict_do_nothing(index_elements=["sample_id", "model", "metric", "params_hash"]))
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, config: dict[str, Any], sample_ids: list[int], user: str = "anonymous") -> int:
+    def create_job(self, config: dict[str, Any], sample_ids: list[int], user: str = "anonymous",
+                   processes: int = 1) -> int:
+        """Queue a fine-tune job; ``processes`` > 1 trains it with that many processes (GPUs)."""
+        if processes < 1:
+            raise ValueError(f"a job needs at least one process, got {processes}")
         with self.session() as s:
             job = Job(state="queued", config=config, sample_ids=list(sample_ids), user=user, progress=0.0,
-                      cancel_requested=False, log="", attempts=0, created_at=utcnow())
+                      cancel_requested=False, log="", attempts=0, created_at=utcnow(), processes=processes)
             s.add(job)
             s.flush()
             return job.id

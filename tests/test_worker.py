@@ -57,3 +57,22 @@ def test_stale_running_jobs_are_requeued_or_failed(tmp_path: Path) -> None:
     store.claim_job("w")
     store.recover_stale(timeout_s=-1, requeue=False)
     assert store.job(a).state == "failed" and "stale" in store.job(a).error
+
+
+@pytest.mark.slow
+def test_worker_trains_a_job_with_two_processes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    store = Store(directory=tmp_path)
+    ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(100 + i)) for i in range(4)]
+    with pytest.raises(ValueError, match="at least one process"):
+        store.create_job({}, ids, processes=0)
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 2,
+                            "batch_size": 2, "device": "cpu"}, ids, "ann", processes=2)
+    assert run_worker(store, "w-test", once=True) == 1
+    j = store.job(job)
+    assert j.state == "succeeded", j.error
+    assert j.processes == 2 and j.progress == 1.0 and "round 2/2" in j.log
+    assert {"reward", "grad_norm"} <= {n for _, n, _ in store.metrics(job)}  # read from the main process's log
+    out = tmp_path / "jobs" / str(job)
+    assert "rl_config.json" in {p.name for p in out.iterdir()} and (out / "train.log").is_file()
+    child = {c.name: c for c in store.checkpoints()}[f"job-{job}-darl"]
+    assert (Path(child.path) / "model_index.json").is_file()
