@@ -3,7 +3,8 @@
     python -m darl_core.evaluate --models sft=models/sft-blind darl=models/darl-blind \\
         --reward niqe --nr-metric piqe --out docs/results
 
-Rows: the degraded input, then each model. Columns: PSNR, SSIM, the reward
+Rows: the degraded input (bicubic-upsampled to the GT's size for x4
+pairs), then each model (any family ``load_pipeline`` loads). Columns: PSNR, SSIM, the reward
 metric and a no-reference metric that was not the reward, over the whole
 held-out set and over its hardest quartile, where "hardest" is ranked by the
 difficulty (1 - SSIM) of the *first* model's restorations (the SFT model by
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from .data import HELDOUT_IMAGES, folder_images, heldout_pairs
 from .degrade import get_preset
 from .images import pil_to_tensor
-from .pipeline import load_pipeline
+from .pipeline import ModelLoadError, load_pipeline
 from .rewards import get_metric
 
 __all__ = ["evaluate", "main"]
@@ -41,6 +42,13 @@ def _pairs(data: str | None, task: str, seed: int) -> list[tuple[str, torch.Tens
         return heldout_pairs(get_preset(task), seed)
     lqs, gts = dict(folder_images(Path(data) / "lq", 1)), dict(folder_images(Path(data) / "gt", 1))
     return [(n, pil_to_tensor(lqs[n]), pil_to_tensor(gts[n])) for n in sorted(lqs) if n in gts]
+
+
+def _resize_to(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    if img.shape[-2:] == ref.shape[-2:]:
+        return img
+    return torch.nn.functional.interpolate(img[None], size=tuple(ref.shape[-2:]), mode="bicubic",
+                                           align_corners=False)[0].clamp(0, 1)
 
 
 def _score(imgs: list[torch.Tensor], gts: list[torch.Tensor], metrics: list[str], device: str
@@ -63,12 +71,19 @@ def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piq
     names = [p[0] for p in pairs]
     gts = [p[2] for p in pairs]
     metrics = ["psnr", "ssim", reward, nr_metric]
-    per_model: dict[str, dict[str, list[float]]] = {"input": _score([p[1] for p in pairs], gts, metrics, device)}
+    inputs = [_resize_to(lq, gt) for _, lq, gt in pairs]  # bicubic up-sampling for super-resolution pairs
+    per_model: dict[str, dict[str, list[float]]] = {"input": _score(inputs, gts, metrics, device)}
     first = None
     for label, path in models.items():
         pipe = load_pipeline(path, device)
         outs = [pipe.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i))[0].cpu()
                 for i, (_, lq, _) in enumerate(tqdm(pairs, desc=f"restore {label}", leave=False))]
+        for (name, lq, gt), o in zip(pairs, outs):
+            if o.shape != gt.shape:
+                raise ValueError(f"{label} turns the {tuple(lq.shape[1:])} LQ {name} into {tuple(o.shape[1:])}, "
+                                 f"but its GT is {tuple(gt.shape[1:])} (the model's output scale is "
+                                 f"{pipe.output_scale}: evaluate x4 models on x4 pairs, --task sr4 or --data "
+                                 f"with GT 4x the LQ)")
         per_model[label] = _score(outs, gts, metrics, device)
         first = first or label
     # Hardest quartile by the first model's difficulty, d = 1 - SSIM.
@@ -187,8 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    rows, per_image = evaluate(_pairs_arg(args.models), args.reward, args.nr_metric, args.data, args.task,
-                               args.seed, args.steps, args.device)
+    try:
+        rows, per_image = evaluate(_pairs_arg(args.models), args.reward, args.nr_metric, args.data, args.task,
+                                   args.seed, args.steps, args.device)
+    except (ModelLoadError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     header = (f"Held-out evaluation: task `{args.task}`, seed {args.seed}, {args.steps} DDIM steps (eta 0), "
               f"data: {args.data or 'built-in held-out photos'}. Hardest quartile ranked by "
               f"1 - SSIM of the first model.")

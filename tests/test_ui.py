@@ -99,6 +99,12 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert finetune_tab.job_status(ctx, job)["state"] == "queued"
     with_k = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "", "ann", hardest_k=3)
     assert ctx.store.job(with_k).config["extra_hardest_k"] == 3
+    with pytest.raises(UserError, match="processes"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, processes=0)
+    multi = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1", processes=2)
+    # one flagged sample, two processes: the batch is rounded up to a multiple of the process count
+    assert ctx.store.job(multi).processes == 2 and ctx.store.job(multi).config["batch_size"] == 2
+    ctx.store.request_cancel(multi)
     ctx.store.request_cancel(with_k)
     assert ctx.store.job(job).sample_ids == [1, 2]
     run_worker(ctx.store, "w", once=True)

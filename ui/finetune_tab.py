@@ -24,9 +24,10 @@ METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
 
 def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
                sample_ids: str = "", user: str = "anonymous", hardest_k: int = 0,
-               extra: dict[str, Any] | None = None) -> int:
+               extra: dict[str, Any] | None = None, processes: int = 1) -> int:
     """Queue a job on the flagged samples (all, or the comma-separated ids given), plus optionally
-    the ``hardest_k`` hardest samples of the built-in synthetic pool; returns its id."""
+    the ``hardest_k`` hardest samples of the built-in synthetic pool; returns its id. With
+    ``processes`` > 1 the worker trains it with that many processes (GPUs) through accelerate."""
     if preset not in RL_PRESETS:
         raise UserError(f"unknown method {preset!r}; choose one of {', '.join(METHODS)}")
     try:
@@ -36,6 +37,9 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     if not 1 <= int(rounds) <= 100_000:
         raise UserError("rounds must be between 1 and 100000")
     hardest_k = int(hardest_k or 0)
+    processes = 1 if processes is None else int(processes)
+    if not 1 <= processes <= 64:
+        raise UserError("processes must be between 1 and 64 (one per GPU)")
     if not 0 <= hardest_k <= 256:
         raise UserError("the number of extra hard samples must be between 0 and 256")
     flagged = {r.sample_id: r for r in ctx.store.flagged()}
@@ -55,11 +59,11 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         if not any(flagged[i].gt_path for i in ids):
             raise UserError("a full-reference reward needs flagged samples with a ground truth")
     config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": int(rounds), "base_model": base_model,
-                              "batch_size": min(8, len(ids) + hardest_k)}
+                              "batch_size": -(-min(8, len(ids) + hardest_k) // processes) * processes}
     if hardest_k:
         config.update(extra_hardest_k=hardest_k, pool_size=max(64, 4 * hardest_k))
     config.update(extra or {})
-    return ctx.store.create_job(config, ids, user)  # the sample list is frozen here
+    return ctx.store.create_job(config, ids, user, processes)  # the sample list is frozen here
 
 
 def _full_reference(spec: str) -> bool:
@@ -116,6 +120,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["rounds"] = gr.Number(20, precision=0, label="Rounds", elem_id="rounds")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
             c["hardest_k"] = gr.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
+            c["processes"] = gr.Number(1, precision=0, minimum=1, maximum=64,
+                                       label="Training processes (GPUs; the batch is split between them)")
             c["launch"] = gr.Button("Launch", variant="primary", elem_id="launch-btn")
             c["msg"] = gr.Markdown(elem_id="launch-msg")
         with gr.Column(scale=2):
@@ -131,15 +137,18 @@ def render(ctx: AppContext) -> dict[str, Any]:
 
 
 def listen(ctx: AppContext, c: dict[str, Any]) -> None:
-    def on_launch(base, reward, preset, rounds, samples, hardest_k, request: gr.Request = None):  # noqa: ANN001
+    def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1,  # noqa: ANN001
+                  request: gr.Request = None):
         try:
             job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
-                             getattr(request, "username", None) or "anonymous", int(hardest_k or 0))
+                             getattr(request, "username", None) or "anonymous", int(hardest_k or 0),
+                             processes=1 if processes is None else int(processes))
         except UserError as e:
             raise gr.Error(str(e)) from None
         return f"Job #{job} queued.", job, list_jobs(ctx)
 
-    c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"]],
+    c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"],
+                                  c["processes"]],
                       [c["msg"], c["job"], c["jobs"]], api_name="launch_job")
 
     def on_tick(job):  # noqa: ANN001
