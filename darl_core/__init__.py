@@ -5,12 +5,14 @@ The public surface; everything else is reachable through its module.
 
 from .degrade import DegradationConfig, degrade, get_preset
 from .difficulty import difficulty, difficulty_no_reference, relative_weights
+from .latent import LatentRestorer
 from .pipeline import DEFAULT_MODEL, DEFAULT_STEPS, ModelLoadError, RestorationPipeline, load_pipeline
+from .restorer import Restorer
 from .rewards import MissingWeightsError, create_reward, get_metric, list_metrics
 from .rl import RLConfig, get_rl_preset, train_rl
 from .train_sft import SFTConfig, train_sft
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DegradationConfig", "MissingWeightsError", "ModelLoadError",
-           "RLConfig", "RestorationPipeline", "SFTConfig", "create_reward", "degrade", "difficulty",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DegradationConfig", "LatentRestorer", "MissingWeightsError",
+           "ModelLoadError", "RLConfig", "RestorationPipeline", "Restorer", "SFTConfig", "create_reward", "degrade", "difficulty",
            "difficulty_no_reference", "get_metric", "get_preset", "get_rl_preset", "list_metrics",
            "load_pipeline", "relative_weights", "train_rl", "train_sft"]

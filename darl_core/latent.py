@@ -27,9 +27,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .lora import add_lora, load_lora_state_dict, lora_state_dict
@@ -136,7 +138,9 @@ class LatentRestorer(Restorer):
             raise ValueError("this restorer carries a LoRA: save it with latent.save_lora")
         self.pipe.save_pretrained(path)
 
-    def __call__(self, image: object, num_inference_steps: int = 20, **kw: object) -> list:
+    def __call__(self, image: Image.Image | list[Image.Image], num_inference_steps: int = 20,
+                 **kw: Any) -> list[Image.Image]:
+        """Restore Pillow images (see ``Restorer.restore_images``); the output is 4x larger."""
         return self.restore_images(image, num_inference_steps, **kw)
 
 

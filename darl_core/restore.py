@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4, help="DDIM steps (more: sharper, fewer: closer to the mean)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the seed)")
-    ap.add_argument("--tile", type=int, default=256, help="tile size for large images (multiple of 8)")
+    ap.add_argument("--tile", type=int, default=256, help="tile size for large images (multiple of 8; in "
+                    "latent pixels for latent models)")
+    ap.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     try:
@@ -56,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {src}: {e}", file=sys.stderr)
             failed += 1
             continue
-        out = pipe(im, num_inference_steps=args.steps, eta=args.eta, seed=args.seed, tile_size=args.tile,
-                   progress=len(jobs) == 1)[0]
+        try:
+            out = pipe(im, num_inference_steps=args.steps, eta=args.eta, seed=args.seed, tile_size=args.tile,
+                       tile_overlap=args.tile_overlap, progress=len(jobs) == 1)[0]
+        except ValueError as e:  # a bad tile setting: the same for every image
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         dst.parent.mkdir(parents=True, exist_ok=True)
         out.save(dst)
     return 1 if failed else 0

@@ -162,3 +162,15 @@ def test_unsupported_pipeline_class_is_named(tmp_path: Path, tiny_model_dir: Pat
     with pytest.raises(ModelLoadError, match="StableDiffusionPipeline"):
         load_pipeline(tmp_path / "m")
     assert isinstance(load_pipeline(tiny_model_dir), RestorationPipeline)
+
+
+def test_restore_cli_on_an_upscaler(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    from PIL import Image
+
+    from darl_core.restore import main
+
+    Image.new("RGB", (20, 12), (120, 60, 30)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model", str(tiny_sd_dir), "--steps", "2"]
+    assert main(args + ["--tile", "16"]) == 2  # the default overlap (32) does not fit: a message, no traceback
+    assert main(args + ["--tile", "16", "--tile-overlap", "4"]) == 0  # tiles in latent space
+    assert Image.open(tmp_path / "out.png").size == (80, 48)  # x4, the odd size padded and cropped back
