@@ -55,6 +55,8 @@ class LatentRestorer(Restorer):
         self.pipe = pipe
         self.unet = pipe.unet
         self.vae = pipe.vae if self.family == "sd_upscale" else pipe.vqvae
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)  # this VAE overflows in fp16 (diffusers upcasts it the same way)
         # Our DDIM step on the pipeline's own noise schedule (it does not clip x0).
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
         self.prompt, self.noise_level = prompt, 0

@@ -174,3 +174,10 @@ def test_restore_cli_on_an_upscaler(tmp_path: Path, tiny_sd_dir: Path) -> None:
     assert main(args + ["--tile", "16"]) == 2  # the default overlap (32) does not fit: a message, no traceback
     assert main(args + ["--tile", "16", "--tile-overlap", "4"]) == 0  # tiles in latent space
     assert Image.open(tmp_path / "out.png").size == (80, 48)  # x4, the odd size padded and cropped back
+
+
+def test_fp16_upscaler_keeps_its_vae_in_fp32(tiny_sd_dir: Path) -> None:
+    r = load_pipeline(tiny_sd_dir, dtype=torch.float16)
+    assert r.unet.dtype == torch.float16 and r.vae.dtype == torch.float32  # force_upcast, as diffusers does
+    out = r.restore_tensor(torch.rand(1, 3, 8, 8), 2, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 32, 32) and bool(torch.isfinite(out).all())
