@@ -153,7 +153,10 @@ def plot_runs(runs: dict[str, str], out: Path) -> list[Path]:
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:  # e.g. runs trained with --val-every 0
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     paths = [out / "training_curves.png"]
     fig.savefig(paths[0], dpi=110)
