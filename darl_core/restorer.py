@@ -28,6 +28,7 @@ exactly the noise a single-process run would.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -78,39 +79,44 @@ class Trajectory:
     final: torch.Tensor | None = None  # (B, 3, H, W) restored image in [0, 1]
 
 
-class Restorer:
-    """Base class of the restorer families (see the module docstring)."""
+class Restorer(ABC):
+    """Base class of the restorer families (see the module docstring); a family implements the
+    abstract methods."""
 
     family: str = ""  # "pixel", "sd_upscale" or "ldm_sr"
     unet: torch.nn.Module  # the denoiser: what the RL trainer optimises (LoRA goes here)
     scheduler: DDIMScheduler  # the noise schedule (our DDIM step samples it)
 
     # ------------------------------------------------------------ per family
+    @abstractmethod
     def condition(self, lq: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """LQ batch in [0, 1] -> the conditioning ``predict`` takes (may draw noise from ``noise``)."""
 
+    @abstractmethod
     def latent_shape(self, cond: torch.Tensor) -> tuple[int, ...]:
-        raise NotImplementedError
+        """Shape of the diffusion state for conditioning ``cond``."""
 
+    @abstractmethod
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, tile_size: int | None = None,
                 tile_overlap: int = 32, unet: torch.nn.Module | None = None) -> torch.Tensor:
         """Denoiser output; ``unet`` replaces the model's own (the frozen reference of the KL term)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_image(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """A (predicted) clean state -> image in [0, 1]."""
 
+    @abstractmethod
     def to_x0(self, hq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """A clean image in [0, 1] -> the diffusion target."""
 
+    @abstractmethod
     def save(self, path: str | os.PathLike) -> None:
         """Write a folder that ``load_pipeline`` loads back."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def output_scale(self) -> int:
         """Output side / input side (1 for restoration, 4 for x4 super-resolution)."""
-        raise NotImplementedError
 
     @property
     def multiple(self) -> int:

@@ -325,10 +325,12 @@ class _Procs:
     by ``accelerate launch``; alone otherwise) and the few collectives the trainer needs."""
 
     def __init__(self, cfg: RLConfig):
-        from accelerate import Accelerator
+        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by accelerate launch / torchrun
+        self.acc = None
+        if multi:
+            from accelerate import Accelerator
 
-        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.acc = Accelerator(cpu=_device(cfg.device).type == "cpu") if multi else None
+            self.acc = Accelerator(cpu=_device(cfg.device).type == "cpu")
         self.rank = self.acc.process_index if multi else 0
         self.world = self.acc.num_processes if multi else 1
         self.main = self.rank == 0
