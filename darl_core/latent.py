@@ -35,7 +35,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .lora import add_lora, load_lora_state_dict, lora_state_dict
-from .restorer import Noise, Restorer
+from .restorer import Noise, Restorer, timestep_batch
 from .tiling import tiled_apply
 
 __all__ = ["LORA_FILE", "LatentRestorer", "load_lora_folder", "random_sd_upscaler", "save_lora"]
@@ -110,8 +110,7 @@ class LatentRestorer(Restorer):
 
         def fn(z: torch.Tensor) -> torch.Tensor:
             b = z.shape[0]
-            tt = t.to(z.device) if torch.is_tensor(t) else torch.full((b,), int(t), device=z.device,
-                                                                       dtype=torch.long)
+            tt = timestep_batch(t, b, z.device)
             if self.family == "ldm_sr":
                 return net(z, tt).sample
             emb = self.prompt_embeds.to(z.device, dtype).expand(b, -1, -1)
@@ -215,7 +214,12 @@ def random_sd_upscaler(size: str = "tiny", seed: int = 0, workdir: str | os.Path
     """
     import tempfile
 
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     if size == "tiny":

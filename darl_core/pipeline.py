@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from PIL import Image
 
-from .restorer import Noise, Restorer, Trajectory
+from .restorer import Noise, Restorer, Trajectory, timestep_batch
 from .tiling import tiled_apply
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "ModelLoadError", "RestorationPipeline", "Trajectory", "build_unet", "load_pipeline",
@@ -110,9 +110,7 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
         dtype = next(net.parameters()).dtype
 
         def fn(z: torch.Tensor) -> torch.Tensor:  # z = [x_t, cond] on the channel axis
-            tt = t.to(z.device) if torch.is_tensor(t) else torch.full((z.shape[0],), int(t), device=z.device,
-                                                                       dtype=torch.long)
-            return net(z, tt).sample
+            return net(z, timestep_batch(t, z.shape[0], z.device)).sample
         return tiled_apply(fn, torch.cat([x_t, cond], dim=1).to(dtype), tile_size, tile_overlap)
 
     def save(self, path: str | os.PathLike) -> None:

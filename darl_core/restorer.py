@@ -40,7 +40,14 @@ from tqdm.auto import tqdm
 from .images import pil_to_tensor, tensor_to_pil, to_rgb
 from .sampler import ddim_step, step_std
 
-__all__ = ["Noise", "Restorer", "Trajectory"]
+__all__ = ["Noise", "Restorer", "Trajectory", "timestep_batch"]
+
+
+def timestep_batch(t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """``t`` as the (n,) long tensor a UNet takes: one timestep for the batch, or per-sample ones."""
+    if torch.is_tensor(t):
+        return t.to(device)
+    return torch.full((n,), int(t), device=device, dtype=torch.long)
 
 
 class Noise:

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -66,7 +66,13 @@ from .data import PatchSampler, folder_images
 from .degrade import degrade, get_preset
 from .difficulty import difficulty, relative_weights
 from .images import load_rgb, pil_to_tensor
-from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict, merged_copy
+from .lora import (
+    adapters_disabled,
+    add_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merged_copy,
+)
 from .pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
 from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward

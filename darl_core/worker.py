@@ -160,16 +160,21 @@ def train_in_processes(cfg: RLConfig, processes: int, resume: bool, on_round: Ca
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     metrics = out / "metrics.jsonl"
+    offset = 0  # bytes of the log already read: each poll reads only what is new
 
     def report() -> None:
-        nonlocal reported
+        nonlocal reported, offset
         if not metrics.is_file():
             return
-        for line in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line being written
+        if metrics.stat().st_size < offset:
+            offset = 0  # a resumed run truncated the log to its checkpoint
+        with open(metrics, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        done = chunk.rfind(b"\n") + 1  # whole lines only: the last one may be being written
+        offset += done
+        for line in chunk[:done].decode().splitlines():
+            rec = json.loads(line)
             if rec.get("round", 0) > reported:
                 reported = rec["round"]
                 on_round(rec)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 from darl_core.pipeline import load_pipeline
 from darl_core.train_rl import launch_command
-from helpers import free_port
 
 HERE = Path(__file__).parent
 
