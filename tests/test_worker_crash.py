@@ -1,4 +1,9 @@
-"""The worker killed with SIGKILL at 20 random points: nothing partial survives, nothing stays running."""
+"""The worker killed with SIGKILL at 20 random points: nothing partial survives, nothing stays running.
+
+Two standby workers poll the queue while one trains, so the next claimant has finished its imports
+when the job is re-queued (a worker start is ~6 s of imports; the test would spend most of its time
+there) and the spare workers race to claim the same re-queued job, as several workers of a team would.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,13 @@ from test_worker import _png
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start_worker(data: Path, url: str | None) -> subprocess.Popen[bytes]:
+def _start_worker(data: Path, url: str | None, worker_id: str | None = None) -> subprocess.Popen[bytes]:
+    """A worker that runs one job and exits, or (with ``worker_id``) a standby worker that keeps polling."""
     env = dict(os.environ, DARL_DATA_DIR=str(data), PYTHONPATH=str(ROOT))
     if url:
         env["DARL_DATABASE_URL"] = url
-    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--once", "--stale-after", "3600"],
+    mode = ["--once"] if worker_id is None else ["--worker-id", worker_id, "--poll", "0.2"]
+    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--stale-after", "3600", *mode],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
@@ -56,24 +63,36 @@ def test_sigkill_at_20_random_points(db: str, request: pytest.FixtureRequest, tm
                             "ckpt_every": 1}, ids)
     job_dir = data / "jobs" / str(job)
     rng = random.Random(20261126)
+    standby: dict[str, subprocess.Popen[bytes]] = {}
+    started = 0
     kills = 0
-    while kills < 20:
-        proc = _start_worker(data, url)
-        # Wait until training runs (a checkpoint exists or is being written), then kill at a random moment.
-        deadline = time.time() + 60
-        while time.time() < deadline and store.job(job).state != "running":
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.5, 2.5))
-        if proc.poll() is not None:
-            break  # finished before the kill
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        assert store.job(job).state == "running"  # what a dead worker leaves behind ...
-        _check_consistent(store, job_dir)
-        assert store.recover_stale(timeout_s=-1, requeue=True) == [job]  # ... which the next start re-queues
-        assert store.job(job).state == "queued"
-    assert kills == 20, f"the job finished after {kills} kills; make it longer"
+    try:
+        while kills < 20:
+            while len(standby) < 2:  # keep two spare workers importing / polling
+                started += 1
+                standby[f"standby-{started}"] = _start_worker(data, url, f"standby-{started}")
+            # Wait until a worker has claimed the job, then kill that one at a random moment of its training.
+            deadline = time.time() + 120
+            while time.time() < deadline and (j := store.job(job)).state == "queued":
+                time.sleep(0.05)
+            if j.state != "running":
+                break  # finished (or failed) before the kill
+            proc = standby.pop(j.worker)
+            time.sleep(rng.uniform(0.5, 2.5))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            assert store.job(job).state == "running"  # what a dead worker leaves behind ...
+            _check_consistent(store, job_dir)
+            assert store.recover_stale(timeout_s=-1, requeue=True) == [job]  # ... which the next start re-queues
+            assert store.job(job).state == "queued"
+    finally:
+        for p in standby.values():
+            p.kill()
+            p.wait()
+    assert kills == 20, f"the job ended ({store.job(job).state}) after {kills} kills; make it longer"
     # Now let it finish: it resumes from its last checkpoint, not from scratch.
     done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
     assert 0 < done_before < 200
