@@ -1,7 +1,7 @@
 """The Stable Diffusion x4 upscaler at real size on a GPU: restore time, one LoRA RL iteration, memory.
 
     python bench/gpu_scale.py                          # on a GPU machine; writes bench/results/gpu_scale-<card>.{json,md}
-    python bench/gpu_scale.py --size tiny --device cpu --steps 3 --lq 16 --out /tmp/x   # smoke run on a CPU
+    python bench/gpu_scale.py --size tiny --device cpu --steps 3 --lq 24 --out /tmp/x   # smoke run on a CPU
 
 Random weights at the size of stabilityai/stable-diffusion-x4-upscaler's UNet
 and VAE (``latent.random_sd_upscaler("x4")``): the same compute as the real
@@ -16,7 +16,10 @@ checkpoint, which this machine cannot download. It measures
    rollout's forwards, and per PPO epoch K policy forward+backward passes (weights frozen, as
    under LoRA: activation gradients only), K reference forwards (KL) and one SFT
    forward+backward; the ratio iteration / bare (target <= 1.3);
-4. peak GPU memory of 1. and of 2.
+4. the VAE work inside 2. that 3. leaves out: the reward decodes (``--reward-last-k`` per
+   rollout) and the SFT term's encode of the HQ batch (once per epoch), timed alone, and the
+   ratio without them, so that a ratio over target says where the time went;
+5. peak GPU memory of 1. and of 2.
 """
 
 from __future__ import annotations
@@ -91,6 +94,32 @@ def bench_rl(model_dir: Path, args: argparse.Namespace, tmp: Path) -> dict[str, 
             "epochs": cfg.epochs}
 
 
+def bench_vae(model_dir: Path, args: argparse.Namespace, epochs: int) -> dict[str, float]:
+    """The VAE calls of one iteration, as the trainer makes them (same shapes, autocast, no grad)."""
+    r = load_pipeline(model_dir, args.device)
+    z = torch.randn(args.batch, 4, args.lq, args.lq, device=args.device)
+    hq = torch.rand(args.batch, 3, 4 * args.lq, 4 * args.lq, device=args.device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
+
+    def timed(fn: object) -> float:
+        def once() -> float:
+            _sync(args.device)
+            t0 = time.perf_counter()
+            with autocast:
+                fn()  # type: ignore[operator]
+            _sync(args.device)
+            return time.perf_counter() - t0
+
+        once()
+        return statistics.median(once() for _ in range(args.repeats))
+
+    decode_s = timed(lambda: r.to_image(z, None))
+    encode_s = timed(lambda: r.to_x0(hq, None))
+    decodes = min(args.reward_last_k, args.steps) if args.reward_last_k > 0 else args.steps
+    return {"vae_decode_s": decode_s, "vae_encode_s": encode_s, "vae_decodes": decodes,
+            "vae_in_iteration_s": decodes * decode_s + epochs * encode_s}
+
+
 def bench_bare(model_dir: Path, args: argparse.Namespace, epochs: int) -> float:
     r = load_pipeline(model_dir, args.device)
     r.scheduler.set_timesteps(args.steps)
@@ -133,6 +162,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
+    command = " ".join(["python bench/gpu_scale.py", *sys.argv[1:]])
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -143,7 +173,8 @@ def main() -> None:
         n_vae = sum(p.numel() for p in pipe.vae.parameters())
         del pipe
         setup_s = time.perf_counter() - t0
-        res: dict[str, object] = {"card": card, "size": args.size, "unet_params": n_unet, "vae_params": n_vae,
+        res: dict[str, object] = {"command": command, "card": card, "size": args.size, "unet_params": n_unet,
+                                  "vae_params": n_vae,
                                   "lq": args.lq, "out": 4 * args.lq, "steps": args.steps, "batch": args.batch,
                                   "lora_rank": args.rank, "reward": args.reward, "reward_last_k": args.reward_last_k,
                                   "torch": torch.__version__, "setup_s": round(setup_s, 1)}
@@ -153,13 +184,15 @@ def main() -> None:
         res.update(bench_rl(tmp / "model", args, tmp))
         res["bare_unet_s"] = bench_bare(tmp / "model", args, int(res["epochs"]))
         res["rl_ratio"] = res["rl_iteration_median_s"] / res["bare_unet_s"]
+        res.update(bench_vae(tmp / "model", args, int(res["epochs"])))
+        res["rl_ratio_without_vae"] = (res["rl_iteration_median_s"] - res["vae_in_iteration_s"]) / res["bare_unet_s"]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_scale-" + "".join(c if c.isalnum() else "_" for c in card)
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     gib = lambda v: "n/a" if v is None else f"{v:.2f} GiB"  # noqa: E731
     cuda = args.device.startswith("cuda")
     half, mixed = ("fp16", "bf16 autocast") if cuda else ("fp32", "fp32")
-    md = (f"# gpu_scale on {card}\n\n`python bench/gpu_scale.py` ({args.size} size: UNet {n_unet / 1e6:.0f} M, "
+    md = (f"# gpu_scale on {card}\n\n`{command}` ({args.size} size: UNet {n_unet / 1e6:.0f} M, "
           f"VAE {n_vae / 1e6:.0f} M parameters, random weights), torch {torch.__version__}\n\n"
           f"| measure | value | target |\n|---|---:|---:|\n"
           f"| restore {args.lq}->{4 * args.lq}, {args.steps} steps, {half} (median of {args.repeats}) "
@@ -168,6 +201,9 @@ def main() -> None:
           f"{res['rl_rounds_timed']}) | {res['rl_iteration_median_s']:.3f} s | |\n"
           f"| bare UNet compute inside it (median of {args.repeats}) | {res['bare_unet_s']:.3f} s | |\n"
           f"| ratio | {res['rl_ratio']:.3f} | <= 1.3 |\n"
+          f"| VAE inside the iteration: {res['vae_decodes']} reward decodes x {res['vae_decode_s']:.3f} s + "
+          f"{res['epochs']} SFT encodes x {res['vae_encode_s']:.3f} s | {res['vae_in_iteration_s']:.3f} s | |\n"
+          f"| ratio without that VAE work | {res['rl_ratio_without_vae']:.3f} | |\n"
           f"| peak GPU memory, restore | {gib(res['restore_peak_gib'])} | |\n"
           f"| peak GPU memory, RL | {gib(res['rl_peak_gib'])} | |\n")
     (args.out / f"{stem}.md").write_text(md)

@@ -21,4 +21,12 @@ def test_gpu_scale_runs_end_to_end_at_tiny_size(tmp_path: Path) -> None:
     assert res["out"] == 96 and res["steps"] == 3 and res["batch"] == 4
     assert res["restore_median_s"] > 0 and res["rl_iteration_median_s"] > 0 and res["bare_unet_s"] > 0
     assert res["rl_ratio"] == pytest.approx(res["rl_iteration_median_s"] / res["bare_unet_s"])
-    assert "| ratio |" in res_file.with_suffix(".md").read_text()
+    # The VAE work the bare compute leaves out: 2 reward decodes (darl scores the last 2 steps) and one SFT
+    # encode per epoch, timed alone and taken out of the ratio.
+    assert res["vae_decodes"] == 2 and res["vae_decode_s"] > 0 and res["vae_encode_s"] > 0
+    assert res["vae_in_iteration_s"] == pytest.approx(2 * res["vae_decode_s"] + res["epochs"] * res["vae_encode_s"])
+    assert res["rl_ratio_without_vae"] == pytest.approx(
+        (res["rl_iteration_median_s"] - res["vae_in_iteration_s"]) / res["bare_unet_s"])
+    md = res_file.with_suffix(".md").read_text()
+    assert "| ratio |" in md and "| ratio without that VAE work |" in md
+    assert res["command"].endswith("--out " + str(tmp_path)) and f"`{res['command']}`" in md  # how to rerun it
