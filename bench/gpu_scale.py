@@ -91,7 +91,8 @@ def bench_rl(model_dir: Path, args: argparse.Namespace, tmp: Path) -> dict[str, 
     recs = [json.loads(line) for line in open(tmp / "rl" / "metrics.jsonl")]
     iters = [r["round_s"] - r["difficulty_s"] for r in recs[1:]]  # the first round warms up
     return {"rl_iteration_median_s": statistics.median(iters), "rl_rounds_timed": len(iters), "rl_peak_gib": peak,
-            "epochs": cfg.epochs}
+            "rl_rollout_median_s": statistics.median(r["rollout_s"] for r in recs[1:]),  # with decodes, rewards
+            "rl_update_median_s": statistics.median(r["update_s"] for r in recs[1:]), "epochs": cfg.epochs}
 
 
 def bench_vae(model_dir: Path, args: argparse.Namespace, epochs: int) -> dict[str, float]:
@@ -192,15 +193,21 @@ def main() -> None:
     gib = lambda v: "n/a" if v is None else f"{v:.2f} GiB"  # noqa: E731
     cuda = args.device.startswith("cuda")
     half, mixed = ("fp16", "bf16 autocast") if cuda else ("fp32", "fp32")
+    # The targets are for the real shapes on a GPU; other runs show none.
+    at_target = cuda and args.size == "x4" and args.lq == 128 and args.steps == 20 and args.batch == 4
+    t_restore, t_ratio = ("<= 0.8 s", "<= 1.3") if at_target else ("(GPU, 128->512, 20 steps: <= 0.8 s)",
+                                                                    "(GPU, same shapes: <= 1.3)")
     md = (f"# gpu_scale on {card}\n\n`{command}` ({args.size} size: UNet {n_unet / 1e6:.0f} M, "
           f"VAE {n_vae / 1e6:.0f} M parameters, random weights), torch {torch.__version__}\n\n"
           f"| measure | value | target |\n|---|---:|---:|\n"
           f"| restore {args.lq}->{4 * args.lq}, {args.steps} steps, {half} (median of {args.repeats}) "
-          f"| {res['restore_median_s']:.3f} s | <= 0.8 s |\n"
+          f"| {res['restore_median_s']:.3f} s | {t_restore} |\n"
           f"| one LoRA darl iteration, batch {args.batch}, {args.steps} steps, {mixed} (median of "
           f"{res['rl_rounds_timed']}) | {res['rl_iteration_median_s']:.3f} s | |\n"
+          f"| of which rollouts with decodes and rewards / PPO updates (medians) "
+          f"| {res['rl_rollout_median_s']:.3f} s / {res['rl_update_median_s']:.3f} s | |\n"
           f"| bare UNet compute inside it (median of {args.repeats}) | {res['bare_unet_s']:.3f} s | |\n"
-          f"| ratio | {res['rl_ratio']:.3f} | <= 1.3 |\n"
+          f"| ratio | {res['rl_ratio']:.3f} | {t_ratio} |\n"
           f"| VAE inside the iteration: {res['vae_decodes']} reward decodes x {res['vae_decode_s']:.3f} s + "
           f"{res['epochs']} SFT encodes x {res['vae_encode_s']:.3f} s | {res['vae_in_iteration_s']:.3f} s | |\n"
           f"| ratio without that VAE work | {res['rl_ratio_without_vae']:.3f} | |\n"

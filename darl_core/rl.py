@@ -579,6 +579,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
 
         # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
         rl_active = reward is not None and float(w.max()) > 0
+        t_roll = time.time()
         if rl_active:
             with autocast:
                 # Decode only the predictions that will be scored (all steps unless reward_last_k).
@@ -602,6 +603,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         sft_active = float(sft_w.max()) > 0
         w, sft_w = w[rows], sft_w[rows]
 
+        t_upd = time.time()
         # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
         #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
         unet.train()
@@ -636,6 +638,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             rec.update(dict(zip(means, avg)))
         rec["round_s"] = round(time.time() - t0, 3)
         rec["difficulty_s"] = round(t_diff, 3)
+        rec["rollout_s"] = round(t_upd - t_roll, 3)  # rollouts, decodes and rewards
+        rec["update_s"] = round(time.time() - t_upd, 3)  # the PPO epochs (policy, KL reference, SFT) and steps
 
         # 5. Validation, logging, checkpoints, stop flag.
         done = rnd + 1

@@ -90,6 +90,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, tiny_mo
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     recs = [json.loads(line) for line in open(log)]
     assert [r["round"] for r in recs] == [1, 2, 3] and recs[-1]["reward"] != 999.0  # redone, logged once
+    for r in recs:  # where a round's time went: pool difficulty, rollouts (with rewards), updates
+        parts = r["difficulty_s"] + r["rollout_s"] + r["update_s"]
+        assert min(r["difficulty_s"], r["rollout_s"], r["update_s"]) > 0 and parts <= r["round_s"] + 0.01
 
 
 @pytest.mark.slow
