@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,12 +103,12 @@ def bench_vae(model_dir: Path, args: argparse.Namespace, epochs: int) -> dict[st
     hq = torch.rand(args.batch, 3, 4 * args.lq, 4 * args.lq, device=args.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 
-    def timed(fn: object) -> float:
+    def timed(fn: Callable[[], object]) -> float:
         def once() -> float:
             _sync(args.device)
             t0 = time.perf_counter()
             with autocast:
-                fn()  # type: ignore[operator]
+                fn()
             _sync(args.device)
             return time.perf_counter() - t0
 
