@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darl_core.latent import random_sd_upscaler  # noqa: E402
 from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.restorer import Restorer  # noqa: E402
 from darl_core.rl import PoolSample, get_rl_preset, train_rl  # noqa: E402
 from darl_core.sampler import step_std  # noqa: E402
 
@@ -58,23 +59,38 @@ def _peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+def _autocast(device: str) -> torch.autocast:
+    """The trainer's bf16 autocast on CUDA (``--bf16 true``); fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
+def _median_s(fn: Callable[[], object], device: str, repeats: int,
+              after_warmup: Callable[[], None] | None = None) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call (GPU work synchronised)."""
+    def once() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    once()
+    if after_warmup is not None:
+        after_warmup()
+    return statistics.median(once() for _ in range(repeats))
+
+
 def bench_restore(model_dir: Path, args: argparse.Namespace) -> dict[str, float | None]:
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     r = load_pipeline(model_dir, args.device, dtype)
     lq = torch.rand(1, 3, args.lq, args.lq)
 
-    def once() -> float:
-        _sync(args.device)
-        t0 = time.perf_counter()
+    def once() -> None:
         out = r.restore_tensor(lq, args.steps, generator=torch.Generator().manual_seed(0), tile_size=None)
-        _sync(args.device)
         assert out.shape[-1] == 4 * args.lq
-        return time.perf_counter() - t0
 
-    once()
-    _peak_reset(args.device)
-    times = [once() for _ in range(args.repeats)]
-    return {"restore_median_s": statistics.median(times), "restore_peak_gib": _peak_gib(args.device)}
+    median = _median_s(once, args.device, args.repeats, after_warmup=lambda: _peak_reset(args.device))
+    return {"restore_median_s": median, "restore_peak_gib": _peak_gib(args.device)}
 
 
 def bench_rl(model_dir: Path, args: argparse.Namespace, tmp: Path) -> dict[str, float | None]:
@@ -96,24 +112,17 @@ def bench_rl(model_dir: Path, args: argparse.Namespace, tmp: Path) -> dict[str, 
             "rl_update_median_s": statistics.median(r["update_s"] for r in recs[1:]), "epochs": cfg.epochs}
 
 
-def bench_vae(model_dir: Path, args: argparse.Namespace, epochs: int) -> dict[str, float]:
+def bench_vae(r: Restorer, args: argparse.Namespace, epochs: int) -> dict[str, float]:
     """The VAE calls of one iteration, as the trainer makes them (same shapes, autocast, no grad)."""
-    r = load_pipeline(model_dir, args.device)
     z = torch.randn(args.batch, 4, args.lq, args.lq, device=args.device)
     hq = torch.rand(args.batch, 3, 4 * args.lq, 4 * args.lq, device=args.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 
     def timed(fn: Callable[[], object]) -> float:
-        def once() -> float:
-            _sync(args.device)
-            t0 = time.perf_counter()
-            with autocast:
+        def run() -> None:
+            with _autocast(args.device):
                 fn()
-            _sync(args.device)
-            return time.perf_counter() - t0
 
-        once()
-        return statistics.median(once() for _ in range(args.repeats))
+        return _median_s(run, args.device, args.repeats)
 
     decode_s = timed(lambda: r.to_image(z, None))
     encode_s = timed(lambda: r.to_x0(hq, None))
@@ -122,19 +131,15 @@ def bench_vae(model_dir: Path, args: argparse.Namespace, epochs: int) -> dict[st
             "vae_in_iteration_s": decodes * decode_s + epochs * encode_s}
 
 
-def bench_bare(model_dir: Path, args: argparse.Namespace, epochs: int) -> float:
-    r = load_pipeline(model_dir, args.device)
+def bench_bare(r: Restorer, args: argparse.Namespace, epochs: int) -> float:
     r.scheduler.set_timesteps(args.steps)
     k = sum(step_std(r.scheduler, int(t), 1.0) > 0 for t in r.scheduler.timesteps)  # stochastic steps
     r.unet.requires_grad_(False)  # as under LoRA: activation gradients only
     x = torch.randn(args.batch, 4, args.lq, args.lq, device=args.device)
     cond = torch.randn(args.batch, 3, args.lq, args.lq, device=args.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 
-    def once() -> float:
-        _sync(args.device)
-        t0 = time.perf_counter()
-        with autocast:
+    def once() -> None:
+        with _autocast(args.device):
             with torch.no_grad():
                 for _ in range(args.steps):
                     r.predict(x, 500, cond)
@@ -143,11 +148,8 @@ def bench_bare(model_dir: Path, args: argparse.Namespace, epochs: int) -> float:
             for _ in range(epochs * (k + 1)):  # policy passes, plus the SFT pass
                 xi = x.clone().requires_grad_(True)
                 r.predict(xi, 500, cond).float().pow(2).mean().backward()
-        _sync(args.device)
-        return time.perf_counter() - t0
 
-    once()
-    return statistics.median(once() for _ in range(args.repeats))
+    return _median_s(once, args.device, args.repeats)
 
 
 def main() -> None:
@@ -184,9 +186,10 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()  # the fp16 restorer is gone with bench_restore's frame
         res.update(bench_rl(tmp / "model", args, tmp))
-        res["bare_unet_s"] = bench_bare(tmp / "model", args, int(res["epochs"]))
+        fp32 = load_pipeline(tmp / "model", args.device)  # as the trainer loads it (autocast on top)
+        res["bare_unet_s"] = bench_bare(fp32, args, int(res["epochs"]))
         res["rl_ratio"] = res["rl_iteration_median_s"] / res["bare_unet_s"]
-        res.update(bench_vae(tmp / "model", args, int(res["epochs"])))
+        res.update(bench_vae(fp32, args, int(res["epochs"])))
         res["rl_ratio_without_vae"] = (res["rl_iteration_median_s"] - res["vae_in_iteration_s"]) / res["bare_unet_s"]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_scale-" + "".join(c if c.isalnum() else "_" for c in card)
