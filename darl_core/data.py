@@ -129,13 +129,21 @@ class PatchSampler:
 
     @classmethod
     def from_sources(cls, patch: int, seed: int, folder: str | Path | None = None,
-                     builtin: bool = True, n_dead_leaves: int = 0, dead_leaves_size: int = 256
-                     ) -> "PatchSampler":
+                     builtin: bool = True, n_dead_leaves: int = 0, dead_leaves_size: int = 256,
+                     photos: bool = False) -> "PatchSampler":
         bank = []
         if folder is not None:
             bank += [pil_to_tensor(im) for _, im in folder_images(folder, patch)]
         if builtin:
             bank += [pil_to_tensor(builtin_image(n)) for n in TRAIN_IMAGES]
+        if photos:  # the package corpus's training share (darl_core.photos)
+            from . import photos as corpus
+
+            found = corpus.train_images()
+            if not found:
+                raise FileNotFoundError(f"no photo corpus in {corpus.photos_dir()}: run `python -m darl_core.photos fetch`"
+                                        " (or set DARL_PHOTOS_DIR), or train without --photos")
+            bank += [pil_to_tensor(im) for _, im in found]
         rng = np.random.default_rng(seed)
         for _ in range(n_dead_leaves):
             bank.append(torch.from_numpy(dead_leaves(max(dead_leaves_size, patch), rng)).permute(2, 0, 1))

@@ -13,8 +13,14 @@ Operations (each optional, with a probability in the config):
   * JPEG compression: YCbCr 4:2:0, 8x8 DCT and quantisation with the
     standard tables of ITU-T T.81 Annex K scaled as libjpeg scales them
     by quality (the lossless entropy-coding stage is left out);
+  * ``real_jpeg_prob`` of the compressions go through the real codec
+    (Pillow's libjpeg, on the CPU) instead of the torch model of it;
+  * optional noise *after* compression (a re-scanned or re-encoded file);
+  * down-sampling by a continuous factor (``scale_range``) as well as by
+    the fixed ``scales``;
   * an optional second pass of the same operations, milder, in the style
     of Real-ESRGAN's second-order degradation (Wang et al., 2021).
+Every strength (blur width, scale, noise level, quality) is drawn per sample.
 The result is always rounded to 8-bit levels, as a real LQ image file is.
 
 CLI: ``python -m darl_core.degrade IN_DIR OUT_DIR --preset blind --seed 0``.
@@ -31,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DegradationConfig", "PRESETS", "degrade", "get_preset"]
+__all__ = ["DegradationConfig", "PRESETS", "degrade", "get_preset", "pillow_jpeg"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class DegradationConfig:
     jpeg_prob: float = 0.7  # probability of JPEG compression
     jpeg_quality: tuple[int, int] = (35, 95)  # JPEG quality range (libjpeg scale, 1..100)
     second_order_prob: float = 0.0  # probability of a second, milder pass (Real-ESRGAN style)
+    real_jpeg_prob: float = 0.0  # share of JPEG compressions done by Pillow's real codec (CPU)
+    post_noise_prob: float = 0.0  # probability of mild Gaussian noise after the JPEG step
+    post_noise_sigma: tuple[float, float] = (1.0, 5.0)  # its std range, in 0..255 levels
+    scale_range: tuple[float, float] | None = None  # with keep_size: a continuous down-scale factor
+                                                    # drawn from this range replaces ``scales``
 
 
 def blind() -> DegradationConfig:
@@ -80,6 +91,16 @@ def jpeg() -> DegradationConfig:
                              jpeg_prob=1.0, jpeg_quality=(10, 60))
 
 
+def realistic() -> DegradationConfig:
+    """What photos meet in the wild, for the shipped restorer: wider blur, continuous rescaling,
+    noise before and after compression, half of the JPEGs from the real codec, and a
+    second-order pass on a third of the images."""
+    return DegradationConfig(blur_prob=0.8, blur_sigma=(0.2, 2.5), scale_range=(1.0, 3.0),
+                             noise_prob=0.8, gaussian_sigma=(1.0, 20.0), jpeg_prob=0.8,
+                             jpeg_quality=(30, 95), real_jpeg_prob=0.5, post_noise_prob=0.2,
+                             second_order_prob=0.3)
+
+
 def sr4() -> DegradationConfig:
     """x4 super-resolution: mild blur, down-sampling by 4 (output is 4x smaller)."""
     return DegradationConfig(blur_prob=0.5, blur_sigma=(0.2, 1.2), scales=(4,), keep_size=False,
@@ -87,7 +108,7 @@ def sr4() -> DegradationConfig:
                              jpeg_quality=(70, 95))
 
 
-PRESETS = {"blind": blind, "blind_hard": blind_hard, "denoise": denoise,
+PRESETS = {"blind": blind, "blind_hard": blind_hard, "realistic": realistic, "denoise": denoise,
            "deblur": deblur, "jpeg": jpeg, "sr4": sr4}
 
 
@@ -160,12 +181,13 @@ def _downsample(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator) -> 
     if not cfg.keep_size:
         s = max(cfg.scales)  # fixed factor: the batch keeps one output size
         return _resize(x, (h // s, w // s), _MODES[int(down_mode[0])])
+    factors = _uniform(g, *cfg.scale_range, b) if cfg.scale_range is not None else None
     out = []
     for i in range(b):
-        s = cfg.scales[int(scale_idx[i])]
+        s = float(factors[i]) if factors is not None else cfg.scales[int(scale_idx[i])]
         xi = x[i : i + 1]
-        if s > 1:
-            xi = _resize(xi, (max(1, h // s), max(1, w // s)), _MODES[int(down_mode[i])])
+        if s > 1.01:
+            xi = _resize(xi, (max(1, round(h / s)), max(1, round(w / s))), _MODES[int(down_mode[i])])
             xi = _resize(xi, (h, w), _MODES[int(up_mode[i])])
         out.append(xi)
     return torch.cat(out)
@@ -250,14 +272,46 @@ def jpeg_compress(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return rgb[:, :, :h, :w]
 
 
+def pillow_jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """JPEG round trip of (B, 3, H, W) images in [0, 1] through Pillow's libjpeg (4:2:0), per-image qualities."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    arr = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for a, q in zip(arr, quality.tolist()):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=int(q), subsampling=2)
+        buf.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0))
+    return torch.stack(out).permute(0, 3, 1, 2).to(x)
+
+
 def _jpeg(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator, quality_lo: int) -> torch.Tensor:
     b = x.shape[0]
     apply = torch.rand(b, generator=g) < cfg.jpeg_prob
     quality = torch.randint(quality_lo, cfg.jpeg_quality[1] + 1, (b,), generator=g)
+    # Drawn only when used, so the presets without it keep their random streams (and their data).
+    real = torch.rand(b, generator=g) < cfg.real_jpeg_prob if cfg.real_jpeg_prob > 0 else torch.zeros(b, dtype=torch.bool)
     if not apply.any():
         return x
     out = jpeg_compress(x, quality)
+    if (real & apply).any():
+        idx = torch.nonzero(real & apply).flatten()
+        out[idx.to(out.device)] = pillow_jpeg(x[idx.to(x.device)], quality[idx])
     return torch.where(apply.to(x.device)[:, None, None, None], out, x)
+
+
+def _post_noise(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+    apply = torch.rand(b, generator=g) < cfg.post_noise_prob
+    sigma = _uniform(g, *cfg.post_noise_sigma, b) / 255.0
+    if not apply.any():
+        return x
+    n = torch.randn(x.shape, generator=g).to(x) * (sigma * apply).to(x)[:, None, None, None]
+    return (x + n).clamp(0, 1)
 
 
 def _one_pass(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator, strength: float,
@@ -265,7 +319,8 @@ def _one_pass(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator, stren
     x = _blur(x, cfg, g, strength)
     x = _downsample(x, cfg, g)
     x = _noise(x, cfg, g, strength).clamp(0, 1)
-    return _jpeg(x, cfg, g, quality_lo)
+    x = _jpeg(x, cfg, g, quality_lo)
+    return _post_noise(x, cfg, g) if cfg.post_noise_prob > 0 else x
 
 
 def degrade(hq: torch.Tensor, cfg: DegradationConfig, generator: torch.Generator) -> torch.Tensor:
@@ -279,7 +334,7 @@ def degrade(hq: torch.Tensor, cfg: DegradationConfig, generator: torch.Generator
     x = _one_pass(hq.float(), cfg, generator, 1.0, cfg.jpeg_quality[0])
     second = torch.rand(hq.shape[0], generator=generator) < cfg.second_order_prob
     if second.any():
-        mild = replace(cfg, scales=(1,), keep_size=True)  # the second pass never changes the size
+        mild = replace(cfg, scales=(1,), keep_size=True, scale_range=None)  # the second pass never changes the size
         y = _one_pass(x, mild, generator, 0.5, (cfg.jpeg_quality[0] + cfg.jpeg_quality[1]) // 2)
         x = torch.where(second.to(x.device)[:, None, None, None], y, x)
     return torch.round(x.clamp(0, 1) * 255.0) / 255.0

@@ -1,6 +1,6 @@
 """Restore one image or a folder of images.
 
-    python -m darl_core.restore IN.png OUT.png [--model PATH_OR_ID] [--steps 4] [--seed 0]
+    python -m darl_core.restore IN.png OUT.png [--model PATH_OR_ID] [--steps N] [--seed 0]
     python -m darl_core.restore IN_DIR OUT_DIR --model models/darl-blind
 
 The default model is the shipped SFT model (models/sft-blind). Outputs keep
@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, load_image
-from .pipeline import ModelLoadError, load_pipeline
+from .pipeline import DEFAULT_STEPS, ModelLoadError, load_pipeline
 
 
 def _target(out: Path) -> Path:
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", type=Path, help="an image file or a folder of images")
     ap.add_argument("output", type=Path, help="output file (for a file input) or folder")
     ap.add_argument("--model", default=None, help="model folder or Hugging Face id (default: models/sft-blind)")
-    ap.add_argument("--steps", type=int, default=4, help="DDIM steps (more: sharper, fewer: closer to the mean)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                    help="DDIM steps (more: more detail, fewer: more faithful; 0: stage 1 alone, two-stage models)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the seed)")
     ap.add_argument("--tile", type=int, default=256, help="tile size for large images (multiple of 8; in "
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = pipe(im, num_inference_steps=args.steps, eta=args.eta, seed=args.seed, tile_size=args.tile,
                        tile_overlap=args.tile_overlap, progress=len(jobs) == 1)[0]
-        except ValueError as e:  # a bad tile setting: the same for every image
+        except ValueError as e:  # a bad tile or steps setting: the same for every image
             print(f"error: {e}", file=sys.stderr)
             return 2
         dst.parent.mkdir(parents=True, exist_ok=True)

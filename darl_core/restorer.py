@@ -163,8 +163,13 @@ class Restorer(ABC):
         """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*s, W*s) in [0, 1] (s = output_scale)."""
         if tile_size is not None and tile_size % self.multiple:
             raise ValueError(f"tile_size must be a multiple of {self.multiple}, got {tile_size}")
+        if num_inference_steps < 0 or (num_inference_steps == 0 and getattr(self, "stage1", None) is None):
+            raise ValueError(f"num_inference_steps must be >= 1 (0: stage 1 alone, for two-stage models), "
+                             f"got {num_inference_steps}")
         noise = Noise.of(generator)
         cond, x, (h, w) = self._start(lq, noise)
+        if num_inference_steps == 0:  # no diffusion: the conditioning image (stage 1's restoration)
+            return self.to_image(torch.zeros_like(x), cond)[..., :h, :w].float()
         self.scheduler.set_timesteps(num_inference_steps)
         for t in tqdm(self.scheduler.timesteps, desc="restore", disable=not progress, leave=False):
             out = self.predict(x, int(t), cond, tile_size, tile_overlap)

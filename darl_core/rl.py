@@ -519,7 +519,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             # Small pixel models: merge the adapter into a plain pipeline the app loads as is.
             fresh = merged_copy(unet, type(unet).from_config(unet.config).to(unet.device, unet.dtype))
             RestorationPipeline(fresh, policy.scheduler, policy.config.residual_scale,
-                                policy.config.upscale).save_pretrained(path)
+                                policy.config.upscale, stage1=policy.stage1).save_pretrained(path)
         elif cfg.lora_rank:
             from .latent import save_lora
 

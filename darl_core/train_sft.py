@@ -10,6 +10,18 @@ and the UNet, given (x_t, LQ), predicts v = sqrt(abar_t) n - sqrt(1-abar_t) x0.
 Weights are tracked with an exponential moving average (EMA); checkpoints and
 the exported model hold the EMA weights, which sample better.
 
+Two stages (see pipeline.py): ``--stage regression`` trains the stage-1
+regression UNet with an L1 loss on the image (the denoiser is carried along
+untouched); ``--stage diffusion`` (the default) trains the denoiser on the
+residual around the frozen stage 1's output. The shipped model:
+
+    python -m darl_core.train_sft --preset cpu_stage1 --init-from models/sft-blind --output runs/s1
+    python -m darl_core.train_sft --preset cpu_stage2 --init-from runs/s1/model --output runs/s2
+
+With ``data_on_device`` the loader processes only crop clean patches and the
+degradations run on the training device (a GPU), so the GPU, not the CPU
+workers, sets the speed.
+
 Validation restores a fixed set of crops of the *training* photos, degraded
 with a seed the training stream never uses, and logs PSNR/SSIM next to those
 of the plain input. The held-out photos are kept for evaluation alone.
@@ -33,7 +45,7 @@ from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
 from .data import TRAIN_IMAGES, PatchSampler, builtin_image
 from .degrade import degrade, get_preset
 from .images import pil_to_tensor
-from .pipeline import RestorationPipeline, build_unet, load_pipeline, make_scheduler
+from .pipeline import RestorationPipeline, build_stage1, build_unet, load_pipeline, make_scheduler
 
 __all__ = ["SFTConfig", "train_sft", "PRESETS"]
 
@@ -43,9 +55,12 @@ class SFTConfig:
     output: str = "runs/sft"  # folder for checkpoints, metrics.jsonl and the final model
     task: str = "blind"  # degradation preset (darl_core.degrade.PRESETS)
     unet_size: str = "small"  # UNet architecture for a fresh model (tiny, small)
+    stage: str = "diffusion"  # "regression": train stage 1 (L1); "diffusion": train the denoiser
+    stage1_size: str = "small"  # architecture of a fresh stage 1 (tiny, small)
     init_from: str | None = None  # start from this model folder / Hub id instead of a fresh UNet
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
     builtin: bool = True  # use the built-in training photos (see darl_core.data)
+    photos: bool = False  # add the package photo corpus (darl_core.photos; fetched beforehand)
     dead_leaves: int = 40  # procedural dead-leaves images per data stream
     patch: int = 128  # side of the training patches
     batch_size: int = 16  # patches per step
@@ -61,9 +76,10 @@ class SFTConfig:
     ckpt_every: int = 1000  # checkpoint every N steps
     keep_checkpoints: int = 2  # older checkpoints are deleted
     num_workers: int = 0  # data-loader processes (0: in the training process)
+    data_on_device: bool = False  # degrade on the training device (loaders only crop HQ patches)
     seed: int = 0  # seeds the model init and the data stream
     device: str = "auto"  # cpu, cuda, or auto
-    bf16: bool = False  # bf16 autocast for the forward/backward (CUDA)
+    bf16: bool = False  # bf16 autocast for the forward/backward (CUDA, or CPUs with bf16 support)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     export_fp16: bool = False  # store the exported model in float16 (half the size; loads as float32)
 
@@ -79,6 +95,35 @@ def gpu() -> SFTConfig:
                      bf16=True, val_every=2000, ckpt_every=2000, device="cuda", export_fp16=True)
 
 
+def cpu_stage1() -> SFTConfig:
+    """Stage 1 (regression) on this 2-core CPU: about 25 minutes."""
+    return SFTConfig(stage="regression", task="realistic", photos=True, patch=96, batch_size=12, steps=100_000,
+                     lr=1e-3, warmup=200, ema_decay=0.995, val_every=500, ckpt_every=500, val_steps=0,
+                     max_minutes=25.0)
+
+
+def cpu_stage2() -> SFTConfig:
+    """Stage 2 (the denoiser on stage 1's output), fine-tuned on this CPU: about 35 minutes."""
+    return SFTConfig(stage="diffusion", task="realistic", photos=True, patch=96, batch_size=8, steps=100_000,
+                     lr=1e-4, warmup=100, ema_decay=0.995, val_every=500, ckpt_every=500, val_steps=2,
+                     max_minutes=35.0)
+
+
+def gpu_stage1() -> SFTConfig:
+    """Stage 1 on one GPU, time-boxed to fit one 600-s call with loading and export."""
+    return SFTConfig(stage="regression", task="realistic", photos=True, patch=128, batch_size=64, steps=200_000,
+                     lr=1e-3, warmup=300, ema_decay=0.998, val_every=1000, ckpt_every=1000, val_steps=0,
+                     num_workers=8, data_on_device=True, bf16=True, device="cuda", max_minutes=3.5)
+
+
+def gpu_stage2() -> SFTConfig:
+    """Stage 2 on one GPU, time-boxed like ``gpu_stage1``."""
+    return SFTConfig(stage="diffusion", task="realistic", photos=True, patch=128, batch_size=48, steps=200_000,
+                     lr=2e-4, warmup=300, ema_decay=0.998, val_every=1000, ckpt_every=1000, val_steps=2,
+                     num_workers=8, data_on_device=True, bf16=True, device="cuda", export_fp16=True,
+                     max_minutes=4.5)
+
+
 def tiny_test() -> SFTConfig:
     """Seconds on a CPU: the tests' config."""
     return SFTConfig(unet_size="tiny", builtin=False, dead_leaves=2, patch=32, batch_size=2, steps=4,
@@ -86,11 +131,13 @@ def tiny_test() -> SFTConfig:
 
 
 PRESETS: dict[str, Callable[[], SFTConfig]] = {"default": SFTConfig, "cpu": cpu, "gpu": gpu,
+                                               "cpu_stage1": cpu_stage1, "cpu_stage2": cpu_stage2,
+                                               "gpu_stage1": gpu_stage1, "gpu_stage2": gpu_stage2,
                                                "tiny_test": tiny_test}
 
 
 class PairStream(torch.utils.data.IterableDataset):
-    """Endless (LQ, HQ) batches; each worker draws from its own seeded stream."""
+    """Endless (LQ, HQ) batches (LQ None with ``data_on_device``); each worker draws from its own seeded stream."""
 
     def __init__(self, cfg: SFTConfig, start_step: int):
         self.cfg, self.start_step = cfg, start_step
@@ -103,12 +150,12 @@ class PairStream(torch.utils.data.IterableDataset):
         # A resumed run continues with a fresh stream (seeded by the step) rather than replaying one.
         seed = self.cfg.seed * 100_003 + wid * 7919 + self.start_step
         sampler = PatchSampler.from_sources(self.cfg.patch, seed, self.cfg.hq_folder, self.cfg.builtin,
-                                            self.cfg.dead_leaves)
+                                            self.cfg.dead_leaves, photos=self.cfg.photos)
         g = torch.Generator().manual_seed(seed + 1)
         task = get_preset(self.cfg.task)
         while True:
             hq = sampler.sample(self.cfg.batch_size)
-            yield degrade(hq, task, g), hq
+            yield (None if self.cfg.data_on_device else degrade(hq, task, g)), hq
 
 
 def validation_set(cfg: SFTConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,27 +199,40 @@ def _device(name: str) -> torch.device:
 def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callable[..., None]] | None = None
               ) -> Path:
     """Train; returns the folder of the exported final model (``output/model``)."""
+    if cfg.stage not in ("regression", "diffusion"):
+        raise ValueError(f"stage must be 'regression' or 'diffusion', got {cfg.stage!r}")
     callbacks = callbacks or {}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
+    regression = cfg.stage == "regression"
 
-    # Model: fresh, or from a pretrained restorer; the EMA copy is what gets exported.
+    # Model: fresh, or from a pretrained restorer. One network trains (stage 1 or the denoiser);
+    # the other stays as it is. The EMA copy of the trained one is what gets exported.
     if cfg.init_from:
         pipe = load_pipeline(cfg.init_from)
     else:
         pipe = RestorationPipeline(build_unet(cfg.unet_size, cfg.seed), make_scheduler(), cfg.residual_scale)
-    unet = pipe.unet.to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    export = RestorationPipeline(ema, pipe.scheduler, pipe.config.residual_scale, pipe.config.upscale)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if regression and pipe.stage1 is None:
+        pipe.stage1 = build_stage1(cfg.stage1_size, cfg.seed)
+    pipe.to(device)
+    net = (pipe.stage1 if regression else pipe.unet).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    if regression:
+        export = RestorationPipeline(pipe.unet.eval(), pipe.scheduler, pipe.config.residual_scale,
+                                     pipe.config.upscale, stage1=ema)
+    else:
+        stage1 = pipe.stage1.eval().requires_grad_(False) if pipe.stage1 is not None else None
+        export = RestorationPipeline(ema, pipe.scheduler, pipe.config.residual_scale, pipe.config.upscale,
+                                     stage1=stage1)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
         # Resume: weights, EMA, optimiser, LR schedule and RNG state of the last complete checkpoint.
         state = torch.load(ckpt / "train_state.pt", map_location=device, weights_only=False)
-        unet.load_state_dict(state["unet"])
+        net.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
@@ -183,6 +243,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
                                               num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                               persistent_workers=cfg.num_workers > 0,
                                               prefetch_factor=4 if cfg.num_workers else None))
+    task = get_preset(cfg.task)
+    device_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + 17 + step)  # degradations on the device
     val_lq, val_hq = validation_set(cfg)
     log = open(out / "metrics.jsonl", "a")
     if step == 0 and cfg.val_every:
@@ -193,27 +255,31 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
 
     def checkpoint() -> None:
         save_checkpoint(out, step, lambda p: export.save_pretrained(p),
-                        {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        {"unet": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "rng": torch.get_rng_state(), "step": step,
                          "config": asdict(cfg)}, keep=cfg.keep_checkpoints)
 
     t_start = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="sft", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"sft ({cfg.stage})", unit="step", dynamic_ncols=True)
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step, time.time() - t_start)
         lq, hq = next(loader)
-        lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
+        hq = hq.to(device, non_blocking=True)
+        lq = degrade(hq, task, device_gen) if lq is None else lq.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = pipe.sft_loss(lq, hq)  # v-prediction MSE (restorer.Restorer.sft_loss)
+            if regression:  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
+                loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()
+            else:  # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
+                loss = pipe.sft_loss(lq, hq)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         # EMA with a warm-up so early checkpoints are not dominated by the random init.
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
+            for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         step += 1
         bar.update(1)

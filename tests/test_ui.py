@@ -52,6 +52,23 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
         restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
 
 
+def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext, tmp_path: Path,
+                                                                 tiny_sd_dir: Path, tiny_model_dir: Path) -> None:
+    # The SD x4 family goes through the app (it has no set_progress_bar_config); output is 4x larger
+    lq = _img(tmp_path / "lq.png", (24, 24))
+    r = restore_tab.restore(ctx, lq, "blind", str(tiny_sd_dir), str(tiny_sd_dir), steps=2, tile=64)
+    assert r.sft.size == (96, 96)
+    # steps 0 = stage 1 alone: a two-stage model restores, a single-stage one gets a message
+    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+
+    two = tmp_path / "two"
+    RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(two)
+    r0 = restore_tab.restore(ctx, lq, "blind", str(two), str(two), steps=0, tile=64)
+    assert r0.sft.size == (24, 24)
+    with pytest.raises(UserError, match="no stage 1"):
+        restore_tab.restore(ctx, lq, "blind", str(two), str(tiny_model_dir), steps=0, tile=64)
+
+
 def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
     m = str(tiny_model_dir)
     paths = [_img(tmp_path / f"b{i}.png", (100, 96), seed=i) for i in range(2)]

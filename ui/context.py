@@ -38,7 +38,8 @@ class AppContext:
         with self._lock:
             if path not in self._models:
                 pipe = load_pipeline(path, self.device)
-                pipe.set_progress_bar_config(disable=True)
+                if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; latent restorers have none
+                    pipe.set_progress_bar_config(disable=True)
                 self._models[path] = pipe
             return self._models[path]
 

@@ -79,8 +79,8 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     """Restore one upload with both models and score input, SFT and RL."""
     if task not in PRESETS:
         raise UserError(f"unknown task {task!r}")
-    if not 1 <= int(steps) <= 50:
-        raise UserError("steps must be between 1 and 50")
+    if not 0 <= int(steps) <= 50:
+        raise UserError("steps must be between 0 and 50")
     if int(tile) % 8 or not 64 <= int(tile) <= 1024:
         raise UserError("tile size must be a multiple of 8 between 64 and 1024")
     im = ctx.open_upload(image_path)
@@ -96,6 +96,8 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
             pipe = ctx.pipeline(path)
         except Exception as e:  # ModelLoadError and friends: shown to the user
             raise UserError(f"{label} model: {e}") from None
+        if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
+            raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
         outs.append(pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile))[0])
     seconds = time.perf_counter() - t0
     progress(0.95, "scoring")
@@ -197,7 +199,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True)
             c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True)
             with gr.Row():
-                c["steps"] = gr.Slider(1, 50, value=DEFAULT_STEPS, step=1, label="Steps")
+                c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps",
+                                         info="0-1: most faithful (stage 1 / one step); more steps add detail")
                 c["seed"] = gr.Number(0, precision=0, label="Seed")
                 c["tile"] = gr.Slider(64, 1024, value=256, step=8, label="Tile size")
             c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")

@@ -1,0 +1,116 @@
+"""The independent evaluation set: held-out photos degraded by Pillow and numpy, not by our code.
+
+A model trained on ``darl_core.degrade`` and judged on pairs made by the same
+code can learn that code's fingerprints (its kernels, its JPEG model) and
+look better than it is. These pairs are made by another implementation:
+
+  * blur: Pillow's ``ImageFilter.GaussianBlur`` (an extended box blur);
+  * rescaling: Pillow's ``resize`` down by a random factor with a random
+    filter (box, bilinear, Hamming, bicubic, Lanczos), back up with bicubic;
+  * noise: additive Gaussian noise from numpy, in 8-bit levels;
+  * JPEG: the real codec (Pillow's libjpeg, 4:2:0), decoded again.
+
+Each crop draws its own strengths (``PillowRecipe`` ranges) from a numpy
+generator seeded by (seed, crop index), so a seed gives the same set on
+every machine. ``OUTSIDE`` is the fixed recipe of the project's outside
+check (blur radius 1.2, bicubic x2, noise sigma 8, JPEG quality 50).
+
+The pictures: the built-in held-out photos plus the package photos that the
+corpus reserves for evaluation (``photos.eval_images``); training never reads
+either. Crops are ``size`` px, non-overlapping, at most ``per_image`` per
+photo, taken on a regular grid.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from .data import HELDOUT_IMAGES, builtin_image
+from .images import pil_to_tensor
+
+__all__ = ["OUTSIDE", "PillowRecipe", "RANDOM", "eval_photos", "independent_pairs", "pillow_degrade"]
+
+_DOWN_FILTERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
+                 Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+
+
+@dataclass(frozen=True)
+class PillowRecipe:
+    """Ranges the strengths of each crop are drawn from (lo == hi: fixed)."""
+
+    blur_radius: tuple[float, float] = (0.3, 1.8)  # GaussianBlur radius in pixels (0: none)
+    scale: tuple[float, float] = (1.0, 2.5)  # down-scale factor before resizing back (1: none)
+    noise_sigma: tuple[float, float] = (2.0, 12.0)  # Gaussian noise std in 0..255 levels
+    jpeg_quality: tuple[int, int] = (30, 85)  # JPEG quality of the real codec
+    random_filter: bool = True  # draw the down-sampling filter; else bicubic
+
+
+RANDOM = PillowRecipe()
+OUTSIDE = PillowRecipe(blur_radius=(1.2, 1.2), scale=(2.0, 2.0), noise_sigma=(8.0, 8.0),
+                       jpeg_quality=(50, 50), random_filter=False)
+
+
+def pillow_degrade(im: Image.Image, recipe: PillowRecipe, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """Degrade an RGB image with Pillow and numpy; returns the LQ image (same size) and its strengths."""
+    im = im.convert("RGB")
+    radius = float(rng.uniform(*recipe.blur_radius))
+    scale = float(rng.uniform(*recipe.scale))
+    sigma = float(rng.uniform(*recipe.noise_sigma))
+    quality = int(rng.integers(recipe.jpeg_quality[0], recipe.jpeg_quality[1] + 1))
+    filt = _DOWN_FILTERS[int(rng.integers(len(_DOWN_FILTERS)))] if recipe.random_filter else Image.Resampling.BICUBIC
+    x = im.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else im
+    if scale > 1.01:
+        w, h = x.size
+        x = x.resize((max(1, round(w / scale)), max(1, round(h / scale))), filt)
+        x = x.resize((w, h), Image.Resampling.BICUBIC)
+    a = np.asarray(x, dtype=np.float64) + rng.normal(0.0, sigma, size=(x.size[1], x.size[0], 3))
+    x = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    x.save(buf, "JPEG", quality=quality, subsampling=2)
+    buf.seek(0)
+    lq = Image.open(buf).convert("RGB")
+    return lq, {"blur_radius": radius, "scale": scale, "noise_sigma": sigma, "jpeg_quality": quality,
+                "filter": int(filt)}
+
+
+def eval_photos() -> list[tuple[str, Image.Image]]:
+    """(name, RGB image) of every evaluation photo: the built-in held-out ones and the corpus's
+    evaluation share when the corpus has been fetched (``python -m darl_core.photos fetch``)."""
+    from . import photos
+
+    out = [(name.rsplit(".", 1)[0], builtin_image(name)) for name in HELDOUT_IMAGES]
+    out += photos.eval_images()
+    return out
+
+
+def independent_pairs(recipe: PillowRecipe = RANDOM, seed: int = 0, size: int = 192, per_image: int = 4,
+                      images: list[tuple[str, Image.Image]] | None = None
+                      ) -> list[tuple[str, torch.Tensor, torch.Tensor, dict]]:
+    """(name, lq, hq, strengths) crops of the evaluation photos, LQ made by ``pillow_degrade``.
+
+    Photos smaller than ``size`` are skipped; at most ``per_image`` crops of each, spread over
+    a regular grid. Crop k is degraded with ``np.random.default_rng([seed, k])``.
+    """
+    images = eval_photos() if images is None else images
+    out = []
+    for name, im in images:
+        w, h = im.size
+        ny, nx = h // size, w // size
+        if ny == 0 or nx == 0:
+            continue
+        cells = [(iy, ix) for iy in range(ny) for ix in range(nx)]
+        pick = np.linspace(0, len(cells) - 1, min(per_image, len(cells))).round().astype(int)
+        for c in sorted(set(pick.tolist())):
+            iy, ix = cells[c]
+            # Centre the grid in the photo so crops avoid the borders.
+            y0 = (h - ny * size) // 2 + iy * size
+            x0 = (w - nx * size) // 2 + ix * size
+            hq = im.crop((x0, y0, x0 + size, y0 + size))
+            lq, info = pillow_degrade(hq, recipe, np.random.default_rng([seed, len(out)]))
+            out.append((f"{name}_{iy}{ix}", pil_to_tensor(lq), pil_to_tensor(hq), info))
+    return out
