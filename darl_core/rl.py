@@ -1,17 +1,29 @@
 """Difficulty-adaptive RL fine-tuning with an IQA reward (PAPER.md), and its ablations.
 
-One round, for a batch of m inputs drawn from the hardest part of the pool:
+One round, for a batch of m inputs drawn from the pool:
 
- 1. rollout with the policy frozen as theta_old (DDIM, eta > 0), keeping
-    x_t, x_{t-1} and log p_old of every stochastic transition;
+ 0. the batch: with ``sampling="weighted"`` (default) m inputs are drawn from
+    the *whole* pool with probability ~ ``sampling_floor`` + w_i, so hard
+    samples come more often and easy ones still get their SFT share, and
+    samples migrate from RL to SFT as they get easier (PAPER.md step 8,
+    revised); ``"hardest"`` draws uniformly from the hardest
+    ``hard_fraction`` (the first design, which froze the curriculum);
+ 1. G = ``group_size`` rollouts of each input with different noise and the
+    policy frozen as theta_old (DDIM, eta > 0), keeping x_t, x_{t-1} and
+    log p_old of every stochastic transition; with ``stochastic_last`` the
+    schedule ends at abar_0 < 1, so the last step is stochastic and trained
+    too (evaluation samples with eta = 0 and ends at abar = 1);
  2. stepwise reward: transition x_t -> x_{t-1} is credited with the reward of
     the clean image predicted *from its result* x_{t-1} (the next step's
     x0_hat; the final image for the last one) [ours: the consequence of the
     sampled action, so the credit is causal]. ``reward_last_k`` limits the
     scored transitions to the last k (the others take the final image's
     reward), since IQA scores of very noisy predictions are unreliable;
- 3. advantages from a per-input reward memory keyed by (sample id, step),
-    normalised and clipped (batch statistics while a buffer is short);
+ 3. advantages: ``advantage="group"`` (default) normalises each reward within
+    its input's G rollouts (GRPO / Flow-GRPO), so it says which rollout was
+    better rather than which input was drawn; ``"memory"`` keeps a per-input
+    reward memory keyed by (sample id, step) across rounds (DDPO's tracker,
+    batch statistics while a buffer is short); both clipped;
  4. L = 1/m sum_i [ w_i L_RL,i + lambda_sft (1 - w_i) L_SFT,i ] + beta KL
     with the PPO-clipped L_RL (mean over transitions), the v-prediction
     diffusion loss L_SFT where a ground truth exists, and the closed-form KL
@@ -20,7 +32,16 @@ One round, for a batch of m inputs drawn from the hardest part of the pool:
     log-probabilities (see sampler.py);
  5. w_i from relative difficulty (difficulty.relative_weights), recomputed
     over the whole pool every ``difficulty_every`` rounds with the current
-    policy, so samples migrate from RL to SFT as they get easier.
+    policy.
+
+Diagnostics in metrics.jsonl (every ``diag_every`` rounds): the gradient norm
+of the RL, KL and SFT terms on their own (``grad_norm_rl`` / ``_kl`` /
+``_sft``), the cosine of this round's RL gradient with the last diagnosed
+one (``rl_grad_cos_prev``: near 0 means the RL gradient is noise), the clip
+fraction per PPO epoch, the approximate KL of the update
+(mean(rho - 1 - log rho)), the within-group reward std, the pool's mean w
+and its shares at w = 0 and w = 1; every ``probe_every`` rounds the reward of
+every pool input restored with two fixed noises (``probe_reward``).
 
 The ablations are presets of the same loop (``PRESETS``): ``sft`` (w = 0,
 no KL: SFT only, same rounds and batch), ``rl_uniform`` (w = 1, no SFT, no
@@ -107,13 +128,21 @@ class RLConfig:
     adv_clip: float = 5.0  # advantages are clipped to [-adv_clip, adv_clip]
     lr: float = 1e-5  # AdamW learning rate
     grad_clip: float = 1.0  # global gradient-norm clip
-    memory_size: int = 16  # rewards kept per (sample, step)
-    memory_min: int = 4  # below this many, advantages use batch statistics
+    group_size: int = 4  # rollouts of each input per round, with different noise (G; GRPO / Flow-GRPO)
+    advantage: str = "group"  # "group": normalised within each input's G rollouts; "memory": per-input
+                              # reward memory across rounds (DDPO's tracker, batch statistics while short)
+    stochastic_last: bool = False  # rollouts end at abar_0 < 1, so the last step is stochastic and trained too
+    memory_size: int = 16  # rewards kept per (sample, step) (advantage "memory")
+    memory_min: int = 4  # below this many, advantages use batch statistics (advantage "memory")
     difficulty_metric: str = "ssim"  # full-reference distance for difficulty (ssim: d = 1 - SSIM)
     difficulty_every: int = 1  # recompute pool difficulty every N rounds
     q_lo: float = 0.25  # pool quantile mapped to w = 0
     q_hi: float = 0.75  # pool quantile mapped to w = 1
-    hard_fraction: float = 0.5  # the RL batch is drawn from this hardest fraction of the pool
+    sampling: str = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
+                                # "hardest": uniformly from the hardest ``hard_fraction`` (the first design)
+    sampling_floor: float = 0.25  # with "weighted": the easiest samples (w = 0) are drawn this often relative to
+                                  # 1 + floor for the hardest, so they get their SFT share
+    hard_fraction: float = 0.5  # with "hardest": the batch is drawn from this hardest fraction of the pool
     pool_size: int = 64  # size of a synthetic pool
     task: str = "blind"  # degradation preset of a synthetic pool
     hq_folder: str | None = None  # HQ images for a synthetic pool (default: the built-in training photos)
@@ -123,6 +152,9 @@ class RLConfig:
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank (reference = adapters off)
     lora_targets: str = "all"  # LoRA on "all" attention and ResNet layers, or on "attn" projections only
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory)
+    diag_every: int = 1  # every N rounds log the gradient norm of the RL, KL and SFT terms separately and the
+                         # cosine of this round's RL gradient with the last one (one more backward; 0: never)
+    probe_every: int = 0  # every N rounds the mean reward of every pool input restored with 2 fixed noises (0: never)
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
     seed: int = 0  # seeds the pool, the batches, rollouts and SFT noise
@@ -156,7 +188,7 @@ def rl_gt_reward() -> RLConfig:
 def tiny_test() -> RLConfig:
     """Seconds on a CPU with a tiny random model: the tests' config."""
     return replace(RLConfig(), reward="psnr", num_steps=3, rounds=2, batch_size=2, patch=32, pool_size=4,
-                   val_every=0, ckpt_every=1, memory_min=2, clip_range=0.2, lr=1e-3)
+                   val_every=0, ckpt_every=1, memory_min=2, clip_range=0.2, lr=1e-3, group_size=2)
 
 
 PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_uniform": rl_uniform,
@@ -284,10 +316,19 @@ class RewardMemory:
         self.buffers = {k: deque(v, maxlen=self.size) for k, v in state.items()}
 
 
+def group_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> torch.Tensor:
+    """clip((r - mean_group) / (std_group + 1e-6)) for rewards laid out as consecutive groups of
+    ``group_size`` rollouts of one input (GRPO / Flow-GRPO): the advantage says which *rollout* of an
+    input was better, not which input was drawn."""
+    r = rewards.detach().float().reshape(-1, group_size)
+    a = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, unbiased=False, keepdim=True) + 1e-6)
+    return a.clamp(-clip, clip).flatten()
+
+
 # ----------------------------------------------------------------------------- loss
 
 def ppo_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch.Tensor:
-    """PAPER.md Eq. 4 per sample: max(-A rho, -A clip(rho, 1 - eps, 1 + eps))."""
+    """PAPER.md, the training step 4, per sample: max(-A rho, -A clip(rho, 1 - eps, 1 + eps))."""
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
 
 
@@ -341,8 +382,9 @@ class _Procs:
         self.world = self.acc.num_processes if multi else 1
         self.main = self.rank == 0
         self.device = self.acc.device if multi else _device(cfg.device)
-        if cfg.batch_size % self.world:
-            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
+        if cfg.batch_size * cfg.group_size % self.world:
+            raise ValueError(f"batch_size x group_size ({cfg.batch_size} x {cfg.group_size} rollouts) must be a "
+                             f"multiple of the {self.world} processes")
 
     def rows(self, n: int) -> slice:
         """This process's rows of a global batch of ``n``."""
@@ -411,16 +453,63 @@ def _pool_difficulty(policy: Restorer, pool: list[PoolSample], cfg: RLConfig, de
     return d
 
 
-def _choose(d: torch.Tensor, eligible: torch.Tensor, cfg: RLConfig, g: torch.Generator) -> torch.Tensor:
-    """Indices of a batch drawn from the hardest ``hard_fraction`` of the eligible pool."""
+def _choose(d: torch.Tensor, eligible: torch.Tensor, w_pool: torch.Tensor, cfg: RLConfig,
+            g: torch.Generator) -> torch.Tensor:
+    """Indices of a batch: from the whole eligible pool with p ~ ``sampling_floor`` + w_i ("weighted",
+    so hard samples come more often and easy ones still get their SFT share), or uniformly from its
+    hardest ``hard_fraction`` ("hardest")."""
     cand = torch.nonzero(eligible).flatten()
     if cand.numel() == 0:
         raise ValueError("no pool sample can be trained on (an FR reward needs ground truths)")
+    if cfg.sampling == "weighted":
+        p = (cfg.sampling_floor + w_pool[cand].float()).clamp_min(0)
+        p = p if float(p.sum()) > 0 else torch.ones_like(p)
+        pick = torch.multinomial(p, cfg.batch_size, replacement=cand.numel() < cfg.batch_size, generator=g)
+        return cand[pick]
+    if cfg.sampling != "hardest":
+        raise ValueError(f"sampling must be 'weighted' or 'hardest', got {cfg.sampling!r}")
     order = cand[torch.argsort(d[cand], descending=True, stable=True)]
     top = order[: max(1, math.ceil(cfg.hard_fraction * order.numel()))]
     if top.numel() >= cfg.batch_size:
         return top[torch.randperm(top.numel(), generator=g)[: cfg.batch_size]]
     return top[torch.randint(top.numel(), (cfg.batch_size,), generator=g)]
+
+
+def _backward(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter],
+              per_term: dict[str, list[torch.Tensor]] | None) -> None:
+    """Accumulate the gradient of the sum of ``terms`` into ``params``; with ``per_term``, also
+    add each term's own gradient to ``per_term[name]`` (one autograd pass per term)."""
+    live = {n: t for n, t in terms.items() if t.requires_grad}
+    if not live:
+        return
+    if per_term is None:
+        sum(live.values()).backward()
+        return
+    names = list(live)
+    for j, n in enumerate(names):
+        grads = torch.autograd.grad(live[n], params, retain_graph=j < len(names) - 1, allow_unused=True)
+        acc = per_term.setdefault(n, [torch.zeros_like(p) for p in params])
+        for p, a, gr in zip(params, acc, grads):
+            if gr is None:
+                continue
+            a.add_(gr)
+            p.grad = gr.clone() if p.grad is None else p.grad + gr
+
+
+@torch.no_grad()
+def _probe_reward(policy: Restorer, pool: list[PoolSample], reward: Reward, cfg: RLConfig,
+                  device: torch.device) -> float:
+    """Mean reward of every pool input restored with 2 fixed noises (the rollouts' eta): the same
+    inputs and noise every time, so the curve shows the policy, not which batch was drawn."""
+    lq = torch.stack([s.lq for s in pool])
+    gt = torch.stack([s.gt if s.gt is not None else s.lq for s in pool]).to(device)
+    vals = []
+    for seed in (101, 202):
+        out = torch.cat([policy.restore_tensor(lq[i : i + 16].to(device), cfg.num_steps, eta=cfg.eta, tile_size=None,
+                                               generator=torch.Generator().manual_seed(seed + i))
+                         for i in range(0, lq.shape[0], 16)])
+        vals.append(reward(out, gt if reward.full_reference else None).float().cpu())
+    return float(torch.cat(vals).mean())
 
 
 @torch.no_grad()
@@ -547,8 +636,18 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True,
                disable=not main)
     t_start = time.time()
-    rows = procs.rows(cfg.batch_size)
+    G = cfg.group_size
+    if G < 1 or cfg.advantage not in ("group", "memory"):
+        raise ValueError(f"need group_size >= 1 and advantage 'group' or 'memory', got {G}, {cfg.advantage!r}")
+    if cfg.advantage == "group" and G < 2:
+        raise ValueError("advantage 'group' needs group_size >= 2 (use advantage 'memory' for one rollout)")
+    rows = procs.rows(cfg.batch_size * G)  # this process's rollouts: batch_size inputs x G each
     noise = Noise(g, procs.rank, procs.world)  # this process's rows of the global batch's noise
+    if cfg.stochastic_last:
+        # End the schedule at abar_0 < 1 (DDPO's set_alpha_to_one=False): the last step gets a small
+        # sigma, so it has a log-probability and RL trains the step that makes the final texture.
+        policy.scheduler.final_alpha_cumprod = policy.scheduler.alphas_cumprod[0]
+    prev_rl_grad: torch.Tensor | None = None  # last diagnosed round's RL gradient (agreement between rounds)
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
         unet.eval()
@@ -557,25 +656,30 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             with autocast:
                 diff = _pool_difficulty(policy, pool, cfg, device, procs)
         t_diff = time.time() - t0
-        idx = _choose(diff, eligible, cfg, g)
-        ids = [pool[i].id for i in idx.tolist()]
-        lq = torch.stack([pool[i].lq for i in idx.tolist()])[rows].to(device)
-        gt_mask = has_gt[idx].to(device)
-        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
-        gt = gt[rows].to(device)
+        # The weights of the whole pool (the curriculum): w near 1 for the hardest, near 0 for the easiest.
         finite = diff[has_gt]
         if cfg.adaptive_weight:
-            w = relative_weights(diff[idx].clamp(max=1e9), finite if finite.numel() else None,
-                                 cfg.q_lo, cfg.q_hi, has_gt[idx])
+            w_pool = relative_weights(diff.clamp(max=1e9), finite if finite.numel() else None,
+                                      cfg.q_lo, cfg.q_hi, has_gt)
         else:
-            w = torch.full((len(ids),), float(cfg.uniform_weight))
-        w = w.to(device)
+            w_pool = torch.full((len(pool),), float(cfg.uniform_weight))
+        idx = _choose(diff, eligible, w_pool, cfg, g)
+        ids = [pool[i].id for i in idx.tolist()]
+        # G rollouts of each input, consecutive (the advantage's groups); this process keeps its rows.
+        lq = torch.stack([pool[i].lq for i in idx.tolist()]).repeat_interleave(G, 0)[rows].to(device)
+        gt_mask = has_gt[idx].repeat_interleave(G).to(device)
+        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
+        gt = gt.repeat_interleave(G, 0)[rows].to(device)
+        w = w_pool[idx].repeat_interleave(G).to(device)
         rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
-                                  "d_mean": float(finite.mean()) if finite.numel() else None}
+                                  "d_mean": float(finite.mean()) if finite.numel() else None,
+                                  "pool_w_mean": float(w_pool.mean()),
+                                  "pool_w0_share": float((w_pool <= 0).float().mean()),
+                                  "pool_w1_share": float((w_pool >= 1).float().mean())}
         if main:
             diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
                                        "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
-                                       "batch": ids, "w": w.tolist()}) + "\n")
+                                       "batch": ids, "w": w_pool[idx].tolist()}) + "\n")
 
         # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
         rl_active = reward is not None and float(w.max()) > 0
@@ -595,10 +699,15 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             #    rewards, so every process keeps the same memory).
             final_r = procs.gather(final_r)
             step_r = {k: procs.gather(v) for k, v in step_r.items()}
-            adv = {k: memory.advantages([f"{i}@{k}" for i in ids], step_r[k], cfg.adv_clip)[rows]
-                   for k in range(K)}
+            if cfg.advantage == "group":
+                adv = {k: group_advantages(step_r[k], G, cfg.adv_clip)[rows] for k in range(K)}
+            else:
+                adv = {k: memory.advantages([f"{i}@{k}" for i in ids for _ in range(G)], step_r[k],
+                                            cfg.adv_clip)[rows] for k in range(K)}
             rec["reward"] = float(final_r.mean())
             rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
+            # How much the rollouts of one input differ: the signal group advantages are made of.
+            rec["group_reward_std"] = float(final_r.reshape(-1, G).std(dim=1, unbiased=False).mean()) if G > 1 else 0.0
         sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
         sft_active = float(sft_w.max()) > 0
         w, sft_w = w[rows], sft_w[rows]
@@ -607,10 +716,17 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
         #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
         unet.train()
-        logs: dict[str, list[float]] = {"kl": [], "ratio": [], "clip_frac": [], "loss_rl": [], "loss_sft": [],
-                                        "grad_norm": []}
-        for _ in range(cfg.epochs if (rl_active or sft_active) else 0):
+        logs: dict[str, list[float]] = {"kl": [], "ratio": [], "clip_frac": [], "approx_kl": [], "loss_rl": [],
+                                        "loss_sft": [], "grad_norm": []}
+        # Diagnostics (first epoch): each term's gradient on its own, so one can see which term sets the
+        # direction of the update (under Adam a consistent SFT gradient wins over a noisy RL one).
+        diag = bool(cfg.diag_every) and (rnd + 1) % cfg.diag_every == 0
+        term_grads: dict[str, list[torch.Tensor]] = {}
+        clip_epochs: list[float] = []
+        for epoch in range(cfg.epochs if (rl_active or sft_active) else 0):
             opt.zero_grad(set_to_none=True)
+            split = diag and epoch == 0
+            clip_e: list[float] = []
             if rl_active:
                 # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
                 for k in range(K):
@@ -618,20 +734,38 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                         loss_k, kl_k, ratio_k, clip_k = policy_losses(
                             policy, traj, k, adv[k], cfg.eta, cfg.clip_range, ref_unet,
                             cfg.lora_rank > 0 and cfg.beta_kl > 0)
-                    (((w * loss_k).mean() + cfg.beta_kl * kl_k.mean()) / K).backward()
+                    terms = {"rl": (w * loss_k).mean() / K, "kl": cfg.beta_kl * kl_k.mean() / K}
+                    _backward(terms, params, term_grads if split else None)
                     logs["kl"].append(float(kl_k.detach().mean()))
                     logs["ratio"].append(float(ratio_k.mean()))
-                    logs["clip_frac"].append(float(clip_k.mean()))
+                    clip_e.append(float(clip_k.mean()))
+                    logs["approx_kl"].append(float((ratio_k - 1 - torch.log(ratio_k)).mean()))
                     logs["loss_rl"].append(float((w * loss_k).detach().mean()))
             if sft_active:
                 # SFT loss where a ground truth exists, weighted by 1 - w_i.
                 with autocast:
                     l_sft = policy.sft_loss(lq, gt, noise, reduce=False)
-                (sft_w * l_sft).mean().backward()
+                _backward({"sft": (sft_w * l_sft).mean()}, params, term_grads if split else None)
                 logs["loss_sft"].append(float(l_sft.detach().mean()))
+            if clip_e:
+                clip_epochs.append(sum(clip_e) / len(clip_e))
+                logs["clip_frac"] += clip_e
             procs.average_gradients(params)
             logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
             opt.step()
+        if clip_epochs:
+            rec["clip_frac_epochs"] = clip_epochs
+        for name, gs in term_grads.items():
+            flat = torch.cat([x.flatten() for x in gs]).float()
+            rec[f"grad_norm_{name}"] = float(flat.norm())
+            if name == "rl":
+                if prev_rl_grad is not None and float(flat.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
+                    rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(flat, prev_rl_grad, dim=0))
+                prev_rl_grad = flat.detach().cpu()
+        if cfg.probe_every and (rnd + 1) % cfg.probe_every == 0 and reward is not None:
+            unet.eval()
+            with autocast:
+                rec["probe_reward"] = _probe_reward(policy, pool, reward, cfg, device)
         means = {k: sum(v) / len(v) for k, v in logs.items() if v}
         if means:
             avg = procs.mean(torch.tensor(list(means.values()), dtype=torch.float64, device=device)).tolist()

@@ -125,3 +125,57 @@ def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_d
     ids = [json.loads(open(tmp_path / r / "difficulty.jsonl").readline())["ids"] for r in ("x1", "x2")]
     assert ids[0] == ids[1] and ids[0][:3] == ["flag-0", "flag-1", "flag-2"] and len(ids[0]) == 5
     assert all(i.startswith("syn-") for i in ids[0][3:])
+
+
+def test_group_advantages_compare_rollouts_of_one_input() -> None:
+    from darl_core.rl import group_advantages
+
+    r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])  # two inputs, 3 rollouts each
+    a = group_advantages(r, 3, clip=5.0)
+    assert torch.allclose(a[:3], torch.tensor([-1.2247, 0.0, 1.2247]), atol=1e-4)
+    assert torch.equal(a[3:], torch.zeros(3))  # identical rollouts: no signal, whatever the input's level
+    assert float(group_advantages(torch.tensor([0.0] * 9 + [1e6]), 10, clip=2.0).max()) == 2.0  # z = 3, clipped
+
+
+def test_weighted_sampling_draws_hard_samples_more_and_easy_ones_too() -> None:
+    from darl_core.rl import _choose
+
+    cfg = replace(tiny_test(), batch_size=2, sampling="weighted", sampling_floor=0.25)
+    d = torch.linspace(0, 1, 8)
+    w = torch.tensor([0.0, 0.0, 0.0, 0.2, 0.6, 1.0, 1.0, 1.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(8)
+    for _ in range(2000):
+        for i in _choose(d, torch.ones(8, dtype=torch.bool), w, cfg, g).tolist():
+            counts[i] += 1
+    assert counts[7] > 3 * counts[0] > 0  # ~ (1 + 0.25) / 0.25 = 5x, without replacement a bit less
+    hardest = replace(cfg, sampling="hardest", hard_fraction=0.5)
+    picks = {i for _ in range(200) for i in _choose(d, torch.ones(8, dtype=torch.bool), w, hardest, g).tolist()}
+    assert picks == {4, 5, 6, 7}
+
+
+@pytest.mark.slow
+def test_group_round_logs_the_diagnostics(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = _cfg(tmp_path, tiny_model_dir, rounds=2, group_size=3, probe_every=1, lambda_sft=1.0, beta_kl=0.1,
+               stochastic_last=True)
+    train_rl(cfg)
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    for r in recs:
+        for k in ("grad_norm_rl", "grad_norm_kl", "grad_norm_sft", "group_reward_std", "approx_kl", "probe_reward",
+                  "pool_w_mean", "pool_w0_share", "pool_w1_share"):
+            assert k in r and r[k] == r[k], k  # present and not NaN
+        assert len(r["clip_frac_epochs"]) == cfg.epochs and r["grad_norm_rl"] > 0
+        assert len(r["reward_steps"]) == cfg.num_steps  # the last step is stochastic: every step is trained
+    assert "rl_grad_cos_prev" in recs[1] and -1 <= recs[1]["rl_grad_cos_prev"] <= 1
+    diff = [json.loads(x) for x in open(tmp_path / "run" / "difficulty.jsonl")]
+    assert len(diff[0]["batch"]) == len(diff[0]["w"]) == cfg.batch_size
+
+
+def test_stochastic_last_step_has_a_log_probability(tiny_model_dir: Path) -> None:
+    pipe = load_pipeline(tiny_model_dir)
+    lq = torch.rand(2, 3, 16, 16)
+    plain = pipe.rollout(lq, 3, 1.0, torch.Generator().manual_seed(0))
+    assert len(plain.timesteps) == 2  # trailing spacing ends at abar = 1: deterministic last step
+    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.alphas_cumprod[0]
+    stoch = pipe.rollout(lq, 3, 1.0, torch.Generator().manual_seed(0))
+    assert len(stoch.timesteps) == 3 and torch.isfinite(stoch.log_prob[-1]).all()
