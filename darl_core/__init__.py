@@ -3,6 +3,14 @@
 The public surface; everything else is reachable through its module.
 """
 
+import logging as _logging
+
+# pyiqa imports bitsandbytes, whose CPU backend, on processors with avx512_bf16, tries to fetch an
+# optional 4-bit GEMM kernel from the Hugging Face Hub at import time and logs "Failed to load CPU
+# gemm_4bit_forward from kernels-community" when it cannot (offline). DARL never runs 4-bit layers,
+# so the message says nothing about DARL: silenced at its logger.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from .degrade import DegradationConfig, degrade, get_preset
 from .difficulty import difficulty, difficulty_no_reference, relative_weights
 from .latent import LatentRestorer

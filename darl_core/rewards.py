@@ -87,7 +87,8 @@ _build_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _no_network(metric: str) -> Iterator[None]:
-    """Refuse downloads and connections while a metric is built (fail fast, never hang)."""
+    """Refuse downloads and connections of the building thread while a metric is built (fail fast,
+    never hang); other threads are not affected."""
     import huggingface_hub.constants as hfc
     import pyiqa.utils.download_util as pdl
     import torch.hub as th
@@ -97,6 +98,17 @@ def _no_network(metric: str) -> Iterator[None]:
             f"metric {metric!r} needs {Path(dst).name}, which is not in the cache ({Path(dst).parent}). "
             f"On a connected machine run: python -c \"import pyiqa; pyiqa.create_metric('{metric}')\" "
             f"(or download {url} into {Path(dst).parent}), then copy that folder here.")
+
+    builder = threading.get_ident()
+    real_connect = socket.socket.connect
+    real_pdl, real_th = pdl.download_url_to_file, th.download_url_to_file
+
+    # Only the thread that builds the metric is refused: the app's other threads (requests, the
+    # store's connections) keep their network while a metric is built.
+    def guarded(real: object, refuse: object) -> object:
+        def f(*a: object, **k: object) -> object:
+            return (refuse if threading.get_ident() == builder else real)(*a, **k)  # type: ignore[operator]
+        return f
 
     def refuse_connect(self: socket.socket, *a: object) -> None:
         raise MissingWeightsError(
@@ -108,9 +120,9 @@ def _no_network(metric: str) -> Iterator[None]:
     saved = (pdl.download_url_to_file, th.download_url_to_file, socket.socket.connect, hfc.HF_HUB_OFFLINE,
              os.environ.get("HF_HUB_OFFLINE"))
     with _build_lock:
-        pdl.download_url_to_file = refuse_download
-        th.download_url_to_file = refuse_download
-        socket.socket.connect = refuse_connect  # type: ignore[method-assign]
+        pdl.download_url_to_file = guarded(real_pdl, refuse_download)
+        th.download_url_to_file = guarded(real_th, refuse_download)
+        socket.socket.connect = guarded(real_connect, refuse_connect)  # type: ignore[method-assign]
         hfc.HF_HUB_OFFLINE = True
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:

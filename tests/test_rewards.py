@@ -94,3 +94,52 @@ def test_learned_metric_without_weights_fails_fast(name: str, tmp_path, monkeypa
     assert time.time() - t < 1.0
     assert name in str(e.value) and ("pth" in str(e.value) or "cache" in str(e.value))
     assert "connected machine" in str(e.value)
+
+
+def test_metric_build_refuses_the_network_only_in_its_own_thread() -> None:
+    import socket
+    import threading
+
+    from darl_core.rewards import MissingWeightsError, _no_network
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    addr = srv.getsockname()
+    other: list[str] = []
+
+    def connect_from_another_thread() -> None:
+        c = socket.socket()
+        try:
+            c.connect(addr)
+            other.append("connected")
+        except Exception as e:  # noqa: BLE001 - the test reports whatever happened
+            other.append(repr(e))
+        finally:
+            c.close()
+
+    try:
+        with _no_network("demo"):
+            t = threading.Thread(target=connect_from_another_thread)
+            t.start()
+            t.join(10)
+            mine = socket.socket()
+            with pytest.raises(MissingWeightsError):
+                mine.connect(addr)
+            mine.close()
+        assert other == ["connected"]
+        after = socket.socket()
+        after.connect(addr)  # restored once the build is over
+        after.close()
+    finally:
+        srv.close()
+
+
+def test_bitsandbytes_kernel_warning_is_silenced() -> None:
+    # On CPUs with avx512_bf16, bitsandbytes (imported by pyiqa) logs a Hub-kernel warning at import
+    # on every CLI start; DARL silences that logger (checked by its level: this CPU may lack the flag).
+    import logging
+
+    import darl_core  # noqa: F401
+
+    assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)

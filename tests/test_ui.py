@@ -128,7 +128,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     st = finetune_tab.job_status(ctx, job)
     assert st["state"] == "succeeded" and st["progress"] == 1.0, st["error"]
     curves = finetune_tab.job_curves(ctx, job)
-    assert set(curves["metric"]) >= {"reward", "kl"} and curves["round"].max() == 2
+    assert set(curves["metric"]) >= {"reward", "kl", "grad_norm_rl", "pool_w_mean"} and curves["round"].max() == 2
     rows = models_tab.list_checkpoints(ctx)
     child = [r for r in rows if r[3] == job][0]
     assert any(label.startswith(f"job-{job}") for label, _ in ctx.model_choices())

@@ -91,10 +91,12 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
 
 
 def job_curves(ctx: AppContext, job_id: int | None) -> pd.DataFrame:
-    """Long-format (round, value, metric) of reward, KL and validation PSNR for a LinePlot."""
+    """Long-format (round, value, metric) of reward, KL, validation PSNR and the RL diagnostics
+    (each term's gradient norm, the pool's mean w, the probe reward) for a LinePlot."""
     if job_id is None:
         return pd.DataFrame({"round": [], "value": [], "metric": []})
-    keep = {"reward", "kl", "val_psnr", "loss_sft"}
+    keep = {"reward", "kl", "val_psnr", "loss_sft", "grad_norm_rl", "grad_norm_sft", "grad_norm_kl",
+            "pool_w_mean", "probe_reward", "group_reward_std"}
     rows = [(s, v, n) for s, n, v in ctx.store.metrics(int(job_id)) if n in keep]
     return pd.DataFrame(rows, columns=["round", "value", "metric"])
 
