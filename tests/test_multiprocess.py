@@ -52,6 +52,9 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(tmp_path: Pat
     ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in recs] == [1, 2]
     for a, b in zip(recs, ref):  # rewards gathered from both processes, losses averaged over them
-        for key in ("reward", "w_mean", "loss_rl", "loss_sft", "kl", "grad_norm"):
+        for key in ("reward", "w_mean", "loss_sft", "kl", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+        # group advantages sum to 0 within each group, so the RL loss is what is left of terms of
+        # size ~w |A| ~ 0.5 that cancel: compare it on the scale of those terms, not relative to itself
+        assert a["loss_rl"] == pytest.approx(b["loss_rl"], abs=1e-5)
     assert load_pipeline(tmp_path / "two" / "model").unet.state_dict().keys() == init.keys()
