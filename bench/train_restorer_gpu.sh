@@ -8,7 +8,7 @@
 #   DEVICE=cpu S1_MINUTES=0.2 S2_MINUTES=0.2 TINY=1 OUT=/tmp/g bash bench/train_restorer_gpu.sh   # CPU dry run
 set -euo pipefail
 OUT=${OUT:-out}; S1_MINUTES=${S1_MINUTES:-3.5}; S2_MINUTES=${S2_MINUTES:-4.5}; DEVICE=${DEVICE:-cuda}
-INIT=${INIT:-models/sft-blind}; WORK=${WORK:-/tmp/restorer}
+INIT=${INIT:-models/sft-blind-v1}; WORK=${WORK:-/tmp/restorer}
 mkdir -p "$OUT" "$WORK"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Trains the shipped SFT model (models/sft-blind) on one lent GPU, time-boxed.
+# Trained the first, single-stage SFT model (models/sft-blind-v1) on one lent GPU, time-boxed.
+# The two-stage restorer: bench/train_restorer_gpu.sh.
 # Run from the repo root on the GPU machine; diffusers travels as a wheel in .whl/.
 #   MINUTES=5 OUT=/some/dir bash bench/train_sft_gpu.sh
 set -euo pipefail

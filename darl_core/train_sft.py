@@ -15,7 +15,7 @@ regression UNet with an L1 loss on the image (the denoiser is carried along
 untouched); ``--stage diffusion`` (the default) trains the denoiser on the
 residual around the frozen stage 1's output. The shipped model:
 
-    python -m darl_core.train_sft --preset cpu_stage1 --init-from models/sft-blind --output runs/s1
+    python -m darl_core.train_sft --preset cpu_stage1 --init-from models/sft-blind-v1 --output runs/s1
     python -m darl_core.train_sft --preset cpu_stage2 --init-from runs/s1/model --output runs/s2
 
 With ``data_on_device`` the loader processes only crop clean patches and the

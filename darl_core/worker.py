@@ -38,7 +38,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from storage import IllegalTransition, Job, Store
+from storage import IllegalTransition, Job, JobLost, Store
 
 from .checkpoint import latest_checkpoint
 from .pipeline import DEFAULT_MODEL
@@ -74,10 +74,16 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cancel = threading.Event()
     done = threading.Event()
+    lost = threading.Event()  # the job was taken back (stale) and may run elsewhere: stop, write nothing
+    me = job.worker
 
     def beat() -> None:
         while not done.wait(heartbeat_s):
-            if store.heartbeat(job.id):
+            try:
+                if store.heartbeat(job.id, worker=me):
+                    cancel.set()
+            except JobLost:
+                lost.set()
                 cancel.set()
 
     thread = threading.Thread(target=beat, daemon=True)
@@ -88,7 +94,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         cfg = job_config(job, out, samples)
         resume = latest_checkpoint(out) is not None  # a re-queued job continues where it stopped
         store.heartbeat(job.id, log_line=f"{'resuming' if resume else 'starting'} {cfg.method} "
-                                          f"on {len(job.sample_ids)} samples, {cfg.rounds} rounds")
+                                          f"on {len(job.sample_ids)} samples, {cfg.rounds} rounds", worker=me)
         last: dict[str, Any] = {}
 
         def on_round(rec: dict[str, Any]) -> None:
@@ -97,16 +103,23 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
             store.add_metrics(job.id, int(rec["round"]), nums)
             line = f"round {rec['round']}/{cfg.rounds} " + " ".join(
                 f"{k}={nums[k]:.4g}" for k in ("reward", "kl", "loss_sft", "val_psnr") if k in nums)
-            if store.heartbeat(job.id, progress=rec["round"] / cfg.rounds, log_line=line):
+            try:
+                if store.heartbeat(job.id, progress=rec["round"] / cfg.rounds, log_line=line, worker=me):
+                    cancel.set()
+            except JobLost:
+                lost.set()
                 cancel.set()
 
         if job.processes > 1:
             model_dir = train_in_processes(cfg, job.processes, resume, on_round, cancel)
         else:
             model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set})
+        if lost.is_set():
+            return  # another worker owns the job now: no state change, no registration
         if cancel.is_set():
-            store.transition(job.id, "cancelled")
+            store.transition(job.id, "cancelled", worker=me)
             return
+        store.heartbeat(job.id, worker=me)  # still the owner (raises JobLost otherwise) before registering
         base = cfg.base_model or str(DEFAULT_MODEL)
         parent = store.register_checkpoint(str(Path(base).resolve()) if Path(base).exists() else base,
                                            Path(base).name)
@@ -114,10 +127,13 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
                       if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))}
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
                                   job_id=job.id, evaluation=evaluation)
-        store.transition(job.id, "succeeded")
+        store.transition(job.id, "succeeded", worker=me)
+    except JobLost:
+        pass  # taken back as stale while we ran: the new owner resumes it
     except Exception as e:  # the job fails; the worker lives on
         try:
-            store.transition(job.id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            store.transition(job.id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
+                             worker=me)
         except IllegalTransition:
             pass
     finally:

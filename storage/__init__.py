@@ -2,8 +2,8 @@
 
 from .db import StoreUnavailable, data_dir, database_url, make_engine, migrate
 from .models import JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score
-from .store import FlaggedRow, IllegalTransition, Store, TRANSITIONS
+from .store import FlaggedRow, IllegalTransition, JobLost, Store, TRANSITIONS
 
-__all__ = ["Checkpoint", "Flag", "FlaggedRow", "IllegalTransition", "JOB_STATES", "Job", "JobState", "Metric",
+__all__ = ["Checkpoint", "Flag", "FlaggedRow", "IllegalTransition", "JOB_STATES", "JobLost", "Job", "JobState", "Metric",
            "Sample", "Score", "Store", "StoreUnavailable", "TRANSITIONS", "data_dir", "database_url",
            "make_engine", "migrate"]

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db import StoreUnavailable, data_dir, make_engine, migrate
 from .models import JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score, utcnow
 
-__all__ = ["FlaggedRow", "IllegalTransition", "Store", "TRANSITIONS"]
+__all__ = ["FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
 
 TRANSITIONS: dict[str, set[str]] = {
     "queued": {"running", "cancelled"},
@@ -45,6 +45,11 @@ TRANSITIONS: dict[str, set[str]] = {
 
 class IllegalTransition(ValueError):
     """A job state change the state machine does not allow (or that another process made first)."""
+
+
+class JobLost(RuntimeError):
+    """The worker no longer owns the job (it was re-queued as stale, and perhaps claimed by another
+    worker): it must stop and write nothing more for it."""
 
 
 @dataclass
@@ -222,8 +227,9 @@ class Store:
                 return None
             return s.get(Job, job_id)
 
-    def transition(self, job_id: int, new: JobState, error: str | None = None) -> None:
-        """Move a job to ``new``; raises IllegalTransition if its current state does not allow it."""
+    def transition(self, job_id: int, new: JobState, error: str | None = None, worker: str | None = None) -> None:
+        """Move a job to ``new``; raises IllegalTransition if its current state does not allow it
+        (or, with ``worker``, if that worker does not own the job any more)."""
         if new not in JOB_STATES:
             raise IllegalTransition(f"unknown job state {new!r}")
         allowed_from = [s for s, targets in TRANSITIONS.items() if new in targets]
@@ -236,21 +242,32 @@ class Store:
             values["worker"] = None
         if error is not None:
             values["error"] = error
+        cond = [Job.id == job_id, Job.state.in_(allowed_from)]
+        if worker is not None:
+            cond.append(Job.worker == worker)
         with self.session() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.state.in_(allowed_from)).values(**values))
+            res = s.execute(update(Job).where(*cond).values(**values))
             if res.rowcount != 1:
-                cur = s.scalar(select(Job.state).where(Job.id == job_id))
-                raise IllegalTransition(f"job {job_id}: {cur} -> {new} is not allowed")
+                cur = s.execute(select(Job.state, Job.worker).where(Job.id == job_id)).first()
+                owner = f" (owned by {cur[1]}, not {worker})" if cur is not None and worker and cur[1] != worker else ""
+                raise IllegalTransition(f"job {job_id}: {cur[0] if cur else None} -> {new} is not allowed{owner}")
 
-    def heartbeat(self, job_id: int, progress: float | None = None, log_line: str | None = None) -> bool:
-        """Record liveness (and progress); returns True when a cancel was requested."""
+    def heartbeat(self, job_id: int, progress: float | None = None, log_line: str | None = None,
+                  worker: str | None = None) -> bool:
+        """Record liveness (and progress); returns True when a cancel was requested. With ``worker``,
+        only the job's owner may beat: anyone else (a worker whose job was re-queued) gets JobLost."""
         values: dict[str, Any] = {"heartbeat": utcnow()}
         if progress is not None:
             values["progress"] = max(0.0, min(1.0, progress))
+        cond = [Job.id == job_id, Job.state == "running"]
+        if worker is not None:
+            cond.append(Job.worker == worker)
         with self.session() as s:
             if log_line:
                 values["log"] = Job.log + log_line + "\n"
-            s.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(**values))
+            res = s.execute(update(Job).where(*cond).values(**values))
+            if worker is not None and res.rowcount != 1:
+                raise JobLost(f"job {job_id} is no longer owned by {worker}")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def request_cancel(self, job_id: int) -> None:
@@ -264,18 +281,17 @@ class Store:
 
     def recover_stale(self, timeout_s: float, requeue: bool) -> list[int]:
         """Jobs marked running whose heartbeat is older than ``timeout_s``: re-queued or failed."""
+        # One conditional UPDATE: a job is taken back only if it is *still* stale when the row is
+        # written, so a job another worker has just claimed (fresh heartbeat) is never re-queued again,
+        # and two workers recovering at once re-queue it once.
         cutoff = utcnow() - timedelta(seconds=timeout_s)
+        values: dict[str, Any] = ({"state": "queued", "worker": None} if requeue else
+                                  {"state": "failed", "finished_at": utcnow(),
+                                   "error": "worker stopped responding (stale heartbeat)"})
         with self.session() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.state == "running", Job.heartbeat < cutoff)))
-        for job_id in ids:
-            try:
-                if requeue:
-                    self.transition(job_id, "queued")
-                else:
-                    self.transition(job_id, "failed", error="worker stopped responding (stale heartbeat)")
-            except IllegalTransition:
-                pass
-        return ids
+            res = s.execute(update(Job).where(Job.state == "running", Job.heartbeat < cutoff)
+                            .values(**values).returning(Job.id))
+            return sorted(res.scalars())
 
     def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
         """Record a step's metrics; a step logged again (redone after a resume) replaces the old values."""

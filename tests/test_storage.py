@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,29 @@ def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(StoreUnavailable, match="unreachable"):
         Store(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x", tmp_path)
+
+
+def test_a_stale_job_is_taken_back_once_and_its_old_owner_is_locked_out(store_args: tuple[str | None, Path]) -> None:
+    # The race of two workers starting together after a crash: both see job 1 stale; before, each
+    # re-queued it (the second after the first had claimed it again) and both trained it.
+    from storage import JobLost
+
+    store = Store(*store_args)
+    job = store.create_job({"rounds": 1}, [])
+    assert store.claim_job("w1").worker == "w1"
+    with store.session() as s:  # w1 dies: its heartbeat gets old
+        s.execute(text("UPDATE jobs SET heartbeat = :t WHERE id = :i"),
+                  {"t": datetime.now(timezone.utc) - timedelta(seconds=600), "i": job})
+    assert store.recover_stale(120, requeue=True) == [job]
+    assert store.claim_job("w2").worker == "w2"
+    # a third worker recovering now finds nothing stale: w2's claim stands
+    assert store.recover_stale(120, requeue=True) == [] and store.job(job).worker == "w2"
+    assert store.job(job).attempts == 2
+    # the old owner (had it survived) can neither beat nor finish the job; the owner can
+    with pytest.raises(JobLost):
+        store.heartbeat(job, progress=0.5, worker="w1")
+    with pytest.raises(IllegalTransition, match="owned by w2"):
+        store.transition(job, "succeeded", worker="w1")
+    assert store.heartbeat(job, progress=0.5, worker="w2") is False
+    store.transition(job, "succeeded", worker="w2")
+    assert store.job(job).state == "succeeded"

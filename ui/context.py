@@ -14,9 +14,10 @@ from darl_core.images import IMAGE_SUFFIXES, ImageError, load_image
 from darl_core.pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED_RL", "UserError"]
+__all__ = ["AppContext", "SHIPPED_RL", "SHIPPED_SFT_V1", "UserError"]
 
-SHIPPED_RL = DEFAULT_MODEL.parent / "darl-blind"
+SHIPPED_RL = DEFAULT_MODEL.parent / "darl-blind"  # trained from the single-stage sft-blind-v1
+SHIPPED_SFT_V1 = DEFAULT_MODEL.parent / "sft-blind-v1"  # the first, single-stage SFT model
 
 
 class UserError(ValueError):
@@ -45,7 +46,9 @@ class AppContext:
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint, promoted first."""
-        out = [("sft-blind (shipped SFT)", str(DEFAULT_MODEL)), ("darl-blind (shipped RL)", str(SHIPPED_RL))]
+        out = [("sft-blind (shipped SFT, two-stage)", str(DEFAULT_MODEL)),
+               ("darl-blind (shipped RL, trained from sft-blind-v1)", str(SHIPPED_RL)),
+               ("sft-blind-v1 (first SFT, single-stage)", str(SHIPPED_SFT_V1))]
         seen = {p for _, p in out}
         for c in sorted(self.store.checkpoints(), key=lambda c: not c.promoted):
             if c.path not in seen and Path(c.path).exists():

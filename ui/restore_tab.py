@@ -200,7 +200,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True)
             with gr.Row():
                 c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps",
-                                         info="0-1: most faithful (stage 1 / one step); more steps add detail")
+                                         info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail and cost fidelity")
                 c["seed"] = gr.Number(0, precision=0, label="Seed")
                 c["tile"] = gr.Slider(64, 1024, value=256, step=8, label="Tile size")
             c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
