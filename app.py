@@ -14,9 +14,11 @@ start a worker here, e.g. when workers run on GPU machines).
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from darl_core.pipeline import DEFAULT_MODEL
 from storage import Store, StoreUnavailable
@@ -24,14 +26,19 @@ from ui import AppContext, build_app
 from ui.context import SHIPPED_RL, SHIPPED_SFT_V1
 
 
+def shipped_evaluation(model_dir: Path) -> dict[str, float]:
+    """The numbers a shipped model's card reports (``evaluation.json`` beside its README), if any."""
+    f = model_dir / "evaluation.json"
+    if not f.is_file():
+        return {}
+    return {k: float(v) for k, v in json.loads(f.read_text())["metrics"].items()}
+
+
 def register_shipped(store: Store) -> None:
-    # darl-blind was trained from the single-stage sft-blind-v1 (numbers: built-in held-out set, 4 steps);
-    # sft-blind is the two-stage restorer (numbers: the independent evaluation set, docs/quality, 2 steps).
-    v1 = store.register_checkpoint(str(SHIPPED_SFT_V1), "sft-blind-v1",
-                                   evaluation={"psnr": 27.899, "ssim": 0.7701, "niqe": 5.095, "piqe": 16.03})
-    store.register_checkpoint(str(SHIPPED_RL), "darl-blind", parent_id=v1,
-                              evaluation={"psnr": 27.996, "ssim": 0.7785, "niqe": 5.535, "piqe": 15.87})
-    store.register_checkpoint(str(DEFAULT_MODEL), "sft-blind", evaluation=SHIPPED_SFT_EVALUATION)
+    # darl-blind was trained from the single-stage sft-blind-v1; sft-blind is the two-stage restorer.
+    v1 = store.register_checkpoint(str(SHIPPED_SFT_V1), "sft-blind-v1", evaluation=shipped_evaluation(SHIPPED_SFT_V1))
+    store.register_checkpoint(str(SHIPPED_RL), "darl-blind", parent_id=v1, evaluation=shipped_evaluation(SHIPPED_RL))
+    store.register_checkpoint(str(DEFAULT_MODEL), "sft-blind", evaluation=shipped_evaluation(DEFAULT_MODEL))
 
 
 def start_worker() -> subprocess.Popen[bytes]:

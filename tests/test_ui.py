@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from pathlib import Path
@@ -266,3 +267,16 @@ def test_login_records_the_user_on_flags(tmp_path: Path) -> None:
         assert ctx.store.flagged()[0].user == "ann"
     finally:
         demo.close()
+
+
+def test_shipped_models_are_registered_with_their_lineage_and_card_numbers(ctx: AppContext) -> None:
+    import app
+
+    app.register_shipped(ctx.store)
+    app.register_shipped(ctx.store)  # idempotent: every start registers them again
+    rows = {c.name: c for c in ctx.store.checkpoints()}
+    assert set(rows) == {"sft-blind", "sft-blind-v1", "darl-blind"}
+    assert rows["darl-blind"].parent_id == rows["sft-blind-v1"].id and rows["sft-blind"].parent_id is None
+    for name in rows:  # the numbers come from each model card's evaluation.json
+        card = json.loads((Path(rows[name].path) / "evaluation.json").read_text())["metrics"]
+        assert rows[name].evaluation == pytest.approx(card) and card["psnr"] > 20
