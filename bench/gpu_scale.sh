@@ -5,11 +5,6 @@
 set -euo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo no-gpu) | tee "$OUT/gpu.txt"
+source bench/gpu_env.sh
 python3 -c "import torch, diffusers, peft, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 python3 bench/gpu_scale.py --out "$OUT" "$@" 2>&1 | grep --line-buffered -v "it/s\]" | tee "$OUT/gpu_scale.log"

@@ -5,12 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-out}; ROUNDS=${ROUNDS:-80}; MINUTES=${MINUTES:-3.8}; DEVICE=${DEVICE:-cuda}; EXTRA=${EXTRA:-}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo no-gpu) | tee "$OUT/gpu.txt"
+source bench/gpu_env.sh
 python3 -c "import torch; from darl_core.rewards import get_metric; print('niqe ok', float(get_metric('niqe', '$DEVICE')(torch.rand(1, 3, 192, 192))))"
 COMMON="--rounds $ROUNDS --batch-size 16 --pool-size 64 --lr 3e-5 --val-every 10 --ckpt-every 1000 --device $DEVICE --max-minutes $MINUTES $EXTRA"
 for m in darl sft rl_uniform rl_gt_reward; do

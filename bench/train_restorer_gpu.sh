@@ -10,12 +10,7 @@ set -euo pipefail
 OUT=${OUT:-out}; S1_MINUTES=${S1_MINUTES:-3.5}; S2_MINUTES=${S2_MINUTES:-4.5}; DEVICE=${DEVICE:-cuda}
 INIT=${INIT:-models/sft-blind-v1}; WORK=${WORK:-/tmp/restorer}
 mkdir -p "$OUT" "$WORK"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo no-gpu) | tee "$OUT/gpu.txt"
+source bench/gpu_env.sh
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/gpu.txt"
 export DARL_PHOTOS_DIR=${DARL_PHOTOS_DIR:-data/photos}
 test -f "$DARL_PHOTOS_DIR/index.json" || { echo "$DARL_PHOTOS_DIR missing: run python -m darl_core.photos fetch and carry data/photos" >&2; exit 2; }

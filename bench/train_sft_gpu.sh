@@ -6,12 +6,7 @@
 set -euo pipefail
 OUT=${OUT:-out}; MINUTES=${MINUTES:-5}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+source bench/gpu_env.sh
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/gpu.txt"
 BUILTIN=true
 python3 -c "from darl_core.data import TRAIN_IMAGES, builtin_image; [builtin_image(n) for n in TRAIN_IMAGES]" || BUILTIN=false

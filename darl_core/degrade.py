@@ -274,19 +274,10 @@ def jpeg_compress(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
 
 def pillow_jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """JPEG round trip of (B, 3, H, W) images in [0, 1] through Pillow's libjpeg (4:2:0), per-image qualities."""
-    import io
+    from .images import jpeg_roundtrip, pil_to_tensor, tensor_to_pil
 
-    import numpy as np
-    from PIL import Image
-
-    out = []
-    arr = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for a, q in zip(arr, quality.tolist()):
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=int(q), subsampling=2)
-        buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0))
-    return torch.stack(out).permute(0, 3, 1, 2).to(x)
+    return torch.stack([pil_to_tensor(jpeg_roundtrip(tensor_to_pil(a), q))
+                        for a, q in zip(x.detach().float().cpu(), quality.tolist())]).to(x)
 
 
 def _jpeg(x: torch.Tensor, cfg: DegradationConfig, g: torch.Generator, quality_lo: int) -> torch.Tensor:

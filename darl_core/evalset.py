@@ -23,7 +23,6 @@ photo, taken on a regular grid.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from .data import HELDOUT_IMAGES, builtin_image
-from .images import pil_to_tensor
+from .images import jpeg_roundtrip, pil_to_tensor
 
 __all__ = ["OUTSIDE", "PillowRecipe", "RANDOM", "eval_photos", "independent_pairs", "pillow_degrade"]
 
@@ -69,11 +68,7 @@ def pillow_degrade(im: Image.Image, recipe: PillowRecipe, rng: np.random.Generat
         x = x.resize((max(1, round(w / scale)), max(1, round(h / scale))), filt)
         x = x.resize((w, h), Image.Resampling.BICUBIC)
     a = np.asarray(x, dtype=np.float64) + rng.normal(0.0, sigma, size=(x.size[1], x.size[0], 3))
-    x = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    x.save(buf, "JPEG", quality=quality, subsampling=2)
-    buf.seek(0)
-    lq = Image.open(buf).convert("RGB")
+    lq = jpeg_roundtrip(Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8)), quality)
     return lq, {"blur_radius": radius, "scale": scale, "noise_sigma": sigma, "jpeg_quality": quality,
                 "filter": int(filt)}
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "MAX_PIXELS", "load_image", "load_rgb", "pil_to_tensor",
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "MAX_PIXELS", "jpeg_roundtrip", "load_image", "load_rgb", "pil_to_tensor",
            "save_tensor", "tensor_to_pil", "to_rgb"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -119,3 +119,11 @@ def save_tensor(x: torch.Tensor, path: str | Path) -> None:
     """Save a (3, H, W) tensor in [0, 1]; the format follows the suffix."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tensor_to_pil(x).save(path)
+
+
+def jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
+    """``im`` encoded by the real JPEG codec (Pillow's libjpeg, 4:2:0) at ``quality`` and decoded again."""
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=int(quality), subsampling=2)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

@@ -20,14 +20,13 @@ the training photos; the tests run it on a few crops.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .images import pil_to_tensor, tensor_to_pil
+from .images import jpeg_roundtrip, pil_to_tensor, tensor_to_pil
 
 __all__ = ["DISTORTIONS", "distort", "reward_sanity"]
 
@@ -39,18 +38,11 @@ def _noise(sigma: float) -> Callable[[Image.Image, np.random.Generator], Image.I
     return f
 
 
-def _jpeg(im: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=30)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
 DISTORTIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
     "noise5": _noise(5.0),
     "noise10": _noise(10.0),
     "blur": lambda im, rng: im.filter(ImageFilter.GaussianBlur(1.5)),
-    "jpeg30": _jpeg,
+    "jpeg30": lambda im, rng: jpeg_roundtrip(im, 30),
     "oversharpen": lambda im, rng: im.filter(ImageFilter.UnsharpMask(radius=2, percent=200, threshold=0)),
 }
 
