@@ -55,13 +55,18 @@ def main() -> None:
     register_shipped(store)
     if os.environ.get("DARL_NO_WORKER") != "1":
         start_worker()
-    demo = build_app(AppContext(store))
+    precision = os.environ.get("DARL_PRECISION", "auto")
+    if precision not in ("auto", "fp32", "bf16"):
+        sys.exit(f"error: DARL_PRECISION must be auto, fp32 or bf16, got {precision!r}")
+    demo = build_app(AppContext(store, precision=precision))
     demo.queue(default_concurrency_limit=1, max_size=64)
     auth = None
     if os.environ.get("DARL_AUTH"):
         auth = [tuple(pair.split(":", 1)) for pair in os.environ["DARL_AUTH"].split(",") if ":" in pair]
-    demo.launch(server_name=os.environ.get("DARL_HOST", "127.0.0.1"),
-                server_port=int(os.environ.get("DARL_PORT", "7860")), auth=auth, max_file_size="25mb")
+    # DARL_HOST/PORT first, then Gradio's own GRADIO_SERVER_NAME/PORT, then local-only defaults.
+    host = os.environ.get("DARL_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = os.environ.get("DARL_PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
+    demo.launch(server_name=host, server_port=int(port), auth=auth, max_file_size="25mb")
 
 
 if __name__ == "__main__":

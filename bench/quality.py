@@ -7,7 +7,8 @@ Pillow / numpy / the real JPEG codec, not by darl_core.degrade).
 
 Rows: the degraded input; OpenCV non-local means (h=7; needs opencv-python-headless) and BM3D
 (the ``bm3d`` package, sigma 12/255) when installed, a note otherwise; each model's stage 1 alone
-(its regression restorer, ``steps=0``) and the model at each of ``--steps``. Columns: PSNR, SSIM,
+(its regression restorer, ``steps=0``), the model at each of ``--steps``, and the pixel average of
+stage 1 and the default setting (the bar a real second stage must clear). Columns: PSNR, SSIM,
 NIQE, PIQE and ``flat_hf``, the high-frequency energy of the output in the flattest 10 % of each
 crop divided by the ground truth's (1 = as flat as the original; > 1.5 = texture painted into
 flat areas). Each seed draws new degradation strengths and new sampler noise; the table gives
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs  # noqa: E402
-from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.pipeline import DEFAULT_STEPS, load_pipeline  # noqa: E402
 from darl_core.rewards import get_metric  # noqa: E402
 
 METRICS = ("psnr", "ssim", "niqe", "piqe")
@@ -89,7 +90,7 @@ def _u8(x: torch.Tensor) -> np.ndarray:
 
 
 def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: int, size: int, recipe: str,
-        out: Path, peers: bool = True, picture_steps: list[int] | None = None) -> dict:
+        out: Path, peers: bool = True, picture_steps: list[int] | None = None, merge: Path | None = None) -> dict:
     mets = {m: get_metric(m) for m in METRICS}
     rows: list[dict] = []  # per crop
     pictures: dict[str, dict[str, torch.Tensor]] = {}
@@ -115,6 +116,10 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
                 for s in model_steps[label]:
                     g = torch.Generator().manual_seed(seed * 100_000 + k)
                     outs[f"{label}_{s}step"] = pipe.restore_tensor(lq[None], s, generator=g)[0]
+                # the bar a second stage must clear: a plain pixel average of stage 1 and the default setting
+                if f"{label}_stage1" in outs and f"{label}_{DEFAULT_STEPS}step" in outs:
+                    outs[f"{label}_avg_stage1_{DEFAULT_STEPS}step"] = (outs[f"{label}_stage1"]
+                                                                     + outs[f"{label}_{DEFAULT_STEPS}step"]) / 2
             if not clean_done:
                 outs["clean"] = hq
             for method, img in outs.items():
@@ -131,8 +136,25 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
                 rows.append(rec)
             if seed == seeds[0] and len(pictures) < 4 and k % max(1, len(pairs) // 4) == 0:
                 pictures[name] = {m: v for m, v in outs.items()} | {"clean": hq}
+                if not peers:  # the picture shows the peers even when the table merges their rows
+                    for pname, fn in _peers().items():
+                        pictures[name][pname] = torch.from_numpy(fn(_u8(lq))).permute(2, 0, 1).float() / 255.0
             print(f"  {k + 1}/{len(pairs)} {name} ({time.time() - t0:.0f} s)", file=sys.stderr)
         clean_done = True
+    old: list[dict] = []
+    if merge is not None:  # rows of methods this run did not compute, from an earlier run on the same crops
+        mine = {r["method"] for r in rows}
+        with open(merge, newline="") as f:
+            old = [r for r in csv.DictReader(f) if r["method"] not in mine and int(r["seed"]) in seeds]
+        for r in old:
+            for k, v in r.items():
+                if k not in ("crop", "method", "kind", "recipe"):
+                    try:
+                        r[k] = int(v) if k == "seed" else float(v)
+                    except ValueError:
+                        pass
+        rows += old
+        print(f"merged {len(old)} rows of {sorted({r['method'] for r in old})} from {merge}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_crop.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
@@ -140,7 +162,10 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
         wr.writerows(rows)
     summary = summarise(rows, seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "table.md").write_text(table_md(summary, models, steps, seeds, len(rows), recipe))
+    table = table_md(summary, models, steps, seeds, len(rows), recipe)
+    if merge is not None and old:
+        table += f"Rows of {', '.join(sorted({r['method'] for r in old}))} are from `{merge}` (an earlier run on the same crops and seeds).\n"
+    (out / "table.md").write_text(table)
     if pictures:
         shown = ["input", "bm3d_s12", *[f"{lbl}_stage1" for lbl in models],
                  *[f"{lbl}_{s}step" for lbl in models for s in model_steps[lbl] if s in (picture_steps or model_steps[lbl])],
@@ -231,11 +256,14 @@ def main() -> None:
     ap.add_argument("--picture-steps", nargs="*", type=int, default=None,
                     help="step counts shown in crops.png (default: all)")
     ap.add_argument("--out", type=Path, default=Path("docs/quality"))
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="an earlier per_crop.csv (same seeds, size, per-image): its rows of methods this run "
+                         "does not compute join the table (e.g. models that did not change)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     models = dict(x.split("=", 1) for x in a.models)
-    run(models, a.steps, a.seeds, a.per_image, a.size, a.recipe, a.out, not a.no_peers, a.picture_steps)
+    run(models, a.steps, a.seeds, a.per_image, a.size, a.recipe, a.out, not a.no_peers, a.picture_steps, a.merge)
     print((a.out / "table.md").read_text())
 
 

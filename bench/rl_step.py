@@ -53,6 +53,32 @@ def bare_compute(batch: int, steps: int, patch: int, epochs: int, device: str, r
     return statistics.median(once() for _ in range(repeats))
 
 
+def _run(args: argparse.Namespace, bf16: bool) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(darl(), output=tmp, rounds=args.rounds, batch_size=args.batch, pool_size=args.batch,
+                      hard_fraction=1.0, num_steps=args.steps, patch=args.patch, reward=args.reward,
+                      val_every=0, ckpt_every=10_000, device=args.device, bf16=bf16)
+        train_rl(cfg)
+        return [json.loads(line) for line in open(Path(tmp) / "metrics.jsonl")]
+
+
+def compare_bf16(args: argparse.Namespace) -> None:
+    """fp32 and bf16 runs from the same seed: do reward and losses follow, and what is the speed-up?"""
+    from darl_core.restorer import cpu_bf16_supported
+
+    runs = {"fp32": _run(args, False), "bf16": _run(args, True)}
+    print(f"darl rounds, batch {args.batch}, {args.steps} steps, {args.patch}px, device {args.device}, "
+          f"{torch.get_num_threads()} threads, native CPU bf16: {cpu_bf16_supported()}")
+    print("| round | reward fp32 | reward bf16 | loss_rl fp32 | loss_rl bf16 | kl fp32 | kl bf16 | s fp32 | s bf16 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for a, b in zip(runs["fp32"], runs["bf16"]):
+        cells = [f"{a.get(k, float('nan')):.4g} | {b.get(k, float('nan')):.4g}" for k in ("reward", "loss_rl", "kl")]
+        print(f"| {a['round']} | {' | '.join(cells)} | {a['round_s']:.1f} | {b['round_s']:.1f} |")
+    med = {k: statistics.median(r["round_s"] for r in v[1:]) for k, v in runs.items()}
+    print(f"median round (after the first): fp32 {med['fp32']:.2f} s, bf16 {med['bf16']:.2f} s, "
+          f"speed-up {med['fp32'] / med['bf16']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=4)
@@ -61,7 +87,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reward", default="niqe")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compare-bf16", action="store_true",
+                    help="run the same seeded rounds in fp32 and with bf16 autocast; print both curves and the "
+                         "speed-up per iteration")
     args = ap.parse_args()
+    if args.compare_bf16:
+        compare_bf16(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(darl(), output=tmp, rounds=args.rounds, batch_size=args.batch, pool_size=args.batch,
                       hard_fraction=1.0, num_steps=args.steps, patch=args.patch, reward=args.reward,

@@ -32,6 +32,7 @@ from .data import HELDOUT_IMAGES, folder_images, heldout_pairs
 from .degrade import get_preset
 from .images import pil_to_tensor
 from .pipeline import ModelLoadError, load_pipeline
+from .restorer import Precision
 from .rewards import get_metric
 
 __all__ = ["evaluate", "main"]
@@ -62,8 +63,8 @@ def _score(imgs: list[torch.Tensor], gts: list[torch.Tensor], metrics: list[str]
 
 
 def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piqe", data: str | None = None,
-             task: str = "blind", seed: int = 0, steps: int = 4, device: str = "cpu"
-             ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+             task: str = "blind", seed: int = 0, steps: int = 4, device: str = "cpu",
+             precision: Precision = "auto") -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """(summary rows, per-image rows). Summary rows: model, subset, n and one column per metric."""
     pairs = _pairs(data, task, seed)
     if not pairs:
@@ -76,6 +77,7 @@ def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piq
     first = None
     for label, path in models.items():
         pipe = load_pipeline(path, device)
+        pipe.set_precision(precision)
         outs = [pipe.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i))[0].cpu()
                 for i, (_, lq, _) in enumerate(tqdm(pairs, desc=f"restore {label}", leave=False))]
         for (name, lq, gt), o in zip(pairs, outs):
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", nargs="*", default=[], help="NAME=RUN_DIR ... for plots")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="inference arithmetic (auto: bf16 where the CPU/GPU runs it natively)")
     args = ap.parse_args(argv)
     try:
         rows, per_image = evaluate(_pairs_arg(args.models), args.reward, args.nr_metric, args.data, args.task,

@@ -8,6 +8,7 @@ Rules, applied in this order:
     CMYK, YCbCr, and the high-depth modes I;16 / I (scaled from 16 bit when
     any value exceeds 255) and F (taken as [0, 1] when its maximum is at most
     1, else as 0..255);
+  * only the decoders in ``IMAGE_FORMATS`` run, chosen by content (a renamed ICO is refused);
   * Pillow's decompression-bomb limit (``MAX_PIXELS``) is an error, not a
     warning.
 """
@@ -22,10 +23,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "MAX_PIXELS", "jpeg_roundtrip", "load_image", "load_rgb", "pil_to_tensor",
+__all__ = ["IMAGE_FORMATS", "IMAGE_SUFFIXES", "ImageError", "MAX_PIXELS", "jpeg_roundtrip", "load_image", "load_rgb", "pil_to_tensor",
            "save_tensor", "tensor_to_pil", "to_rgb"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# Decoders that may run, chosen by the file's *content* (the JPEG one also reads phones' MPO files).
+# Everything else Pillow could open (ICO, TGA, PCX, PPM, EPS through Ghostscript, JPEG 2000, ...)
+# is refused even when renamed .png: fewer decoders, less attack surface.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 MAX_PIXELS = 64_000_000  # larger images are refused (Pillow's bomb check at this limit)
 
 
@@ -69,7 +74,7 @@ def load_image(src: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXE
         if isinstance(src, Image.Image):
             im = src
         else:
-            im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+            im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src, formats=IMAGE_FORMATS)
         w, h = im.size
         if w * h > max_pixels:
             raise ImageError(f"image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
@@ -86,7 +91,8 @@ def load_image(src: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXE
     except FileNotFoundError:
         raise ImageError(f"no such file: {src}") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image file, or a format Pillow cannot read") from None
+        raise ImageError("not a PNG, JPEG, BMP, TIFF, WebP or GIF file (judged by its content, not its "
+                         "name)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
         raise ImageError(f"the image file is damaged or truncated ({type(e).__name__}: {e})") from None
     finally:

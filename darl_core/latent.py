@@ -86,6 +86,9 @@ class LatentRestorer(Restorer):
         return self.model_device
 
     # ------------------------------------------------------------ the Restorer interface
+    def inference_modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae]
+
     @property
     def output_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

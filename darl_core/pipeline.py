@@ -32,6 +32,7 @@ is carried through unchanged (resized with the image for x4 models).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,10 +43,11 @@ from PIL import Image
 from .restorer import Noise, Restorer, Trajectory, timestep_batch
 from .tiling import tiled_apply
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "ModelLoadError", "RestorationPipeline", "Trajectory", "build_stage1",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_TILE", "ModelLoadError", "RestorationPipeline", "Trajectory", "build_stage1",
            "build_unet", "load_pipeline", "make_scheduler"]
 
 DEFAULT_STEPS = 2  # DDIM steps of the app and CLI: 0 = stage 1 alone (most faithful); more steps add detail and cost fidelity (docs/quality)
+DEFAULT_TILE = 256  # tile side of the app and CLI for large images (bench/cpu_speed.py measured the choice)
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "sft-blind"
 
 
@@ -144,6 +146,9 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     def output_scale(self) -> int:
         return int(self.config.upscale)
 
+    def inference_modules(self) -> list[torch.nn.Module]:
+        return [self.unet] + ([self.stage1] if self.stage1 is not None else [])
+
     def to_x0(self, hq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Diffusion target for a clean image ``hq`` in [0, 1]."""
         return (2 * hq - 1 - cond) / self.config.residual_scale
@@ -179,9 +184,12 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     @torch.no_grad()
     def __call__(self, image: Image.Image | list[Image.Image], num_inference_steps: int = DEFAULT_STEPS,
                  eta: float = 0.0, seed: int | None = 0, tile_size: int | None = 256,
-                 tile_overlap: int = 32, progress: bool = False) -> list[Image.Image]:
-        """Restore Pillow images of any size and mode; returns a list of Pillow images."""
-        return self.restore_images(image, num_inference_steps, eta, seed, tile_size, tile_overlap, progress)
+                 tile_overlap: int = 32, progress: bool = False,
+                 callback: Callable[[float, str], None] | None = None) -> list[Image.Image]:
+        """Restore Pillow images of any size and mode; returns a list of Pillow images
+        (``callback``: per-tile progress, see ``Restorer.restore_tensor``)."""
+        return self.restore_images(image, num_inference_steps, eta, seed, tile_size, tile_overlap, progress,
+                                   callback)
 
 
 FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "sd_upscale",

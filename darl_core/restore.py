@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, load_image
-from .pipeline import DEFAULT_STEPS, ModelLoadError, load_pipeline
+from .pipeline import DEFAULT_STEPS, DEFAULT_TILE, ModelLoadError, load_pipeline
 
 
 def _target(out: Path) -> Path:
@@ -33,13 +33,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="DDIM steps (more: more detail, fewer: more faithful; 0: stage 1 alone, two-stage models)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the seed)")
-    ap.add_argument("--tile", type=int, default=256, help="tile size for large images (multiple of 8; in "
+    ap.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile size for large images (multiple of 8; in "
                     "latent pixels for latent models)")
     ap.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="inference arithmetic: auto = bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU "
+                         "runs it natively, else fp32; channels-last on CPUs either way")
     args = ap.parse_args(argv)
     try:
         pipe = load_pipeline(args.model, args.device)
+        pipe.set_precision(args.precision)
     except ModelLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

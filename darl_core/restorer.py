@@ -27,9 +27,14 @@ exactly the noise a single-process run would.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +44,25 @@ from tqdm.auto import tqdm
 
 from .images import pil_to_tensor, tensor_to_pil, to_rgb
 from .sampler import ddim_step, step_std
+from .tiling import tile_hook
 
-__all__ = ["Noise", "Restorer", "Trajectory", "timestep_batch"]
+__all__ = ["Noise", "Precision", "Restorer", "Trajectory", "cpu_bf16_supported", "timestep_batch"]
+
+Precision = Literal["auto", "fp32", "bf16"]  # inference arithmetic: auto = bf16 where the hardware runs it natively
+
+
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast roughly
+    halves a forward pass; elsewhere oneDNN emulates it and it is ~10x *slower* (docs/benchmarks.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private API: fall back to the kernel's CPU flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def timestep_batch(t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
@@ -91,6 +113,7 @@ class Restorer(ABC):
     abstract methods."""
 
     family: str = ""  # "pixel", "sd_upscale" or "ldm_sr"
+    inference_bf16: bool = False  # bf16 autocast in restore_tensor (set by ``set_precision``)
     unet: torch.nn.Module  # the denoiser: what the RL trainer optimises (LoRA goes here)
     scheduler: DDIMScheduler  # the noise schedule (our DDIM step samples it)
 
@@ -138,7 +161,35 @@ class Restorer(ABC):
     def model_dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def inference_modules(self) -> list[torch.nn.Module]:
+        """The networks a restore runs (``set_precision`` puts them in channels-last)."""
+        return [self.unet]
+
     # ------------------------------------------------------------ shared
+    def set_precision(self, precision: Precision = "auto") -> str:
+        """Choose the inference arithmetic; returns what was chosen, in words.
+
+        On a CPU the networks go channels-last (oneDNN's fast layout: 1.1-1.6x here) and, with
+        ``bf16`` or ``auto`` on a CPU with native bf16, restores run under bf16 autocast
+        (weights stay fp32). On CUDA, ``auto`` and ``bf16`` use bf16 autocast. Training is not
+        affected: ``restore_tensor`` is the only place that reads the setting.
+        """
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        dev = self.model_device
+        native = cpu_bf16_supported() if dev.type == "cpu" else dev.type == "cuda"
+        self.inference_bf16 = precision == "bf16" or (precision == "auto" and native)
+        if dev.type == "cpu":
+            for m in self.inference_modules():
+                m.to(memory_format=torch.channels_last)
+        words = "bf16 autocast" if self.inference_bf16 else "fp32"
+        return words + (", channels-last" if dev.type == "cpu" else "")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.inference_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model_device.type, dtype=torch.bfloat16)
+
     def _pad(self, lq: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         h, w = lq.shape[-2:]
         m = self.multiple
@@ -159,25 +210,50 @@ class Restorer(ABC):
     @torch.no_grad()
     def restore_tensor(self, lq: torch.Tensor, num_inference_steps: int = 4, eta: float = 0.0,
                        generator: torch.Generator | Noise | None = None, tile_size: int | None = 256,
-                       tile_overlap: int = 32, progress: bool = False) -> torch.Tensor:
-        """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*s, W*s) in [0, 1] (s = output_scale)."""
+                       tile_overlap: int = 32, progress: bool = False,
+                       callback: Callable[[float, str], None] | None = None) -> torch.Tensor:
+        """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*s, W*s) in [0, 1] (s = output_scale).
+
+        ``callback(fraction, text)`` is called after every tile of the conditioning (stage 1) and of
+        every step, e.g. ``(0.55, "step 2/2, tile 3/12")``; an exception it raises stops the restore
+        there (the app's Stop button does this), and propagates.
+        """
+        if callback is None:
+            return self._restore(lq, num_inference_steps, eta, generator, tile_size, tile_overlap, progress)
+        phase = {"i": 0, "n": 1 + num_inference_steps, "name": "conditioning"}
+
+        def hook(done: int, total: int) -> None:
+            callback((phase["i"] + done / total) / phase["n"], f"{phase['name']}, tile {done}/{total}")
+        token = tile_hook.set(hook)
+        try:
+            return self._restore(lq, num_inference_steps, eta, generator, tile_size, tile_overlap, progress, phase)
+        finally:
+            tile_hook.reset(token)
+
+    def _restore(self, lq: torch.Tensor, num_inference_steps: int, eta: float,
+                 generator: torch.Generator | Noise | None, tile_size: int | None, tile_overlap: int,
+                 progress: bool, phase: dict[str, Any] | None = None) -> torch.Tensor:
         if tile_size is not None and tile_size % self.multiple:
             raise ValueError(f"tile_size must be a multiple of {self.multiple}, got {tile_size}")
         if num_inference_steps < 0 or (num_inference_steps == 0 and getattr(self, "stage1", None) is None):
             raise ValueError(f"num_inference_steps must be >= 1 (0: stage 1 alone, for two-stage models), "
                              f"got {num_inference_steps}")
         noise = Noise.of(generator)
-        cond, x, (h, w) = self._start(lq, noise)
-        if num_inference_steps == 0:  # no diffusion: the conditioning image (stage 1's restoration)
-            return self.to_image(torch.zeros_like(x), cond)[..., :h, :w].float()
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in tqdm(self.scheduler.timesteps, desc="restore", disable=not progress, leave=False):
-            out = self.predict(x, int(t), cond, tile_size, tile_overlap)
-            z = noise.randn(tuple(x.shape)).to(x) if step_std(self.scheduler, int(t), eta) > 0 else None
-            step = ddim_step(self.scheduler, out, int(t), x, eta=eta, noise=z)
-            x = step.prev_sample
-        # The last state, as diffusers' pipelines decode it (= x0_hat when the schedule ends at abar = 1).
-        return self.to_image(x, cond)[..., :h, :w].float()
+        with self._autocast():  # the DDIM arithmetic itself stays fp32 (ddim_step gets .float() inputs)
+            cond, x, (h, w) = self._start(lq, noise)
+            cond = cond.float()
+            if num_inference_steps == 0:  # no diffusion: the conditioning image (stage 1's restoration)
+                return self.to_image(torch.zeros_like(x).float(), cond)[..., :h, :w].float()
+            self.scheduler.set_timesteps(num_inference_steps)
+            for j, t in enumerate(tqdm(self.scheduler.timesteps, desc="restore", disable=not progress, leave=False)):
+                if phase is not None:
+                    phase.update(i=1 + j, name=f"step {j + 1}/{num_inference_steps}")
+                out = self.predict(x, int(t), cond, tile_size, tile_overlap).float()
+                z = noise.randn(tuple(x.shape)).to(out) if step_std(self.scheduler, int(t), eta) > 0 else None
+                step = ddim_step(self.scheduler, out, int(t), x.float(), eta=eta, noise=z)
+                x = step.prev_sample
+            # The last state, as diffusers' pipelines decode it (= x0_hat when the schedule ends at abar = 1).
+            return self.to_image(x, cond)[..., :h, :w].float()
 
     def rollout(self, lq: torch.Tensor, num_inference_steps: int, eta: float,
                 generator: torch.Generator | Noise | None = None, decode_from: int = 0) -> Trajectory:
@@ -236,7 +312,8 @@ class Restorer(ABC):
     @torch.no_grad()
     def restore_images(self, image: Image.Image | list[Image.Image], num_inference_steps: int = 4,
                        eta: float = 0.0, seed: int | None = 0, tile_size: int | None = 256,
-                       tile_overlap: int = 32, progress: bool = False) -> list[Image.Image]:
+                       tile_overlap: int = 32, progress: bool = False,
+                       callback: Callable[[float, str], None] | None = None) -> list[Image.Image]:
         """Restore Pillow images of any size and mode; grey stays grey, alpha is carried through."""
         images = image if isinstance(image, list) else [image]
         results = []
@@ -245,7 +322,7 @@ class Restorer(ABC):
             rgb, alpha = to_rgb(im)
             g = torch.Generator().manual_seed(seed) if seed is not None else None
             out = self.restore_tensor(pil_to_tensor(rgb)[None], num_inference_steps, eta, g,
-                                      tile_size, tile_overlap, progress)
+                                      tile_size, tile_overlap, progress, callback)
             res = tensor_to_pil(out[0])
             if grey:
                 res = res.convert("L")

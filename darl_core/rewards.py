@@ -190,6 +190,13 @@ class Metric:
         if x.ndim == 3:
             x = x[None]
         self.check_size(x)
+        try:
+            return self._score(x, ref)
+        except torch.linalg.LinAlgError:  # NIQE fits a Gaussian to local statistics: none on a flat image
+            raise ValueError(f"{self.name} is undefined on this image: it has no texture to measure "
+                             f"(a uniform or nearly uniform image)") from None
+
+    def _score(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         if self.full_reference:
             if ref is None:
                 raise ValueError(f"{self.name} is a full-reference metric: pass ref= (the ground truth)")

@@ -11,10 +11,15 @@ through in a single call, so its result equals untiled inference exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import torch
 
-__all__ = ["tile_starts", "tiled_apply"]
+__all__ = ["tile_hook", "tile_starts", "tiled_apply"]
+
+# Called as hook(done, total) after every tile of every ``tiled_apply`` in this thread/context while
+# set: restores use it for per-tile progress, and a hook that raises stops the work between tiles.
+tile_hook: ContextVar[Callable[[int, int], None] | None] = ContextVar("tile_hook", default=None)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -40,8 +45,12 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
                 overlap: int) -> torch.Tensor:
     """``fn`` over (B, C, H, W) ``x`` in tiles of ``tile`` x ``tile`` (None: whole image)."""
     h, w = x.shape[-2:]
+    hook = tile_hook.get()
     if tile is None or (h <= tile and w <= tile):
-        return fn(x)
+        out = fn(x)
+        if hook is not None:
+            hook(1, 1)
+        return out
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
     wy = _window(th, overlap, x.device, x.dtype)
@@ -56,4 +65,6 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
                 out = torch.zeros((*pred.shape[:2], h, w), device=x.device, dtype=pred.dtype)
             out[..., y0 : y0 + th, x0 : x0 + tw] += pred * weight
             norm[..., y0 : y0 + th, x0 : x0 + tw] += weight
+            if hook is not None:
+                hook(len(xs) * ys.index(y0) + xs.index(x0) + 1, len(ys) * len(xs))
     return out / norm

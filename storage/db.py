@@ -88,15 +88,31 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             with engine.connect() as conn:
                 if MigrationContext.configure(conn).get_current_revision() == head:
                     return
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                # Workers and apps starting together must not migrate at the same time.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7245190001)"))
-            cfg.attributes["connection"] = conn
-            if revision in ("base",) or revision.startswith("-"):
-                command.downgrade(cfg, revision)
-            else:
-                command.upgrade(cfg, revision)
+        sqlite = engine.dialect.name == "sqlite"
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            if sqlite:
+                # Rebuilding a table (Alembic batch mode: copy, drop, rename) with foreign keys on would
+                # fire the ON DELETE actions of the rows referring to it; the pragma only takes effect
+                # outside a transaction, so it is switched here, and every key is checked before commit.
+                raw.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            try:
+                with conn.begin():
+                    if engine.dialect.name == "postgresql":
+                        # Workers and apps starting together must not migrate at the same time.
+                        conn.execute(text("SELECT pg_advisory_xact_lock(7245190001)"))
+                    cfg.attributes["connection"] = conn
+                    if revision in ("base",) or revision.startswith("-"):
+                        command.downgrade(cfg, revision)
+                    else:
+                        command.upgrade(cfg, revision)
+                    if sqlite:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise RuntimeError(f"migration to {revision} broke foreign keys: {broken[:5]}")
+            finally:
+                if sqlite:
+                    raw.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
     except OperationalError as e:
         raise StoreUnavailable(f"database {engine.url.render_as_string(hide_password=True)} is unreachable: "
                                f"{e.orig}") from e

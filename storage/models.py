@@ -1,10 +1,11 @@
 """SQLAlchemy 2 typed models of the app's store.
 
 Sample      an uploaded / flagged image (unique content hash), LQ and optional GT blob
-Flag        append-only flag history; unflagging is a new event (``flagged = False``)
+Flag        append-only flag history; unflagging is a new event (``flagged = False``); the difficulty
+            estimate shown when flagged and its kind (ground truth or no-reference proxy)
 Score       a cached metric value of (sample, model checkpoint or input, metric, params hash)
 Job         an RL fine-tune job: config, state, progress, heartbeat, frozen sample list
-Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted
+Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted (ids never reused)
 Metric      a (job, step, name, value) training metric
 """
 
@@ -16,10 +17,12 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Checkpoint", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "Score", "utcnow"]
+__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample",
+           "Score", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+DIFFICULTY_KINDS = ("gt", "proxy")  # Flag.difficulty_kind: against a ground truth, or the no-reference proxy
 
 
 def utcnow() -> datetime:
@@ -57,6 +60,9 @@ class Flag(Base):
     reason: Mapped[str] = mapped_column(String(64), default="")
     note: Mapped[str] = mapped_column(Text, default="")
     difficulty: Mapped[float | None] = mapped_column(Float)  # estimate shown when flagged
+    # what ``difficulty`` measures: "gt" (1 - SSIM against the ground truth, 0 easy .. 2) or "proxy"
+    # (1 - normalised NIQE, no reference, 0 easy .. 1 hard); None for flags older than migration 0004
+    difficulty_kind: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     sample: Mapped[Sample] = relationship(back_populates="flags")
@@ -100,6 +106,9 @@ class Job(Base):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
+    # Checkpoints are deleted: on SQLite, AUTOINCREMENT keeps a deleted id from being handed out again
+    # (migration 0003), so "checkpoint #4" always means one model.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String(512), unique=True)

@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import StoreUnavailable, data_dir, make_engine, migrate
-from .models import JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score, utcnow
+from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score, utcnow
 
 __all__ = ["FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
 
@@ -65,6 +65,7 @@ class FlaggedRow:
     flagged_at: datetime
     width: int
     height: int
+    difficulty_kind: str | None = None  # "gt", "proxy", or None (unknown: flagged before migration 0004)
 
 
 class Store:
@@ -135,13 +136,18 @@ class Store:
             return obj
 
     def flag(self, sample_id: int, user: str = "anonymous", reason: str = "", note: str = "",
-             difficulty: float | None = None, flagged: bool = True) -> int:
-        """Append a flag (or, with ``flagged=False``, an unflag) event; returns its id."""
+             difficulty: float | None = None, flagged: bool = True, difficulty_kind: str | None = None) -> int:
+        """Append a flag (or, with ``flagged=False``, an unflag) event; returns its id. ``difficulty_kind``
+        says what ``difficulty`` measures: "gt" (against a ground truth) or "proxy" (no reference)."""
+        if difficulty_kind is not None and difficulty_kind not in DIFFICULTY_KINDS:
+            raise ValueError(f"difficulty_kind must be one of {DIFFICULTY_KINDS}, got {difficulty_kind!r}")
+        if difficulty is None:
+            difficulty_kind = None
         with self.session() as s:
             if s.get(Sample, sample_id) is None:
                 raise KeyError(f"no sample {sample_id}")
             f = Flag(sample_id=sample_id, flagged=flagged, user=user, reason=reason, note=note,
-                     difficulty=difficulty, created_at=utcnow())
+                     difficulty=difficulty, difficulty_kind=difficulty_kind, created_at=utcnow())
             s.add(f)
             s.flush()
             return f.id
@@ -150,8 +156,11 @@ class Store:
         return self.flag(sample_id, user, reason="unflag", flagged=False)
 
     def flagged(self, task: str | None = None, reason: str | None = None, since: datetime | None = None,
-                min_difficulty: float | None = None, max_difficulty: float | None = None) -> list[FlaggedRow]:
-        """Samples whose latest flag event is a flag, newest first, with optional filters."""
+                min_difficulty: float | None = None, max_difficulty: float | None = None,
+                difficulty_kind: str | None = None) -> list[FlaggedRow]:
+        """Samples whose latest flag event is a flag, newest first, with optional filters. With
+        ``difficulty_kind``, only flags whose difficulty is of that kind ("gt" or "proxy"): the
+        difficulty bounds then compare like with like."""
         latest = select(func.max(Flag.id)).group_by(Flag.sample_id).scalar_subquery()
         q = (select(Flag, Sample).join(Sample, Sample.id == Flag.sample_id)
              .where(Flag.id.in_(latest), Flag.flagged.is_(True)).order_by(Flag.id.desc()))
@@ -165,9 +174,12 @@ class Store:
             q = q.where(Flag.difficulty >= min_difficulty)
         if max_difficulty is not None:
             q = q.where(Flag.difficulty <= max_difficulty)
+        if difficulty_kind is not None:
+            q = q.where(Flag.difficulty_kind == difficulty_kind)
         with self.session() as s:
             return [FlaggedRow(sm.id, self.path(sm.lq_path), self.path(sm.gt_path) if sm.gt_path else None,
-                               sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height)
+                               sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height,
+                               f.difficulty_kind)
                     for f, sm in s.execute(q).all()]
 
     # ------------------------------------------------------------------ score cache
@@ -326,21 +338,44 @@ class Store:
         with self.session() as s:
             s.execute(update(Checkpoint).values(promoted=Checkpoint.id == checkpoint_id))
 
-    def delete_checkpoint(self, checkpoint_id: int) -> str:
-        """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base;
-        returns its path."""
+    @staticmethod
+    def _deletion_blocker(s: Session, c: Checkpoint) -> str | None:
+        if c.promoted:
+            return f"checkpoint {c.name} is the promoted default; promote another first"
+        if s.scalar(select(func.count()).where(Checkpoint.parent_id == c.id)):
+            return f"checkpoint {c.name} has descendants and cannot be deleted"
+        active = s.scalars(select(Job).where(Job.state.in_(("queued", "running")))).all()
+        users = [j.id for j in active if j.config.get("base_model") == c.path]
+        if users:
+            return f"checkpoint {c.name} is the base of unfinished job(s) {users}"
+        return None
+
+    def checkpoint(self, checkpoint_id: int) -> Checkpoint:
         with self.session() as s:
             c = s.get(Checkpoint, checkpoint_id)
             if c is None:
                 raise KeyError(f"no checkpoint {checkpoint_id}")
-            if c.promoted:
-                raise ValueError(f"checkpoint {c.name} is the promoted default; promote another first")
-            if s.scalar(select(func.count()).where(Checkpoint.parent_id == checkpoint_id)):
-                raise ValueError(f"checkpoint {c.name} has descendants and cannot be deleted")
-            active = s.scalars(select(Job).where(Job.state.in_(("queued", "running")))).all()
-            users = [j.id for j in active if j.config.get("base_model") == c.path]
-            if users:
-                raise ValueError(f"checkpoint {c.name} is the base of unfinished job(s) {users}")
+            return c
+
+    def deletion_blocker(self, checkpoint_id: int) -> str | None:
+        """Why the checkpoint cannot be deleted now (promoted, has descendants, base of an unfinished
+        job), or None; KeyError if there is no such checkpoint."""
+        with self.session() as s:
+            c = s.get(Checkpoint, checkpoint_id)
+            if c is None:
+                raise KeyError(f"no checkpoint {checkpoint_id}")
+            return self._deletion_blocker(s, c)
+
+    def delete_checkpoint(self, checkpoint_id: int) -> str:
+        """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base;
+        returns its path. Its id is never given to another checkpoint (AUTOINCREMENT on SQLite)."""
+        with self.session() as s:
+            c = s.get(Checkpoint, checkpoint_id)
+            if c is None:
+                raise KeyError(f"no checkpoint {checkpoint_id}")
+            blocker = self._deletion_blocker(s, c)
+            if blocker:
+                raise ValueError(blocker)
             s.delete(c)
             return c.path
 

@@ -49,7 +49,7 @@ def test_animated_uses_first_frame() -> None:
 
 def test_bad_inputs_raise_clear_errors() -> None:
     good = _png(Image.new("RGB", (64, 64), (1, 2, 3)))
-    with pytest.raises(ImageError, match="not an image"):
+    with pytest.raises(ImageError, match="not a PNG, JPEG"):
         load_image(b"hello world")
     with pytest.raises(ImageError, match="damaged or truncated"):
         load_image(good[: len(good) // 2])
@@ -57,3 +57,30 @@ def test_bad_inputs_raise_clear_errors() -> None:
         load_image(_png(Image.new("L", (3000, 3000))), max_pixels=1_000_000)
     with pytest.raises(ImageError, match="no such file"):
         load_image("/nonexistent/file.png")
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "TGA", "PCX", "PPM", "SGI", "IM", "SPIDER", "MSP", "EPS", "QOI"])
+def test_formats_outside_the_allowlist_are_refused_by_content(tmp_path, fmt: str) -> None:
+    """A file of another format renamed .png is refused before any decoder of that format runs."""
+    import io as _io
+
+    im = Image.new("L" if fmt in ("MSP", "SPIDER") else "RGB", (32, 32), 128)
+    if fmt == "EPS":  # Pillow writes EPS only through Ghostscript: a minimal header is enough to be sniffed
+        data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n"
+    else:
+        buf = _io.BytesIO()
+        try:
+            im.convert("F" if fmt == "SPIDER" else im.mode).save(buf, fmt)
+        except (KeyError, OSError, ValueError):
+            pytest.skip(f"this Pillow cannot write {fmt}")
+        data = buf.getvalue()
+        assert Image.open(_io.BytesIO(data)).format  # Pillow itself would have opened it
+    (tmp_path / "x.png").write_bytes(data)
+    with pytest.raises(ImageError, match="judged by its content"):
+        load_image(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
+def test_allowed_formats_load_whatever_their_name(tmp_path, fmt: str) -> None:
+    Image.new("RGB", (20, 10), (10, 200, 30)).save(tmp_path / "x.bin", fmt)
+    assert load_image(tmp_path / "x.bin").size == (20, 10)

@@ -7,7 +7,7 @@ from PIL import Image
 from darl_core.data import builtin_image
 from darl_core.degrade import degrade, get_preset
 from darl_core.images import pil_to_tensor, tensor_to_pil
-from darl_core.pipeline import DEFAULT_MODEL, ModelLoadError, RestorationPipeline, load_pipeline
+from darl_core.pipeline import DEFAULT_MODEL, ModelLoadError, RestorationPipeline, build_unet, load_pipeline, make_scheduler
 from darl_core.rewards import get_metric
 from darl_core.tiling import tile_starts, tiled_apply
 
@@ -97,3 +97,45 @@ def test_missing_folder_and_offline_hub_id_fail_clearly(tmp_path, monkeypatch: p
     with pytest.raises(ModelLoadError, match="huggingface-cli download"):
         load_pipeline("someone/darl-not-cached")
     assert time.time() - t < 5
+
+
+def test_tiny_pipeline_expected_slice() -> None:
+    """Diffusers-style regression check: the tiny seeded pipeline's output corner, recorded when the
+    sampler was checked against DDIMScheduler.step (test_sampler.py). A change to the residual
+    parameterisation, the schedule, padding or tiling moves these numbers."""
+    pipe = RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), residual_scale=0.5)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    out = pipe.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(0))
+    expected = torch.tensor([0.846, 0.7377, 0.6795, 0.1758, 0.722, 0.0101, 0.5988, 0.2903, 0.9204, 0.2221,
+                             0.955, 0.3559])
+    torch.testing.assert_close(out[0, :, -2:, -2:].flatten(), expected, atol=1e-3, rtol=0)
+
+
+def test_restore_reports_every_tile_and_stops_when_told() -> None:
+    from darl_core.pipeline import build_stage1
+
+    pipe = RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 1))
+    lq = torch.rand(1, 3, 40, 40)
+    seen: list[tuple[float, str]] = []
+    out = pipe.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(0), tile_size=24, tile_overlap=8,
+                              callback=lambda f, s: seen.append((f, s)))
+    ref = pipe.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(0), tile_size=24, tile_overlap=8)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # watching changes nothing
+    fr = [f for f, _ in seen]
+    assert fr == sorted(fr) and fr[-1] == pytest.approx(1.0)
+    assert "step 2/2, tile 4/4" in seen[-1][1] and seen[0][1].startswith("conditioning, tile 1/")
+    assert sum("step 1/2" in s for _, s in seen) == 4  # 40 px in 24-px tiles overlapping by 8: 2 x 2 tiles
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop_at_step_1(f: float, s: str) -> None:
+        calls.append(s)
+        if s.startswith("step 1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipe.restore_tensor(lq, 2, tile_size=24, tile_overlap=8, callback=stop_at_step_1)
+    assert calls[-1] == "step 1/2, tile 1/4"  # stopped after the first tile of the first step

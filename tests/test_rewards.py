@@ -143,3 +143,10 @@ def test_bitsandbytes_kernel_warning_is_silenced() -> None:
     import darl_core  # noqa: F401
 
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)
+
+
+def test_uniform_image_gets_a_message_not_a_linalg_error() -> None:
+    flat = torch.full((1, 3, 200, 200), 0.5)
+    with pytest.raises(ValueError, match="no texture"):
+        get_metric("niqe")(flat)
+    assert float(get_metric("piqe")(flat)) == pytest.approx(100.0)  # PIQE defines a score (its worst)

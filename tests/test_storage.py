@@ -139,12 +139,68 @@ def test_migrations_down_and_up_with_data(store_args: tuple[str | None, Path]) -
     sid = store.add_sample(b"keep me", 4, 4)
     store.flag(sid, "ann", "r")
     j = store.create_job({"rounds": 3}, [sid])
-    migrate(store.engine, "-1")  # 0002 -> 0001: drops jobs.processes, keeps the rows
+    parent = store.register_checkpoint("/m/parent", "parent")
+    child = store.register_checkpoint("/m/child", "child", parent_id=parent, job_id=j)
+    # head -> 0001: drops flags.difficulty_kind, rebuilds checkpoints without AUTOINCREMENT, drops
+    # jobs.processes; every row stays
+    migrate(store.engine, "0001")
     with store.session() as s:
         assert s.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        assert s.execute(text("SELECT id, parent_id, job_id FROM checkpoints ORDER BY id")).all() == [
+            (parent, None, None), (child, parent, j)]
     migrate(store.engine, "head")
     assert store.job(j).processes == 1 and store.job(j).config == {"rounds": 3}
     assert [r.sample_id for r in store.flagged()] == [sid]
+    assert [(c.id, c.parent_id, c.job_id) for c in store.checkpoints()] == [(parent, None, None), (child, parent, j)]
+
+
+def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_schema(
+        store_args: tuple[str | None, Path]) -> None:
+    # Deleting the newest checkpoint used to hand its id to the next one on SQLite ("the next trained
+    # model got id #2 again"). Migration 0003 rebuilds the table with AUTOINCREMENT, keeping the rows.
+    store = Store(*store_args, auto_migrate=False)
+    migrate(store.engine, "0002")  # the schema as the app shipped it before
+    sqlite = store.dialect == "sqlite"
+    a = store.register_checkpoint("/m/a", "a")
+    b = store.register_checkpoint("/m/b", "b", parent_id=a, evaluation={"psnr": 25.0})
+    c = store.register_checkpoint("/m/c", "c", parent_id=b)
+    store.delete_checkpoint(c)
+    again = store.register_checkpoint("/m/c2", "c2", parent_id=b)
+    if sqlite:
+        assert again == c  # the old schema's bug, reproduced
+    sid = store.add_sample(b"old", 4, 4)
+    with store.session() as s:  # a flag as the old schema wrote it (no difficulty kind)
+        s.execute(text("INSERT INTO flags (sample_id, flagged, \"user\", reason, note, difficulty, created_at) "
+                       "VALUES (:s, :t, 'ann', 'artifacts', '', 0.25, :now)"),
+                  {"s": sid, "t": True, "now": datetime.now(timezone.utc)})
+    migrate(store.engine, "head")
+    assert [(x.id, x.name, x.parent_id) for x in store.checkpoints()] == [(a, "a", None), (b, "b", a), (again, "c2", b)]
+    assert store.checkpoints()[1].evaluation == {"psnr": 25.0}
+    row = store.flagged()[0]
+    assert (row.sample_id, row.difficulty, row.difficulty_kind) == (sid, 0.25, None)
+    store.delete_checkpoint(again)
+    newer = store.register_checkpoint("/m/d", "d", parent_id=b)
+    assert newer > again  # the deleted id is not handed out again
+    with pytest.raises(ValueError, match="descendants"):
+        store.delete_checkpoint(b)
+    assert store.deletion_blocker(b) is not None and store.deletion_blocker(newer) is None
+    with store.session() as s:  # foreign keys are enforced again after the migration
+        with pytest.raises(Exception):
+            s.execute(text("UPDATE checkpoints SET parent_id = 999 WHERE id = :i"), {"i": newer})
+
+
+def test_difficulty_kinds_are_kept_apart(store_args: tuple[str | None, Path]) -> None:
+    store = _store(store_args)
+    g, p, n = (store.add_sample(bytes([i]), 4, 4) for i in range(3))
+    store.flag(g, difficulty=0.4, difficulty_kind="gt")
+    store.flag(p, difficulty=0.3, difficulty_kind="proxy")
+    store.flag(n)
+    assert {(r.sample_id, r.difficulty_kind) for r in store.flagged()} == {(g, "gt"), (p, "proxy"), (n, None)}
+    assert [r.sample_id for r in store.flagged(difficulty_kind="gt")] == [g]
+    assert [r.sample_id for r in store.flagged(min_difficulty=0.2, difficulty_kind="proxy")] == [p]
+    assert [r.sample_id for r in store.flagged(max_difficulty=0.35, difficulty_kind="gt")] == []
+    with pytest.raises(ValueError, match="difficulty_kind"):
+        store.flag(g, difficulty=0.1, difficulty_kind="ssim")
 
 
 def test_database_down_is_a_clear_error(tmp_path: Path) -> None:

@@ -43,10 +43,20 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     r = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=0, tile=64, gt_path=gt)
     assert r.sft.size == r.rl.size == r.input.size == (100, 100)
     assert r.headers == ["image", "niqe", "piqe", "psnr", "ssim"] and [row[0] for row in r.scores] == ["input", "SFT", "RL"]
-    assert isinstance(r.scores[1][3], float) and "1 - SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
+    assert isinstance(r.scores[1][3], float) and "1 − SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
+    assert r.difficulty_kind == "gt" and "ground-truth measure" in r.difficulty_text
+    assert "0 = easy … 1 = hard" in r.difficulty_text
     assert all(Path(f).is_file() for f in r.files)
+    # every shown row says which way is better and which image is best
+    table, _ = restore_tab.score_table(r.headers, r.scores)
+    assert [row[:2] for row in table] == [
+        ["NIQE (no reference)", "lower ↓"], ["PIQE (no reference)", "lower ↓"],
+        ["PSNR, dB (vs ground truth)", "higher ↑"], ["SSIM (vs ground truth)", "higher ↑"]]
+    psnr = table[2]
+    assert psnr[5] in ("input", "SFT", "RL") and psnr[2:5][("input", "SFT", "RL").index(psnr[5])] == max(psnr[2:5])
     r2 = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
-    assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == []
+    assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == [] and r2.difficulty_kind == "proxy"
+    assert "no-reference proxy" in r2.difficulty_text and "0 = easy … 1 = hard" in r2.difficulty_text
     with pytest.raises(UserError, match="ground truth is"):
         restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=_img(tmp_path / "g2.png", (50, 50)))
     with pytest.raises(UserError, match="SFT model"):
@@ -83,7 +93,7 @@ def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir:
 
 def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     a = _img(tmp_path / "a.png")
-    msg = restore_tab.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3)
+    msg = restore_tab.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3, "gt")
     assert "#1" in msg and "ground truth" in msg
     restore_tab.flag(ctx, _img(tmp_path / "b.png", seed=5), "blur left", user="bob")
     gallery, table = samples_tab.list_flagged(ctx)
@@ -95,7 +105,20 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, 0.35)[1]] == [1]
     z = zipfile.ZipFile(samples_tab.export_zip(ctx))
     assert {"metadata.csv", "lq/000001.png", "gt/000001.png", "lq/000002.png"} <= set(z.namelist())
-    assert "halo" in z.read("metadata.csv").decode()
+    assert "halo" in z.read("metadata.csv").decode() and ",0.3,gt," in z.read("metadata.csv").decode()
+    # a proxy difficulty is never compared with a ground-truth one: bounds apply to one kind at a time
+    restore_tab.flag(ctx, _img(tmp_path / "c.png", seed=6), "noise left", difficulty_value=0.5, difficulty_kind="proxy")
+    gallery, table = samples_tab.list_flagged(ctx)
+    assert {row[0]: row[4] for row in table} == {1: "ground truth (1 − SSIM)", 2: "", 3: "no-reference proxy (NIQE)"}
+    assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2)[1]] == [1]  # ground truth by default
+    assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2, kind="proxy")[1]] == [3]
+    assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX, "proxy")[1]] == [3, 2, 1]
+    with pytest.raises(UserError, match="difficulty kind"):
+        restore_tab.flag(ctx, a, "artifacts", difficulty_value=0.2, difficulty_kind="ssim")
+    # a clicked tile or row selects its sample; the picker lists what the table shows
+    assert samples_tab.sample_from_caption(gallery[0][1]) == table[0][0] == samples_tab.sample_from_row(table[0])
+    assert samples_tab.sample_choices(table)[0] == ("#3 noise left", 3) and samples_tab.sample_from_caption("x") is None
+    samples_tab.unflag(ctx, 3)
     samples_tab.unflag(ctx, 1, "ann")
     assert [row[0] for row in samples_tab.list_flagged(ctx)[1]] == [2]
     with pytest.raises(UserError):
@@ -134,21 +157,27 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     child = [r for r in rows if r[3] == job][0]
     assert any(label.startswith(f"job-{job}") for label, _ in ctx.model_choices())
     with pytest.raises(UserError, match="descendants"):
-        models_tab.delete(ctx, child[0] - 1 if child[2] else None)
+        models_tab.delete(ctx, child[0] - 1 if child[2] else None, confirmed=True)
     models_tab.promote(ctx, child[0])
     assert ctx.default_models()[1] == child[6]
     with pytest.raises(UserError, match="default"):
-        models_tab.delete(ctx, child[0])
+        models_tab.delete(ctx, child[0], confirmed=True)
     with pytest.raises(UserError, match="already succeeded"):
         finetune_tab.cancel_job(ctx, job)
     # a checkpoint an unfinished job starts from is referenced; once free, its files go with it
     models_tab.promote(ctx, child[0] - 1)
     pending = finetune_tab.launch_job(ctx, child[6], "psnr", "tiny_test", 2)
     with pytest.raises(UserError, match="unfinished"):
-        models_tab.delete(ctx, child[0])
+        models_tab.delete_preview(ctx, child[0])
     ctx.store.request_cancel(pending)
-    assert "with its files" in models_tab.delete(ctx, child[0])
+    # deleting asks first: the preview says what goes; without the confirmation nothing is deleted
+    assert f"Delete checkpoint #{child[0]}" in models_tab.delete_preview(ctx, child[0])
+    with pytest.raises(UserError, match="confirmation"):
+        models_tab.delete(ctx, child[0])
+    assert Path(child[6]).exists()
+    assert "with its files" in models_tab.delete(ctx, child[0], confirmed=True)
     assert not Path(child[6]).exists()
+    assert child[6] not in {p for _, p in ctx.model_choices()}
 
 
 # ----------------------------------------------------------------------------- fuzz
@@ -280,3 +309,134 @@ def test_shipped_models_are_registered_with_their_lineage_and_card_numbers(ctx: 
     for name in rows:  # the numbers come from each model card's evaluation.json
         card = json.loads((Path(rows[name].path) / "evaluation.json").read_text())["metrics"]
         assert rows[name].evaluation == pytest.approx(card) and card["psnr"] > 20
+
+
+# ----------------------------------------------------------------------------- selections, pickers, plot
+
+
+def test_the_training_plot_always_gets_a_drawable_frame(ctx: AppContext) -> None:
+    import gradio as gr
+
+    plot = gr.LinePlot(x="round", y="value", color="metric")
+    # Gradio's LinePlot fixes its column types and legend when it first draws: an empty frame made
+    # "metric" a number (legend "-Infinity/Infinity") and the plot never drew the curves after it.
+    assert plot.postprocess(finetune_tab.job_curves(ctx, None)).datatypes == {
+        "round": "quantitative", "value": "quantitative", "metric": "nominal"}
+    frame = finetune_tab.plot_frame(ctx, None)
+    assert len(frame) == 1 and frame["metric"][0] == "no job chosen"
+    assert plot.postprocess(frame).datatypes["metric"] == "nominal"
+    job = ctx.store.create_job({"preset": "darl"}, [])
+    assert list(finetune_tab.plot_frame(ctx, job)["metric"]) == [f"job #{job}: no round yet"]
+    for step in (1, 2, 3):
+        ctx.store.add_metrics(job, step, {"reward": -4.0 + step, "kl": 0.01 * step, "lr": 1e-4})
+    frame = finetune_tab.plot_frame(ctx, job)
+    assert len(frame) == 6 and set(frame["metric"]) == {"reward", "kl"} and list(frame["round"][:2]) == [1, 1]
+    colors = finetune_tab.curve_colors(frame)
+    assert list(colors) == ["reward", "kl"] and colors["reward"] == finetune_tab.PALETTE[0]
+    assert finetune_tab.curve_colors(finetune_tab.plot_frame(ctx, None)) == {
+        finetune_tab.plot_frame(ctx, None)["metric"][0]: finetune_tab.PLACEHOLDER_COLOR}
+
+
+def test_job_selection_survives_and_starts_sensibly(ctx: AppContext) -> None:
+    assert finetune_tab.initial_job(ctx, None) is None and finetune_tab.job_choices(ctx) == []
+    a = ctx.store.create_job({"preset": "darl"}, [])
+    b = ctx.store.create_job({"preset": "sft"}, [])
+    assert finetune_tab.initial_job(ctx, None) == b  # first visit: the newest job, never "#0"
+    assert finetune_tab.initial_job(ctx, a) == a  # this browser's choice, after a reload
+    assert finetune_tab.initial_job(ctx, 99) == b  # a job this browser chose that no longer exists
+    assert finetune_tab.initial_job(ctx, "junk") == b  # type: ignore[arg-type]
+    assert finetune_tab.job_choices(ctx) == [(f"#{b} · sft", b), (f"#{a} · darl", a)]
+    assert finetune_tab.job_from_row([str(a), "queued", "0%"]) == a and finetune_tab.job_from_row([]) is None
+    assert models_tab.checkpoint_from_row([7, "x"]) == 7 and models_tab.checkpoint_from_row(None) is None
+
+
+def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: Path) -> None:
+    import shutil
+
+    import app
+    from ui import picker_values
+    from ui.context import SHIPPED, SHIPPED_RL
+
+    app.register_shipped(ctx.store)
+    mine = ctx.store.dir / "models" / "mine"
+    shutil.copytree(tiny_model_dir, mine)
+    cid = ctx.store.register_checkpoint(str(mine), "mine", evaluation={"psnr": 25.0})
+    sft, rl = ctx.default_models()
+    assert rl == str(SHIPPED_RL)
+    choices, *_ = picker_values(ctx, sft, rl, sft)
+    assert [p for _, p in choices][:3] == list(SHIPPED) and str(mine) in {p for _, p in choices}
+    models_tab.promote(ctx, cid)
+    # a fresh page load shows the promoted model as the RL default; so does the open page after promoting
+    assert picker_values(ctx, sft, str(SHIPPED_RL), sft, page_load=True)[2] == str(mine)
+    assert picker_values(ctx, sft, "/custom", sft, promoted=True)[2] == str(mine)
+    assert picker_values(ctx, sft, "/custom", sft)[2] == "/custom"  # otherwise the user's choice stays
+    assert any(label.startswith("mine (default)") for label, _ in ctx.model_choices())
+    # shipped models cannot be deleted (they are registered again at every start)
+    shipped_rl = next(c.id for c in ctx.store.checkpoints() if c.path == str(SHIPPED_RL))
+    with pytest.raises(UserError, match="ships with the app"):
+        models_tab.delete_preview(ctx, shipped_rl)
+    with pytest.raises(UserError, match="ships with the app"):
+        models_tab.delete(ctx, shipped_rl, confirmed=True)
+    with pytest.raises(UserError, match="choose a checkpoint"):
+        models_tab.delete_preview(ctx, None)
+    with pytest.raises(UserError, match="no checkpoint #99"):
+        models_tab.delete_preview(ctx, 99)
+    models_tab.promote(ctx, shipped_rl)
+    models_tab.delete(ctx, cid, confirmed=True)
+    choices, s2, r2, b2 = picker_values(ctx, str(mine), str(mine), str(mine), gone=str(mine))
+    assert str(mine) not in {p for _, p in choices} and (s2, r2, b2) == (sft, str(SHIPPED_RL), choices[0][1])
+    # the deleted id is never handed out again
+    again = ctx.store.register_checkpoint(str(ctx.store.dir / "models" / "next"), "next")
+    assert again > cid and [c for c in models_tab.checkpoint_choices(ctx) if c[1] == cid] == []
+
+
+def test_score_table_marks_direction_best_and_disagreement() -> None:
+    headers = ["image", "niqe", "piqe", "psnr"]
+    rows = [["input", 6.0, 40.0, 20.0], ["SFT", 5.0, 30.0, 24.0], ["RL", 4.0, 35.0, 24.0]]
+    table, note = restore_tab.score_table(headers, rows)
+    assert table[0] == ["NIQE (no reference)", "lower ↓", 6.0, 5.0, 4.0, "RL"]
+    assert table[1][-1] == "SFT"
+    assert table[2] == ["PSNR, dB (vs ground truth)", "higher ↑", 20.0, 24.0, 24.0, "SFT = RL"]
+    assert "NIQE prefers RL" in note and "PIQE prefers SFT" in note
+    agree, note2 = restore_tab.score_table(headers[:2], [["input", 6.0], ["SFT", 5.0], ["RL", "n/a (too small)"]])
+    assert agree[0][-1] == "SFT" and note2 == ""
+
+
+def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp_path: Path,
+                                                            tiny_model_dir: Path) -> None:
+    import threading
+
+    lq = _img(tmp_path / "lq.png", (120, 100))
+    seen: list[tuple[float, str]] = []
+    restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
+                        progress=lambda f, s: seen.append((f, s)))
+    tiles = [s for _, s in seen if "tile" in s]
+    assert any(s.startswith("SFT model: step 1/2, tile 1/9") for s in tiles)  # 120x100, 64-px tiles overlapping 32: 3 x 3
+    assert any(s.startswith("RL model: step 2/2, tile 9/9") for s in tiles)
+    assert any("s left" in s for s in tiles)
+    fr = [f for f, _ in seen]
+    assert fr == sorted(fr) and max(fr) <= 1.0
+    assert str(tiny_model_dir) in ctx.speed and ctx.speed[str(tiny_model_dir)] > 0  # measured for estimates
+
+    stop = threading.Event()
+    calls = []
+
+    def press_stop_at_third_tile(f: float, s: str) -> None:
+        calls.append(s)
+        if len(calls) == 3:
+            stop.set()
+    with pytest.raises(restore_tab.RestoreStopped, match="Stop button"):
+        restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2,
+                            tile=64, progress=press_stop_at_third_tile, stop=stop)
+    assert len(calls) == 3  # no tile ran after the flag was seen
+
+
+def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_path: Path) -> None:
+    small, big = _img(tmp_path / "s.png", (64, 64)), _img(tmp_path / "b.png", (1600, 1200))
+    assert restore_tab.large_image_warning(ctx, small, None, None, 2) is None
+    w = restore_tab.large_image_warning(ctx, big, None, None, 2)
+    assert w is not None and "1600x1200" in w and "min" in w and "Stop" in w and "steps" in w
+    # the estimate follows what this app measured
+    d_sft, d_rl = ctx.default_models()
+    ctx.speed[d_sft] = ctx.speed[d_rl] = 0.01
+    assert restore_tab.large_image_warning(ctx, big, None, None, 2) is None

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from . import finetune_tab, models_tab, restore_tab, samples_tab
 from .context import AppContext, UserError
 
-__all__ = ["AppContext", "UserError", "build_app"]
+__all__ = ["AppContext", "UserError", "build_app", "picker_values"]
+
+
+def picker_values(ctx: AppContext, sft: str | None, rl: str | None, base: str | None, *, page_load: bool = False,
+                  promoted: bool = False, gone: str | None = None
+                  ) -> tuple[list[tuple[str, str]], str | None, str | None, str | None]:
+    """Choices and values of the three model pickers (Restore SFT and RL, Fine-tune base). A page load
+    shows the defaults (the promoted checkpoint as the RL model: the page is built once, at start-up),
+    so does a promotion for the RL picker; a picker showing a checkpoint that was just deleted (``gone``)
+    falls back to its default. Otherwise a picker keeps what the user chose."""
+    choices = ctx.model_choices()
+    d_sft, d_rl = ctx.default_models()
+    if page_load:
+        sft, rl = d_sft, d_rl
+    if promoted:
+        rl = d_rl
+    if gone is not None:
+        sft, rl = (d_sft if sft == gone else sft), (d_rl if rl == gone else rl)
+        base = choices[0][1] if base == gone else base
+    return choices, sft, rl, base
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -21,17 +42,28 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             fc = finetune_tab.render(ctx)
         with gr.Tab("Models") as models_t:
             mc = models_tab.render(ctx)
+        fc["saved_job"].render()  # browser storage: outside the tabs, so it is read before the page load event
         restore_tab.listen(ctx, rc)
         samples_tab.listen(ctx, sc, samples_t.select)
-        finetune_tab.listen(ctx, fc)
-        models_tab.listen(ctx, mc, models_t.select)
+        finetune_tab.listen(ctx, fc, demo.load)
+        model_events = models_tab.listen(ctx, mc, models_t.select)
 
         # Model pickers list every registered checkpoint: refresh them whenever they come into view,
-        # so a finished job's model shows up without restarting the server.
-        def pickers() -> tuple[dict, dict, dict]:
-            choices = ctx.model_choices()
-            return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices))
+        # so a finished job's model shows up without restarting the server; a page load, a promotion
+        # and a deletion also set their values.
+        pickers = [rc["sft"], rc["rl"], fc["base"]]
 
-        for event in (demo.load, restore_t.select, finetune_t.select):
-            event(pickers, None, [rc["sft"], rc["rl"], fc["base"]], api_visibility="private")
+        def updates(sft: str | None, rl: str | None, base: str | None, **kw: Any) -> tuple[dict, dict, dict]:
+            choices, *values = picker_values(ctx, sft, rl, base, **kw)
+            if not kw:  # a tab comes into view: new choices, the user's values untouched
+                return gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
+            return tuple(gr.update(choices=choices, value=v) for v in values)  # type: ignore[return-value]
+
+        demo.load(lambda s, r, b: updates(s, r, b, page_load=True), pickers, pickers, api_visibility="private")
+        for event in (restore_t.select, finetune_t.select):
+            event(updates, pickers, pickers, api_visibility="private")
+        model_events["promoted"].success(lambda s, r, b: updates(s, r, b, promoted=True), pickers, pickers,
+                                         api_visibility="private")
+        model_events["deleted"].success(lambda s, r, b, gone: updates(s, r, b, gone=gone), [*pickers, mc["deleted"]],
+                                        pickers, api_visibility="private")
     return demo

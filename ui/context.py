@@ -12,12 +12,17 @@ from PIL import Image
 
 from darl_core.images import IMAGE_SUFFIXES, ImageError, load_image
 from darl_core.pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
+from darl_core.restorer import Precision
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED_RL", "SHIPPED_SFT_V1", "UserError"]
+__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "SHIPPED_SFT_V1", "UserError"]
 
 SHIPPED_RL = DEFAULT_MODEL.parent / "darl-blind"  # trained from the single-stage sft-blind-v1
 SHIPPED_SFT_V1 = DEFAULT_MODEL.parent / "sft-blind-v1"  # the first, single-stage SFT model
+# The models that come with the app, by path: always in the pickers, registered again at every start
+SHIPPED: dict[str, str] = {str(DEFAULT_MODEL): "sft-blind (shipped SFT, two-stage)",
+                           str(SHIPPED_RL): "darl-blind (shipped RL, trained from sft-blind-v1)",
+                           str(SHIPPED_SFT_V1): "sft-blind-v1 (first SFT, single-stage)"}
 
 
 class UserError(ValueError):
@@ -31,26 +36,34 @@ class AppContext:
     max_upload_bytes: int = 25 * 1024 * 1024  # larger files are refused before decoding
     max_pixels: int = 16_000_000  # larger images are refused (and decompression bombs)
     device: str = "cpu"  # where the restorers run
+    precision: Precision = "auto"  # inference arithmetic (Restorer.set_precision; DARL_PRECISION in app.py)
     _models: dict[str, RestorationPipeline] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
+    speed: dict[str, float] = field(default_factory=dict)
+    # Stop flags of running restores, by browser session: the Stop button sets one, the restore
+    # checks it after every tile and stops there.
+    stop_flags: dict[str, threading.Event] = field(default_factory=dict)
 
     def pipeline(self, path: str) -> RestorationPipeline:
         """A loaded restorer, cached (one copy per checkpoint)."""
         with self._lock:
             if path not in self._models:
                 pipe = load_pipeline(path, self.device)
+                pipe.set_precision(self.precision)
                 if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; latent restorers have none
                     pipe.set_progress_bar_config(disable=True)
                 self._models[path] = pipe
             return self._models[path]
 
     def model_choices(self) -> list[tuple[str, str]]:
-        """(label, path) of the shipped models and every registered checkpoint, promoted first."""
-        out = [("sft-blind (shipped SFT, two-stage)", str(DEFAULT_MODEL)),
-               ("darl-blind (shipped RL, trained from sft-blind-v1)", str(SHIPPED_RL)),
-               ("sft-blind-v1 (first SFT, single-stage)", str(SHIPPED_SFT_V1))]
+        """(label, path) of the shipped models and every registered checkpoint whose folder exists,
+        promoted first; the promoted one's label says "(default)"."""
+        ckpts = self.store.checkpoints()
+        promoted = {c.path for c in ckpts if c.promoted}
+        out = [(f"{label}{' (default)' if path in promoted else ''}", path) for path, label in SHIPPED.items()]
         seen = {p for _, p in out}
-        for c in sorted(self.store.checkpoints(), key=lambda c: not c.promoted):
+        for c in sorted(ckpts, key=lambda c: not c.promoted):
             if c.path not in seen and Path(c.path).exists():
                 ev = ", ".join(f"{k} {v:.3g}" for k, v in list(c.evaluation.items())[:3])
                 out.append((f"{c.name}{' (default)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))

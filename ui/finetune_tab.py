@@ -16,10 +16,17 @@ from darl_core.rl import PRESETS as RL_PRESETS
 
 from .context import AppContext, UserError
 
-__all__ = ["JOB_HEADERS", "cancel_job", "job_curves", "job_status", "launch_job", "list_jobs", "listen", "render"]
+__all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
+           "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
+CURVES = ("reward", "kl", "val_psnr", "loss_sft", "grad_norm_rl", "grad_norm_sft", "grad_norm_kl", "pool_w_mean",
+          "probe_reward", "group_reward_std")  # the training metrics the plot shows
+# One fixed colour per curve, so a curve keeps its colour from job to job (Tableau 10; grey: placeholder)
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac")
+PLACEHOLDER_COLOR = "#9ca3af"
 
 
 def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
@@ -90,15 +97,65 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
             "config": j.config}
 
 
+def _frame(rows: list[tuple[int, float, str]]) -> pd.DataFrame:
+    # Explicit dtypes: an empty frame would otherwise be all float64, and the plot would take "metric"
+    # for a number (a colour gradient from -Infinity to Infinity, and no lines).
+    return pd.DataFrame({"round": pd.Series([r[0] for r in rows], dtype="int64"),
+                         "value": pd.Series([r[1] for r in rows], dtype="float64"),
+                         "metric": pd.Series([r[2] for r in rows], dtype="str")})
+
+
 def job_curves(ctx: AppContext, job_id: int | None) -> pd.DataFrame:
     """Long-format (round, value, metric) of reward, KL, validation PSNR and the RL diagnostics
     (each term's gradient norm, the pool's mean w, the probe reward) for a LinePlot."""
     if job_id is None:
-        return pd.DataFrame({"round": [], "value": [], "metric": []})
-    keep = {"reward", "kl", "val_psnr", "loss_sft", "grad_norm_rl", "grad_norm_sft", "grad_norm_kl",
-            "pool_w_mean", "probe_reward", "group_reward_std"}
-    rows = [(s, v, n) for s, n, v in ctx.store.metrics(int(job_id)) if n in keep]
-    return pd.DataFrame(rows, columns=["round", "value", "metric"])
+        return _frame([])
+    return _frame([(s, v, n) for s, n, v in ctx.store.metrics(int(job_id)) if n in CURVES])
+
+
+def plot_frame(ctx: AppContext, job_id: int | None) -> pd.DataFrame:
+    """What the training-curves plot shows: the job's curves, or, before its first round (or with no
+    job chosen), one labelled placeholder point. Never empty: Gradio's LinePlot fixes its column types
+    and colour legend the first time it draws, and a plot that first drew an empty frame stays blank."""
+    curves = job_curves(ctx, job_id)
+    if len(curves):
+        return curves
+    label = "no job chosen" if job_id is None else f"job #{int(job_id)}: no round yet"
+    return _frame([(0, 0.0, label)])
+
+
+def curve_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """The plot's colour map for ``frame``: a fixed colour per training metric, grey for a placeholder.
+    Sent to the plot after its data: a new set of curves changes the map, which redraws the plot with a
+    legend of exactly those curves."""
+    return {m: PALETTE[CURVES.index(m) % len(PALETTE)] if m in CURVES else PLACEHOLDER_COLOR
+            for m in dict.fromkeys(frame["metric"])}
+
+
+def job_choices(ctx: AppContext) -> list[tuple[str, int]]:
+    """(label, id) of the jobs, newest first, for the job picker (no state: a label would go stale)."""
+    return [(f"#{j.id} · {j.config.get('preset', '')} · {j.config.get('reward', '')}".rstrip(" ·"), j.id)
+            for j in ctx.store.jobs()]
+
+
+def initial_job(ctx: AppContext, saved: int | None) -> int | None:
+    """The job a page shows when it loads: the one this browser had chosen (kept across reloads) while it
+    exists, else the newest job, else none."""
+    ids = [j.id for j in ctx.store.jobs()]
+    try:
+        if saved is not None and int(saved) in ids:
+            return int(saved)
+    except (TypeError, ValueError):
+        pass
+    return ids[0] if ids else None
+
+
+def job_from_row(row: list[Any] | None) -> int | None:
+    """The job id of a clicked row of the jobs table (its first cell)."""
+    try:
+        return int(row[0]) if row else None
+    except (TypeError, ValueError):
+        return None
 
 
 def cancel_job(ctx: AppContext, job_id: int | None) -> str:
@@ -126,19 +183,31 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                        label="Training processes (GPUs; the batch is split between them)")
             c["launch"] = gr.Button("Launch", variant="primary", elem_id="launch-btn")
             c["msg"] = gr.Markdown(elem_id="launch-msg")
+            c["launched"] = gr.Number(None, precision=0, visible=False)  # the id of the job just launched
         with gr.Column(scale=2):
-            c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs")
+            c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs (click a row to follow it)",
+                                     elem_id="jobs-table")
             with gr.Row():
-                c["job"] = gr.Number(None, precision=0, label="Job #")
+                # A picker, not a number box: empty until a job exists (no "job #0"), and the page load
+                # restores this browser's last choice (saved_job) or the newest job.
+                c["job"] = gr.Dropdown([], value=None, label="Job", elem_id="job-id", allow_custom_value=False)
                 c["cancel"] = gr.Button("Cancel job")
+            # rendered by build_app outside the tabs: mounted (and read from localStorage) before the page load
+            c["saved_job"] = gr.BrowserState(None, storage_key="darl-finetune-job", render=False)
             c["status"] = gr.Markdown(elem_id="job-status")
-            c["plot"] = gr.LinePlot(x="round", y="value", color="metric", label="Training curves", height=260)
+            first = plot_frame(ctx, None)  # never created empty: see plot_frame
+            c["plot"] = gr.LinePlot(first, x="round", y="value", color="metric", elem_id="curves",
+                                    label="Training curves · no job chosen", color_map=curve_colors(first))
+            c["plot_colors"] = gr.State(curve_colors(first))
             c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
     c["timer"] = gr.Timer(2.0)
     return c
 
 
-def listen(ctx: AppContext, c: dict[str, Any]) -> None:
+def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
+    def pick(job: int | float | None) -> dict[str, Any]:
+        return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
+
     def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1,  # noqa: ANN001
                   request: gr.Request = None):
         try:
@@ -149,24 +218,47 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             raise gr.Error(str(e)) from None
         return f"Job #{job} queued.", job, list_jobs(ctx)
 
+    # The API answers the plain job id (c["launched"]); the page then follows the new job in the picker.
     c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"],
                                   c["processes"]],
-                      [c["msg"], c["job"], c["jobs"]], api_name="launch_job")
+                      [c["msg"], c["launched"], c["jobs"]], api_name="launch_job").success(
+        pick, c["launched"], c["job"], api_visibility="private")
+
+    # The page load restores this browser's job (or shows the newest); every choice is saved in the browser.
+    load_event(lambda saved: pick(initial_job(ctx, saved)), c["saved_job"], c["job"], api_visibility="private")
+    c["job"].change(lambda job: job, c["job"], c["saved_job"], api_visibility="private")
+    c["job"].focus(lambda job: pick(job), c["job"], c["job"], api_visibility="private")  # jobs launched elsewhere
+
+    def on_row(evt: gr.SelectData) -> dict[str, Any]:
+        return pick(job_from_row(evt.row_value))
+
+    c["jobs"].select(on_row, None, c["job"], api_visibility="private")
+
+    def plot(frame: pd.DataFrame, title: str) -> dict[str, Any]:
+        return gr.update(value=frame, label=f"Training curves · {title}")
 
     def on_tick(job):  # noqa: ANN001
+        frame = plot_frame(ctx, None)
+        idle = plot(frame, "choose a job: launch one or click a row of the table")
         if job is None:
-            return list_jobs(ctx), "", job_curves(ctx, None), ""
+            return list_jobs(ctx), "", idle, "", curve_colors(frame)
         try:
             st = job_status(ctx, job)
         except UserError as e:
-            return list_jobs(ctx), str(e), job_curves(ctx, None), ""
+            return list_jobs(ctx), str(e), idle, "", curve_colors(frame)
         text = f"**job #{st['job']}: {st['state']}, {100 * st['progress']:.0f}%**"
         if st["error"]:
             text += f"\n\n```\n{st['error'][-800:]}\n```"
-        return list_jobs(ctx), text, job_curves(ctx, job), st["log"]
+        frame = plot_frame(ctx, job)
+        title = f"job #{st['job']} ({st['config'].get('preset', '')})"
+        return list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame)
 
-    c["timer"].tick(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]], api_visibility="private")
-    c["job"].change(on_tick, c["job"], [c["jobs"], c["status"], c["plot"], c["log"]], api_visibility="private")
+    # Data first, then the colour map: a new set of curves changes the map, and the plot redraws from
+    # scratch with the data it now holds (a change of both at once would redraw from the old data).
+    outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"]]
+    for trigger in (c["timer"].tick, c["job"].change):
+        trigger(on_tick, c["job"], outputs, api_visibility="private").then(
+            lambda colors: gr.update(color_map=colors), c["plot_colors"], c["plot"], api_visibility="private")
 
     def on_cancel(job):  # noqa: ANN001
         try:

@@ -1,4 +1,4 @@
-"""Models tab: registered checkpoints with lineage and evaluation numbers; promote, delete."""
+"""Models tab: registered checkpoints with lineage and evaluation numbers; promote, delete (confirmed)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from .context import AppContext, UserError
+from .context import SHIPPED, AppContext, UserError
 
-__all__ = ["HEADERS", "delete", "list_checkpoints", "listen", "promote", "render"]
+__all__ = ["HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview", "list_checkpoints",
+           "listen", "promote", "render"]
 
 HEADERS = ["id", "name", "parent", "job", "default", "evaluation", "path"]
 
@@ -22,50 +23,143 @@ def list_checkpoints(ctx: AppContext) -> list[list[Any]]:
              ", ".join(f"{k} {v:.4g}" for k, v in c.evaluation.items()), c.path] for c in ckpts]
 
 
+def checkpoint_choices(ctx: AppContext) -> list[tuple[str, int]]:
+    """(label, id) of the registered checkpoints, for the checkpoint picker."""
+    return [(f"#{c.id} {c.name}{' (default)' if c.promoted else ''}", c.id) for c in ctx.store.checkpoints()]
+
+
+def checkpoint_from_row(row: list[Any] | None) -> int | None:
+    """The checkpoint id of a clicked row of the table (its first cell)."""
+    try:
+        return int(row[0]) if row else None
+    except (TypeError, ValueError):
+        return None
+
+
 def promote(ctx: AppContext, checkpoint_id: int | None) -> str:
     if checkpoint_id is None or int(checkpoint_id) not in {c.id for c in ctx.store.checkpoints()}:
-        raise UserError(f"there is no checkpoint #{checkpoint_id}")
+        raise UserError(f"there is no checkpoint #{checkpoint_id}" if checkpoint_id is not None
+                        else "choose a checkpoint (click its row)")
     ctx.store.promote(int(checkpoint_id))
-    return f"Checkpoint #{int(checkpoint_id)} is now the default RL model."
+    return (f"Checkpoint #{int(checkpoint_id)} is now the default RL model: the Restore tab's RL picker "
+            f"shows it, also on new page loads.")
 
 
-def delete(ctx: AppContext, checkpoint_id: int | None) -> str:
-    """Delete a checkpoint nothing references; its files go too when the app made them (under the data folder)."""
+def _deletable(ctx: AppContext, checkpoint_id: int | None) -> tuple[int, str, str]:
+    """(id, name, path) of a checkpoint that may be deleted now; UserError saying why not otherwise."""
+    if checkpoint_id is None:
+        raise UserError("choose a checkpoint to delete (click its row)")
     try:
-        path = Path(ctx.store.delete_checkpoint(int(checkpoint_id)))  # type: ignore[arg-type]
-    except (KeyError, TypeError):
+        cid = int(checkpoint_id)
+        c = ctx.store.checkpoint(cid)
+        blocker = ctx.store.deletion_blocker(cid)
+    except (KeyError, TypeError, ValueError):
         raise UserError(f"there is no checkpoint #{checkpoint_id}") from None
-    except ValueError as e:
+    if c.path in SHIPPED:
+        raise UserError(f"{c.name} ships with the app ({c.path}) and is registered again at every start, so it "
+                        f"cannot be deleted; promote another checkpoint to change the default")
+    if blocker:
+        raise UserError(blocker)
+    return cid, c.name, c.path
+
+
+def _owned(ctx: AppContext, path: str) -> bool:
+    p = Path(path)
+    return p.resolve().is_relative_to(ctx.store.dir.resolve()) and p.is_dir()
+
+
+def delete_preview(ctx: AppContext, checkpoint_id: int | None) -> str:
+    """The question asked before a delete: what goes (row, files). UserError if it cannot be deleted."""
+    cid, name, path = _deletable(ctx, checkpoint_id)
+    files = ("its folder goes too" if _owned(ctx, path) else
+             "its files are outside the data folder and are kept")
+    return (f"**Delete checkpoint #{cid} {name}?** It leaves the registry and every model picker; {files} "
+            f"(`{path}`). This cannot be undone.")
+
+
+def delete(ctx: AppContext, checkpoint_id: int | None, confirmed: bool = False) -> str:
+    """Delete a checkpoint nothing references, once confirmed; its files go too when the app made them
+    (under the data folder). Shipped models cannot be deleted."""
+    cid, _, path = _deletable(ctx, checkpoint_id)
+    if not confirmed:
+        raise UserError(f"deleting checkpoint #{cid} needs a confirmation")
+    try:
+        ctx.store.delete_checkpoint(cid)
+    except KeyError:
+        raise UserError(f"there is no checkpoint #{cid}") from None
+    except ValueError as e:  # referenced since the preview
         raise UserError(str(e)) from None
-    if path.resolve().is_relative_to(ctx.store.dir.resolve()) and path.is_dir():
+    if _owned(ctx, path):
         shutil.rmtree(path)
-        return f"Checkpoint #{int(checkpoint_id)} deleted, with its files."
-    return f"Checkpoint #{int(checkpoint_id)} removed from the registry (files outside the data folder are kept)."
+        return f"Checkpoint #{cid} deleted, with its files."
+    return f"Checkpoint #{cid} removed from the registry (files outside the data folder are kept)."
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
-    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Checkpoints")
+    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Checkpoints (click a row to choose it)",
+                              elem_id="models-table")
     with gr.Row():
-        c["id"] = gr.Number(None, precision=0, label="Checkpoint #")
-        c["promote"] = gr.Button("Promote to default")
-        c["delete"] = gr.Button("Delete")
+        c["id"] = gr.Dropdown([], value=None, label="Checkpoint", elem_id="ckpt-id")
+        c["promote"] = gr.Button("Promote to default", elem_id="promote-btn")
+        c["delete"] = gr.Button("Delete…", elem_id="delete-btn")
         c["refresh"] = gr.Button("Refresh")
-    c["msg"] = gr.Markdown()
+    with gr.Group(visible=False) as c["confirm_box"]:
+        c["confirm_text"] = gr.Markdown(elem_id="delete-question")
+        with gr.Row():
+            c["confirm"] = gr.Button("Yes, delete it", variant="stop", elem_id="delete-yes")
+            c["keep"] = gr.Button("No, keep it", elem_id="delete-no")
+    c["pending"] = gr.State(None)  # the checkpoint the open question is about
+    c["deleted"] = gr.State(None)  # path of the checkpoint just deleted (the pickers drop it)
+    c["msg"] = gr.Markdown(elem_id="models-msg")
     return c
 
 
-def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
+def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any]:
+    """Wire the tab; returns the events that change the models ("promoted", "deleted") for the app to
+    refresh the model pickers of the other tabs after them."""
+    def refreshed(cid: int | None = None) -> tuple[list[list[Any]], dict[str, Any]]:
+        return list_checkpoints(ctx), gr.update(choices=checkpoint_choices(ctx), value=cid)
+
     for trigger in (c["refresh"].click, load_event):
-        trigger(lambda: list_checkpoints(ctx), None, c["table"], api_visibility="private")
+        trigger(lambda cid: refreshed(cid), c["id"], [c["table"], c["id"]], api_visibility="private")
 
-    def act(fn: Any) -> Any:
-        def handler(cid):  # noqa: ANN001
-            try:
-                return fn(ctx, cid), list_checkpoints(ctx)
-            except UserError as e:
-                raise gr.Error(str(e)) from None
-        return handler
+    def on_row(evt: gr.SelectData) -> dict[str, Any]:
+        return gr.update(choices=checkpoint_choices(ctx), value=checkpoint_from_row(evt.row_value))
 
-    c["promote"].click(act(promote), c["id"], [c["msg"], c["table"]], api_visibility="private")
-    c["delete"].click(act(delete), c["id"], [c["msg"], c["table"]], api_visibility="private")
+    c["table"].select(on_row, None, c["id"], api_visibility="private")
+
+    def on_promote(cid):  # noqa: ANN001
+        try:
+            return promote(ctx, cid), *refreshed(cid)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
+
+    def on_ask(cid):  # noqa: ANN001
+        try:
+            return delete_preview(ctx, cid), gr.update(visible=True), cid, ""
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    c["delete"].click(on_ask, c["id"], [c["confirm_text"], c["confirm_box"], c["pending"], c["msg"]],
+                      api_visibility="private")
+    c["keep"].click(lambda: (gr.update(visible=False), None, "Nothing deleted."), None,
+                    [c["confirm_box"], c["pending"], c["msg"]], api_visibility="private")
+
+    def on_confirm(cid):  # noqa: ANN001
+        try:
+            path = ctx.store.checkpoint(int(cid)).path if cid is not None else None
+        except KeyError:
+            path = None
+        try:
+            msg = delete(ctx, cid, confirmed=True)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        return msg, gr.update(visible=False), None, path, *refreshed(None)
+
+    deleted = c["confirm"].click(on_confirm, c["pending"],
+                                 [c["msg"], c["confirm_box"], c["pending"], c["deleted"], c["table"], c["id"]],
+                                 api_visibility="private")
+    return {"promoted": promoted, "deleted": deleted}

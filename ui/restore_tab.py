@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -18,12 +19,14 @@ from PIL import Image
 from darl_core.degrade import PRESETS
 from darl_core.difficulty import difficulty, difficulty_no_reference
 from darl_core.images import pil_to_tensor, to_rgb
-from darl_core.pipeline import DEFAULT_STEPS
+from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 from darl_core.rewards import MissingWeightsError, get_metric
 
 from .context import AppContext, UserError, png_bytes
 
-__all__ = ["RestoreResult", "flag", "listen", "render", "restore", "restore_batch", "score"]
+__all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "difficulty_text", "estimate_seconds",
+           "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch", "score",
+           "score_table"]
 
 REASONS = ["artifacts", "over-smoothed", "hallucination", "colour shift", "noise left", "blur left", "other"]
 
@@ -39,6 +42,61 @@ class RestoreResult:
     difficulty_text: str  # one-line explanation
     files: list[str]  # downloadable PNGs (SFT, RL)
     seconds: float  # wall time of both restorations
+    difficulty_kind: str = ""  # "gt" (1 - SSIM against the ground truth), "proxy" (no reference), "" (none)
+
+
+# How to read each score: (name shown, higher is better, what it compares with)
+METRIC_INFO: dict[str, tuple[str, bool, str]] = {
+    "niqe": ("NIQE", False, "no reference"), "piqe": ("PIQE", False, "no reference"),
+    "psnr": ("PSNR, dB", True, "vs ground truth"), "ssim": ("SSIM", True, "vs ground truth")}
+SCORE_HEADERS = ["metric", "better", "input", "SFT", "RL", "best"]
+IMAGES = ("input", "SFT", "RL")
+
+
+def _metric_info(name: str) -> tuple[str, bool, str]:
+    if name in METRIC_INFO:
+        return METRIC_INFO[name]
+    m = get_metric(name)
+    return name.upper(), not m.lower_better, "vs ground truth" if m.full_reference else "no reference"
+
+
+def score_table(headers: list[str], rows: list[list[Any]]) -> tuple[list[list[Any]], str]:
+    """The IQA scores as the page shows them: one row per metric with which way is better, the input,
+    SFT and RL values and which image scores best (ties joined with "="); plus a note when the
+    no-reference metrics disagree on SFT against RL (empty otherwise)."""
+    table: list[list[Any]] = []
+    prefers: dict[str, str] = {}
+    for j, name in enumerate(headers[1:], start=1):
+        label, higher, ref = _metric_info(name)
+        values = {row[0]: row[j] for row in rows}
+        nums = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+        best = "—"
+        if nums:
+            top = max(nums.values()) if higher else min(nums.values())
+            best = " = ".join(k for k in IMAGES if nums.get(k) == top)
+        if ref == "no reference" and "SFT" in nums and "RL" in nums and nums["SFT"] != nums["RL"]:
+            prefers[label] = "RL" if (nums["RL"] > nums["SFT"]) == higher else "SFT"
+        table.append([f"{label} ({ref})", "higher ↑" if higher else "lower ↓",
+                      *[values.get(k, "—") for k in IMAGES], best])
+    note = ""
+    if len(set(prefers.values())) > 1:
+        who = ", ".join(f"{m} prefers {v}" for m, v in prefers.items())
+        note = (f"The no-reference metrics disagree ({who}): NIQE scores how natural the image statistics "
+                f"look, PIQE penalises blocky or noisy patches, and neither knows the true image; upload a "
+                f"ground truth for PSNR and SSIM.")
+    return table, note
+
+
+def difficulty_text(d: float, kind: str) -> str:
+    """One line saying what the difficulty estimate is, on which scale, and how it was measured."""
+    if kind == "gt":
+        return (f"difficulty {d:.3f} (0 = easy … 1 = hard), ground-truth measure: 1 − SSIM of the SFT "
+                f"restoration against your ground truth")
+    if kind == "proxy":
+        return (f"difficulty {d:.3f} (0 = easy … 1 = hard), no-reference proxy: 1 − normalised NIQE of the "
+                f"SFT restoration; upload a ground truth for the ground-truth measure (1 − SSIM)")
+    return ("difficulty: image too small for the no-reference proxy (NIQE needs 96 px); upload a ground truth "
+            "for the ground-truth measure (1 − SSIM)")
 
 
 def _score_row(label: str, img: torch.Tensor, gt: torch.Tensor | None, names: list[str]) -> list[Any]:
@@ -73,10 +131,43 @@ def score(ctx: AppContext, image_path: str, metrics: str = "niqe,piqe", gt_path:
     return out
 
 
+class RestoreStopped(UserError):
+    """The user stopped a restore (the Stop button); the computation ended at the next tile."""
+
+
+DEFAULT_SPEED = 10.0  # s per megapixel per network pass before a model was measured (the shipped denoiser: ~11 on 2 cores)
+
+
+def estimate_seconds(ctx: AppContext, paths: list[str], size: tuple[int, int], steps: int) -> float:
+    """Expected wall time of restoring a ``size`` image with each model in ``paths`` (stage 1 counts as one
+    pass), from the speed measured on earlier restores in this app (a default before the first)."""
+    mpx = size[0] * size[1] / 1e6
+    return sum(ctx.speed.get(p, DEFAULT_SPEED) * mpx * (int(steps) + 1) for p in paths)
+
+
+def large_image_warning(ctx: AppContext, image_path: str, sft_model: str | None, rl_model: str | None,
+                        steps: int, threshold_s: float = 60.0) -> str | None:
+    """A warning with the expected time and what to do, for restores expected to take over ``threshold_s``."""
+    im = ctx.open_upload(image_path)
+    d_sft, d_rl = ctx.default_models()
+    t = estimate_seconds(ctx, [sft_model or d_sft, rl_model or d_rl], im.size, steps)
+    if t <= threshold_s:
+        return None
+    hint = "fewer steps (0 = stage 1 alone, the fastest)" if int(steps) > 0 else "a smaller crop of the image"
+    return (f"This {im.size[0]}x{im.size[1]} image will take about {t / 60:.0f} min with both models at {steps} "
+            f"steps on this machine; the Stop button ends it at any time. For a quicker look: {hint}; "
+            f"tile size {DEFAULT_TILE} (measured fastest here) keeps memory bounded.")
+
+
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
-            rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = 256,
-            gt_path: str | None = None, progress: Callable[[float, str], None] | None = None) -> RestoreResult:
-    """Restore one upload with both models and score input, SFT and RL."""
+            rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
+            gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
+            stop: threading.Event | None = None) -> RestoreResult:
+    """Restore one upload with both models and score input, SFT and RL.
+
+    ``progress(fraction, text)`` gets every tile of every step with an ETA; setting ``stop`` ends the
+    work at the next tile with ``RestoreStopped``.
+    """
     if task not in PRESETS:
         raise UserError(f"unknown task {task!r}")
     if not 0 <= int(steps) <= 50:
@@ -91,14 +182,26 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     t0 = time.perf_counter()
     outs = []
     for i, (label, path) in enumerate((("SFT", sft_model), ("RL", rl_model))):
-        progress(i / 2, f"restoring with the {label} model")
+        progress(i / 2 * 0.95, f"restoring with the {label} model")
         try:
             pipe = ctx.pipeline(path)
         except Exception as e:  # ModelLoadError and friends: shown to the user
             raise UserError(f"{label} model: {e}") from None
         if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
-        outs.append(pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile))[0])
+
+        def on_tile(f: float, text: str, i: int = i, label: str = label) -> None:
+            if stop is not None and stop.is_set():
+                raise RestoreStopped("stopped: the restore was ended with the Stop button")
+            done = (i + f) / 2
+            el = time.perf_counter() - t0
+            eta = f", about {el / done - el:.0f} s left" if done > 0.02 else ""
+            progress(done * 0.95, f"{label} model: {text}{eta}")
+        t1 = time.perf_counter()
+        outs.append(pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile),
+                         callback=on_tile)[0])
+        passes = int(steps) + (1 if getattr(pipe, "stage1", None) is not None or int(steps) == 0 else 0)
+        ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
     seconds = time.perf_counter() - t0
     progress(0.95, "scoring")
     rgb_in = to_rgb(im)[0]
@@ -114,26 +217,24 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     tensors = [pil_to_tensor(x)[None] for x in (rgb_in, sft_rgb, rl_rgb)]
     rows = [_score_row(lbl, t, gt, names) for lbl, t in zip(("input", "SFT", "RL"), tensors)]
     if gt is not None:
-        d = float(difficulty(tensors[1], gt))
-        text = f"difficulty {d:.3f}: 1 - SSIM of the SFT restoration against your ground truth"
+        d, kind = float(difficulty(tensors[1], gt)), "gt"
     else:
         try:
-            d = float(difficulty_no_reference(tensors[1]))
-            text = (f"difficulty {d:.3f} (proxy): 1 - normalised NIQE of the SFT restoration; "
-                    f"upload a ground truth for the real measure")
+            d, kind = float(difficulty_no_reference(tensors[1])), "proxy"
         except ValueError:
-            d, text = float("nan"), "difficulty: image too small for the no-reference proxy (NIQE needs 96 px)"
+            d, kind = float("nan"), ""
+    text = difficulty_text(d, kind)
     tmp = Path(tempfile.mkdtemp(prefix="darl-restore-"))
     files = []
     for name, img in (("restored_sft.png", outs[0]), ("restored_rl.png", outs[1])):
         img.save(tmp / name)
         files.append(str(tmp / name))
     progress(1.0, "done")
-    return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds)
+    return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds, kind)
 
 
 def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", sft_model: str | None = None,
-                  rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = 256,
+                  rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
                   progress: Callable[[float, str], None] | None = None
                   ) -> tuple[list[list[Any]], list[tuple[str, str]], str]:
     """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal."""
@@ -162,21 +263,34 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
     return rows, gallery, str(zpath)
 
 
+def gt_scale(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> int | None:
+    """The factor k (1..8) with GT = k x LQ on both sides, else None: the ground truth is the clean image
+    at the restorer's output size (1 for restoration, 4 for x4 super-resolution)."""
+    k = gt_size[0] // lq_size[0] if lq_size[0] else 0
+    return k if 1 <= k <= 8 and gt_size == (k * lq_size[0], k * lq_size[1]) else None
+
+
 def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path: str | None = None,
-         task: str = "blind", user: str = "anonymous", difficulty_value: float | None = None) -> str:
-    """Store the upload as a hard sample and append a flag event; returns a message."""
+         task: str = "blind", user: str = "anonymous", difficulty_value: float | None = None,
+         difficulty_kind: str | None = None) -> str:
+    """Store the upload as a hard sample and append a flag event; returns a message. ``difficulty_kind``
+    says what ``difficulty_value`` measures: "gt" (1 - SSIM against a ground truth) or "proxy"."""
     if not reason:
         raise UserError("choose a reason for the flag")
     lq = to_rgb(ctx.open_upload(image_path))[0]
     gt = to_rgb(ctx.open_upload(gt_path, "ground truth"))[0] if gt_path else None
-    if gt is not None and gt.size != lq.size:
-        raise UserError(f"the ground truth must have the input's size {lq.size[0]}x{lq.size[1]} "
-                        f"(got {gt.size[0]}x{gt.size[1]})")
+    if gt is not None and gt_scale(lq.size, gt.size) is None:
+        raise UserError(f"the ground truth must have the input's size {lq.size[0]}x{lq.size[1]}, or an "
+                        f"integer multiple of it for super-resolution (x4: {4 * lq.size[0]}x{4 * lq.size[1]}); "
+                        f"got {gt.size[0]}x{gt.size[1]}")
     d = None if difficulty_value is None or difficulty_value != difficulty_value else float(difficulty_value)
+    kind = difficulty_kind or None
+    if d is not None and kind not in (None, "gt", "proxy"):
+        raise UserError(f"unknown difficulty kind {difficulty_kind!r}: gt or proxy")
     # Everything is validated before anything is written: a rejected upload leaves no row.
     sid = ctx.store.add_sample(png_bytes(lq), lq.size[0], lq.size[1], png_bytes(gt) if gt else None,
                                source="upload", task=task)
-    ctx.store.flag(sid, user=user, reason=reason, note=note, difficulty=d)
+    ctx.store.flag(sid, user=user, reason=reason, note=note, difficulty=d, difficulty_kind=kind)
     return f"Flagged as hard sample #{sid} ({reason}{', with ground truth' if gt else ''})."
 
 
@@ -196,24 +310,32 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                   elem_id="upload")
             c["gt"] = gr.Image(type="filepath", label="Ground truth (optional)", sources=["upload", "clipboard"])
             c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Task preset")
-            c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True)
-            c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True)
+            # values set again on every page load (ui.build_app): a promoted model is the RL default at once
+            c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True,
+                                   elem_id="sft-picker")
+            c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
+                                  elem_id="rl-picker")
             with gr.Row():
                 c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps",
                                          info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail and cost fidelity")
                 c["seed"] = gr.Number(0, precision=0, label="Seed")
-                c["tile"] = gr.Slider(64, 1024, value=256, step=8, label="Tile size")
-            c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
+                c["tile"] = gr.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size")
+            with gr.Row():
+                c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             with gr.Accordion("Several images", open=False):
                 c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
                 c["run_batch"] = gr.Button("Restore all")
         with gr.Column(scale=2):
             c["slider"] = gr.ImageSlider(label="SFT ⟷ RL", type="pil", elem_id="slider")
             c["input_view"] = gr.Image(label="Input", type="pil", interactive=False)
-            c["scores"] = gr.Dataframe(label="IQA scores (NIQE, PIQE: lower is better)", interactive=False)
+            c["scores"] = gr.Dataframe(label="IQA scores: each row says which way is better; "
+                                             "the last column names the best image", interactive=False,
+                                       elem_id="scores")
             c["difficulty_md"] = gr.Markdown(elem_id="difficulty")
             c["files"] = gr.File(label="Downloads", file_count="multiple")
             c["difficulty"] = gr.State(float("nan"))
+            c["difficulty_kind"] = gr.State("")  # what c["difficulty"] measures: "gt" or "proxy"
             c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
                                             interactive=False, label="Batch results", visible=True)
             c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=6, height=220)
@@ -227,18 +349,36 @@ def render(ctx: AppContext) -> dict[str, Any]:
 
 
 def listen(ctx: AppContext, c: dict[str, Any]) -> None:
-    def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress()):  # noqa: ANN001, B008
+    def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
+                   request: gr.Request = None):
+        key = getattr(request, "session_hash", None) or "anonymous"
+        stop = ctx.stop_flags[key] = threading.Event()
         try:
+            if image:
+                warning = large_image_warning(ctx, image, sft, rl, int(steps))
+                if warning:
+                    gr.Warning(warning, duration=20)
             r = restore(ctx, image, task, sft, rl, int(steps), int(seed or 0), int(tile), gt,
-                        progress=lambda f, s: progress(f, desc=s))
+                        progress=lambda f, s: progress(f, desc=s), stop=stop)
         except UserError as e:
             raise gr.Error(str(e)) from None
-        return ((r.sft, r.rl), r.input, gr.update(value=r.scores, headers=r.headers),
-                f"**{r.difficulty_text}** · both restorations took {r.seconds:.1f} s", r.files, r.difficulty)
+        finally:
+            ctx.stop_flags.pop(key, None)
+        table, note = score_table(r.headers, r.scores)
+        text = f"**{r.difficulty_text}** · both restorations took {r.seconds:.1f} s" + (f"\n\n{note}" if note else "")
+        return ((r.sft, r.rl), r.input, gr.update(value=table, headers=SCORE_HEADERS), text, r.files, r.difficulty,
+                r.difficulty_kind)
 
+    def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001
+        flag_ = ctx.stop_flags.get(getattr(request, "session_hash", None) or "anonymous")
+        if flag_ is not None:
+            flag_.set()  # the running restore raises RestoreStopped at its next tile
+
+    c["stop"].click(on_stop, None, None, queue=False, api_visibility="private")
     c["run"].click(on_restore, [c["image"], c["gt"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"],
                                 c["tile"]],
-                   [c["slider"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["difficulty"]],
+                   [c["slider"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["difficulty"],
+                    c["difficulty_kind"]],
                    api_name="restore", concurrency_limit=1, concurrency_id="models")
 
     def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress()):  # noqa: ANN001, B008
@@ -252,13 +392,14 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                          [c["batch_table"], c["batch_gallery"], c["batch_zip"]], concurrency_limit=1,
                          concurrency_id="models", api_visibility="private")
 
-    def on_flag(image, reason, note, gt, task, d, request: gr.Request):  # noqa: ANN001
+    def on_flag(image, reason, note, gt, task, d, kind, request: gr.Request):  # noqa: ANN001
         try:
-            return flag(ctx, image, reason, note, gt, task, _user(request), d)
+            return flag(ctx, image, reason, note, gt, task, _user(request), d, kind)
         except UserError as e:
             raise gr.Error(str(e)) from None
 
-    c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"]],
+    c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"],
+                                  c["difficulty_kind"]],
                         c["flag_msg"], api_name="flag")
 
     def on_score(image: FileData, metrics: str = "niqe,piqe") -> dict[str, Any]:

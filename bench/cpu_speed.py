@@ -1,0 +1,187 @@
+"""CPU inference speed, before and after the precision/layout/tile settings, measured in one run.
+
+    .venv/bin/python bench/cpu_speed.py                       # everything (~10 min on 2 cores)
+    .venv/bin/python bench/cpu_speed.py --big 800x600 --tiles 256 512 --repeats 2   # quicker look
+
+"Before" is the code path as it was: fp32, default memory layout, 256-px tiles (a freshly loaded
+model without ``set_precision``). "After" is what the CLI and the app do now:
+``set_precision("auto")`` (channels-last on CPUs; bf16 autocast only where the CPU has native bf16)
+and the default tile size. Sections:
+
+1. one forward pass of each shipped network at 256x256 in fp32 / channels-last / bf16 autocast
+   (bf16 is emulated, and slow, on CPUs without AVX512-BF16 or AMX: shown so the choice is visible),
+   and one training step of each at its CPU training shape in fp32 and bf16 autocast;
+2. the app's Restore handler on a 256x256 upload: both shipped models (SFT and RL), warm, default steps;
+3. one model on a large photo (default 1600x1200) at the default steps, model load included, as the
+   CLI does it; and a tile-size sweep that the default tile was chosen from.
+
+Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
+printout when ``--json`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from darl_core.data import builtin_image  # noqa: E402
+from darl_core.degrade import degrade, get_preset  # noqa: E402
+from darl_core.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
+from darl_core.pipeline import DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_TILE, load_pipeline  # noqa: E402
+from darl_core.restorer import cpu_bf16_supported  # noqa: E402
+
+
+def median_time(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def forward_table(repeats: int) -> list[dict[str, object]]:
+    rows = []
+    pipe = load_pipeline(DEFAULT_MODEL)
+    for name, net, cin in (("sft-blind stage 1", pipe.stage1, 3), ("sft-blind denoiser", pipe.unet, 6)):
+        x = torch.randn(1, cin, 256, 256)
+        t = torch.zeros(1, dtype=torch.long)
+        for mode in ("fp32", "fp32, channels-last", "bf16 autocast", "bf16 autocast, channels-last"):
+            cl = "channels-last" in mode
+            net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            xx = x.contiguous(memory_format=torch.channels_last) if cl else x
+            bf16 = mode.startswith("bf16")
+            reps = repeats if (not bf16 or cpu_bf16_supported()) else 1  # emulated bf16: once is enough to see it
+
+            def fwd() -> None:
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    net(xx, t)
+            rows.append({"network": name, "mode": mode, "seconds": median_time(fwd, reps)})
+            print(f"  {name:20s} {mode:30s} {rows[-1]['seconds']:.3f} s", flush=True)
+    return rows
+
+
+def train_table(repeats: int) -> list[dict[str, object]]:
+    """One optimiser step (forward, backward, AdamW) of each network at its CPU training shape."""
+    from darl_core.pipeline import build_stage1, build_unet
+
+    rows = []
+    for name, net, cin, batch in (("stage 1, batch 12 x 96 px", build_stage1("small"), 3, 12),
+                                  ("denoiser, batch 8 x 96 px", build_unet("small"), 6, 8)):
+        opt = torch.optim.AdamW(net.parameters(), 1e-5)
+        x, t = torch.randn(batch, cin, 96, 96), torch.zeros(batch, dtype=torch.long)
+        for mode in ("fp32", "bf16 autocast"):
+            bf16 = mode != "fp32"
+
+            def step() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = net(x, t).sample.float().abs().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            reps = repeats if (not bf16 or cpu_bf16_supported()) else 1
+            rows.append({"network": name, "mode": mode, "seconds": median_time(step, reps)})
+            print(f"  {name:28s} {mode:15s} {rows[-1]['seconds']:.3f} s", flush=True)
+    return rows
+
+
+def app_path(repeats: int, steps: int) -> dict[str, float]:
+    from storage import Store
+    from ui.context import SHIPPED_RL, AppContext
+    from ui.restore_tab import restore
+
+    tmp = Path(tempfile.mkdtemp(prefix="darl-speed-"))
+    hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]
+    save_tensor(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0], tmp / "lq.png")
+    out = {}
+    for label in ("before", "after"):
+        ctx = AppContext(Store(directory=tmp / f"data-{label}"))
+        if label == "before":  # the models as the app loaded them before set_precision existed
+            for p in (str(DEFAULT_MODEL), str(SHIPPED_RL)):
+                ctx._models[p] = load_pipeline(p)
+        tile = 256 if label == "before" else DEFAULT_TILE
+        out[label] = median_time(lambda: restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile,
+                                                 sft_model=str(DEFAULT_MODEL), rl_model=str(SHIPPED_RL)), repeats)
+        print(f"  app, both models, 256x256, {steps} steps, {label}: {out[label]:.2f} s", flush=True)
+    return out
+
+
+def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeats: int) -> dict[str, object]:
+    w, h = size
+    photo = pil_to_tensor(builtin_image("coffee.png"))[None]
+    hq = torch.nn.functional.interpolate(photo, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    im = tensor_to_pil(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0])
+    res: dict[str, object] = {}
+
+    def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.restore` does, minus imports
+        pipe = load_pipeline(DEFAULT_MODEL)
+        if after:
+            pipe.set_precision("auto")
+        pipe(im, num_inference_steps=steps, tile_size=tile)
+    res["before"] = median_time(lambda: cli(False, 256), repeats, warm=0)
+    print(f"  {w}x{h}, {steps} steps, before (fp32, tile 256): {res['before']:.1f} s", flush=True)
+    res["after"] = median_time(lambda: cli(True, DEFAULT_TILE), repeats, warm=0)
+    print(f"  {w}x{h}, {steps} steps, after (auto, tile {DEFAULT_TILE}): {res['after']:.1f} s", flush=True)
+    sweep = {}
+    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe.set_precision("auto")
+    for tile in tiles:
+        if tile == DEFAULT_TILE:
+            continue
+        sweep[str(tile)] = median_time(lambda: pipe(im, num_inference_steps=steps, tile_size=tile), 1, warm=0)
+        print(f"  {w}x{h}, {steps} steps, after, tile {tile}: {sweep[str(tile)]:.1f} s", flush=True)
+    res["tile_sweep"] = sweep
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--big", default="1600x1200", help="WxH of the large-image test")
+    ap.add_argument("--big-repeats", type=int, default=1)
+    ap.add_argument("--tiles", nargs="*", default=["256", "384", "512", "none"], help="tile sizes to sweep")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["forward", "train", "app", "big"])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_bf16_supported()}")
+    report: dict[str, object] = {"threads": torch.get_num_threads(), "native_bf16": cpu_bf16_supported(),
+                                 "steps": args.steps, "default_tile": DEFAULT_TILE}
+    if "forward" not in args.skip:
+        print("1. one forward pass at 256x256 (median)")
+        report["forward"] = forward_table(args.repeats)
+    if "train" not in args.skip:
+        print("1b. one training step (forward + backward + AdamW), median")
+        report["train"] = train_table(args.repeats)
+    if "app" not in args.skip:
+        print("2. the app's Restore handler (median, warm)")
+        app = app_path(args.repeats, args.steps)
+        report["app"] = app | {"ratio": app["before"] / app["after"]}
+        print(f"  ratio before/after: {report['app']['ratio']:.2f}x")
+    if "big" not in args.skip:
+        print("3. one model on a large image, model load included")
+        w, h = (int(v) for v in args.big.lower().split("x"))
+        tiles = [None if t == "none" else int(t) for t in args.tiles]
+        big = big_image((w, h), args.steps, tiles, args.big_repeats)
+        report["big"] = big | {"size": args.big, "ratio": big["before"] / big["after"]}
+        print(f"  ratio before/after: {report['big']['ratio']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
