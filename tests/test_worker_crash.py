@@ -60,7 +60,7 @@ def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tm
         migrate(Store(url, data).engine, "base")  # a clean schema
     store = Store(url, data)
     ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(50 + i)) for i in range(3)]
-    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 100,
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 160,
                             "ckpt_every": 1}, ids)
     job_dir = data / "jobs" / str(job)
     rng = random.Random(20261126)
@@ -96,10 +96,10 @@ def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tm
     assert kills == KILLS, f"the job ended ({store.job(job).state}) after {kills} kills; make it longer"
     # Now let it finish: it resumes from its last checkpoint, not from scratch.
     done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
-    assert 0 < done_before < 100
+    assert 0 < done_before < 160
     assert _start_worker(data, url).wait(timeout=300) == 0
     j = store.job(job)
     assert j.state == "succeeded" and j.attempts == KILLS + 1, j.error
-    assert latest_checkpoint(job_dir).name == "checkpoint-0000100"
+    assert latest_checkpoint(job_dir).name == "checkpoint-0000160"
     _check_consistent(store, job_dir)
     assert any(c.job_id == job for c in store.checkpoints())
