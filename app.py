@@ -14,31 +14,21 @@ start a worker here, e.g. when workers run on GPU machines).
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from darl_core.pipeline import DEFAULT_MODEL
+from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import AppContext, build_app
-from ui.context import SHIPPED_RL, SHIPPED_SFT_V1
-
-
-def shipped_evaluation(model_dir: Path) -> dict[str, float]:
-    """The numbers a shipped model's card reports (``evaluation.json`` beside its README), if any."""
-    f = model_dir / "evaluation.json"
-    if not f.is_file():
-        return {}
-    return {k: float(v) for k, v in json.loads(f.read_text())["metrics"].items()}
 
 
 def register_shipped(store: Store) -> None:
-    # darl-blind was trained from the single-stage sft-blind-v1; sft-blind is the two-stage restorer.
-    v1 = store.register_checkpoint(str(SHIPPED_SFT_V1), "sft-blind-v1", evaluation=shipped_evaluation(SHIPPED_SFT_V1))
-    store.register_checkpoint(str(SHIPPED_RL), "darl-blind", parent_id=v1, evaluation=shipped_evaluation(SHIPPED_RL))
-    store.register_checkpoint(str(DEFAULT_MODEL), "sft-blind", evaluation=shipped_evaluation(DEFAULT_MODEL))
+    """Register the shipped models with the numbers their cards report (a parent before its children)."""
+    ids: dict[str, int] = {}
+    for m in sorted(SHIPPED_MODELS, key=lambda m: m.parent is not None):
+        ids[m.name] = store.register_checkpoint(str(m.path), m.name, parent_id=ids.get(m.parent or ""),
+                                                evaluation=card_evaluation(m.path))
 
 
 def start_worker() -> subprocess.Popen[bytes]:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from darl_core.data import builtin_image  # noqa: E402
 from darl_core.degrade import degrade, get_preset  # noqa: E402
 from darl_core.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
-from darl_core.pipeline import DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_TILE, load_pipeline  # noqa: E402
+from darl_core.loading import DEFAULT_MODEL, load_restorer  # noqa: E402
+from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE  # noqa: E402
 from darl_core.restorer import cpu_bf16_supported  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def median_time(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
 
 def forward_table(repeats: int) -> list[dict[str, object]]:
     rows = []
-    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe = load_restorer(DEFAULT_MODEL)
     for name, net, cin in (("sft-blind stage 1", pipe.stage1, 3), ("sft-blind denoiser", pipe.unet, 6)):
         x = torch.randn(1, cin, 256, 256)
         t = torch.zeros(1, dtype=torch.long)
@@ -110,7 +111,7 @@ def app_path(repeats: int, steps: int) -> dict[str, float]:
         ctx = AppContext(Store(directory=tmp / f"data-{label}"))
         if label == "before":  # the models as the app loaded them before set_precision existed
             for p in (str(DEFAULT_MODEL), str(SHIPPED_RL)):
-                ctx._models[p] = load_pipeline(p)
+                ctx._models[p] = load_restorer(p)
         tile = 256 if label == "before" else DEFAULT_TILE
         out[label] = median_time(lambda: restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile,
                                                  sft_model=str(DEFAULT_MODEL), rl_model=str(SHIPPED_RL)), repeats)
@@ -126,7 +127,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     res: dict[str, object] = {}
 
     def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.restore` does, minus imports
-        pipe = load_pipeline(DEFAULT_MODEL)
+        pipe = load_restorer(DEFAULT_MODEL)
         if after:
             pipe.set_precision("auto")
         pipe(im, num_inference_steps=steps, tile_size=tile)
@@ -135,7 +136,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     res["after"] = median_time(lambda: cli(True, DEFAULT_TILE), repeats, warm=0)
     print(f"  {w}x{h}, {steps} steps, after (auto, tile {DEFAULT_TILE}): {res['after']:.1f} s", flush=True)
     sweep = {}
-    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe = load_restorer(DEFAULT_MODEL)
     pipe.set_precision("auto")
     for tile in tiles:
         if tile == DEFAULT_TILE:

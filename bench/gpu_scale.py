@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.latent import random_sd_upscaler  # noqa: E402
-from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.restorer import Restorer  # noqa: E402
 from darl_core.rl import PoolSample, get_rl_preset, train_rl  # noqa: E402
 from darl_core.sampler import step_std  # noqa: E402
+from darl_core.testing import random_sd_upscaler  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -82,7 +82,7 @@ def _median_s(fn: Callable[[], object], device: str, repeats: int,
 
 def bench_restore(model_dir: Path, args: argparse.Namespace) -> dict[str, float | None]:
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    r = load_pipeline(model_dir, args.device, dtype)
+    r = load_restorer(model_dir, args.device, dtype)
     lq = torch.rand(1, 3, args.lq, args.lq)
 
     def once() -> None:
@@ -186,7 +186,7 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()  # the fp16 restorer is gone with bench_restore's frame
         res.update(bench_rl(tmp / "model", args, tmp))
-        fp32 = load_pipeline(tmp / "model", args.device)  # as the trainer loads it (autocast on top)
+        fp32 = load_restorer(tmp / "model", args.device)  # as the trainer loads it (autocast on top)
         res["bare_unet_s"] = bench_bare(fp32, args, int(res["epochs"]))
         res["rl_ratio"] = res["rl_iteration_median_s"] / res["bare_unet_s"]
         res.update(bench_vae(fp32, args, int(res["epochs"])))

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS, load_pipeline  # noqa: E402
+from darl_core.loading import load_restorer  # noqa: E402
+from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
 from darl_core.rewards import get_metric  # noqa: E402
 
 METRICS = ("psnr", "ssim", "niqe", "piqe")
@@ -97,7 +98,7 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
     # "path@1,4" gives a model its own step counts
     model_steps = {label: [int(x) for x in path.split("@", 1)[1].split(",")] if "@" in path else steps
                    for label, path in models.items()}
-    pipes = {label: load_pipeline(path.split("@", 1)[0]) for label, path in models.items()}
+    pipes = {label: load_restorer(path.split("@", 1)[0]) for label, path in models.items()}
     peer_fns = _peers() if peers else {}
     clean_done = False
     t0 = time.time()

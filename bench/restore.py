@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darl_core.data import builtin_image  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS, load_pipeline  # noqa: E402
+from darl_core.loading import load_restorer  # noqa: E402
+from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    pipe = load_pipeline(args.model)
+    pipe = load_restorer(args.model)
     pipe.set_progress_bar_config(disable=True)
     im = builtin_image("coffee.png").crop((0, 0, args.size, args.size))
     x = torch.rand(1, 6, args.size, args.size)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from darl_core import photos  # noqa: E402
 from darl_core.data import TRAIN_IMAGES, builtin_image  # noqa: E402
 from darl_core.images import pil_to_tensor  # noqa: E402
-from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.reward_check import reward_sanity  # noqa: E402
 from darl_core.rewards import create_reward  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     clean = crops(a.crops)
-    pipe = load_pipeline(a.model) if a.model else None
+    pipe = load_restorer(a.model) if a.model else None
     t0 = time.time()
     rows = {}
     for spec in a.specs:

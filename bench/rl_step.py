@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.pipeline import load_pipeline  # noqa: E402
+from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.rl import darl, train_rl  # noqa: E402
 
 
 def bare_compute(batch: int, steps: int, patch: int, epochs: int, device: str, repeats: int) -> float:
-    unet = load_pipeline(None, device).unet
+    unet = load_restorer(None, device).unet
     x = torch.randn(batch, 6, patch, patch, device=device)
     t = torch.full((batch,), 500, device=device)
     k = steps - 1

@@ -13,15 +13,17 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from .degrade import DegradationConfig, degrade, get_preset
 from .difficulty import difficulty, difficulty_no_reference, relative_weights
-from .latent import LatentRestorer
-from .pipeline import DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_TILE, ModelLoadError, RestorationPipeline, load_pipeline
+from .latent import LatentRestorer, LDMSRRestorer, SDUpscaleRestorer
+from .loading import DEFAULT_MODEL, ModelLoadError, load_pipeline, load_restorer
+from .pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
+from .pool import PoolSample, build_pool
 from .restorer import Precision, Restorer, cpu_bf16_supported
 from .rewards import MissingWeightsError, create_reward, get_metric, list_metrics
 from .rl import RLConfig, get_rl_preset, train_rl
 from .train_sft import SFTConfig, train_sft
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_TILE", "DegradationConfig", "LatentRestorer", "MissingWeightsError",
-           "ModelLoadError", "Precision", "RLConfig", "RestorationPipeline", "Restorer", "SFTConfig", "cpu_bf16_supported", "create_reward", "degrade",
-           "difficulty",
-           "difficulty_no_reference", "get_metric", "get_preset", "get_rl_preset", "list_metrics",
-           "load_pipeline", "relative_weights", "train_rl", "train_sft"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_TILE", "DegradationConfig", "LDMSRRestorer", "LatentRestorer",
+           "MissingWeightsError", "ModelLoadError", "PoolSample", "Precision", "RLConfig", "RestorationPipeline",
+           "Restorer", "SDUpscaleRestorer", "SFTConfig", "build_pool", "cpu_bf16_supported", "create_reward",
+           "degrade", "difficulty", "difficulty_no_reference", "get_metric", "get_preset", "get_rl_preset",
+           "list_metrics", "load_pipeline", "load_restorer", "relative_weights", "train_rl", "train_sft"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
+import re
 import typing
 from dataclasses import fields, replace
 from typing import Any, TypeVar
@@ -20,14 +23,36 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment after each field of the dataclass ``cls`` in its source, with the comment lines
+    that continue it (the house style: a one-line comment on every config field)."""
+    out: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$", line)
+        if m and not line.lstrip().startswith(("#", "def ", "@", "return")):
+            last = m.group(1)
+            out[last] = (m.group(2) or "").strip()
+            continue
+        c = re.match(r"\s+#\s?(.*)$", line)
+        if c and last is not None:
+            out[last] = f"{out[last]} {c.group(1).strip()}".strip()
+        else:
+            last = None
+    return out
+
+
 def add_config_args(ap: argparse.ArgumentParser, cls: type) -> None:
     """Add ``--field-name`` for every field of the dataclass ``cls`` (help: the field's comment)."""
     hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
     for f in fields(cls):
         base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
         kind = {bool: _parse_bool, int: int, float: float}.get(base[0], str)
+        text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                        help=f"(default: {f.default})")
+                        help=f"{text} (default: {f.default})".strip())
 
 
 def config_from_args(cfg: T, args: argparse.Namespace) -> T:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .degrade import DegradationConfig, degrade
+from .degrade import DegradationConfig, degrade, get_preset
 from .images import IMAGE_SUFFIXES, load_rgb, pil_to_tensor
 
 __all__ = ["HELDOUT_IMAGES", "PatchSampler", "TRAIN_IMAGES", "builtin_image", "dead_leaves",
@@ -176,6 +176,20 @@ def _at_least(x: torch.Tensor, side: int) -> torch.Tensor:
     s = side / min(h, w)
     return F.interpolate(x[None], size=(max(side, round(h * s)), max(side, round(w * s))),
                          mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+def validation_set(task: str, crops: int = 8, photos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed (LQ, HQ) 192 px crops of the training photos (or of dead leaves without ``photos``),
+    degraded with the ``task`` preset at a seed training never uses: the curves' validation set."""
+    size = 192
+    if photos:
+        imgs = [pil_to_tensor(builtin_image(n)) for n in TRAIN_IMAGES[:crops]]
+        hq = torch.stack([x[:, (x.shape[1] - size) // 2 :][:, :size, (x.shape[2] - size) // 2 :][:, :, :size]
+                          for x in imgs])
+    else:
+        hq = PatchSampler.from_sources(size, 999_999, None, False, crops).sample(crops)
+    lq = degrade(hq, get_preset(task), torch.Generator().manual_seed(987_654_321))
+    return lq, hq
 
 
 def heldout_pairs(cfg: DegradationConfig, seed: int = 0, size: int = 256,

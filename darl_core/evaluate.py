@@ -4,7 +4,7 @@
         --reward niqe --nr-metric piqe --out docs/results
 
 Rows: the degraded input (bicubic-upsampled to the GT's size for x4
-pairs), then each model (any family ``load_pipeline`` loads). Columns: PSNR, SSIM, the reward
+pairs), then each model (any family ``load_restorer`` loads). Columns: PSNR, SSIM, the reward
 metric and a no-reference metric that was not the reward, over the whole
 held-out set and over its hardest quartile, where "hardest" is ranked by the
 difficulty (1 - SSIM) of the *first* model's restorations (the SFT model by
@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 from .data import HELDOUT_IMAGES, folder_images, heldout_pairs
 from .degrade import get_preset
 from .images import pil_to_tensor
-from .pipeline import ModelLoadError, load_pipeline
-from .restorer import Precision
+from .loading import ModelLoadError, load_restorer
+from .restorer import Precision, Restorer
 from .rewards import get_metric
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "heldout_check", "main"]
 
 
 def _pairs(data: str | None, task: str, seed: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -76,7 +76,7 @@ def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piq
     per_model: dict[str, dict[str, list[float]]] = {"input": _score(inputs, gts, metrics, device)}
     first = None
     for label, path in models.items():
-        pipe = load_pipeline(path, device)
+        pipe = load_restorer(path, device)
         pipe.set_precision(precision)
         outs = [pipe.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i))[0].cpu()
                 for i, (_, lq, _) in enumerate(tqdm(pairs, desc=f"restore {label}", leave=False))]
@@ -103,6 +103,30 @@ def evaluate(models: dict[str, str], reward: str = "niqe", nr_metric: str = "piq
         for i, n in enumerate(names):
             per_image.append({"model": label, "image": n, "hard": i in hard, **{m: sc[m][i] for m in metrics}})
     return rows, per_image
+
+
+@torch.no_grad()
+def heldout_check(restorer: Restorer, steps: int, crops: int = 8, size: int = 128, seed: int = 0
+                  ) -> dict[str, float]:
+    """A quick check of a restorer on photos no model trained on, degraded by Pillow and the JPEG codec
+    (``evalset``, random strengths): mean PSNR and SSIM of its restorations and of the inputs, over
+    ``crops`` crops of the built-in held-out photos. What the worker registers with a finished job's
+    model. x1 restorers only (the pairs are restoration pairs); others get an empty dict."""
+    from .data import builtin_image
+    from .evalset import independent_pairs
+
+    if restorer.output_scale != 1:
+        return {}
+    photos = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]
+    pairs = independent_pairs(seed=seed, size=size, per_image=max(1, -(-crops // len(photos))), images=photos)[:crops]
+    psnr, ssim = get_metric("psnr"), get_metric("ssim")
+    out = {"heldout_psnr": [], "heldout_ssim": [], "heldout_input_psnr": []}
+    for i, (_, lq, hq, _) in enumerate(pairs):
+        restored = restorer.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i)).cpu()
+        out["heldout_psnr"].append(float(psnr(restored, hq[None])))
+        out["heldout_ssim"].append(float(ssim(restored, hq[None])))
+        out["heldout_input_psnr"].append(float(psnr(lq[None], hq[None])))
+    return {k: sum(v) / len(v) for k, v in out.items()}
 
 
 def write_tables(rows: list[dict[str, object]], per_image: list[dict[str, object]], out: Path,

@@ -2,19 +2,36 @@
 
 The reference (SFT) policy of the RL loss is the same network with its
 adapters switched off (``adapters_disabled``), so no second copy is kept.
+
+A trained adapter is stored as a small folder (``save_adapter``): ``lora.safetensors`` and
+``darl_lora.json`` (its rank, alpha, targets and the name of its base model); ``loading``
+loads such a folder on top of its base.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
 
-__all__ = ["add_lora", "adapters_disabled", "lora_state_dict", "load_lora_state_dict", "merged_copy"]
+__all__ = ["LORA_FILE", "add_lora", "adapters_disabled", "load_lora_state_dict", "lora_state_dict", "merged_copy",
+           "read_adapter", "save_adapter"]
+
+LORA_FILE = "darl_lora.json"  # the file that marks an adapter folder (its metadata)
 
 TARGETS = {"all": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_shortcut", "time_emb_proj"],
            "attn": ["to_q", "to_k", "to_v", "to_out.0"]}  # named sets of adapted layers
@@ -76,3 +93,22 @@ def merged_copy(unet: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Modul
         state[k.replace(".base_layer", "")] = v
     fresh.load_state_dict(state)
     return fresh
+
+
+def save_adapter(unet: torch.nn.Module, path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write the UNet's adapter weights and ``info`` (the base model's name, ...) with its rank,
+    alpha and targets as an adapter folder."""
+    meta = getattr(unet, "_darl_lora", None)
+    if not meta:
+        raise ValueError("the UNet has no LoRA adapter")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in lora_state_dict(unet).items()},
+              str(path / "lora.safetensors"))
+    (path / LORA_FILE).write_text(json.dumps({**info, **meta}, indent=2))
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and the weights of an adapter folder (OSError or ValueError when incomplete)."""
+    path = Path(path)
+    return json.loads((path / LORA_FILE).read_text()), load_file(str(path / "lora.safetensors"))

@@ -33,26 +33,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from PIL import Image
 
+from .lora import merged_copy
 from .restorer import Noise, Restorer, Trajectory, timestep_batch
 from .tiling import tiled_apply
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_TILE", "ModelLoadError", "RestorationPipeline", "Trajectory", "build_stage1",
-           "build_unet", "load_pipeline", "make_scheduler"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_TILE", "RestorationPipeline", "Trajectory", "build_stage1", "build_unet",
+           "make_scheduler"]
 
 DEFAULT_STEPS = 2  # DDIM steps of the app and CLI: 0 = stage 1 alone (most faithful); more steps add detail and cost fidelity (docs/quality)
 DEFAULT_TILE = 256  # tile side of the app and CLI for large images (bench/cpu_speed.py measured the choice)
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "sft-blind"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
 
 
 def make_scheduler() -> DDIMScheduler:
@@ -181,6 +176,16 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     def save(self, path: str | os.PathLike) -> None:
         self.save_pretrained(path)
 
+    def export(self, path: str | os.PathLike) -> None:
+        """The pipeline; with a LoRA, the adapter merged into a plain pipeline (small pixel models:
+        the app loads it as it is, with no base to find)."""
+        if not getattr(self.unet, "_darl_lora", None):
+            return self.save(path)
+        unet = self.unet
+        fresh = merged_copy(unet, type(unet).from_config(unet.config).to(unet.device, unet.dtype))
+        RestorationPipeline(fresh, self.scheduler, self.config.residual_scale, self.config.upscale,
+                            stage1=self.stage1).save_pretrained(path)
+
     @torch.no_grad()
     def __call__(self, image: Image.Image | list[Image.Image], num_inference_steps: int = DEFAULT_STEPS,
                  eta: float = 0.0, seed: int | None = 0, tile_size: int | None = 256,
@@ -190,71 +195,3 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
         (``callback``: per-tile progress, see ``Restorer.restore_tensor``)."""
         return self.restore_images(image, num_inference_steps, eta, seed, tile_size, tile_overlap, progress,
                                    callback)
-
-
-FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "sd_upscale",
-            "LDMSuperResolutionPipeline": "ldm_sr"}  # pipeline class -> restorer family
-
-
-def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> Restorer:
-    """Load a restorer from a local folder or a Hugging Face repo id (cache first).
-
-    The family follows the folder's pipeline class (``FAMILIES``): our pixel
-    model, a Stable Diffusion x4 upscaler or an LDM super-resolution pipeline;
-    a folder holding a DARL LoRA (``darl_lora.json``) loads its base model and
-    the adapter. Raises ``ModelLoadError`` with an actionable message when the
-    folder is missing or incomplete, the class is not supported, or the id is
-    neither cached nor downloadable.
-    """
-    from .latent import LORA_FILE, load_lora_folder
-
-    model = DEFAULT_MODEL if model is None else model
-    path = Path(model).expanduser()
-    try:
-        if path.exists():
-            if (path / LORA_FILE).is_file():
-                return load_lora_folder(path, device, dtype)
-            if not (path / "model_index.json").is_file():
-                raise ModelLoadError(f"{path} is not a DARL model folder (no model_index.json)")
-            pipe = _build(str(path), dtype)
-        else:
-            if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
-                raise ModelLoadError(f"model folder {model} does not exist")
-            pipe = _from_hub(str(model), dtype)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"could not load model {model}: {e}") from e
-    return pipe.to(device)
-
-
-def _build(source: str, dtype: torch.dtype, **kw: object) -> Restorer:
-    """The restorer of the family that ``source``'s model_index.json names."""
-    name = DiffusionPipeline.load_config(source, **kw).get("_class_name")
-    if FAMILIES.get(name) == "pixel":
-        return RestorationPipeline.from_pretrained(source, dtype=dtype, **kw)
-    if name in FAMILIES:
-        from .latent import LatentRestorer
-
-        return LatentRestorer.from_pretrained(source, dtype=dtype, **kw)
-    raise ModelLoadError(f"{source} holds a {name}; DARL drives {', '.join(sorted(FAMILIES))}")
-
-
-def _from_hub(repo_id: str, dtype: torch.dtype) -> Restorer:
-    try:
-        return _build(repo_id, dtype, local_files_only=True)
-    except (OSError, ValueError):
-        pass  # not in the local cache: try the Hub unless we are told we are offline
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    hint = (f"On a connected machine run `huggingface-cli download {repo_id} --local-dir DIR`, "
-            f"copy DIR here and pass it as the model path.")
-    if offline:
-        raise ModelLoadError(f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. {hint}")
-    try:
-        return _build(repo_id, dtype)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # network errors come in many classes; all mean the same to the user
-        raise ModelLoadError(f"could not fetch model {repo_id!r} from the Hugging Face Hub "
-                             f"(offline or no such repo: {type(e).__name__}). {hint}") from e

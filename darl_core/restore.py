@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, load_image
-from .pipeline import DEFAULT_STEPS, DEFAULT_TILE, ModelLoadError, load_pipeline
+from .loading import ModelLoadError, load_restorer
+from .pipeline import DEFAULT_STEPS, DEFAULT_TILE
 
 
 def _target(out: Path) -> Path:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                          "runs it natively, else fp32; channels-last on CPUs either way")
     args = ap.parse_args(argv)
     try:
-        pipe = load_pipeline(args.model, args.device)
+        pipe = load_restorer(args.model, args.device)
         pipe.set_precision(args.precision)
     except ModelLoadError as e:
         print(f"error: {e}", file=sys.stderr)

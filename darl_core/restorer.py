@@ -30,8 +30,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -113,6 +113,7 @@ class Restorer(ABC):
     abstract methods."""
 
     family: str = ""  # "pixel", "sd_upscale" or "ldm_sr"
+    source: str | None = None  # the folder or Hub id it was loaded from (set by ``loading.load_restorer``)
     inference_bf16: bool = False  # bf16 autocast in restore_tensor (set by ``set_precision``)
     unet: torch.nn.Module  # the denoiser: what the RL trainer optimises (LoRA goes here)
     scheduler: DDIMScheduler  # the noise schedule (our DDIM step samples it)
@@ -141,7 +142,16 @@ class Restorer(ABC):
 
     @abstractmethod
     def save(self, path: str | os.PathLike) -> None:
-        """Write a folder that ``load_pipeline`` loads back."""
+        """Write a folder that ``loading.load_restorer`` loads back."""
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write the trained model as the app and the CLI load it: ``save`` here; families with a
+        LoRA write a merged model or the adapter folder instead (the trainer calls only this)."""
+        self.save(path)
+
+    def adapter_info(self) -> dict[str, Any]:
+        """What an adapter folder records besides the adapter (``lora.save_adapter``)."""
+        return {"base_model": self.source, "family": self.family}
 
     @property
     @abstractmethod

@@ -62,8 +62,9 @@ are averaged once per optimiser step, and only the main process validates,
 logs and writes checkpoints.
 
 Training reports through ``callbacks`` (``on_round(record)``,
-``on_checkpoint(path, record)``, ``should_stop() -> bool``, called on the
-main process; ``on_finish(restorer)``, called on every process at the end)
+``on_checkpoint(path, record)``, ``should_stop() -> bool``,
+``on_sample(round, lq, restored)`` (the pool's first input restored after
+every round, in [0, 1]), called on the main process; ``on_finish(restorer)``, called on every process at the end)
 and imports neither Gradio nor the store. Randomness comes from one generator whose
 state is checkpointed, so a resumed run reproduces an uninterrupted one.
 """
@@ -73,35 +74,28 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
-from .data import PatchSampler, folder_images
-from .degrade import degrade, get_preset
+from .data import validation_set
 from .difficulty import difficulty, relative_weights
-from .images import load_rgb, pil_to_tensor
-from .lora import (
-    adapters_disabled,
-    add_lora,
-    load_lora_state_dict,
-    lora_state_dict,
-    merged_copy,
-)
-from .pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
+from .distributed import Processes
+from .loading import load_restorer
+from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict
+from .pool import PoolSample, build_pool, synthetic_pool
 from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
 from .sampler import ddim_step
-from .train_sft import SFTConfig, validation_set
 
-__all__ = ["PRESETS", "PoolSample", "RLConfig", "RewardMemory", "build_pool", "get_rl_preset", "policy_losses",
-           "ppo_loss", "synthetic_pool", "train_rl"]
+__all__ = ["PRESETS", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
+           "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
 
@@ -163,6 +157,15 @@ class RLConfig:
     stop_file: str | None = None  # stop (with a checkpoint) once this file exists (multi-process jobs)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: RLConfig | None = None) -> RLConfig:
+        """``base`` (default: the defaults) with the fields ``values`` names replaced; an unknown
+        field is a ValueError that lists it (a job's stored config, a ``--config`` file)."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}")
+        return replace(base if base is not None else cls(), **values)
+
 
 def darl() -> RLConfig:
     """The full method with the IQA reward (NIQE, offline)."""
@@ -195,93 +198,20 @@ PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_unif
                                               "rl_gt_reward": rl_gt_reward, "tiny_test": tiny_test}
 
 
+# Run sizes: fields applied over a method's preset, so any method can first be tried in minutes.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {},  # the method's own settings (192 px crops, 4 steps, G = 4, 2 PPO epochs, diagnostics)
+    # A quick test: smaller crops, 2 DDIM steps, 2 rollouts per input, one PPO epoch, no extra diagnostic
+    # backward pass; a round of the shipped model on one flagged image takes seconds on 2 CPU cores.
+    "quick": {"patch": 96, "num_steps": 2, "group_size": 2, "epochs": 1, "diag_every": 0},
+}
+
+
 def get_rl_preset(name: str) -> RLConfig:
     try:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown RL preset {name!r}; choose one of {sorted(PRESETS)}") from None
-
-
-# ----------------------------------------------------------------------------- pool
-
-@dataclass
-class PoolSample:
-    id: str  # stable key across rounds (the reward memory and the logs use it)
-    lq: torch.Tensor  # (3, P, P) degraded input in [0, 1]
-    gt: torch.Tensor | None  # (3, P, P) ground truth, or None
-
-
-def _fit(x: torch.Tensor, side: int, g: torch.Generator | None = None) -> tuple[int, int, torch.Tensor]:
-    """A ``side`` crop (random with ``g``, else centred) of x, enlarged first if it is smaller."""
-    if min(x.shape[1:]) < side:
-        s = side / min(x.shape[1:])
-        x = torch.nn.functional.interpolate(x[None], size=(max(side, round(x.shape[1] * s)),
-                                                           max(side, round(x.shape[2] * s))),
-                                            mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
-    h, w = x.shape[1:]
-    if g is None:
-        y0, x0 = (h - side) // 2, (w - side) // 2
-    else:
-        y0 = int(torch.randint(h - side + 1, (1,), generator=g))
-        x0 = int(torch.randint(w - side + 1, (1,), generator=g))
-    return y0, x0, x[:, y0 : y0 + side, x0 : x0 + side]
-
-
-def _pair(lq: torch.Tensor, gt: torch.Tensor, side: int, scale: int, name: str,
-          g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aligned crops: ``side`` of the GT and ``side / scale`` of the LQ (random with ``g``, else centred)."""
-    if tuple(gt.shape[1:]) != (lq.shape[1] * scale, lq.shape[2] * scale):
-        raise ValueError(f"{name}: GT {tuple(gt.shape[1:])} is not {scale}x LQ {tuple(lq.shape[1:])} "
-                         f"(the model's output scale)")
-    if scale == 1:
-        both = _fit(torch.cat([lq, gt]), side, g)[2]
-        return both[:3], both[3:]
-    small = side // scale
-    if min(lq.shape[1:]) < small:
-        raise ValueError(f"{name}: LQ {tuple(lq.shape[1:])} is smaller than the crop side {small}")
-    y0, x0, lq_c = _fit(lq, small, g)
-    return lq_c, gt[:, y0 * scale : (y0 + small) * scale, x0 * scale : (x0 + small) * scale]
-
-
-def build_pool(cfg: RLConfig, scale: int = 1) -> list[PoolSample]:
-    """The training pool the config names: samples file, pairs folder, or synthetic degradations.
-
-    ``scale`` is the model's output scale: the GT crop is ``patch`` and the LQ crop ``patch / scale``.
-    """
-    g = torch.Generator().manual_seed(cfg.seed + 17)
-    if cfg.samples_file:
-        items = json.loads(Path(cfg.samples_file).read_text())
-        pool = []
-        for it in items:
-            lq = pil_to_tensor(load_rgb(it["lq"]))
-            if it.get("gt"):
-                lq_c, gt_c = _pair(lq, pil_to_tensor(load_rgb(it["gt"])), cfg.patch, scale, f"sample {it['id']}")
-            else:
-                lq_c, gt_c = _fit(lq, cfg.patch // scale)[2], None
-            pool.append(PoolSample(str(it["id"]), lq_c, gt_c))
-        return pool
-    if cfg.pairs_folder:
-        root = Path(cfg.pairs_folder)
-        lqs = dict(folder_images(root / "lq", 1))
-        gts = dict(folder_images(root / "gt", 1))
-        pool = []
-        for name in sorted(lqs):
-            if name not in gts:
-                raise ValueError(f"{root / 'lq' / name} has no ground truth {root / 'gt' / name}")
-            lq_c, gt_c = _pair(pil_to_tensor(lqs[name]), pil_to_tensor(gts[name]), cfg.patch, scale, name, g)
-            pool.append(PoolSample(name, lq_c, gt_c))
-        return pool
-    return synthetic_pool(cfg, g)
-
-
-def synthetic_pool(cfg: RLConfig, g: torch.Generator | None = None) -> list[PoolSample]:
-    """``pool_size`` crops of the HQ folder (default: built-in training photos) degraded with ``task``."""
-    g = g if g is not None else torch.Generator().manual_seed(cfg.seed + 17)
-    sampler = PatchSampler.from_sources(cfg.patch, cfg.seed + 23, cfg.hq_folder, cfg.hq_folder is None,
-                                        n_dead_leaves=0 if cfg.patch > 64 else 2)
-    hq = sampler.sample(cfg.pool_size)
-    lq = degrade(hq, get_preset(cfg.task), g)
-    return [PoolSample(f"syn-{k:04d}", lq[k], hq[k]) for k in range(cfg.pool_size)]
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -363,72 +293,8 @@ def _truncate_log(path: Path, last_round: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
-class _Procs:
-    """This process's place among the training processes (an ``accelerate.Accelerator`` when launched
-    by ``accelerate launch``; alone otherwise) and the few collectives the trainer needs."""
-
-    def __init__(self, cfg: RLConfig):
-        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by accelerate launch / torchrun
-        self.acc = None
-        if multi:
-            from accelerate import Accelerator
-
-            self.acc = Accelerator(cpu=_device(cfg.device).type == "cpu")
-        self.rank = self.acc.process_index if multi else 0
-        self.world = self.acc.num_processes if multi else 1
-        self.main = self.rank == 0
-        self.device = self.acc.device if multi else _device(cfg.device)
-        if cfg.batch_size * cfg.group_size % self.world:
-            raise ValueError(f"batch_size x group_size ({cfg.batch_size} x {cfg.group_size} rollouts) must be a "
-                             f"multiple of the {self.world} processes")
-
-    def rows(self, n: int) -> slice:
-        """This process's rows of a global batch of ``n``."""
-        b = n // self.world
-        return slice(self.rank * b, (self.rank + 1) * b)
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate every process's rows, in rank order (= the global batch's order)."""
-        return x if self.acc is None else self.acc.gather(x.contiguous())
-
-    def gather_objects(self, items: list) -> list:
-        if self.acc is None:
-            return items
-        from accelerate.utils import gather_object
-
-        return gather_object(items)
-
-    def mean(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.acc is None else self.acc.reduce(x, "mean")
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        # Several forward/backward passes make one optimiser step (each transition, the reference
-        # with adapters off, the SFT term), so rather than DDP's per-backward hooks we average the
-        # accumulated gradients once per step: one all-reduce of one flat buffer.
-        if self.acc is None:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.mean(torch.cat([g_.flatten() for g_ in grads]))
-        for p, g_ in zip(params, torch.split(flat, [g_.numel() for g_ in grads])):
-            p.grad = g_.view_as(p).clone()
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when it is True on any (stop flags agree)."""
-        if self.acc is None:
-            return flag
-        return bool(self.mean(torch.tensor([float(flag)], device=self.device)) > 0)
-
-    def barrier(self) -> None:
-        if self.acc is not None:
-            self.acc.wait_for_everyone()
-
-
 @torch.no_grad()
-def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: _Procs | None = None,
+def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: Processes | None = None,
              chunk: int = 16) -> torch.Tensor:
     """Deterministic restorations of ``lq`` (fixed noise per chunk: comparable from round to round);
     with several processes each restores every world-th chunk and all get the whole result."""
@@ -441,7 +307,7 @@ def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: _Procs | Non
 
 
 def _pool_difficulty(policy: Restorer, pool: list[PoolSample], cfg: RLConfig, device: torch.device,
-                     procs: _Procs | None = None) -> torch.Tensor:
+                     procs: Processes | None = None) -> torch.Tensor:
     """d for every pool sample (+inf where there is no GT: flagged samples always count as hard)."""
     d = torch.full((len(pool),), math.inf)
     idx = [i for i, s in enumerate(pool) if s.gt is not None]
@@ -535,13 +401,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     callbacks = callbacks or {}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    procs = _Procs(cfg)
+    procs = Processes(cfg.device)
     device, main = procs.device, procs.main
+    if cfg.batch_size * cfg.group_size % procs.world:
+        raise ValueError(f"batch_size x group_size ({cfg.batch_size} x {cfg.group_size} rollouts) must be a "
+                         f"multiple of the {procs.world} processes")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # the same on every process: the same batches
 
     # Policy, and the frozen reference it is kept close to (the SFT model).
-    policy = load_pipeline(cfg.base_model, device)
+    policy = load_restorer(cfg.base_model, device)
     unet = policy.unet
     scale = policy.output_scale
     if cfg.lora_rank:
@@ -593,38 +462,12 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     procs.barrier()
     val = None
     if cfg.val_every and main:
-        val = validation_set(SFTConfig(val_crops=8, task=cfg.task if scale > 1 else "blind"))
+        val = validation_set(cfg.task if scale > 1 else "blind", crops=8)
     if main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         metrics_log = open(out / "metrics.jsonl", "a")
         diff_log = open(out / "difficulty.jsonl", "a")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    base_name = str(Path(cfg.base_model).resolve()) if cfg.base_model and Path(cfg.base_model).exists() else (
-        cfg.base_model or str(DEFAULT_MODEL))
-
-    def export(path: Path) -> None:
-        unet.eval()
-        if cfg.lora_rank and isinstance(policy, RestorationPipeline):
-            # Small pixel models: merge the adapter into a plain pipeline the app loads as is.
-            fresh = merged_copy(unet, type(unet).from_config(unet.config).to(unet.device, unet.dtype))
-            RestorationPipeline(fresh, policy.scheduler, policy.config.residual_scale,
-                                policy.config.upscale, stage1=policy.stage1).save_pretrained(path)
-        elif cfg.lora_rank:
-            from .latent import save_lora
-
-            save_lora(policy, path, base_name)  # large latent models: the adapter and its base's name
-        else:
-            policy.save(path)
-
-    def checkpoint(rnd: int, rec: dict[str, object]) -> None:
-        if main:
-            state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
-                     "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
-                     "round": rnd, "generator": g.get_state(), "config": asdict(cfg)}
-            path = save_checkpoint(out, rnd, export, state)
-            if "on_checkpoint" in callbacks:
-                callbacks["on_checkpoint"](path, rec)
-        procs.barrier()
 
     if start == 0 and val is not None:
         unet.eval()
@@ -789,6 +632,12 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
                              and isinstance(v, float)})
+            if "on_sample" in callbacks:
+                # The same pool input every round, restored as the app restores (eta = 0, fixed noise), so a
+                # person can watch what training does to one picture.
+                unet.eval()
+                with autocast:
+                    callbacks["on_sample"](done, pool[0].lq, _restore(policy, pool[0].lq[None], cfg.num_steps)[0])
             if "on_round" in callbacks:
                 callbacks["on_round"](rec)
             stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
@@ -796,7 +645,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists())
         stop = procs.any(stop)  # the main process decides; all stop together
         if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
-            checkpoint(done, rec)
+            # Everything an exact resume needs, beside the exported model (written atomically).
+            if main:
+                unet.eval()
+                state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
+                         "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
+                         "round": done, "generator": g.get_state(), "config": asdict(cfg)}
+                path = save_checkpoint(out, done, policy.export, state)
+                if "on_checkpoint" in callbacks:
+                    callbacks["on_checkpoint"](path, rec)
+            procs.barrier()
         if stop:
             break
     bar.close()
@@ -804,7 +662,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     if main:
         metrics_log.close()
         diff_log.close()
-        atomic_dir(final, export)
+        unet.eval()
+        atomic_dir(final, policy.export)  # the restorer decides the format: full, merged LoRA or adapter folder
     procs.barrier()
     if "on_finish" in callbacks:
         callbacks["on_finish"](policy)

@@ -15,23 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields, replace
 from pathlib import Path
 
 from .cli import add_config_args, config_from_args
 from .rl import PRESETS, RLConfig, train_rl
 
-__all__ = ["launch_command", "main"]
-
-
-def launch_command(config_file: str | Path, processes: int, port: int, resume: bool = False) -> list[str]:
-    """The ``accelerate launch`` command line that trains ``config_file`` with ``processes`` processes."""
-    import sys
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), "-m", "darl_core.train_rl", "--config", str(config_file)]
-    return cmd + (["--resume"] if resume else [])
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,11 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = PRESETS[args.preset]()
     if args.config is not None:
-        given = json.loads(args.config.read_text())
-        unknown = set(given) - {f.name for f in fields(RLConfig)}
-        if unknown:
-            ap.error(f"{args.config}: unknown config fields {sorted(unknown)}")
-        cfg = replace(cfg, **given)
+        try:
+            cfg = RLConfig.from_dict(json.loads(args.config.read_text()), cfg)
+        except ValueError as e:
+            ap.error(f"{args.config}: {e}")
     path = train_rl(config_from_args(cfg, args), resume=args.resume)
     print(f"model written to {path}")
 

@@ -42,10 +42,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
-from .data import TRAIN_IMAGES, PatchSampler, builtin_image
+from .data import PatchSampler, validation_set
 from .degrade import degrade, get_preset
-from .images import pil_to_tensor
-from .pipeline import RestorationPipeline, build_stage1, build_unet, load_pipeline, make_scheduler
+from .distributed import resolve_device
+from .loading import load_restorer
+from .pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
 
 __all__ = ["SFTConfig", "train_sft", "PRESETS"]
 
@@ -158,19 +159,6 @@ class PairStream(torch.utils.data.IterableDataset):
             yield (None if self.cfg.data_on_device else degrade(hq, task, g)), hq
 
 
-def validation_set(cfg: SFTConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed (LQ, HQ) crops of the training photos (or dead leaves), at a seed training never uses."""
-    size = 192
-    if cfg.builtin:
-        imgs = [pil_to_tensor(builtin_image(n)) for n in TRAIN_IMAGES[: cfg.val_crops]]
-        hq = torch.stack([x[:, (x.shape[1] - size) // 2 :][:, :size, (x.shape[2] - size) // 2 :][:, :, :size]
-                          for x in imgs])
-    else:
-        hq = PatchSampler.from_sources(size, 999_999, None, False, cfg.val_crops).sample(cfg.val_crops)
-    lq = degrade(hq, get_preset(cfg.task), torch.Generator().manual_seed(987_654_321))
-    return lq, hq
-
-
 def lr_at(cfg: SFTConfig, step: int, elapsed_s: float) -> float:
     """Warm-up, then cosine decay to 10%. With ``max_minutes`` the decay follows whichever
     of steps or wall time runs out first, so a time-boxed run still ends at a low LR."""
@@ -192,10 +180,6 @@ def validate(pipe: RestorationPipeline, lq: torch.Tensor, hq: torch.Tensor, step
     return {"val_psnr": float(psnr(out, hq).mean()), "val_ssim": float(ssim(out, hq).mean())}
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callable[..., None]] | None = None
               ) -> Path:
     """Train; returns the folder of the exported final model (``output/model``)."""
@@ -204,14 +188,14 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
     callbacks = callbacks or {}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     regression = cfg.stage == "regression"
 
     # Model: fresh, or from a pretrained restorer. One network trains (stage 1 or the denoiser);
     # the other stays as it is. The EMA copy of the trained one is what gets exported.
     if cfg.init_from:
-        pipe = load_pipeline(cfg.init_from)
+        pipe = load_restorer(cfg.init_from)
     else:
         pipe = RestorationPipeline(build_unet(cfg.unet_size, cfg.seed), make_scheduler(), cfg.residual_scale)
     if regression and pipe.stage1 is None:
@@ -245,7 +229,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
                                               prefetch_factor=4 if cfg.num_workers else None))
     task = get_preset(cfg.task)
     device_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + 17 + step)  # degradations on the device
-    val_lq, val_hq = validation_set(cfg)
+    val_lq, val_hq = validation_set(cfg.task, cfg.val_crops, cfg.builtin)
     log = open(out / "metrics.jsonl", "a")
     if step == 0 and cfg.val_every:
         from .rewards import get_metric

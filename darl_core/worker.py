@@ -4,8 +4,9 @@
     python -m darl_core.worker --once          # run at most one job, then exit
 
 A job with ``processes`` > 1 trains through ``accelerate launch`` with that many
-processes (one per GPU), watched by the worker: rounds are read from the run's
-metrics log, and cancelling creates the run's stop file.
+processes (one per GPU; ``launch.train_in_processes``, which knows nothing of the
+store), watched by the worker: rounds are read from the run's metrics log, and
+cancelling creates the run's stop file.
 
 A job's config holds ``preset`` (darl, sft, rl_uniform, rl_gt_reward) and
 any RLConfig fields; its frozen ``sample_ids`` are the training pool. The
@@ -28,35 +29,32 @@ import argparse
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 from storage import IllegalTransition, Job, JobLost, Store
 
 from .checkpoint import latest_checkpoint
-from .pipeline import DEFAULT_MODEL
+from .launch import train_in_processes
+from .evaluate import heldout_check
+from .images import save_tensor
+from .loading import DEFAULT_MODEL, load_restorer
 from .rl import RLConfig, get_rl_preset, train_rl
 
-__all__ = ["job_config", "run_job", "run_worker", "train_in_processes"]
+__all__ = ["job_config", "run_job", "run_worker"]
 
 
 def job_config(job: Job, out_dir: Path, samples_file: Path) -> RLConfig:
-    """The RLConfig a job's stored config describes."""
+    """The RLConfig a job's stored config describes (its preset, then its fields; ``size`` is a
+    label of the fields the app set, see ``rl.SIZES``)."""
     conf = dict(job.config)
+    conf.pop("size", None)
     cfg = get_rl_preset(conf.pop("preset", "darl"))
-    known = {f.name for f in fields(RLConfig)}
-    unknown = set(conf) - known
-    if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}")
     conf.update(output=str(out_dir), samples_file=str(samples_file), val_every=conf.get("val_every", 0))
-    return replace(cfg, **conf)
+    return RLConfig.from_dict(conf, cfg)
 
 
 def _write_pool(store: Store, job: Job, path: Path) -> None:
@@ -110,10 +108,18 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
                 lost.set()
                 cancel.set()
 
+        def on_sample(rnd: int, lq: Any, restored: Any) -> None:
+            # What training does to one picture, round by round (the Fine-tune tab shows the newest).
+            (out / "samples").mkdir(exist_ok=True)
+            if not (out / "samples" / "input.png").is_file():
+                save_tensor(lq, out / "samples" / "input.png")
+            save_tensor(restored, out / "samples" / f"round_{rnd:05d}.png")
+
         if job.processes > 1:
             model_dir = train_in_processes(cfg, job.processes, resume, on_round, cancel)
         else:
-            model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set})
+            model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set,
+                                                                "on_sample": on_sample})
         if lost.is_set():
             return  # another worker owns the job now: no state change, no registration
         if cancel.is_set():
@@ -123,8 +129,12 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         base = cfg.base_model or str(DEFAULT_MODEL)
         parent = store.register_checkpoint(str(Path(base).resolve()) if Path(base).exists() else base,
                                            Path(base).name)
-        evaluation = {k: float(v) for k, v in last.items()
-                      if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))}
+        # The finished model on photos no model trained on (Pillow/JPEG degradations), first; then its
+        # last training numbers.
+        store.heartbeat(job.id, log_line="checking the model on held-out photos", worker=me)
+        evaluation = heldout_check(load_restorer(model_dir), cfg.num_steps)
+        evaluation.update({k: float(v) for k, v in last.items()
+                           if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))})
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
                                   job_id=job.id, evaluation=evaluation)
         store.transition(job.id, "succeeded", worker=me)
@@ -139,82 +149,6 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
     finally:
         done.set()
         thread.join()
-
-
-def _die_with_parent() -> None:
-    # Linux: the launcher gets SIGTERM when this worker dies (even by SIGKILL) and takes its
-    # training processes down with it, so a re-queued job never races an orphaned run.
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train_in_processes(cfg: RLConfig, processes: int, resume: bool, on_round: Callable[[dict[str, Any]], None],
-                       cancel: threading.Event, poll_s: float = 1.0) -> Path:
-    """Train ``cfg`` with ``processes`` processes (``accelerate launch``), reporting its rounds.
-
-    The main training process writes metrics.jsonl; each new round in it goes to ``on_round``.
-    Cancelling creates the run's stop file, which the training processes check every round.
-    """
-    from .train_rl import launch_command
-
-    out = Path(cfg.output).resolve()
-    stop = out / "STOP"
-    stop.unlink(missing_ok=True)
-    cfg = replace(cfg, output=str(out), stop_file=str(stop))
-    conf = out / "rl_config.json"
-    conf.write_text(json.dumps(asdict(cfg), indent=2))
-    ckpt = latest_checkpoint(out) if resume else None
-    reported = int(ckpt.name.rsplit("-", 1)[-1]) if ckpt is not None else 0
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    metrics = out / "metrics.jsonl"
-    offset = 0  # bytes of the log already read: each poll reads only what is new
-
-    def report() -> None:
-        nonlocal reported, offset
-        if not metrics.is_file():
-            return
-        if metrics.stat().st_size < offset:
-            offset = 0  # a resumed run truncated the log to its checkpoint
-        with open(metrics, "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-        done = chunk.rfind(b"\n") + 1  # whole lines only: the last one may be being written
-        offset += done
-        for line in chunk[:done].decode().splitlines():
-            rec = json.loads(line)
-            if rec.get("round", 0) > reported:
-                reported = rec["round"]
-                on_round(rec)
-
-    with open(out / "train.log", "ab") as log:
-        proc = subprocess.Popen(launch_command(conf, processes, _free_port(), resume), cwd=root, env=env,
-                                stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        try:
-            while proc.poll() is None:
-                time.sleep(poll_s)
-                report()
-                if cancel.is_set():
-                    stop.touch()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-    report()
-    if proc.returncode != 0:
-        tail = (out / "train.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{processes} training processes failed (exit {proc.returncode}); "
-                           f"end of {out / 'train.log'}:\n{tail}")
-    return out / "model"
 
 
 def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float = 2.0,

@@ -1,9 +1,9 @@
-"""SQL store of the DARL app (SQLAlchemy only): samples, flags, scores, jobs, checkpoints, metrics."""
+"""SQL store of the DARL app (SQLAlchemy only): samples, flags, jobs, checkpoints, metrics."""
 
 from .db import StoreUnavailable, data_dir, database_url, make_engine, migrate
-from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score
+from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample
 from .store import FlaggedRow, IllegalTransition, JobLost, Store, TRANSITIONS
 
 __all__ = ["Checkpoint", "DIFFICULTY_KINDS", "Flag", "FlaggedRow", "IllegalTransition", "JOB_STATES", "JobLost", "Job",
-           "JobState", "Metric", "Sample", "Score", "Store", "StoreUnavailable", "TRANSITIONS", "data_dir",
+           "JobState", "Metric", "Sample", "Store", "StoreUnavailable", "TRANSITIONS", "data_dir",
            "database_url", "make_engine", "migrate"]

@@ -3,7 +3,6 @@
 Sample      an uploaded / flagged image (unique content hash), LQ and optional GT blob
 Flag        append-only flag history; unflagging is a new event (``flagged = False``); the difficulty
             estimate shown when flagged and its kind (ground truth or no-reference proxy)
-Score       a cached metric value of (sample, model checkpoint or input, metric, params hash)
 Job         an RL fine-tune job: config, state, progress, heartbeat, frozen sample list
 Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted (ids never reused)
 Metric      a (job, step, name, value) training metric
@@ -14,11 +13,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample",
-           "Score", "utcnow"]
+__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -44,6 +42,7 @@ class Sample(Base):
     height: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(64), default="upload")
     task: Mapped[str] = mapped_column(String(32), default="blind")
+    tags: Mapped[str] = mapped_column(String(512), default="", server_default="")  # ",tag1,tag2," (or "")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     flags: Mapped[list[Flag]] = relationship(back_populates="sample", order_by="Flag.id")
@@ -66,20 +65,6 @@ class Flag(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     sample: Mapped[Sample] = relationship(back_populates="flags")
-
-
-class Score(Base):
-    __tablename__ = "scores"
-    __table_args__ = (UniqueConstraint("sample_id", "model", "metric", "params_hash", name="uq_score"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
-    model: Mapped[str] = mapped_column(String(512))  # checkpoint path, or "input"
-    metric: Mapped[str] = mapped_column(String(64))
-    value: Mapped[float] = mapped_column(Float)
-    params_hash: Mapped[str] = mapped_column(String(32))
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Job(Base):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import StoreUnavailable, data_dir, make_engine, migrate
-from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, Score, utcnow
+from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, utcnow
 
 __all__ = ["FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
 
@@ -66,6 +66,15 @@ class FlaggedRow:
     width: int
     height: int
     difficulty_kind: str | None = None  # "gt", "proxy", or None (unknown: flagged before migration 0004)
+    tags: tuple[str, ...] = ()  # the sample's tags, sorted
+
+
+def _tag(text: str) -> str:
+    """A tag as stored: stripped, lower case; only letters, digits, "-" and "_" (no commas or wildcards)."""
+    t = text.strip().lower()
+    if not t or len(t) > 32 or not all(c.isalnum() or c in "-_" for c in t):
+        raise ValueError(f"tag {text!r}: use 1 to 32 letters, digits, '-' or '_'")
+    return t
 
 
 class Store:
@@ -157,17 +166,19 @@ class Store:
 
     def flagged(self, task: str | None = None, reason: str | None = None, since: datetime | None = None,
                 min_difficulty: float | None = None, max_difficulty: float | None = None,
-                difficulty_kind: str | None = None) -> list[FlaggedRow]:
-        """Samples whose latest flag event is a flag, newest first, with optional filters. With
-        ``difficulty_kind``, only flags whose difficulty is of that kind ("gt" or "proxy"): the
-        difficulty bounds then compare like with like."""
+                difficulty_kind: str | None = None, tag: str | None = None) -> list[FlaggedRow]:
+        """Samples whose latest flag event is a flag, newest first, with optional filters: ``reason``
+        keeps flags whose reason contains it (any case). With ``difficulty_kind``, only flags whose
+        difficulty is of that kind ("gt" or "proxy"): the difficulty bounds then compare like with like.
+        ``tag``: only samples carrying it."""
         latest = select(func.max(Flag.id)).group_by(Flag.sample_id).scalar_subquery()
         q = (select(Flag, Sample).join(Sample, Sample.id == Flag.sample_id)
              .where(Flag.id.in_(latest), Flag.flagged.is_(True)).order_by(Flag.id.desc()))
         if task:
             q = q.where(Sample.task == task)
         if reason:
-            q = q.where(Flag.reason == reason)
+            pattern = reason.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(Flag.reason.ilike(f"%{pattern}%", escape="\\"))
         if since:
             q = q.where(Flag.created_at >= since)
         if min_difficulty is not None:
@@ -176,24 +187,29 @@ class Store:
             q = q.where(Flag.difficulty <= max_difficulty)
         if difficulty_kind is not None:
             q = q.where(Flag.difficulty_kind == difficulty_kind)
+        if tag:
+            q = q.where(Sample.tags.like(f"%,{_tag(tag)},%"))
         with self.session() as s:
             return [FlaggedRow(sm.id, self.path(sm.lq_path), self.path(sm.gt_path) if sm.gt_path else None,
                                sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height,
-                               f.difficulty_kind)
+                               f.difficulty_kind, tuple(t for t in (sm.tags or "").split(",") if t))
                     for f, sm in s.execute(q).all()]
 
-    # ------------------------------------------------------------------ score cache
-    def get_score(self, sample_id: int, model: str, metric: str, params_hash: str) -> float | None:
+    # ------------------------------------------------------------------ tags
+    def tag(self, sample_ids: Sequence[int], add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+        """Add and remove tags on samples, all in one transaction (a KeyError names a missing sample).
+        A tag is lower-case letters, digits, "-" and "_" (at most 32); ValueError otherwise."""
+        add_, remove_ = [_tag(t) for t in add], [_tag(t) for t in remove]
         with self.session() as s:
-            return s.scalar(select(Score.value).where(Score.sample_id == sample_id, Score.model == model,
-                                                      Score.metric == metric, Score.params_hash == params_hash))
-
-    def put_score(self, sample_id: int, model: str, metric: str, value: float, meta: dict[str, str]) -> None:
-        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Score)
-        with self.session() as s:
-            s.execute(ins.values(sample_id=sample_id, model=model, metric=metric, value=value,
-                                 params_hash=meta["params_hash"], meta=meta, created_at=utcnow())
-                      .on_conflict_do_nothing(index_elements=["sample_id", "model", "metric", "params_hash"]))
+            for sid in sample_ids:
+                sm = s.get(Sample, int(sid))
+                if sm is None:
+                    raise KeyError(sid)
+                tags = (set(t for t in (sm.tags or "").split(",") if t) | set(add_)) - set(remove_)
+                joined = ",".join(sorted(tags))
+                if len(joined) + 2 > 512:
+                    raise ValueError(f"sample #{sid} would have too many tags (512 characters at most)")
+                sm.tags = f",{joined}," if tags else ""
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, config: dict[str, Any], sample_ids: list[int], user: str = "anonymous",

@@ -1,11 +1,14 @@
 """End to end in a real headless Chromium (Debian's package), driven by Playwright.
 
-Upload an image, see the SFT/RL slider and the readable score table, flag the
-sample, find it in the hard-samples tab, launch a two-round job, watch its
-progress reach 100 % and its training curves draw; click a job row, reload, and
-find it still chosen; promote the trained model and find it the RL default, at
-once and on a new page load; delete it (after a confirmation) and find it gone
-from the pickers. Screenshots of each stage go to test-artifacts/browser/.
+Start a long restore and stop it from the page; load a clickable example and roll a random seed;
+upload an image and see the input/SFT and SFT/RL sliders, the difference map, the 1:1 zoom that
+follows a click, the readable score table and "no ground truth given"; flag the sample, find it in
+the hard-samples tab, view it, filter by part of its reason, open it in Restore; launch a quick
+two-round job, watch its progress reach 100 %, its time per round, its curves draw and its
+restored training input; compare two jobs on one plot; click a job row, reload, and find it still
+chosen; promote the trained model and find it the RL default, at once and on a new page load;
+delete it (after a confirmation) and find it gone from the pickers. Screenshots of each stage go
+to test-artifacts/browser/ (the README's come from there).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from helpers import free_port
 
 from darl_core.worker import run_worker
 from storage import Store
-from ui import AppContext, build_app
+from ui import AppContext, build_app, restore_tab
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -64,11 +67,11 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
 
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: `make test` installs it (apt-get install chromium)")
-    from test_ui import _img
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     store = Store(directory=tmp_path / "data")
-    demo = build_app(AppContext(store))
+    ctx = AppContext(store)
+    demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -81,7 +84,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
-    image = _img(tmp_path / "upload.png", (96, 96))
+    image = restore_tab.example_images(tmp_path / "examples")[0]  # a held-out photo, degraded by Pillow and JPEG
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -98,11 +101,21 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#difficulty")).to_contain_text("no-reference proxy")
             expect(page.locator("#scores")).to_contain_text("lower ↓")
             expect(page.locator("#scores")).to_contain_text("best")
+            expect(page.locator("#difficulty")).to_contain_text("no ground truth given")
+            # input ⟷ SFT and SFT ⟷ RL, the difference map and the 1:1 zoom, which follows a click on the input
+            expect(page.locator("#slider-input img").first).to_be_visible()
+            expect(page.locator("#diff-map img")).to_be_visible()
+            expect(page.locator("#diff-caption")).to_contain_text("mean difference")
+            expect(page.locator("#zoom img")).to_be_visible()
+            before = page.locator("#zoom img").get_attribute("src")
+            page.locator("#input-view img").click(position={"x": 4, "y": 4})  # the top-left corner
+            page.wait_for_function("b => document.querySelector('#zoom img').getAttribute('src') !== b", arg=before,
+                                   timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "1_restored.png"), full_page=True)
 
-            page.locator("#flag-box").get_by_text("Flag as hard").first.click()
             page.locator("#flag-btn").click()
             expect(page.locator("#flag-msg")).to_contain_text("Flagged as hard sample #1", timeout=30_000)
+            expect(page.locator("#flag-msg")).to_contain_text("no ground truth")
             page.screenshot(path=str(ARTIFACTS / "2_flagged.png"), full_page=True)
 
             page.get_by_role("tab", name="Hard samples").click()
@@ -110,8 +123,25 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#samples-table")).to_contain_text("no-reference proxy (NIQE)")  # the kind, marked
             page.locator("#samples-gallery button.thumbnail-item").first.click()  # a tile chooses its sample
             expect(page.locator("#sample-id input")).to_have_value("#1 artifacts", timeout=30_000)
-            page.keyboard.press("Escape")  # close the preview the click opened
+            expect(page.locator("#view-lq img")).to_be_visible(timeout=30_000)  # the sample view shows it
+            expect(page.locator("#sample-view-text")).to_contain_text("no ground truth")
+            # the reason filter: part of a reason, any case, on Enter
+            page.locator("#reason-filter input").fill("zzz")
+            page.locator("#reason-filter input").press("Enter")
+            expect(page.locator("#samples-table")).not_to_contain_text("artifacts", timeout=30_000)
+            page.locator("#reason-filter input").fill("ARTI")
+            page.locator("#reason-filter input").press("Enter")
+            expect(page.locator("#samples-table")).to_contain_text("artifacts", timeout=30_000)
+            page.locator("#samples-gallery button.thumbnail-item").first.click()
+            expect(page.locator("#sample-id input")).to_have_value("#1 artifacts", timeout=30_000)
+            page.locator("#view-restore").click()  # the sample restored by both models, beside its input
+            expect(page.locator("#view-sft img")).to_be_visible(timeout=120_000)
+            expect(page.locator("#view-rl img")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "3_hard_samples.png"), full_page=True)
+            # "Open in Restore" brings the sample to the Restore tab
+            page.locator("#open-in-restore").click()
+            expect(page.locator("#restore-btn")).to_be_visible(timeout=30_000)
+            expect(page.locator("#upload img")).to_be_visible(timeout=30_000)
 
             page.get_by_role("tab", name="Fine-tune").click()
             # first visit, no job yet: nothing chosen, and no "job #0"
@@ -119,11 +149,18 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#curves")).to_contain_text("no job chosen", timeout=30_000)
             assert "#0" not in page.locator("#job-status").inner_text()
             page.locator("#rounds input").fill("2")
+            # the quick run size is the default: a first job takes seconds a round here, not minutes
+            expect(page.locator("#run-size input[value=quick]")).to_be_checked()
             page.locator("#launch-btn").click()
             expect(page.locator("#launch-msg")).to_contain_text("Job #1 queued", timeout=30_000)
+            expect(page.locator("#jobs-table")).to_contain_text("darl (quick)", timeout=30_000)
             expect(page.locator("#job-status")).to_contain_text("100%", timeout=600_000)
-            expect(page.locator("#job-status")).to_contain_text("succeeded")
+            expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=300_000)  # after its check
+            expect(page.locator("#job-status")).to_contain_text("s a round")
             _expect_lines(page, rounds=2)  # the curves draw, live, in the page that watched the job
+            # the picture to watch: the job's training input and its restoration after the last round
+            expect(page.locator("#job-sample img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#job-sample-caption")).to_contain_text("after round 2")
             page.screenshot(path=str(ARTIFACTS / "4_job_done.png"), full_page=True)
 
             # A second, finished job (written straight to the store: 3 rounds of curves); click its row
@@ -145,6 +182,15 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#job-id input")).to_have_value(f"#{other} · sft · niqe", timeout=30_000)
             expect(page.locator("#job-status")).to_contain_text(f"job #{other}: succeeded", timeout=30_000)
             _expect_lines(page, rounds=3)
+            # both jobs on one plot
+            page.get_by_text("Compare jobs: one curve per job").click()
+            for label in (f"#{other} · sft · niqe", "#1 · darl · niqe"):
+                page.locator("#compare-jobs input").click()
+                page.get_by_role("option", name=label).click()
+            page.keyboard.press("Escape")
+            page.wait_for_function("() => document.querySelectorAll('#compare-plot svg .mark-line path').length >= 2",
+                                   timeout=30_000)
+            expect(page.locator("#compare-plot")).to_contain_text(f"job #{other} · sft")
             page.screenshot(path=str(ARTIFACTS / "5_job_chosen_after_reload.png"), full_page=True)
 
             # Promote the trained model: the RL picker shows it at once, and on a new page load
@@ -182,6 +228,25 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#rl-picker input").click()
             options = page.get_by_role("option").all_inner_texts()
             assert options and not any(trained.name in o for o in options), options
+            page.keyboard.press("Escape")
+
+            # The clickable examples (held-out photos degraded by Pillow and JPEG) and a random seed
+            page.get_by_text("Examples: held-out photos").scroll_into_view_if_needed()
+            page.locator(".gallery-item, button.gallery-item, [data-testid=examples] button").first.click()
+            expect(page.locator("#upload img")).to_be_visible(timeout=30_000)
+            page.locator("#dice").click()
+            expect(page.locator("#seed input")).not_to_have_value("0", timeout=30_000)
+            # A long restore (50 steps of small tiles) shows its progress per tile and stops at the Stop button
+            for box, value in (("#steps", "50"), ("#tile", "64")):
+                page.locator(f"{box} input[type=number]").fill(value)
+                page.locator(f"{box} input[type=number]").press("Enter")
+            page.locator("#restore-btn").click()
+            expect(page.locator("#slider").get_by_text(re.compile(r"SFT model: step .* tile"))).to_be_visible(
+                timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "8_long_restore_progress.png"), full_page=True)
+            page.locator("#stop-btn").click()
+            expect(page.get_by_text("ended with the Stop button").first).to_be_visible(timeout=60_000)
+            assert not ctx.stop_flags  # the restore ended: nothing runs on
             browser.close()
     finally:
         stop.set()

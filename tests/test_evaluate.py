@@ -50,3 +50,19 @@ def test_x4_model_on_x4_pairs_and_a_clear_error_on_x1_pairs(tmp_path: Path, tiny
               "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--models", f"x={tmp_path / 'nope'}", "--out", str(tmp_path / "o")])
+
+
+def test_heldout_check_scores_restorations_and_inputs_of_the_pillow_pairs(tiny_pipe) -> None:  # noqa: ANN001
+    from darl_core.data import HELDOUT_IMAGES, builtin_image
+    from darl_core.evaluate import heldout_check
+    from darl_core.evalset import independent_pairs
+    from darl_core.rewards import get_metric
+
+    got = heldout_check(tiny_pipe, steps=1, crops=2, size=64)
+    pairs = independent_pairs(size=64, per_image=1, images=[(n, builtin_image(n)) for n in HELDOUT_IMAGES])[:2]
+    psnr = get_metric("psnr")
+    want_input = sum(float(psnr(lq[None], hq[None])) for _, lq, hq, _ in pairs) / 2
+    assert got["heldout_input_psnr"] == pytest.approx(want_input)
+    want = sum(float(psnr(tiny_pipe.restore_tensor(lq[None], 1, generator=torch.Generator().manual_seed(i)), hq[None]))
+               for i, (_, lq, hq, _) in enumerate(pairs)) / 2
+    assert got["heldout_psnr"] == pytest.approx(want) and 0 < got["heldout_ssim"] <= 1

@@ -12,9 +12,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from darl_core.latent import LatentRestorer, save_lora
+from darl_core.latent import LatentRestorer, SDUpscaleRestorer
+from darl_core.loading import ModelLoadError, load_restorer, save_lora
 from darl_core.lora import adapters_disabled, add_lora, lora_state_dict
-from darl_core.pipeline import ModelLoadError, RestorationPipeline, load_pipeline
+from darl_core.pipeline import RestorationPipeline
 from darl_core.rl import get_rl_preset, policy_losses, train_rl
 from darl_core.sampler import ddim_step, step_std
 
@@ -37,7 +38,7 @@ def test_ddim_step_matches_diffusers_on_the_upscaler_schedule() -> None:
 
 @pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_ldm_dir"])
 def test_latent_rollout_log_probs_and_decoded_rewards(fixture: str, request: pytest.FixtureRequest) -> None:
-    r = load_pipeline(request.getfixturevalue(fixture))
+    r = load_restorer(request.getfixturevalue(fixture))
     assert isinstance(r, LatentRestorer) and r.output_scale == 4
     lq = torch.rand(2, 3, 12, 12)  # padded to the UNet's multiple inside, cropped back after decoding
     traj = r.rollout(lq, 3, eta=1.0, generator=torch.Generator().manual_seed(0))
@@ -68,7 +69,8 @@ def test_restore_matches_the_diffusers_upscale_pipeline(tiny_sd_dir: Path) -> No
     from diffusers import StableDiffusionUpscalePipeline
 
     pipe = StableDiffusionUpscalePipeline.from_pretrained(tiny_sd_dir)
-    r = LatentRestorer(pipe, noise_level=0)
+    r = LatentRestorer.from_pipe(pipe, noise_level=0)
+    assert isinstance(r, SDUpscaleRestorer)
     lq = torch.rand(1, 3, 16, 16)
     ours = r.restore_tensor(lq, 4, generator=torch.Generator().manual_seed(0), tile_size=None)
     g = torch.Generator().manual_seed(0)  # we draw the LQ's noise, then the initial latents
@@ -80,7 +82,7 @@ def test_restore_matches_the_diffusers_upscale_pipeline(tiny_sd_dir: Path) -> No
 
 
 def test_lora_save_and_load(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    r = load_pipeline(tiny_sd_dir)
+    r = load_restorer(tiny_sd_dir)
     base_out = r.restore_tensor(torch.rand(1, 3, 8, 8), 2, generator=torch.Generator().manual_seed(1))
     add_lora(r.unet, 4, targets="attn")
     with torch.no_grad():
@@ -92,9 +94,12 @@ def test_lora_save_and_load(tiny_sd_dir: Path, tmp_path: Path) -> None:
     save_lora(r, tmp_path / "lora", str(tiny_sd_dir))
     meta = json.loads((tmp_path / "lora" / "darl_lora.json").read_text())
     assert meta["base_model"] == str(tiny_sd_dir) and meta["rank"] == 4 and meta["family"] == "sd_upscale"
-    with pytest.raises(ValueError, match="save_lora"):
+    with pytest.raises(ValueError, match="export"):
         r.save(tmp_path / "full")
-    loaded = load_pipeline(tmp_path / "lora")
+    r.export(tmp_path / "exported")  # what the trainer writes: the adapter, naming the folder it was loaded from
+    assert json.loads((tmp_path / "exported" / "darl_lora.json").read_text())["base_model"] == str(
+        tiny_sd_dir.resolve())
+    loaded = load_restorer(tmp_path / "lora")
     got = loaded.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, loaded.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(2)))
@@ -103,7 +108,7 @@ def test_lora_save_and_load(tiny_sd_dir: Path, tmp_path: Path) -> None:
     with adapters_disabled(loaded.unet):  # the reference policy: the base model, no second copy
         torch.testing.assert_close(loaded.restore_tensor(torch.rand(1, 3, 8, 8) * 0 + lq, 2,
                                                          generator=torch.Generator().manual_seed(1)),
-                                   load_pipeline(tiny_sd_dir).restore_tensor(
+                                   load_restorer(tiny_sd_dir).restore_tensor(
                                        lq, 2, generator=torch.Generator().manual_seed(1)))
     assert base_out.shape == (1, 3, 32, 32)
 
@@ -127,10 +132,10 @@ def test_darl_preset_trains_every_family(family: str, tmp_path: Path, tiny_model
     assert [r["round"] for r in recs] == [1, 2]
     assert all(r["reward"] < 0 for r in recs)  # NIQE (lower is better) enters with its sign flipped
     assert all("kl" in r and "loss_sft" in r and 0 < r["w_mean"] < 1 for r in recs)
-    trained = load_pipeline(model)
+    trained = load_restorer(model)
     assert trained.family == family
     if family == "pixel":
-        before, after = load_pipeline(base).unet.state_dict(), trained.unet.state_dict()
+        before, after = load_restorer(base).unet.state_dict(), trained.unet.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before)
     else:
         assert (model / "darl_lora.json").is_file() and not (model / "unet").exists()  # the adapter only
@@ -148,9 +153,9 @@ def test_x4_model_refuses_a_same_size_pool(tmp_path: Path, tiny_sd_dir: Path) ->
 def test_real_upscaler_id_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
-        load_pipeline("stabilityai/stable-diffusion-x4-upscaler")
+        load_restorer("stabilityai/stable-diffusion-x4-upscaler")
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache"):
-        load_pipeline("CompVis/ldm-super-resolution-4x-openimages")
+        load_restorer("CompVis/ldm-super-resolution-4x-openimages")
 
 
 def test_unsupported_pipeline_class_is_named(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -161,8 +166,8 @@ def test_unsupported_pipeline_class_is_named(tmp_path: Path, tiny_model_dir: Pat
     index["_class_name"] = "StableDiffusionPipeline"
     (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match="StableDiffusionPipeline"):
-        load_pipeline(tmp_path / "m")
-    assert isinstance(load_pipeline(tiny_model_dir), RestorationPipeline)
+        load_restorer(tmp_path / "m")
+    assert isinstance(load_restorer(tiny_model_dir), RestorationPipeline)
 
 
 def test_restore_cli_on_an_upscaler(tmp_path: Path, tiny_sd_dir: Path) -> None:
@@ -178,7 +183,7 @@ def test_restore_cli_on_an_upscaler(tmp_path: Path, tiny_sd_dir: Path) -> None:
 
 
 def test_fp16_upscaler_keeps_its_vae_in_fp32(tiny_sd_dir: Path) -> None:
-    r = load_pipeline(tiny_sd_dir, dtype=torch.float16)
+    r = load_restorer(tiny_sd_dir, dtype=torch.float16)
     assert r.unet.dtype == torch.float16 and r.vae.dtype == torch.float32  # force_upcast, as diffusers does
     out = r.restore_tensor(torch.rand(1, 3, 8, 8), 2, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and out.shape == (1, 3, 32, 32) and bool(torch.isfinite(out).all())

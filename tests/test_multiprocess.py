@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import free_port
 
-from darl_core.pipeline import load_pipeline
-from darl_core.train_rl import launch_command
+from darl_core.loading import load_restorer
+from darl_core.launch import launch_command
 
 HERE = Path(__file__).parent
 
@@ -36,7 +36,7 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(tmp_path: Pat
            "rounds": 2, "pool_size": 8, "beta_kl": 0.05, "val_every": 0, "ckpt_every": 10, "device": "cpu"}
     two = _run(cfg, tmp_path, "two", 2)
     one = _run(cfg, tmp_path, "one", 1)[0]
-    init = load_pipeline(tiny_model_dir).unet.state_dict()
+    init = load_restorer(tiny_model_dir).unet.state_dict()
     # gradients averaged across processes: both hold exactly the same weights after the updates
     assert all(torch.equal(two[0][k], two[1][k]) for k in init)
     assert any(not torch.equal(two[0][k], init[k]) for k in init)  # and they did move
@@ -57,4 +57,4 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(tmp_path: Pat
         # group advantages sum to 0 within each group, so the RL loss is what is left of terms of
         # size ~w |A| ~ 0.5 that cancel: compare it on the scale of those terms, not relative to itself
         assert a["loss_rl"] == pytest.approx(b["loss_rl"], abs=1e-5)
-    assert load_pipeline(tmp_path / "two" / "model").unet.state_dict().keys() == init.keys()
+    assert load_restorer(tmp_path / "two" / "model").unet.state_dict().keys() == init.keys()

@@ -1,6 +1,5 @@
 """The package photo corpus: manifest, split, the Qt resource reader and the stored photos."""
 
-import io
 import json
 import struct
 import zlib

@@ -7,7 +7,8 @@ from PIL import Image
 from darl_core.data import builtin_image
 from darl_core.degrade import degrade, get_preset
 from darl_core.images import pil_to_tensor, tensor_to_pil
-from darl_core.pipeline import DEFAULT_MODEL, ModelLoadError, RestorationPipeline, build_unet, load_pipeline, make_scheduler
+from darl_core.loading import DEFAULT_MODEL, ModelLoadError, load_restorer
+from darl_core.pipeline import RestorationPipeline, build_unet, make_scheduler
 from darl_core.rewards import get_metric
 from darl_core.tiling import tile_starts, tiled_apply
 
@@ -42,7 +43,7 @@ def _seam_ratio(img: torch.Tensor, cols: list[int]) -> float:
 
 
 def test_no_seam_on_a_larger_image() -> None:
-    pipe = load_pipeline()
+    pipe = load_restorer()
     hq = pil_to_tensor(builtin_image("chelsea.png"))[None, :, :64, :160]
     lq = degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))
     # tiles of 96 at x = 0 and 64: their edges fall at columns 64 and 96
@@ -55,7 +56,7 @@ def test_no_seam_on_a_larger_image() -> None:
 def test_save_load_round_trip(tmp_path, tiny_pipe: RestorationPipeline) -> None:
     tiny_pipe.register_to_config(residual_scale=0.25)
     tiny_pipe.save_pretrained(tmp_path / "m")
-    loaded = load_pipeline(tmp_path / "m")
+    loaded = load_restorer(tmp_path / "m")
     assert loaded.config.residual_scale == 0.25
     sa, sb = tiny_pipe.unet.state_dict(), loaded.unet.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -66,7 +67,7 @@ def test_save_load_round_trip(tmp_path, tiny_pipe: RestorationPipeline) -> None:
 
 
 def test_shipped_model_restores_a_small_image() -> None:
-    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe = load_restorer(DEFAULT_MODEL)
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, 100:196, 200:296]  # held-out photo
     lq = degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))
     out = pipe.restore_tensor(lq, generator=torch.Generator().manual_seed(0))
@@ -88,14 +89,14 @@ def test_any_size_grey_and_rgba(tiny_pipe: RestorationPipeline) -> None:
 
 def test_missing_folder_and_offline_hub_id_fail_clearly(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_pipeline(tmp_path / "nope")
+        load_restorer(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="model_index.json"):
-        load_pipeline(tmp_path / "empty")
+        load_restorer(tmp_path / "empty")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.time()
     with pytest.raises(ModelLoadError, match="huggingface-cli download"):
-        load_pipeline("someone/darl-not-cached")
+        load_restorer("someone/darl-not-cached")
     assert time.time() - t < 5
 
 

@@ -9,7 +9,13 @@ import torch
 import darl_core.restorer as restorer_mod
 from darl_core.evaluate import _pairs
 from darl_core.latent import LatentRestorer
-from darl_core.pipeline import DEFAULT_MODEL, RestorationPipeline, build_stage1, build_unet, load_pipeline, make_scheduler
+from darl_core.loading import DEFAULT_MODEL, load_restorer
+from darl_core.pipeline import (
+    RestorationPipeline,
+    build_stage1,
+    build_unet,
+    make_scheduler,
+)
 from darl_core.restore import main as restore_main
 from darl_core.rewards import get_metric
 
@@ -68,7 +74,7 @@ def test_bf16_within_005_db_on_the_heldout_set() -> None:
 def test_shipped_model_bf16_within_005_db() -> None:
     """The shipped two-stage model at the app's default steps (bf16 is emulated, slowly, on CPUs
     without AVX512-BF16, so the crops are small)."""
-    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe = load_restorer(DEFAULT_MODEL)
     ref = _psnr_on_heldout(pipe, 64, 2)
     pipe.set_precision("bf16")
     got = _psnr_on_heldout(pipe, 64, 2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from darl_core.pipeline import load_pipeline
+from darl_core.loading import load_restorer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_restorer_script_trains_both_stages_in_tiny_cpu_mode(tmp_path: Path, tin
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "restorer.tar").is_file() and "stage 2 done" in (out / "stage2.log").read_text()
-    model = load_pipeline(work / "s2" / "model")
+    model = load_restorer(work / "s2" / "model")
     assert model.stage1 is not None and list(model.stage1.config.block_out_channels) == [8, 16]
     for stage in (1, 2):
         recs = [json.loads(x) for x in (out / f"stage{stage}_metrics.jsonl").read_text().splitlines()]

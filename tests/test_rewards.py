@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from darl_core.images import load_rgb, pil_to_tensor
-from darl_core.rewards import MissingWeightsError, Metric, create_reward, get_metric, parse_spec
+from darl_core.rewards import (
+    Metric,
+    MissingWeightsError,
+    create_reward,
+    get_metric,
+    parse_spec,
+)
 
 CAL = Path(__file__).parent / "data" / "calibration"
 IMAGES = ["I03", "I04", "I06", "I08", "I19"]

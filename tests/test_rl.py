@@ -5,8 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.pipeline import load_pipeline
-from darl_core.rl import RewardMemory, build_pool, policy_losses, ppo_loss, tiny_test, train_rl
+from darl_core.loading import load_restorer
+from darl_core.rl import (
+    RewardMemory,
+    build_pool,
+    policy_losses,
+    ppo_loss,
+    tiny_test,
+    train_rl,
+)
 
 
 def _cfg(tmp_path: Path, model: Path, **kw: object):
@@ -14,7 +21,7 @@ def _cfg(tmp_path: Path, model: Path, **kw: object):
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    return load_pipeline(model_dir).unet.state_dict()
+    return load_restorer(model_dir).unet.state_dict()
 
 
 def test_ppo_clipping_and_sign() -> None:
@@ -30,10 +37,10 @@ def test_ppo_clipping_and_sign() -> None:
 
 
 def test_old_log_probs_reproduced_and_kl_zero_at_reference(tiny_model_dir: Path) -> None:
-    pipe = load_pipeline(tiny_model_dir)
+    pipe = load_restorer(tiny_model_dir)
     traj = pipe.rollout(torch.rand(2, 3, 16, 16), 4, eta=1.0, generator=torch.Generator().manual_seed(0))
     assert len(traj.timesteps) == 3 and traj.final.shape == (2, 3, 16, 16)
-    ref = load_pipeline(tiny_model_dir).unet
+    ref = load_restorer(tiny_model_dir).unet
     for k in range(3):
         loss, kl, ratio, clipped = policy_losses(pipe, traj, k, torch.ones(2), 1.0, 1e-4, ref, False)
         torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
@@ -172,7 +179,7 @@ def test_group_round_logs_the_diagnostics(tmp_path: Path, tiny_model_dir: Path) 
 
 
 def test_stochastic_last_step_has_a_log_probability(tiny_model_dir: Path) -> None:
-    pipe = load_pipeline(tiny_model_dir)
+    pipe = load_restorer(tiny_model_dir)
     lq = torch.rand(2, 3, 16, 16)
     plain = pipe.rollout(lq, 3, 1.0, torch.Generator().manual_seed(0))
     assert len(plain.timesteps) == 2  # trailing spacing ends at abar = 1: deterministic last step

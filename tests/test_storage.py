@@ -9,11 +9,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from sqlalchemy import text
 
-from helpers import free_port
-from storage import IllegalTransition, Store, TRANSITIONS
+from storage import TRANSITIONS, IllegalTransition, Store
 from storage.db import migrate
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str | None, Path]:
@@ -168,8 +169,11 @@ def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_sche
     again = store.register_checkpoint("/m/c2", "c2", parent_id=b)
     if sqlite:
         assert again == c  # the old schema's bug, reproduced
-    sid = store.add_sample(b"old", 4, 4)
-    with store.session() as s:  # a flag as the old schema wrote it (no difficulty kind)
+    with store.session() as s:  # a sample and a flag as the old schema wrote them (no tags, no difficulty kind)
+        s.execute(text("INSERT INTO samples (content_hash, lq_path, width, height, source, task, created_at) "
+                       "VALUES ('old', 'blobs/old.png', 4, 4, 'upload', 'blind', :now)"),
+                  {"now": datetime.now(timezone.utc)})
+        sid = s.execute(text("SELECT id FROM samples WHERE content_hash = 'old'")).scalar_one()
         s.execute(text("INSERT INTO flags (sample_id, flagged, \"user\", reason, note, difficulty, created_at) "
                        "VALUES (:s, :t, 'ann', 'artifacts', '', 0.25, :now)"),
                   {"s": sid, "t": True, "now": datetime.now(timezone.utc)})
@@ -177,7 +181,9 @@ def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_sche
     assert [(x.id, x.name, x.parent_id) for x in store.checkpoints()] == [(a, "a", None), (b, "b", a), (again, "c2", b)]
     assert store.checkpoints()[1].evaluation == {"psnr": 25.0}
     row = store.flagged()[0]
-    assert (row.sample_id, row.difficulty, row.difficulty_kind) == (sid, 0.25, None)
+    assert (row.sample_id, row.difficulty, row.difficulty_kind, row.tags) == (sid, 0.25, None, ())
+    store.tag([sid], add=["kept"])  # migration 0006: the old sample can carry tags
+    assert store.flagged(tag="kept")[0].sample_id == sid
     store.delete_checkpoint(again)
     newer = store.register_checkpoint("/m/d", "d", parent_id=b)
     assert newer > again  # the deleted id is not handed out again
@@ -234,3 +240,22 @@ def test_a_stale_job_is_taken_back_once_and_its_old_owner_is_locked_out(store_ar
     assert store.heartbeat(job, progress=0.5, worker="w2") is False
     store.transition(job, "succeeded", worker="w2")
     assert store.job(job).state == "succeeded"
+
+
+def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from storage.__main__ import main
+
+    url = f"sqlite:///{tmp_path / 'darl.db'}"
+    assert main(["--url", url, "current"]) == 0
+    assert "at base (empty); newest 0006 (run `python -m storage migrate`)" in capsys.readouterr().out
+    assert main(["--url", url, "migrate"]) == 0 and "base -> 0006" in capsys.readouterr().out
+    assert main(["--url", url, "history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln[:7] for ln in lines[:6]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 "]
+    assert "Drop the ``scores`` table" in lines[4]
+    assert main(["--url", url, "migrate", "-2"]) == 0 and "0006 -> 0004" in capsys.readouterr().out
+    main(["--url", url, "history"])
+    assert capsys.readouterr().out.splitlines()[4].startswith("  0005")  # no longer applied
+    assert main(["--url", "postgresql+psycopg://nobody@127.0.0.1:1/darl", "current"]) == 1
+    assert "is unreachable" in capsys.readouterr().err

@@ -4,14 +4,14 @@ from dataclasses import replace
 import torch
 
 from darl_core.checkpoint import latest_checkpoint
-from darl_core.pipeline import load_pipeline
+from darl_core.loading import load_restorer
 from darl_core.train_sft import main, tiny_test, train_sft
 
 
 def test_tiny_sft_run_checkpoints_and_exports(tmp_path) -> None:
     cfg = replace(tiny_test(), output=str(tmp_path / "run"))
     model = train_sft(cfg)
-    assert list(load_pipeline(model).unet.config.block_out_channels) == [8, 16]
+    assert list(load_restorer(model).unet.config.block_out_channels) == [8, 16]
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None and ckpt.name == "checkpoint-0000004"
     assert (ckpt / "pipeline" / "model_index.json").is_file()

@@ -1,7 +1,6 @@
 """The two-stage restorer (stage-1 regression + residual diffusion around it), its training,
 the realistic degradations and the independent (Pillow) evaluation set."""
 
-import io
 import json
 import sys
 from dataclasses import replace
@@ -15,7 +14,13 @@ from PIL import Image
 from darl_core.degrade import degrade, get_preset, jpeg_compress, pillow_jpeg
 from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs, pillow_degrade
 from darl_core.images import pil_to_tensor
-from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, load_pipeline, make_scheduler
+from darl_core.loading import load_restorer
+from darl_core.pipeline import (
+    RestorationPipeline,
+    build_stage1,
+    build_unet,
+    make_scheduler,
+)
 from darl_core.train_sft import tiny_test, train_sft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -47,13 +52,13 @@ def test_diffusion_runs_around_stage1(tmp_path) -> None:
     assert torch.allclose(pipe.restore_tensor(lq, 0), (s1 + 1) / 2, atol=1e-6)
     # saved and loaded with its stage 1 (diffusers format, optional component)
     pipe.save_pretrained(tmp_path / "m")
-    back = load_pipeline(tmp_path / "m")
+    back = load_restorer(tmp_path / "m")
     assert back.stage1 is not None
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert torch.allclose(back.restore_tensor(lq, 2, generator=g()), pipe.restore_tensor(lq, 2, generator=g()), atol=1e-5)
     # a single-stage model still loads without one
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5).save_pretrained(tmp_path / "one")
-    assert load_pipeline(tmp_path / "one").stage1 is None
+    assert load_restorer(tmp_path / "one").stage1 is None
 
 
 def test_stage1_tiles_agree_with_the_whole_image() -> None:
@@ -78,8 +83,8 @@ def test_regression_stage_trains_stage1_only_then_diffusion_keeps_it(tmp_path) -
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5).save_pretrained(base)
     cfg = replace(tiny_test(), stage="regression", stage1_size="tiny", init_from=str(base), steps=6,
                   output=str(tmp_path / "s1"), val_steps=0, lr=1e-2)
-    m1 = load_pipeline(train_sft(cfg))
-    b = load_pipeline(base)
+    m1 = load_restorer(train_sft(cfg))
+    b = load_restorer(base)
     assert m1.stage1 is not None
     assert all(torch.equal(p, q) for p, q in zip(m1.unet.parameters(), b.unet.parameters()))
     assert any(p.abs().sum() > 0 for p in m1.stage1.conv_out.parameters())  # trained away from identity
@@ -87,7 +92,7 @@ def test_regression_stage_trains_stage1_only_then_diffusion_keeps_it(tmp_path) -
     assert any("val_psnr" in r for r in recs)
     cfg2 = replace(tiny_test(), init_from=str(tmp_path / "s1" / "model"), steps=3, output=str(tmp_path / "s2"),
                    data_on_device=True)
-    m2 = load_pipeline(train_sft(cfg2))
+    m2 = load_restorer(train_sft(cfg2))
     assert all(torch.equal(p, q) for p, q in zip(m2.stage1.parameters(), m1.stage1.parameters()))
     assert any(not torch.equal(p, q) for p, q in zip(m2.unet.parameters(), m1.unet.parameters()))
 
@@ -166,8 +171,8 @@ def test_flat_hf_ratio_sees_speckle_in_flat_areas() -> None:
 
 
 def test_reward_sanity_counts_pairs_ordered_right() -> None:
-    from darl_core.reward_check import DISTORTIONS, reward_sanity
     from darl_core.data import builtin_image
+    from darl_core.reward_check import DISTORTIONS, reward_sanity
 
     x = pil_to_tensor(builtin_image("astronaut.png"))
     clean = [x[:, 100:164, 100:164], x[:, 300:364, 200:264], x[:, 10:74, 400:464]]
@@ -190,10 +195,10 @@ def test_shipped_model_is_a_restorer_on_independent_degradations() -> None:
     # (stage 1 alone): the shipped model must beat its input (measured: +0.78 dB mean, 7 of 8 crops;
     # on the whole 17-photo evaluation set +1.32 dB, docs/quality).
     from darl_core.data import HELDOUT_IMAGES, builtin_image
-    from darl_core.pipeline import DEFAULT_MODEL
+    from darl_core.loading import DEFAULT_MODEL
     from darl_core.rewards import get_metric
 
-    pipe = load_pipeline(DEFAULT_MODEL)
+    pipe = load_restorer(DEFAULT_MODEL)
     assert pipe.stage1 is not None
     ims = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]
     pairs = independent_pairs(OUTSIDE, seed=0, size=128, per_image=2, images=ims)

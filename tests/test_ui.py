@@ -16,8 +16,7 @@ from sqlalchemy import text
 
 from darl_core.worker import run_worker
 from storage import Store
-from ui import AppContext, UserError
-from ui import finetune_tab, models_tab, restore_tab, samples_tab
+from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
 
 
 @pytest.fixture
@@ -70,7 +69,12 @@ def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext
     r = restore_tab.restore(ctx, lq, "blind", str(tiny_sd_dir), str(tiny_sd_dir), steps=2, tile=64)
     assert r.sft.size == (96, 96)
     # steps 0 = stage 1 alone: a two-stage model restores, a single-stage one gets a message
-    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+    from darl_core.pipeline import (
+        RestorationPipeline,
+        build_stage1,
+        build_unet,
+        make_scheduler,
+    )
 
     two = tmp_path / "two"
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(two)
@@ -103,13 +107,39 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     # what the form sends when untouched: no filter at all (the unestimated sample #2 stays)
     assert len(samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX)[1]) == 2
     assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, 0.35)[1]] == [1]
+    # the reason filter: any part of the reason, any case
+    assert [row[0] for row in samples_tab.list_flagged(ctx, reason="BLUR")[1]] == [2]
+    assert samples_tab.list_flagged(ctx, reason="%")[1] == []  # a LIKE wildcard is a plain character here
+    # the export is a 🤗 datasets image folder: unzipped, load_dataset reads it as it is
     z = zipfile.ZipFile(samples_tab.export_zip(ctx))
-    assert {"metadata.csv", "lq/000001.png", "gt/000001.png", "lq/000002.png"} <= set(z.namelist())
-    assert "halo" in z.read("metadata.csv").decode() and ",0.3,gt," in z.read("metadata.csv").decode()
+    assert {"metadata.jsonl", "lq/000001.png", "gt/000001.png", "lq/000002.png"} <= set(z.namelist())
+    z.extractall(tmp_path / "export")
+    from datasets import load_dataset
+
+    ds = load_dataset("imagefolder", data_dir=str(tmp_path / "export"), split="train",
+                      cache_dir=str(tmp_path / "hf-cache"))
+    by_id = {r["sample"]: r for r in ds}
+    assert set(by_id) == {1, 2} and by_id[1]["note"] == "halo" and by_id[1]["difficulty"] == 0.3
+    assert by_id[1]["lq"].size == (40, 32) and by_id[1]["gt"].size == (40, 32) and by_id[2]["gt"] is None
+    assert by_id[1]["difficulty_kind"] == "gt" and by_id[2]["reason"] == "blur left" and by_id[1]["tags"] == []
     # a proxy difficulty is never compared with a ground-truth one: bounds apply to one kind at a time
     restore_tab.flag(ctx, _img(tmp_path / "c.png", seed=6), "noise left", difficulty_value=0.5, difficulty_kind="proxy")
     gallery, table = samples_tab.list_flagged(ctx)
-    assert {row[0]: row[4] for row in table} == {1: "ground truth (1 − SSIM)", 2: "", 3: "no-reference proxy (NIQE)"}
+    assert {row[0]: row[5] for row in table} == {1: "ground truth (1 − SSIM)", 2: "", 3: "no-reference proxy (NIQE)"}
+    # tags on several samples at once; the filter and the table show them
+    assert "Added hard-case, night to 2 samples" in samples_tab.tag_samples(ctx, [1, 3], "hard-case, Night")
+    samples_tab.tag_samples(ctx, [3], "night", remove=True)
+    assert [row[0] for row in samples_tab.list_flagged(ctx, tag="night")[1]] == [1]
+    assert [row[0] for row in samples_tab.list_flagged(ctx, tag="hard-case")[1]] == [3, 1]
+    assert {row[0]: row[3] for row in samples_tab.list_flagged(ctx)[1]}[1] == "hard-case, night"
+    for bad in ("a,b%", "x" * 33):
+        with pytest.raises(UserError, match="tag"):
+            samples_tab.tag_samples(ctx, [1], bad)
+    with pytest.raises(UserError, match="tick"):
+        samples_tab.tag_samples(ctx, [], "night")
+    with pytest.raises(UserError, match="no sample #99"):
+        samples_tab.tag_samples(ctx, [1, 99], "night")
+    assert [row[0] for row in samples_tab.list_flagged(ctx, tag="night")[1]] == [1]  # all or nothing
     assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2)[1]] == [1]  # ground truth by default
     assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2, kind="proxy")[1]] == [3]
     assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX, "proxy")[1]] == [3, 2, 1]
@@ -118,9 +148,21 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     # a clicked tile or row selects its sample; the picker lists what the table shows
     assert samples_tab.sample_from_caption(gallery[0][1]) == table[0][0] == samples_tab.sample_from_row(table[0])
     assert samples_tab.sample_choices(table)[0] == ("#3 noise left", 3) and samples_tab.sample_from_caption("x") is None
-    samples_tab.unflag(ctx, 3)
-    samples_tab.unflag(ctx, 1, "ann")
+    # the sample view: its files and a line about it; "Open in Restore" hands over the same files
+    lq, gt, text = samples_tab.sample_files(ctx, 1)
+    assert Image.open(lq).size == (40, 32) and gt is not None and "#1" in text and "halo" in text
+    assert samples_tab.sample_files(ctx, 2)[1] is None
+    sft, rl, verdict = samples_tab.restore_sample(ctx, 1, steps=1)  # the shipped pair
+    assert sft.size == rl.size == (40, 32) and "PSNR" in verdict and "best" in verdict
+    samples_tab.unflag_many(ctx, [3, 1], "ann")
     assert [row[0] for row in samples_tab.list_flagged(ctx)[1]] == [2]
+    with pytest.raises(UserError, match="not flagged"):
+        samples_tab.unflag_many(ctx, [1, 2])  # nothing unflagged when one of them is not flagged
+    assert [row[0] for row in samples_tab.list_flagged(ctx)[1]] == [2]
+    with pytest.raises(UserError, match="tick"):
+        samples_tab.unflag_many(ctx, [])
+    with pytest.raises(UserError, match="not flagged"):
+        samples_tab.sample_files(ctx, 1)
     with pytest.raises(UserError):
         samples_tab.unflag(ctx, 99)
     with pytest.raises(UserError, match="reason"):
@@ -143,6 +185,20 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     with pytest.raises(UserError, match="processes"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, processes=0)
     multi = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1", processes=2)
+    # the quick run size: the method's preset with smaller settings, labelled in the jobs table
+    quick = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "1", size="quick")
+    assert ctx.store.job(quick).config["patch"] == 96 and ctx.store.job(quick).config["num_steps"] == 2
+    assert [r for r in finetune_tab.list_jobs(ctx) if r[0] == quick][0][3] == "darl (quick)"
+    with pytest.raises(UserError, match="run size"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, size="huge")
+    ctx.store.request_cancel(quick)
+    # while a job runs: its time per round and the time left; before its first round, no guess
+    running = {"job": 9, "state": "running", "progress": 0.25, "error": None, "seconds_per_round": 12.0,
+               "seconds_left": 180.0}
+    assert "25%** · 12.0 s a round · about 3 min left" in finetune_tab.status_text(running)
+    assert "checking the model on held-out photos" in finetune_tab.status_text({**running, "seconds_left": 0.0})
+    assert "time left: after the first round" in finetune_tab.status_text(
+        {**running, "seconds_per_round": None, "seconds_left": None})
     # one flagged sample, two processes: the batch is rounded up to a multiple of the process count
     assert ctx.store.job(multi).processes == 2 and ctx.store.job(multi).config["batch_size"] == 2
     ctx.store.request_cancel(multi)
@@ -151,8 +207,25 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     run_worker(ctx.store, "w", once=True)
     st = finetune_tab.job_status(ctx, job)
     assert st["state"] == "succeeded" and st["progress"] == 1.0, st["error"]
+    round_s = sorted(v for _, n, v in ctx.store.metrics(job) if n == "round_s")
+    assert st["seconds_per_round"] == round_s[len(round_s) // 2] > 0 and st["seconds_left"] is None
+    assert f"{st['seconds_per_round']:.1f} s a round" in finetune_tab.status_text(st)
     curves = finetune_tab.job_curves(ctx, job)
     assert set(curves["metric"]) >= {"reward", "kl", "grad_norm_rl", "pool_w_mean"} and curves["round"].max() == 2
+    # the picture to watch: the job's first input and its restoration after the last round
+    lq, out, caption = finetune_tab.job_sample(ctx, job)
+    assert Image.open(lq).size == Image.open(out).size and out.endswith("round_00002.png") and "round 2" in caption
+    assert finetune_tab.job_sample(ctx, quick)[:2] == (None, None)  # cancelled before its first round
+    # several jobs on one plot: one curve per job, a placeholder when none is chosen
+    frame = finetune_tab.compare_frame(ctx, [job, quick], "reward")
+    assert set(frame["metric"]) == {f"job #{job} · tiny_test"} and list(frame["round"]) == [1, 2]
+    assert list(finetune_tab.compare_frame(ctx, [])["metric"]) == [finetune_tab.COMPARE_PLACEHOLDER]
+    assert finetune_tab.compare_colors(frame) == {f"job #{job} · tiny_test": finetune_tab.PALETTE[0]}
+    with pytest.raises(UserError, match="unknown curve"):
+        finetune_tab.compare_frame(ctx, [job], "loss")
+    # the finished model was checked on held-out photos degraded by Pillow/JPEG, and registered with it
+    ev = [c for c in ctx.store.checkpoints() if c.job_id == job][0].evaluation
+    assert {"heldout_psnr", "heldout_ssim", "heldout_input_psnr"} <= set(ev) and 0 < ev["heldout_ssim"] <= 1
     rows = models_tab.list_checkpoints(ctx)
     child = [r for r in rows if r[3] == job][0]
     assert any(label.startswith(f"job-{job}") for label, _ in ctx.model_choices())
@@ -260,13 +333,14 @@ def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> No
         lq = _img(tmp_path / "lq.png", (64, 64))
         m = str(tiny_model_dir)
         out = client.predict(handle_file(lq), None, "blind", m, m, 2, 0, 64, api_name="/restore")
-        slider, _, scores, note, files = out  # the gr.State output stays in the session
-        assert len(slider) == 2 and "difficulty" in note and len(files) == 2
+        slider, slider_in, _, scores, note, files, diff, caption, zoom = out  # gr.State outputs stay in the session
+        assert len(slider) == 2 and len(slider_in) == 2 and "difficulty" in note and len(files) == 2
+        assert "no ground truth given" in note and "mean difference" in caption
         msg = client.predict(handle_file(lq), "artifacts", "via api", handle_file(lq), "blind", api_name="/flag")
         assert "Flagged as hard sample #1" in msg
         scored = client.predict(handle_file(_img(tmp_path / "big.png", (128, 128))), "piqe", api_name="/score")
         assert isinstance(scored["piqe"], float)
-        text_msg, job, _ = client.predict(m, "niqe", "darl", 1, "", 0, api_name="/launch_job")
+        text_msg, job, _ = client.predict(m, "niqe", "darl", 1, "", 0, 1, "quick", api_name="/launch_job")
         assert f"Job #{int(job)} queued" in text_msg
         run_worker(ctx.store, "w", once=True)  # the worker process of `make run`, here in-process
         st = client.predict(int(job), api_name="/job_status")
@@ -432,7 +506,7 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
 
 
 def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_path: Path) -> None:
-    small, big = _img(tmp_path / "s.png", (64, 64)), _img(tmp_path / "b.png", (1600, 1200))
+    small, big = (64, 64), (1600, 1200)
     assert restore_tab.large_image_warning(ctx, small, None, None, 2) is None
     w = restore_tab.large_image_warning(ctx, big, None, None, 2)
     assert w is not None and "1600x1200" in w and "min" in w and "Stop" in w and "steps" in w
@@ -440,3 +514,64 @@ def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_
     d_sft, d_rl = ctx.default_models()
     ctx.speed[d_sft] = ctx.speed[d_rl] = 0.01
     assert restore_tab.large_image_warning(ctx, big, None, None, 2) is None
+    # a pass per step, plus stage 1 for the two-stage model only (the shipped RL model is single-stage)
+    ctx.speed[d_sft] = ctx.speed[d_rl] = 1.0
+    assert restore_tab.estimate_seconds(ctx, [d_sft], (1000, 1000), 2) == pytest.approx(3.0)
+    assert restore_tab.estimate_seconds(ctx, [d_rl], (1000, 1000), 2) == pytest.approx(2.0)
+    # restore() hands the warning over before it starts (one decode of the upload)
+    warned: list[str] = []
+    ctx.speed[d_sft] = ctx.speed[d_rl] = 1e4
+    restore_tab.restore(ctx, _img(tmp_path / "s.png", (64, 64)), steps=1, warn=warned.append,
+                        sft_model=d_sft, rl_model=d_sft)
+    assert len(warned) == 1 and "64x64" in warned[0]
+
+
+# ----------------------------------------------------------------------------- comparing restorations
+
+
+def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    a = Image.new("RGB", (64, 48), (100, 100, 100))
+    b = a.copy()
+    b.putpixel((10, 20), (110, 100, 100))  # one pixel differs by 10 levels in one channel
+    diff, mad = restore_tab.difference_map(a, b)
+    assert diff.size == (64, 48) and mad == pytest.approx(10 / 3 / (64 * 48))
+    px = np.asarray(diff)
+    assert px[20, 10, 0] == round(10 / 3 * restore_tab.DIFF_GAIN) and px.sum() == 3 * px[20, 10, 0]
+    with pytest.raises(UserError, match="cannot compare"):
+        restore_tab.difference_map(a, Image.new("RGB", (32, 32)))
+    # the zoom shows the same region of each image at 1:1, a x4 input enlarged to match (nearest)
+    out = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8))
+    small = out.resize((60, 50), Image.NEAREST)
+    strip = restore_tab.zoom_strip([("input", small), ("SFT", out)], center=(120, 100), side=64, scale=1)
+    assert strip.size == (64 * 2 + 6, 64 + 18)
+    sft_tile = np.asarray(strip)[18:, 70:]
+    assert np.array_equal(sft_tile, np.asarray(out)[68:132, 88:152])  # centred on (120, 100), 1:1
+    # a centre near the border moves inside the image rather than padding
+    edge = restore_tab.zoom_strip([("SFT", out)], center=(0, 0), side=64, scale=1)
+    assert np.array_equal(np.asarray(edge)[18:], np.asarray(out)[:64, :64])
+    # from a restore: both views, with the ground truth when one was given
+    lq = _img(tmp_path / "lq.png", (64, 64))
+    r = restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+                            gt_path=_img(tmp_path / "gt.png", (64, 64), seed=1))
+    d, caption, zoom = restore_tab.compare_views(r)
+    assert np.asarray(d).max() == 0 and "mean difference 0.00" in caption  # the same model twice: no difference
+    assert zoom.size == (4 * 64 * 3 + 3 * 6, 64 * 3 + 18)  # input, SFT, RL, ground truth: each whole (64 px)
+
+
+def test_examples_are_held_out_photos_degraded_by_pillow(tmp_path: Path) -> None:
+    from darl_core.data import TRAIN_IMAGES
+
+    paths = restore_tab.example_images(tmp_path / "ex")
+    assert len(paths) == 3 and not set(restore_tab.EXAMPLES) & set(TRAIN_IMAGES)
+    for p in paths:
+        im = Image.open(p)
+        assert im.size == (256, 256)
+    assert restore_tab.example_images(tmp_path / "ex") == paths  # made once, then reused
+
+
+def test_flag_says_whether_a_ground_truth_came_and_limits_the_note(ctx: AppContext, tmp_path: Path) -> None:
+    lq = _img(tmp_path / "lq.png")
+    assert "no ground truth" in restore_tab.flag(ctx, lq, "artifacts")
+    with pytest.raises(UserError, match="at most 2000"):
+        restore_tab.flag(ctx, lq, "artifacts", note="x" * 2001)
+    assert len(ctx.store.flagged()) == 1  # the refused flag wrote nothing

@@ -1,4 +1,4 @@
-"""The worker killed with SIGKILL at 10 random points: nothing partial survives, nothing stays running.
+"""The worker killed with SIGKILL at 6 random points of its training: nothing partial survives, nothing stays running.
 
 Two standby workers poll the queue while one trains, so the next claimant has finished its imports
 when the job is re-queued (a worker start is ~6 s of imports; the test would spend most of its time
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_worker import _png
 
 from darl_core.checkpoint import latest_checkpoint
-from darl_core.pipeline import load_pipeline
+from darl_core.loading import load_restorer
 from storage import Store
 from storage.db import migrate
 
-from test_worker import _png
-
 ROOT = Path(__file__).resolve().parent.parent
-KILLS = 10  # kill points per database (each one: a claim, 0.5-2.5 s of training, SIGKILL, a re-queue)
+KILLS = 6  # kill points per database (each one: a claim, a round trained, 0-1 s more, SIGKILL, a re-queue)
+ROUNDS = 60  # the job's length: 6 kills leave it unfinished, and finishing it is a few seconds of rounds
 
 
 def _start_worker(data: Path, url: str | None, worker_id: str | None = None) -> subprocess.Popen[bytes]:
@@ -42,16 +42,16 @@ def _start_worker(data: Path, url: str | None, worker_id: str | None = None) -> 
 def _check_consistent(store: Store, job_dir: Path) -> None:
     ckpt = latest_checkpoint(job_dir)
     if ckpt is not None:  # the last complete checkpoint always loads, weights and training state
-        load_pipeline(ckpt / "pipeline")
+        load_restorer(ckpt / "pipeline")
         assert "unet" in torch.load(ckpt / "train_state.pt", weights_only=False)
     for c in store.checkpoints():  # a registered checkpoint is always complete
         assert (Path(c.path) / "model_index.json").is_file(), c.path
-        load_pipeline(c.path)
+        load_restorer(c.path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
-def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tmp_path: Path,
+def test_sigkill_at_6_random_points(db: str, request: pytest.FixtureRequest, tmp_path: Path,
                                      tiny_model_dir: Path) -> None:
     data = tmp_path / "data"
     url = None
@@ -60,7 +60,7 @@ def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tm
         migrate(Store(url, data).engine, "base")  # a clean schema
     store = Store(url, data)
     ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(50 + i)) for i in range(3)]
-    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 160,
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": ROUNDS,
                             "ckpt_every": 1}, ids)
     job_dir = data / "jobs" / str(job)
     rng = random.Random(20261126)
@@ -79,7 +79,14 @@ def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tm
             if j.state != "running":
                 break  # finished (or failed) before the kill
             proc = standby.pop(j.worker)
-            time.sleep(rng.uniform(0.5, 2.5))
+            # Kill during training, not during the worker's set-up: once it has written a checkpoint of
+            # its own, at a random moment of the next round (its rollout, update or checkpoint write).
+            ckpt = latest_checkpoint(job_dir)
+            done = int(ckpt.name.split("-")[1]) if ckpt else 0
+            while time.time() < deadline and proc.poll() is None and (
+                    (c := latest_checkpoint(job_dir)) is None or int(c.name.split("-")[1]) <= done):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.0))
             if proc.poll() is not None:
                 break
             proc.send_signal(signal.SIGKILL)
@@ -96,10 +103,10 @@ def test_sigkill_at_10_random_points(db: str, request: pytest.FixtureRequest, tm
     assert kills == KILLS, f"the job ended ({store.job(job).state}) after {kills} kills; make it longer"
     # Now let it finish: it resumes from its last checkpoint, not from scratch.
     done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
-    assert 0 < done_before < 160
+    assert KILLS <= done_before < ROUNDS
     assert _start_worker(data, url).wait(timeout=300) == 0
     j = store.job(job)
     assert j.state == "succeeded" and j.attempts == KILLS + 1, j.error
-    assert latest_checkpoint(job_dir).name == "checkpoint-0000160"
+    assert latest_checkpoint(job_dir).name == f"checkpoint-{ROUNDS:07d}"
     _check_consistent(store, job_dir)
     assert any(c.job_id == job for c in store.checkpoints())

@@ -34,19 +34,30 @@ def picker_values(ctx: AppContext, sft: str | None, rl: str | None, base: str | 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="DARL — difficulty-adaptive RL for image restoration") as demo:
         gr.Markdown("# DARL · restore, compare SFT and RL, curate hard samples, fine-tune")
-        with gr.Tab("Restore") as restore_t:
-            rc = restore_tab.render(ctx)
-        with gr.Tab("Hard samples") as samples_t:
-            sc = samples_tab.render(ctx)
-        with gr.Tab("Fine-tune") as finetune_t:
-            fc = finetune_tab.render(ctx)
-        with gr.Tab("Models") as models_t:
-            mc = models_tab.render(ctx)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Restore", id="restore") as restore_t:
+                rc = restore_tab.render(ctx)
+            with gr.Tab("Hard samples", id="samples") as samples_t:
+                sc = samples_tab.render(ctx)
+            with gr.Tab("Fine-tune", id="finetune") as finetune_t:
+                fc = finetune_tab.render(ctx)
+            with gr.Tab("Models", id="models") as models_t:
+                mc = models_tab.render(ctx)
         fc["saved_job"].render()  # browser storage: outside the tabs, so it is read before the page load event
         restore_tab.listen(ctx, rc)
         samples_tab.listen(ctx, sc, samples_t.select)
         finetune_tab.listen(ctx, fc, demo.load)
         model_events = models_tab.listen(ctx, mc, models_t.select)
+
+        # "Open in Restore": the sample's input (and ground truth) go to the Restore tab, which comes to the front.
+        def open_in_restore(sample: int | None) -> tuple[Any, Any, Any]:
+            try:
+                lq, gt, _ = samples_tab.sample_files(ctx, sample)
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+            return lq, gt, gr.Tabs(selected="restore")
+
+        sc["open"].click(open_in_restore, sc["sample"], [rc["image"], rc["gt"], tabs], api_visibility="private")
 
         # Model pickers list every registered checkpoint: refresh them whenever they come into view,
         # so a finished job's model shows up without restarting the server; a page load, a promotion

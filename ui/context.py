@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from darl_core.images import IMAGE_SUFFIXES, ImageError, load_image
-from darl_core.pipeline import DEFAULT_MODEL, RestorationPipeline, load_pipeline
+from darl_core.loading import DEFAULT_MODEL, SHIPPED_MODELS, load_restorer
+from darl_core.pipeline import RestorationPipeline
 from darl_core.restorer import Precision
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "SHIPPED_SFT_V1", "UserError"]
+__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "user_errors"]
 
-SHIPPED_RL = DEFAULT_MODEL.parent / "darl-blind"  # trained from the single-stage sft-blind-v1
-SHIPPED_SFT_V1 = DEFAULT_MODEL.parent / "sft-blind-v1"  # the first, single-stage SFT model
-# The models that come with the app, by path: always in the pickers, registered again at every start
-SHIPPED: dict[str, str] = {str(DEFAULT_MODEL): "sft-blind (shipped SFT, two-stage)",
-                           str(SHIPPED_RL): "darl-blind (shipped RL, trained from sft-blind-v1)",
-                           str(SHIPPED_SFT_V1): "sft-blind-v1 (first SFT, single-stage)"}
+T = TypeVar("T")
+
+# The models that come with the app (darl_core.loading names them), by path: always in the pickers,
+# registered again at every start.
+SHIPPED: dict[str, str] = {str(m.path): m.label for m in SHIPPED_MODELS}
+SHIPPED_RL = next(m.path for m in SHIPPED_MODELS if m.name == "darl-blind")  # the RL side's default
 
 
 class UserError(ValueError):
     """A problem with the user's input or request; its message is shown in the page."""
+
+
+def user_errors(handler: Callable[..., T]) -> Callable[..., T]:
+    """A Gradio handler whose ``UserError`` becomes the page's error message (``gr.Error``); any
+    other exception is a bug and stays one. The signature is kept (Gradio reads it)."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return handler(*args, **kwargs)
+        except UserError as e:
+            import gradio as gr  # only the handlers need Gradio; the rest of this module does not
+
+            raise gr.Error(str(e)) from None
+    return wrapped
 
 
 @dataclass
@@ -49,7 +68,7 @@ class AppContext:
         """A loaded restorer, cached (one copy per checkpoint)."""
         with self._lock:
             if path not in self._models:
-                pipe = load_pipeline(path, self.device)
+                pipe = load_restorer(path, self.device)
                 pipe.set_precision(self.precision)
                 if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; latent restorers have none
                     pipe.set_progress_bar_config(disable=True)

@@ -13,11 +13,13 @@ import pandas as pd
 
 from darl_core.rewards import MissingWeightsError, parse_spec
 from darl_core.rl import PRESETS as RL_PRESETS
+from darl_core.rl import SIZES
 
-from .context import AppContext, UserError
+from .context import AppContext, UserError, user_errors
 
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
-           "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render"]
+           "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
+           "compare_colors", "compare_frame"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
@@ -31,12 +33,15 @@ PLACEHOLDER_COLOR = "#9ca3af"
 
 def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
                sample_ids: str = "", user: str = "anonymous", hardest_k: int = 0,
-               extra: dict[str, Any] | None = None, processes: int = 1) -> int:
+               extra: dict[str, Any] | None = None, processes: int = 1, size: str = "full") -> int:
     """Queue a job on the flagged samples (all, or the comma-separated ids given), plus optionally
     the ``hardest_k`` hardest samples of the built-in synthetic pool; returns its id. With
-    ``processes`` > 1 the worker trains it with that many processes (GPUs) through accelerate."""
+    ``processes`` > 1 the worker trains it with that many processes (GPUs) through accelerate;
+    ``size`` "quick" trains smaller (``rl.SIZES``) to try a method in minutes."""
     if preset not in RL_PRESETS:
         raise UserError(f"unknown method {preset!r}; choose one of {', '.join(METHODS)}")
+    if size not in SIZES:
+        raise UserError(f"unknown run size {size!r}; choose one of {', '.join(SIZES)}")
     try:
         parse_spec(reward)
     except ValueError as e:
@@ -69,6 +74,9 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
                               "batch_size": -(-min(8, len(ids) + hardest_k) // processes) * processes}
     if hardest_k:
         config.update(extra_hardest_k=hardest_k, pool_size=max(64, 4 * hardest_k))
+    config.update(SIZES[size])
+    if size != "full":
+        config["size"] = size  # shown in the jobs table; not an RLConfig field (the worker drops it)
     config.update(extra or {})
     return ctx.store.create_job(config, ids, user, processes)  # the sample list is frozen here
 
@@ -83,18 +91,44 @@ def _full_reference(spec: str) -> bool:
 
 
 def list_jobs(ctx: AppContext) -> list[list[Any]]:
-    return [[j.id, j.state, f"{100 * j.progress:.0f}%", j.config.get("preset", ""), j.config.get("reward", ""),
+    return [[j.id, j.state, f"{100 * j.progress:.0f}%",
+             j.config.get("preset", "") + (f" ({j.config['size']})" if j.config.get("size") else ""),
+             j.config.get("reward", ""),
              len(j.sample_ids), j.user, j.created_at.strftime("%Y-%m-%d %H:%M")] for j in ctx.store.jobs()]
 
 
 def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
-    """State, progress (0..1), log and error of one job."""
+    """State, progress (0..1), log and error of one job, with its median seconds per round and,
+    while it runs, the expected time left (None before its first round)."""
     try:
         j = ctx.store.job(int(job_id))
     except KeyError:
         raise UserError(f"there is no job #{job_id}") from None
+    times = sorted(v for _, n, v in ctx.store.metrics(j.id) if n == "round_s")
+    per_round = times[len(times) // 2] if times else None
+    rounds = int(j.config.get("rounds", 0) or 0)
+    left = None
+    if per_round is not None and j.state == "running":
+        left = per_round * max(rounds - round(j.progress * rounds), 0)
     return {"job": j.id, "state": j.state, "progress": j.progress, "log": j.log, "error": j.error,
-            "config": j.config}
+            "config": j.config, "seconds_per_round": per_round, "seconds_left": left}
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """The status line above the plot: state, progress, time per round and time left."""
+    text = f"**job #{st['job']}: {st['state']}, {100 * st['progress']:.0f}%**"
+    if st["seconds_per_round"] is not None:
+        text += f" · {st['seconds_per_round']:.1f} s a round"
+    if st["seconds_left"] is not None and st["seconds_left"] <= 0:
+        text += " · rounds done: checking the model on held-out photos"
+    elif st["seconds_left"] is not None:
+        left = st["seconds_left"]
+        text += f" · about {left / 60:.0f} min left" if left >= 90 else f" · about {left:.0f} s left"
+    elif st["state"] == "running":
+        text += " · time left: after the first round"
+    if st["error"]:
+        text += f"\n\n```\n{st['error'][-800:]}\n```"
+    return text
 
 
 def _frame(rows: list[tuple[int, float, str]]) -> pd.DataFrame:
@@ -132,6 +166,47 @@ def curve_colors(frame: pd.DataFrame) -> dict[str, str]:
             for m in dict.fromkeys(frame["metric"])}
 
 
+def job_sample(ctx: AppContext, job_id: int | None) -> tuple[str | None, str | None, str]:
+    """The job's picture to watch: its first training input and that input restored after the newest
+    round (files the worker writes each round), with a caption; Nones before the first round."""
+    if job_id is None:
+        return None, None, ""
+    folder = ctx.store.dir / "jobs" / str(int(job_id)) / "samples"
+    rounds = sorted(folder.glob("round_*.png")) if folder.is_dir() else []
+    if not rounds:
+        return None, None, "the job's first training input, restored after each round, appears here"
+    lq = folder / "input.png"
+    n = int(rounds[-1].stem.split("_")[1])
+    return (str(lq) if lq.is_file() else None, str(rounds[-1]),
+            f"the job's first training input (left) and its restoration after round {n} (right)")
+
+
+COMPARE_PLACEHOLDER = "choose jobs to compare"
+
+
+def compare_frame(ctx: AppContext, job_ids: list[int] | None, metric: str = "reward") -> pd.DataFrame:
+    """One curve of ``metric`` per chosen job (labelled "job #N · method"), for comparing runs; a
+    placeholder point when none is chosen or none has that metric yet (never empty: see plot_frame)."""
+    if metric not in CURVES:
+        raise UserError(f"unknown curve {metric!r}; choose one of {', '.join(CURVES)}")
+    rows: list[tuple[int, float, str]] = []
+    for jid in job_ids or []:
+        try:
+            j = ctx.store.job(int(jid))
+        except KeyError:
+            raise UserError(f"there is no job #{jid}") from None
+        label = f"job #{j.id} · {j.config.get('preset', '')}"
+        rows += [(step, v, label) for step, n, v in ctx.store.metrics(j.id) if n == metric]
+    return _frame(rows or [(0, 0.0, COMPARE_PLACEHOLDER)])
+
+
+def compare_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """A colour per compared job (in the order chosen), grey for the placeholder."""
+    labels = list(dict.fromkeys(frame["metric"]))
+    return {m: PLACEHOLDER_COLOR if m == COMPARE_PLACEHOLDER else PALETTE[i % len(PALETTE)]
+            for i, m in enumerate(labels)}
+
+
 def job_choices(ctx: AppContext) -> list[tuple[str, int]]:
     """(label, id) of the jobs, newest first, for the job picker (no state: a label would go stale)."""
     return [(f"#{j.id} · {j.config.get('preset', '')} · {j.config.get('reward', '')}".rstrip(" ·"), j.id)
@@ -165,7 +240,7 @@ def cancel_job(ctx: AppContext, job_id: int | None) -> str:
     if state in ("succeeded", "failed", "cancelled"):
         raise UserError(f"job #{job_id} already {state}")
     ctx.store.request_cancel(int(job_id))
-    return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'stops after this round'})."
+    return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'it stops at the end of its current round, with a checkpoint'})."
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
@@ -176,6 +251,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
             c["reward"] = gr.Textbox("niqe", label="Reward (metric or composite, e.g. niqe + 0.02*piqe)")
             c["preset"] = gr.Dropdown(METHODS, value="darl", label="Method (darl or an ablation)")
+            c["size"] = gr.Radio([("quick test (smaller crops, 2 steps: minutes on a CPU)", "quick"),
+                                  ("full (the method's settings; hours on a CPU, use a GPU)", "full")],
+                                 value="quick", label="Run size", elem_id="run-size")
             c["rounds"] = gr.Number(20, precision=0, label="Rounds", elem_id="rounds")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
             c["hardest_k"] = gr.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
@@ -199,7 +277,21 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["plot"] = gr.LinePlot(first, x="round", y="value", color="metric", elem_id="curves",
                                     label="Training curves · no job chosen", color_map=curve_colors(first))
             c["plot_colors"] = gr.State(curve_colors(first))
+            with gr.Row(equal_height=True):
+                c["sample_lq"] = gr.Image(label="training input", type="filepath", interactive=False, height=200,
+                                          elem_id="job-sample-input")
+                c["sample_out"] = gr.Image(label="after the newest round", type="filepath", interactive=False,
+                                           height=200, elem_id="job-sample")
+            c["sample_md"] = gr.Markdown(elem_id="job-sample-caption")
             c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
+            with gr.Accordion("Compare jobs: one curve per job", open=False):
+                with gr.Row():
+                    c["compare"] = gr.Dropdown([], value=[], multiselect=True, label="Jobs", elem_id="compare-jobs")
+                    c["compare_metric"] = gr.Dropdown(list(CURVES), value="reward", label="Curve")
+                first_c = compare_frame(ctx, None)
+                c["compare_plot"] = gr.LinePlot(first_c, x="round", y="value", color="metric", elem_id="compare-plot",
+                                                label="Compared jobs", color_map=compare_colors(first_c))
+                c["compare_colors"] = gr.State(compare_colors(first_c))
     c["timer"] = gr.Timer(2.0)
     return c
 
@@ -208,19 +300,17 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     def pick(job: int | float | None) -> dict[str, Any]:
         return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
 
-    def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1,  # noqa: ANN001
+    @user_errors
+    def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1, size="full",  # noqa: ANN001
                   request: gr.Request = None):
-        try:
-            job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
-                             getattr(request, "username", None) or "anonymous", int(hardest_k or 0),
-                             processes=1 if processes is None else int(processes))
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
+                         getattr(request, "username", None) or "anonymous", int(hardest_k or 0),
+                         processes=1 if processes is None else int(processes), size=size or "full")
         return f"Job #{job} queued.", job, list_jobs(ctx)
 
     # The API answers the plain job id (c["launched"]); the page then follows the new job in the picker.
     c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"],
-                                  c["processes"]],
+                                  c["processes"], c["size"]],
                       [c["msg"], c["launched"], c["jobs"]], api_name="launch_job").success(
         pick, c["launched"], c["job"], api_visibility="private")
 
@@ -241,37 +331,43 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         frame = plot_frame(ctx, None)
         idle = plot(frame, "choose a job: launch one or click a row of the table")
         if job is None:
-            return list_jobs(ctx), "", idle, "", curve_colors(frame)
+            return list_jobs(ctx), "", idle, "", curve_colors(frame), None, None, ""
         try:
             st = job_status(ctx, job)
         except UserError as e:
-            return list_jobs(ctx), str(e), idle, "", curve_colors(frame)
-        text = f"**job #{st['job']}: {st['state']}, {100 * st['progress']:.0f}%**"
-        if st["error"]:
-            text += f"\n\n```\n{st['error'][-800:]}\n```"
+            return list_jobs(ctx), str(e), idle, "", curve_colors(frame), None, None, ""
+        text = status_text(st)
         frame = plot_frame(ctx, job)
         title = f"job #{st['job']} ({st['config'].get('preset', '')})"
-        return list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame)
+        return list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame), *job_sample(ctx, job)
 
     # Data first, then the colour map: a new set of curves changes the map, and the plot redraws from
     # scratch with the data it now holds (a change of both at once would redraw from the old data).
-    outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"]]
+    outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"], c["sample_lq"], c["sample_out"],
+               c["sample_md"]]
     for trigger in (c["timer"].tick, c["job"].change):
         trigger(on_tick, c["job"], outputs, api_visibility="private").then(
             lambda colors: gr.update(color_map=colors), c["plot_colors"], c["plot"], api_visibility="private")
 
+    @user_errors
+    def on_compare(jobs, metric):  # noqa: ANN001
+        frame = compare_frame(ctx, jobs, metric)
+        return frame, compare_colors(frame)
+
+    for trigger in (c["compare"].change, c["compare_metric"].change):
+        trigger(on_compare, [c["compare"], c["compare_metric"]], [c["compare_plot"], c["compare_colors"]],
+                api_visibility="private").then(lambda colors: gr.update(color_map=colors), c["compare_colors"],
+                                               c["compare_plot"], api_visibility="private")
+    c["compare"].focus(lambda: gr.update(choices=job_choices(ctx)), None, c["compare"], api_visibility="private")
+
+    @user_errors
     def on_cancel(job):  # noqa: ANN001
-        try:
-            return cancel_job(ctx, job)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return cancel_job(ctx, job)
 
     c["cancel"].click(on_cancel, c["job"], c["msg"], api_visibility="private")
 
+    @user_errors
     def api_status(job: int) -> dict[str, Any]:
-        try:
-            return job_status(ctx, job)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return job_status(ctx, job)
 
     gr.api(api_status, api_name="job_status")

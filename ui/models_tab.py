@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .context import SHIPPED, AppContext, UserError
+from .context import SHIPPED, AppContext, UserError, user_errors
 
 __all__ = ["HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview", "list_checkpoints",
            "listen", "promote", "render"]
@@ -129,34 +129,28 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
 
     c["table"].select(on_row, None, c["id"], api_visibility="private")
 
+    @user_errors
     def on_promote(cid):  # noqa: ANN001
-        try:
-            return promote(ctx, cid), *refreshed(cid)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return promote(ctx, cid), *refreshed(cid)
 
     promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
 
+    @user_errors
     def on_ask(cid):  # noqa: ANN001
-        try:
-            return delete_preview(ctx, cid), gr.update(visible=True), cid, ""
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return delete_preview(ctx, cid), gr.update(visible=True), cid, ""
 
     c["delete"].click(on_ask, c["id"], [c["confirm_text"], c["confirm_box"], c["pending"], c["msg"]],
                       api_visibility="private")
     c["keep"].click(lambda: (gr.update(visible=False), None, "Nothing deleted."), None,
                     [c["confirm_box"], c["pending"], c["msg"]], api_visibility="private")
 
+    @user_errors
     def on_confirm(cid):  # noqa: ANN001
         try:
             path = ctx.store.checkpoint(int(cid)).path if cid is not None else None
         except KeyError:
             path = None
-        try:
-            msg = delete(ctx, cid, confirmed=True)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        msg = delete(ctx, cid, confirmed=True)
         return msg, gr.update(visible=False), None, path, *refreshed(None)
 
     deleted = c["confirm"].click(on_confirm, c["pending"],

@@ -19,15 +19,19 @@ from PIL import Image
 from darl_core.degrade import PRESETS
 from darl_core.difficulty import difficulty, difficulty_no_reference
 from darl_core.images import pil_to_tensor, to_rgb
+from darl_core.loading import ModelLoadError
 from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 from darl_core.rewards import MissingWeightsError, get_metric
 
-from .context import AppContext, UserError, png_bytes
+from .context import AppContext, UserError, png_bytes, user_errors
 
-__all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "difficulty_text", "estimate_seconds",
-           "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch", "score",
+__all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
+           "difficulty_text", "estimate_seconds", "zoom_strip",
+           "example_images", "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch",
+           "score",
            "score_table"]
 
+MAX_NOTE = 2000  # characters of a flag's note
 REASONS = ["artifacts", "over-smoothed", "hallucination", "colour shift", "noise left", "blur left", "other"]
 
 
@@ -43,6 +47,7 @@ class RestoreResult:
     files: list[str]  # downloadable PNGs (SFT, RL)
     seconds: float  # wall time of both restorations
     difficulty_kind: str = ""  # "gt" (1 - SSIM against the ground truth), "proxy" (no reference), "" (none)
+    gt: Image.Image | None = None  # the ground truth used for the scores (RGB), if one was given
 
 
 # How to read each score: (name shown, higher is better, what it compares with)
@@ -138,23 +143,30 @@ class RestoreStopped(UserError):
 DEFAULT_SPEED = 10.0  # s per megapixel per network pass before a model was measured (the shipped denoiser: ~11 on 2 cores)
 
 
+def _passes(has_stage1: bool, steps: int) -> int:
+    """Network passes of a restore: one per step, plus stage 1 where the model has one."""
+    return int(steps) + (1 if has_stage1 or int(steps) == 0 else 0)
+
+
 def estimate_seconds(ctx: AppContext, paths: list[str], size: tuple[int, int], steps: int) -> float:
-    """Expected wall time of restoring a ``size`` image with each model in ``paths`` (stage 1 counts as one
-    pass), from the speed measured on earlier restores in this app (a default before the first)."""
+    """Expected wall time of restoring a ``size`` image with each model in ``paths`` (stage 1, where a
+    model has one, counts as one pass), from the speed measured on earlier restores in this app (a
+    default before the first)."""
     mpx = size[0] * size[1] / 1e6
-    return sum(ctx.speed.get(p, DEFAULT_SPEED) * mpx * (int(steps) + 1) for p in paths)
+    return sum(ctx.speed.get(p, DEFAULT_SPEED) * mpx * _passes((Path(p) / "stage1").is_dir(), steps)
+               for p in paths)
 
 
-def large_image_warning(ctx: AppContext, image_path: str, sft_model: str | None, rl_model: str | None,
+def large_image_warning(ctx: AppContext, size: tuple[int, int], sft_model: str | None, rl_model: str | None,
                         steps: int, threshold_s: float = 60.0) -> str | None:
-    """A warning with the expected time and what to do, for restores expected to take over ``threshold_s``."""
-    im = ctx.open_upload(image_path)
+    """A warning with the expected time and what to do, for restores of a ``size`` (width, height)
+    image expected to take over ``threshold_s``."""
     d_sft, d_rl = ctx.default_models()
-    t = estimate_seconds(ctx, [sft_model or d_sft, rl_model or d_rl], im.size, steps)
+    t = estimate_seconds(ctx, [sft_model or d_sft, rl_model or d_rl], size, steps)
     if t <= threshold_s:
         return None
     hint = "fewer steps (0 = stage 1 alone, the fastest)" if int(steps) > 0 else "a smaller crop of the image"
-    return (f"This {im.size[0]}x{im.size[1]} image will take about {t / 60:.0f} min with both models at {steps} "
+    return (f"This {size[0]}x{size[1]} image will take about {t / 60:.0f} min with both models at {steps} "
             f"steps on this machine; the Stop button ends it at any time. For a quicker look: {hint}; "
             f"tile size {DEFAULT_TILE} (measured fastest here) keeps memory bounded.")
 
@@ -162,11 +174,12 @@ def large_image_warning(ctx: AppContext, image_path: str, sft_model: str | None,
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
             rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
             gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
-            stop: threading.Event | None = None) -> RestoreResult:
+            stop: threading.Event | None = None, warn: Callable[[str], None] | None = None) -> RestoreResult:
     """Restore one upload with both models and score input, SFT and RL.
 
     ``progress(fraction, text)`` gets every tile of every step with an ETA; setting ``stop`` ends the
-    work at the next tile with ``RestoreStopped``.
+    work at the next tile with ``RestoreStopped``; ``warn`` gets the large-image warning (expected
+    time, what to do) before a long restore starts.
     """
     if task not in PRESETS:
         raise UserError(f"unknown task {task!r}")
@@ -178,6 +191,9 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
     sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
+    warning = large_image_warning(ctx, im.size, sft_model, rl_model, int(steps))
+    if warning and warn is not None:
+        warn(warning)
     progress = progress or (lambda f, s: None)
     t0 = time.perf_counter()
     outs = []
@@ -185,7 +201,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         progress(i / 2 * 0.95, f"restoring with the {label} model")
         try:
             pipe = ctx.pipeline(path)
-        except Exception as e:  # ModelLoadError and friends: shown to the user
+        except ModelLoadError as e:
             raise UserError(f"{label} model: {e}") from None
         if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
@@ -200,7 +216,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         t1 = time.perf_counter()
         outs.append(pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile),
                          callback=on_tile)[0])
-        passes = int(steps) + (1 if getattr(pipe, "stage1", None) is not None or int(steps) == 0 else 0)
+        passes = _passes(getattr(pipe, "stage1", None) is not None, int(steps))
         ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
     seconds = time.perf_counter() - t0
     progress(0.95, "scoring")
@@ -230,7 +246,63 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         img.save(tmp / name)
         files.append(str(tmp / name))
     progress(1.0, "done")
-    return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds, kind)
+    return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds, kind,
+                         to_rgb(gt_im)[0] if gt_im is not None else None)
+
+
+# ----------------------------------------------------------------------------- comparing
+
+DIFF_GAIN = 4.0  # the difference map shows |SFT - RL| times this (small differences become visible)
+
+
+def difference_map(a: Image.Image, b: Image.Image, gain: float = DIFF_GAIN) -> tuple[Image.Image, float]:
+    """|a - b| averaged over the colour channels, times ``gain``, as a grey image (black: identical),
+    and the mean absolute difference in 8-bit levels."""
+    if a.size != b.size:
+        raise UserError(f"cannot compare a {a.size[0]}x{a.size[1]} image with a {b.size[0]}x{b.size[1]} one")
+    d = (pil_to_tensor(to_rgb(a)[0]) - pil_to_tensor(to_rgb(b)[0])).abs().mean(dim=0) * 255
+    grey = (d * gain).clamp(0, 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(grey, mode="L").convert("RGB"), float(d.mean())
+
+
+def zoom_strip(images: list[tuple[str, Image.Image]], center: tuple[int, int] | None = None, side: int = 128,
+               scale: int = 3) -> Image.Image:
+    """The same ``side`` x ``side`` region of every image, side by side with its name above, each pixel
+    drawn as ``scale`` x ``scale`` (nearest: no smoothing hides what the models did). ``center`` is in
+    the pixels of the largest image (default: its centre); smaller images (the input of a x4 model)
+    show the same region of the scene, enlarged to the same size."""
+    from PIL import ImageDraw
+
+    big = max((im.size for _, im in images), key=lambda wh: wh[0] * wh[1])
+    side = min(side, *big)  # a small image is shown whole
+    cx, cy = center if center is not None else (big[0] // 2, big[1] // 2)
+    half = side // 2
+    cx, cy = min(max(int(cx), half), max(big[0] - half, half)), min(max(int(cy), half), max(big[1] - half, half))
+    tiles = []
+    for name, im in images:
+        f = im.size[0] / big[0]  # this image's pixels per pixel of the largest one
+        box = (round((cx - half) * f), round((cy - half) * f), round((cx + half) * f), round((cy + half) * f))
+        crop = to_rgb(im)[0].crop(box).resize((side * scale, side * scale), Image.NEAREST)
+        tile = Image.new("RGB", (side * scale, side * scale + 18), "white")
+        tile.paste(crop, (0, 18))
+        ImageDraw.Draw(tile).text((4, 3), name if f == 1 else f"{name} (x{1 / f:g} nearest)", fill="black")
+        tiles.append(tile)
+    strip = Image.new("RGB", (sum(t.size[0] for t in tiles) + 6 * (len(tiles) - 1), tiles[0].size[1]), "white")
+    x = 0
+    for t in tiles:
+        strip.paste(t, (x, 0))
+        x += t.size[0] + 6
+    return strip
+
+
+def compare_views(r: RestoreResult, center: tuple[int, int] | None = None) -> tuple[Image.Image, str, Image.Image]:
+    """The difference map of SFT against RL with its caption, and the zoom strip of input, SFT, RL and
+    the ground truth (when given) around ``center`` (in output pixels)."""
+    diff, mad = difference_map(r.sft, r.rl)
+    caption = (f"|SFT − RL| × {DIFF_GAIN:g}: black where both models agree; mean difference {mad:.2f} of 255 "
+               f"levels")
+    views = [("input", r.input), ("SFT", r.sft), ("RL", r.rl)] + ([("ground truth", r.gt)] if r.gt else [])
+    return diff, caption, zoom_strip(views, center)
 
 
 def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", sft_model: str | None = None,
@@ -277,6 +349,8 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
     says what ``difficulty_value`` measures: "gt" (1 - SSIM against a ground truth) or "proxy"."""
     if not reason:
         raise UserError("choose a reason for the flag")
+    if len(note or "") > MAX_NOTE:
+        raise UserError(f"the note is {len(note)} characters long; at most {MAX_NOTE}")
     lq = to_rgb(ctx.open_upload(image_path))[0]
     gt = to_rgb(ctx.open_upload(gt_path, "ground truth"))[0] if gt_path else None
     if gt is not None and gt_scale(lq.size, gt.size) is None:
@@ -291,13 +365,44 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
     sid = ctx.store.add_sample(png_bytes(lq), lq.size[0], lq.size[1], png_bytes(gt) if gt else None,
                                source="upload", task=task)
     ctx.store.flag(sid, user=user, reason=reason, note=note, difficulty=d, difficulty_kind=kind)
-    return f"Flagged as hard sample #{sid} ({reason}{', with ground truth' if gt else ''})."
+    return f"Flagged as hard sample #{sid} ({reason}, {'with' if gt else 'no'} ground truth)."
 
 
 # ----------------------------------------------------------------------------- Gradio
 
 def _user(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "anonymous") if request is not None else "anonymous"
+
+
+EXAMPLES = ("chelsea.png", "coffee.png", "rocket.jpg")  # held-out photos of scikit-image's data (no model trained on them)
+
+
+def example_images(folder: Path) -> list[str]:
+    """Degraded 256 px crops of held-out photos, for the clickable examples: made at start-up by
+    Pillow and the JPEG codec (``evalset.OUTSIDE``: blur 1.2, bicubic x2, noise 8, JPEG 50), not by
+    our training degradations. The photos come with scikit-image (BSD-3-Clause; see its data/README)."""
+    import numpy as np
+
+    from darl_core.data import builtin_image
+    from darl_core.evalset import OUTSIDE, pillow_degrade
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(EXAMPLES):
+        path = folder / f"example_{Path(name).stem}.png"
+        if not path.is_file():
+            im = builtin_image(name)
+            w, h = im.size
+            crop = im.crop(((w - 256) // 2, (h - 256) // 2, (w + 256) // 2, (h + 256) // 2))
+            pillow_degrade(crop, OUTSIDE, np.random.default_rng(i))[0].save(path)
+        paths.append(str(path))
+    return paths
+
+
+STEPS_HELP = ("**Fidelity ↔ detail.** The restorer runs in two stages: stage 1 (steps = 0) is a regression "
+              "network, the most faithful to the input (highest PSNR); each diffusion step after it adds "
+              "texture the regression averaged away, at some cost in fidelity. The models' cards "
+              "(`models/*/README.md`, docs/quality) give the numbers on photos no model saw.")
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
@@ -308,66 +413,91 @@ def render(ctx: AppContext) -> dict[str, Any]:
         with gr.Column(scale=1):
             c["image"] = gr.Image(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
                                   elem_id="upload")
-            c["gt"] = gr.Image(type="filepath", label="Ground truth (optional)", sources=["upload", "clipboard"])
-            c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Task preset")
+            try:
+                gr.Examples(example_images(ctx.store.dir / "examples"), inputs=[c["image"]],
+                            label="Examples: held-out photos degraded by Pillow and JPEG (click one)")
+            except FileNotFoundError:  # scikit-image's photos missing: the page works without examples
+                pass
+            c["gt"] = gr.Image(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
+                               sources=["upload", "clipboard"], elem_id="gt-upload")
+            # The models restore any degradation; the task only says which one this image has, recorded with
+            # a flag (the Hard-samples filter and a job's training pool read it).
+            c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Degradation of this image (saved with a flag)",
+                                    info="Does not change the restore; the Hard-samples tab filters flags by it.")
             # values set again on every page load (ui.build_app): a promoted model is the RL default at once
             c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True,
                                    elem_id="sft-picker")
             c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
                                   elem_id="rl-picker")
+            c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps",
+                                   info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail "
+                                        "and cost fidelity")
+            with gr.Accordion("What do the steps trade?", open=False):
+                gr.Markdown(STEPS_HELP)
             with gr.Row():
-                c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps",
-                                         info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail and cost fidelity")
-                c["seed"] = gr.Number(0, precision=0, label="Seed")
-                c["tile"] = gr.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size")
+                c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="seed", scale=3)
+                c["dice"] = gr.Button("Random seed", elem_id="dice", scale=1)
+                c["tile"] = gr.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size", scale=3,
+                                      elem_id="tile")
             with gr.Row():
                 c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            with gr.Accordion("Flag as hard", open=True, elem_id="flag-box"):
+                c["reason"] = gr.Dropdown(REASONS, value="artifacts", label="Reason")
+                c["note"] = gr.Textbox(label="Note", max_length=MAX_NOTE)
+                c["flag_btn"] = gr.Button("Flag as hard", elem_id="flag-btn")
+                c["flag_msg"] = gr.Markdown(elem_id="flag-msg")
             with gr.Accordion("Several images", open=False):
                 c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
                 c["run_batch"] = gr.Button("Restore all")
+                c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
+                                                interactive=False, label="Batch results")
+                c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220)
+                c["batch_zip"] = gr.File(label="Batch download")
         with gr.Column(scale=2):
-            c["slider"] = gr.ImageSlider(label="SFT ⟷ RL", type="pil", elem_id="slider")
-            c["input_view"] = gr.Image(label="Input", type="pil", interactive=False)
-            c["scores"] = gr.Dataframe(label="IQA scores: each row says which way is better; "
-                                             "the last column names the best image", interactive=False,
-                                       elem_id="scores")
+            with gr.Row(equal_height=True):
+                # Fixed heights: the page does not jump when the results arrive.
+                c["slider_in"] = gr.ImageSlider(label="input (left) ⟷ SFT (right)", type="pil", height=380,
+                                                elem_id="slider-input")
+                c["slider"] = gr.ImageSlider(label="SFT (left) ⟷ RL (right)", type="pil", height=380,
+                                             elem_id="slider")
+            c["scores"] = gr.Dataframe(headers=SCORE_HEADERS, label="IQA scores: each row says which way is better; "
+                                       "the last column names the best image", interactive=False, elem_id="scores")
             c["difficulty_md"] = gr.Markdown(elem_id="difficulty")
+            with gr.Row():  # no fixed height here: Gradio 6.31 drops clicks on an image given a height
+                c["input_view"] = gr.Image(label="Input: click a point to zoom there", type="pil", interactive=False,
+                                           elem_id="input-view")
+                c["diff"] = gr.Image(label=f"|SFT − RL| × {DIFF_GAIN:g} (black: the models agree)", type="pil",
+                                     interactive=False, elem_id="diff-map")
+            c["diff_md"] = gr.Markdown(elem_id="diff-caption")
+            c["zoom"] = gr.Image(label="Zoom: the same region of every image, each pixel drawn 3x3 (no smoothing)",
+                                 type="pil", interactive=False, elem_id="zoom")
             c["files"] = gr.File(label="Downloads", file_count="multiple")
             c["difficulty"] = gr.State(float("nan"))
             c["difficulty_kind"] = gr.State("")  # what c["difficulty"] measures: "gt" or "proxy"
-            c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
-                                            interactive=False, label="Batch results", visible=True)
-            c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=6, height=220)
-            c["batch_zip"] = gr.File(label="Batch download")
-            with gr.Accordion("Flag as hard", open=False, elem_id="flag-box"):
-                c["reason"] = gr.Dropdown(REASONS, value="artifacts", label="Reason")
-                c["note"] = gr.Textbox(label="Note")
-                c["flag_btn"] = gr.Button("Flag as hard", elem_id="flag-btn")
-                c["flag_msg"] = gr.Markdown(elem_id="flag-msg")
+            c["result"] = gr.State(None)  # the last RestoreResult of this session (the zoom reads it)
     return c
 
 
 def listen(ctx: AppContext, c: dict[str, Any]) -> None:
+    @user_errors
     def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
                    request: gr.Request = None):
         key = getattr(request, "session_hash", None) or "anonymous"
         stop = ctx.stop_flags[key] = threading.Event()
         try:
-            if image:
-                warning = large_image_warning(ctx, image, sft, rl, int(steps))
-                if warning:
-                    gr.Warning(warning, duration=20)
             r = restore(ctx, image, task, sft, rl, int(steps), int(seed or 0), int(tile), gt,
-                        progress=lambda f, s: progress(f, desc=s), stop=stop)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+                        progress=lambda f, s: progress(f, desc=s), stop=stop,
+                        warn=lambda w: gr.Warning(w, duration=20))
         finally:
             ctx.stop_flags.pop(key, None)
         table, note = score_table(r.headers, r.scores)
-        text = f"**{r.difficulty_text}** · both restorations took {r.seconds:.1f} s" + (f"\n\n{note}" if note else "")
-        return ((r.sft, r.rl), r.input, gr.update(value=table, headers=SCORE_HEADERS), text, r.files, r.difficulty,
-                r.difficulty_kind)
+        given = "with your ground truth" if r.gt is not None else "**no ground truth given**: no-reference scores only"
+        text = (f"**{r.difficulty_text}** · {given} · both restorations took {r.seconds:.1f} s"
+                + (f"\n\n{note}" if note else ""))
+        diff, caption, zoom = compare_views(r)
+        return ((r.sft, r.rl), (r.input, r.sft), r.input, gr.update(value=table, headers=SCORE_HEADERS), text,
+                r.files, diff, caption, zoom, r, r.difficulty, r.difficulty_kind)
 
     def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001
         flag_ = ctx.stop_flags.get(getattr(request, "session_hash", None) or "anonymous")
@@ -377,35 +507,39 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     c["stop"].click(on_stop, None, None, queue=False, api_visibility="private")
     c["run"].click(on_restore, [c["image"], c["gt"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"],
                                 c["tile"]],
-                   [c["slider"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["difficulty"],
-                    c["difficulty_kind"]],
+                   [c["slider"], c["slider_in"], c["input_view"], c["scores"], c["difficulty_md"], c["files"],
+                    c["diff"], c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"]],
                    api_name="restore", concurrency_limit=1, concurrency_id="models")
 
+    def on_zoom(r: RestoreResult | None, evt: gr.SelectData) -> Any:
+        if r is None:
+            return gr.update()
+        x, y = evt.index  # a point of the input view, in its pixels: the outputs are output_scale larger
+        k = r.sft.size[0] / r.input.size[0]
+        return compare_views(r, (round(x * k), round(y * k)))[2]
+
+    c["input_view"].select(on_zoom, c["result"], c["zoom"], api_visibility="private")
+    c["dice"].click(lambda: int(torch.randint(0, 2**31 - 1, (1,))), None, c["seed"], api_visibility="private")
+
+    @user_errors
     def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress()):  # noqa: ANN001, B008
-        try:
-            return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, int(steps),
-                                 int(seed or 0), int(tile), progress=lambda f, s: progress(f, desc=s))
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, int(steps),
+                             int(seed or 0), int(tile), progress=lambda f, s: progress(f, desc=s))
 
     c["run_batch"].click(on_batch, [c["batch"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"], c["tile"]],
                          [c["batch_table"], c["batch_gallery"], c["batch_zip"]], concurrency_limit=1,
                          concurrency_id="models", api_visibility="private")
 
+    @user_errors
     def on_flag(image, reason, note, gt, task, d, kind, request: gr.Request):  # noqa: ANN001
-        try:
-            return flag(ctx, image, reason, note, gt, task, _user(request), d, kind)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return flag(ctx, image, reason, note, gt, task, _user(request), d, kind)
 
     c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"],
                                   c["difficulty_kind"]],
                         c["flag_msg"], api_name="flag")
 
+    @user_errors
     def on_score(image: FileData, metrics: str = "niqe,piqe") -> dict[str, Any]:
-        try:
-            return score(ctx, image["path"] if isinstance(image, dict) else image.path, metrics)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return score(ctx, image["path"] if isinstance(image, dict) else image.path, metrics)
 
     gr.api(on_score, api_name="score")

@@ -1,9 +1,8 @@
-"""Hard-samples tab: the flagged samples, filters, preview, unflag, export as a zip."""
+"""Hard-samples tab: the flagged samples, filters, a sample view, (bulk) unflag, open in Restore, export."""
 
 from __future__ import annotations
 
-import csv
-import io
+import json
 import re
 import tempfile
 import zipfile
@@ -14,23 +13,26 @@ from typing import Any
 import gradio as gr
 
 from darl_core.degrade import PRESETS
+from darl_core.pipeline import DEFAULT_STEPS
 from storage import FlaggedRow
 from storage.models import utcnow
 
-from .context import AppContext, UserError
+from .context import AppContext, UserError, user_errors
+from .restore_tab import REASONS, restore, score_table
 
-__all__ = ["HEADERS", "KINDS", "export_zip", "list_flagged", "listen", "render", "sample_choices",
-           "sample_from_caption", "sample_from_row", "unflag"]
+__all__ = ["HEADERS", "KINDS", "export_zip", "list_flagged", "listen", "render", "restore_sample", "sample_choices",
+           "sample_files", "sample_from_caption", "sample_from_row", "tag_samples", "unflag", "unflag_many"]
 
 D_MAX = 2.0  # difficulty (1 - SSIM) lies in [0, 2]; a bound at or past it filters nothing
 # Two difficulties that are not comparable: never one unmarked column, and the bounds apply to one kind.
 KINDS = {"gt": "ground truth (1 − SSIM)", "proxy": "no-reference proxy (NIQE)"}
-HEADERS = ["sample", "task", "reason", "difficulty (0 easy … 1 hard)", "difficulty measured by", "user",
+HEADERS = ["sample", "task", "reason", "tags", "difficulty (0 easy … 1 hard)", "difficulty measured by", "user",
            "flagged at", "size", "ground truth", "note"]
 
 
 def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | None,
-          d_min: float | None, d_max: float | None, kind: str | None = "gt") -> list[FlaggedRow]:
+          d_min: float | None, d_max: float | None, kind: str | None = "gt", tag: str | None = None
+          ) -> list[FlaggedRow]:
     # Neutral values mean "no filter": days <= 0, d_min <= 0, d_max >= D_MAX (a form always sends numbers).
     # Bounds compare like with like: only samples whose difficulty is of ``kind`` can pass them.
     since = utcnow() - timedelta(days=float(days)) if days and days > 0 else None
@@ -39,17 +41,22 @@ def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | N
     if kind is not None and kind not in KINDS:
         raise UserError(f"unknown difficulty kind {kind!r}: {' or '.join(KINDS)}")
     bounded = lo is not None or hi is not None
-    return ctx.store.flagged(task or None, reason or None, since, lo, hi, (kind or "gt") if bounded else None)
+    try:
+        return ctx.store.flagged(task or None, reason or None, since, lo, hi, (kind or "gt") if bounded else None,
+                                 (tag or "").strip() or None)
+    except ValueError as e:  # a malformed tag
+        raise UserError(str(e)) from None
 
 
 def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
-                 d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt"
-                 ) -> tuple[list[tuple[str, str]], list[list[Any]]]:
+                 d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
+                 tag: str | None = None) -> tuple[list[tuple[str, str]], list[list[Any]]]:
     """(gallery items, table rows) of the currently flagged samples matching the filters; difficulty
-    bounds keep only samples whose difficulty is of ``kind`` ("gt" or "proxy")."""
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind)
+    bounds keep only samples whose difficulty is of ``kind`` ("gt" or "proxy"); ``tag`` keeps the
+    samples that carry it."""
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
     gallery = [(str(r.lq_path), f"#{r.sample_id} {r.reason}") for r in rows]
-    table = [[r.sample_id, r.task, r.reason, None if r.difficulty is None else round(r.difficulty, 4),
+    table = [[r.sample_id, r.task, r.reason, ", ".join(r.tags), None if r.difficulty is None else round(r.difficulty, 4),
               "" if r.difficulty is None else KINDS.get(r.difficulty_kind or "", "not recorded"), r.user,
               r.flagged_at.strftime("%Y-%m-%d %H:%M"), f"{r.width}x{r.height}", "yes" if r.gt_path else "no",
               r.note] for r in rows]
@@ -59,6 +66,24 @@ def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = 
 def sample_choices(table: list[list[Any]]) -> list[tuple[str, int]]:
     """(label, id) for the sample picker, from the table rows shown."""
     return [(f"#{row[0]} {row[2]}", int(row[0])) for row in table]
+
+
+def tag_samples(ctx: AppContext, sample_ids: list[int] | None, text: str, remove: bool = False) -> str:
+    """Add (or remove) the comma-separated tags ``text`` on the ticked samples."""
+    ids = sorted({int(i) for i in sample_ids or []})
+    if not ids:
+        raise UserError("tick the samples to tag first")
+    tags = [t for t in (text or "").split(",") if t.strip()]
+    if not tags:
+        raise UserError("type one or more tags, separated by commas")
+    try:
+        ctx.store.tag(ids, remove=tags) if remove else ctx.store.tag(ids, add=tags)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except KeyError as e:
+        raise UserError(f"there is no sample #{e.args[0]}") from None
+    words = ", ".join(t.strip().lower() for t in tags)
+    return f"{'Removed' if remove else 'Added'} {words} {'from' if remove else 'to'} {len(ids)} samples."
 
 
 def sample_from_row(row: list[Any] | None) -> int | None:
@@ -75,6 +100,44 @@ def sample_from_caption(caption: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def sample_files(ctx: AppContext, sample_id: int | None) -> tuple[str, str | None, str]:
+    """The LQ and ground-truth files of a sample (None: no ground truth) and a line describing it."""
+    if sample_id is None:
+        raise UserError("choose a sample: click a tile or a row")
+    rows = {r.sample_id: r for r in ctx.store.flagged()}
+    if int(sample_id) not in rows:
+        raise UserError(f"sample #{sample_id} is not flagged")
+    r = rows[int(sample_id)]
+    d = "not measured" if r.difficulty is None else f"{r.difficulty:.3f} ({KINDS.get(r.difficulty_kind or '', 'kind not recorded')})"
+    text = (f"**#{r.sample_id}** · {r.width}x{r.height} · task {r.task} · {r.reason} · difficulty {d} · "
+            f"flagged by {r.user} {r.flagged_at:%Y-%m-%d %H:%M}" + (f" · note: {r.note}" if r.note else ""))
+    return str(r.lq_path), str(r.gt_path) if r.gt_path else None, text
+
+
+def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_STEPS) -> tuple[Any, Any, str]:
+    """The sample restored by the default SFT and RL models: (SFT image, RL image, a line with the
+    scores' verdict), for the side-by-side view."""
+    lq, gt, _ = sample_files(ctx, sample_id)
+    r = restore(ctx, lq, gt_path=gt, steps=steps)
+    table, _ = score_table(r.headers, r.scores)
+    best = "; ".join(f"{row[0]}: best {row[-1]}" for row in table)
+    return r.sft, r.rl, f"{steps} steps · {best}"
+
+
+def unflag_many(ctx: AppContext, sample_ids: list[int] | None, user: str = "anonymous") -> str:
+    """Unflag several samples at once (the ones ticked); each gets its own unflag event."""
+    ids = sorted({int(i) for i in sample_ids or []})
+    if not ids:
+        raise UserError("tick the samples to unflag first")
+    flagged = {r.sample_id for r in ctx.store.flagged()}
+    missing = [i for i in ids if i not in flagged]
+    if missing:
+        raise UserError(f"samples {missing} are not flagged (refresh the list)")
+    for i in ids:
+        ctx.store.unflag(i, user)
+    return f"{len(ids)} samples unflagged: {', '.join(f'#{i}' for i in ids)} (the history keeps every event)."
+
+
 def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> str:
     if sample_id is None:
         raise UserError("choose a sample to unflag")
@@ -86,26 +149,30 @@ def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> s
 
 
 def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
-               d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt") -> str:
-    """A zip of the matching samples: lq/, gt/ and metadata.csv; returns its path."""
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind)
+               d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
+               tag: str | None = None) -> str:
+    """A zip of the matching samples that Hugging Face ``datasets`` reads as it is: ``lq/``, ``gt/``
+    and ``metadata.jsonl`` (one row a sample: ``lq_file_name`` and ``gt_file_name`` become the image
+    columns ``lq`` and ``gt``, then task, reason, difficulty, ...). Unzipped,
+    ``load_dataset("imagefolder", data_dir=...)`` loads it. Returns the zip's path."""
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
     if not rows:
         raise UserError("no flagged samples match the filters")
     out = Path(tempfile.mkdtemp(prefix="darl-export-")) / "hard_samples.zip"
-    meta = io.StringIO()
-    wr = csv.writer(meta)
-    wr.writerow(["sample", "lq", "gt", "task", "reason", "difficulty", "difficulty_kind", "user", "flagged_at", "note"])
+    lines = []
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for r in rows:
             lq = f"lq/{r.sample_id:06d}.png"
             z.write(r.lq_path, lq)
-            gt = ""
+            gt = None
             if r.gt_path:
                 gt = f"gt/{r.sample_id:06d}.png"
                 z.write(r.gt_path, gt)
-            wr.writerow([r.sample_id, lq, gt, r.task, r.reason, r.difficulty, r.difficulty_kind or "", r.user,
-                         r.flagged_at.isoformat(), r.note])
-        z.writestr("metadata.csv", meta.getvalue())
+            lines.append(json.dumps({"lq_file_name": lq, "gt_file_name": gt, "sample": r.sample_id, "task": r.task,
+                                     "reason": r.reason, "tags": list(r.tags), "difficulty": r.difficulty,
+                                     "difficulty_kind": r.difficulty_kind or "", "user": r.user,
+                                     "flagged_at": r.flagged_at.isoformat(), "note": r.note or ""}))
+        z.writestr("metadata.jsonl", "\n".join(lines) + "\n")
     return str(out)
 
 
@@ -113,65 +180,130 @@ def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         c["task"] = gr.Dropdown([""] + sorted(PRESETS), value="", label="Task")
-        c["reason"] = gr.Textbox(label="Reason")
+        c["reason"] = gr.Dropdown([""] + REASONS, value="", allow_custom_value=True, elem_id="reason-filter",
+                                  label="Reason contains", info="any case; type your own words and press Enter")
         c["days"] = gr.Number(0, label="Flagged in the last N days (0: all)")
         c["d_min"] = gr.Number(0.0, label="Difficulty ≥")
         c["d_max"] = gr.Number(D_MAX, label="Difficulty ≤")
         c["kind"] = gr.Radio([(v, k) for k, v in KINDS.items()], value="gt", label="Difficulty bounds compare",
                              info="the two measures differ: bounds keep only samples measured this way")
+        c["tag"] = gr.Textbox(label="Tag", info="samples with this tag (Enter)", elem_id="tag-filter")
         c["refresh"] = gr.Button("Refresh")
-    c["gallery"] = gr.Gallery(label="Flagged samples (click one to choose it)", columns=6, height=260,
-                              elem_id="samples-gallery")
-    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Flagged samples", elem_id="samples-table")
+    c["gallery"] = gr.Gallery(label="Flagged samples (click one to view it)", columns=6, height=260,
+                              allow_preview=False, elem_id="samples-gallery")
+    c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="samples-table", show_search="search",
+                              label="Flagged samples (click a row to view it; click a header to sort)")
     with gr.Row():
         c["sample"] = gr.Dropdown([], value=None, label="Sample (click a tile or a row)", elem_id="sample-id")
         c["unflag"] = gr.Button("Unflag")
-        c["export"] = gr.Button("Export as zip")
-    c["msg"] = gr.Markdown()
-    c["zip"] = gr.File(label="Export")
+        c["open"] = gr.Button("Open in Restore", elem_id="open-in-restore")
+        c["export"] = gr.Button("Export (zip, Hugging Face datasets format)")
+    c["msg"] = gr.Markdown(elem_id="samples-msg")
+    with gr.Accordion("Sample view: input, SFT, RL and ground truth side by side", open=True):
+        c["view_md"] = gr.Markdown(elem_id="sample-view-text")
+        with gr.Row(equal_height=True):
+            c["view_lq"] = gr.Image(label="input (flagged)", type="filepath", interactive=False, height=240,
+                                    elem_id="view-lq")
+            c["view_sft"] = gr.Image(label="SFT", type="pil", interactive=False, height=240, elem_id="view-sft")
+            c["view_rl"] = gr.Image(label="RL", type="pil", interactive=False, height=240, elem_id="view-rl")
+            c["view_gt"] = gr.Image(label="ground truth", type="filepath", interactive=False, height=240,
+                                    elem_id="view-gt")
+        c["view_restore"] = gr.Button("Restore this sample with the default SFT and RL models", elem_id="view-restore")
+    with gr.Accordion("Several at once", open=False):
+        c["selected"] = gr.CheckboxGroup([], label="Tick samples (a click on a tile ticks it too)",
+                                         show_select_all=True, elem_id="bulk-select")
+        with gr.Row():
+            c["tags"] = gr.Textbox(label="Tags (comma-separated: letters, digits, - and _)", elem_id="tags-text")
+            c["tag_add"] = gr.Button("Add to the ticked", elem_id="tag-add")
+            c["tag_remove"] = gr.Button("Remove from the ticked")
+        c["unflag_many"] = gr.Button("Unflag the ticked samples", elem_id="unflag-many")
+    c["zip"] = gr.File(label="Export", visible=False)  # shown once there is something to download
     return c
 
 
 def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
-    filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"], c["kind"]]
+    filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"], c["kind"], c["tag"]]
 
-    def listing(*f: Any) -> tuple[Any, Any, dict[str, Any]]:
-        try:
-            gallery, table = list_flagged(ctx, *f)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
-        return gallery, table, gr.update(choices=sample_choices(table))
+    @user_errors
+    def listing(*f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        gallery, table = list_flagged(ctx, *f)
+        choices = sample_choices(table)
+        return gallery, table, gr.update(choices=choices), gr.update(choices=choices, value=[])
 
-    for trigger in (c["refresh"].click, c["reason"].submit, load_event):
-        trigger(listing, filters, [c["gallery"], c["table"], c["sample"]], api_visibility="private")
+    listed = [c["gallery"], c["table"], c["sample"], c["selected"]]
+    for trigger in (c["refresh"].click, c["reason"].change, c["task"].change, c["kind"].change, load_event):
+        trigger(listing, filters, listed, api_visibility="private")
+    for box in (c["days"], c["d_min"], c["d_max"], c["tag"]):
+        box.submit(listing, filters, listed, api_visibility="private")
 
     def on_row(evt: gr.SelectData) -> int | None:
         return sample_from_row(evt.row_value)
 
-    def on_tile(table: Any, evt: gr.SelectData) -> int | None:
+    def on_tile(table: Any, ticked: list[int] | None, evt: gr.SelectData) -> tuple[int | None, list[int]]:
         sid = sample_from_caption(evt.value.get("caption") if isinstance(evt.value, dict) else None)
         if sid is None and isinstance(evt.index, int) and table is not None and evt.index < len(table):
             sid = sample_from_row(list(table.iloc[evt.index]))  # the gallery lists the table's rows in order
-        return sid
+        ticked = list(ticked or [])
+        if sid is not None and sid not in ticked:
+            ticked.append(sid)
+        return sid, ticked
 
     c["table"].select(on_row, None, c["sample"], api_visibility="private")
-    c["gallery"].select(on_tile, c["table"], c["sample"], api_visibility="private")
+    c["gallery"].select(on_tile, [c["table"], c["selected"]], [c["sample"], c["selected"]], api_visibility="private")
 
+    def on_pick(sample: int | None) -> tuple[Any, Any, Any, Any, str]:
+        if sample is None:
+            return None, None, None, None, ""
+        try:
+            lq, gt, text = sample_files(ctx, sample)
+        except UserError as e:
+            return None, None, None, None, str(e)
+        return lq, None, None, gt, text + ("" if gt else " · no ground truth")
+
+    c["sample"].change(on_pick, c["sample"], [c["view_lq"], c["view_sft"], c["view_rl"], c["view_gt"], c["view_md"]],
+                       api_visibility="private")
+
+    @user_errors
+    def on_view_restore(sample, progress=gr.Progress()):  # noqa: ANN001, B008
+        progress(0, desc="restoring with both models")
+        sft, rl, verdict = restore_sample(ctx, sample)
+        return sft, rl, verdict
+
+    c["view_restore"].click(on_view_restore, c["sample"], [c["view_sft"], c["view_rl"], c["msg"]],
+                            concurrency_limit=1, concurrency_id="models", api_visibility="private")
+
+    @user_errors
     def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
-        try:
-            msg = unflag(ctx, sample, getattr(request, "username", None) or "anonymous")
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        msg = unflag(ctx, sample, getattr(request, "username", None) or "anonymous")
         gallery, table = list_flagged(ctx, *f)
-        return msg, gallery, table, gr.update(choices=sample_choices(table), value=None)
+        choices = sample_choices(table)
+        return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
 
-    c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], c["gallery"], c["table"], c["sample"]],
-                      api_visibility="private")
+    c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
-    def on_export(*f: Any) -> str:
-        try:
-            return export_zip(ctx, *f)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+    @user_errors
+    def on_unflag_many(ticked, *f: Any, request: gr.Request = None):  # noqa: ANN001
+        msg = unflag_many(ctx, ticked, getattr(request, "username", None) or "anonymous")
+        gallery, table = list_flagged(ctx, *f)
+        choices = sample_choices(table)
+        return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
+
+    c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
+
+    def tagging(remove: bool) -> Any:
+        @user_errors
+        def on_tag(ticked, text, *f: Any):  # noqa: ANN001
+            msg = tag_samples(ctx, ticked, text, remove)
+            gallery, table = list_flagged(ctx, *f)
+            return msg, gallery, table
+        return on_tag
+
+    for button, remove in ((c["tag_add"], False), (c["tag_remove"], True)):
+        button.click(tagging(remove), [c["selected"], c["tags"], *filters], [c["msg"], c["gallery"], c["table"]],
+                     api_visibility="private")
+
+    @user_errors
+    def on_export(*f: Any) -> dict[str, Any]:
+        return gr.update(value=export_zip(ctx, *f), visible=True)
 
     c["export"].click(on_export, filters, c["zip"], api_visibility="private")

@@ -1,0 +1,39 @@
+"""Command lines and configs: help from the field comments, one unknown-field check for every entry."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from darl_core.cli import field_comments
+from darl_core.rl import RLConfig, get_rl_preset
+from darl_core.train_sft import SFTConfig
+
+
+@pytest.mark.parametrize("cls", [RLConfig, SFTConfig])
+def test_every_config_field_has_its_comment_as_help(cls: type, capsys: pytest.CaptureFixture[str]) -> None:
+    comments = field_comments(cls)
+    assert all(comments.get(f.name) for f in fields(cls)), [f.name for f in fields(cls) if not comments.get(f.name)]
+    # a comment continued on the next line is joined to its field
+    assert "batch statistics while short" in field_comments(RLConfig)["advantage"]
+    cli = importlib.import_module("darl_core.train_rl" if cls is RLConfig else "darl_core.train_sft")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    name = "clip_range" if cls is RLConfig else "lr"
+    assert f"{' '.join(comments[name].split())} (default:" in text
+
+
+def test_one_unknown_field_check_for_jobs_and_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = RLConfig.from_dict({"rounds": 3, "lr": 0.5}, get_rl_preset("sft"))
+    assert (cfg.rounds, cfg.lr, cfg.method) == (3, 0.5, "sft")
+    with pytest.raises(ValueError, match=r"unknown config fields \['roundz'\]"):
+        RLConfig.from_dict({"roundz": 3})
+    (tmp_path / "c.json").write_text(json.dumps({"roundz": 3}))
+    with pytest.raises(SystemExit):
+        importlib.import_module("darl_core.train_rl").main(["--config", str(tmp_path / "c.json")])
+    assert "unknown config fields ['roundz']" in capsys.readouterr().err
