@@ -54,8 +54,8 @@ def test_x4_model_on_x4_pairs_and_a_clear_error_on_x1_pairs(tmp_path: Path, tiny
 
 def test_heldout_check_scores_restorations_and_inputs_of_the_pillow_pairs(tiny_pipe) -> None:  # noqa: ANN001
     from darl_core.data import HELDOUT_IMAGES, builtin_image
-    from darl_core.evaluate import heldout_check
     from darl_core.evalset import independent_pairs
+    from darl_core.evaluate import heldout_check
     from darl_core.rewards import get_metric
 
     got = heldout_check(tiny_pipe, steps=1, crops=2, size=64)

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from darl_core.loading import load_restorer
-from darl_core.rl import (
-    RewardMemory,
-    build_pool,
-    policy_losses,
-    ppo_loss,
-    tiny_test,
-    train_rl,
-)
+from darl_core.pool import build_pool
+from darl_core.rl import RewardMemory, policy_losses, ppo_loss, tiny_test, train_rl
 
 
 def _cfg(tmp_path: Path, model: Path, **kw: object):
