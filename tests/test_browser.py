@@ -142,6 +142,10 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#open-in-restore").click()
             expect(page.locator("#restore-btn")).to_be_visible(timeout=30_000)
             expect(page.locator("#upload img")).to_be_visible(timeout=30_000)
+            page.wait_for_function("() => window.scrollY === 0", timeout=30_000)  # from the top, where the image is
+            # a new image clears the last results: no flag can carry another image's difficulty
+            expect(page.locator("#difficulty")).not_to_contain_text("difficulty", timeout=30_000)
+            expect(page.locator("#diff-caption")).not_to_contain_text("mean difference")
 
             page.get_by_role("tab", name="Fine-tune").click()
             # first visit, no job yet: nothing chosen, and no "job #0"

@@ -218,9 +218,9 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert finetune_tab.job_sample(ctx, quick)[:2] == (None, None)  # cancelled before its first round
     # several jobs on one plot: one curve per job, a placeholder when none is chosen
     frame = finetune_tab.compare_frame(ctx, [job, quick], "reward")
-    assert set(frame["metric"]) == {f"job #{job} · tiny_test"} and list(frame["round"]) == [1, 2]
+    assert set(frame["metric"]) == {f"job #{job} · tiny_test · psnr"} and list(frame["round"]) == [1, 2]
     assert list(finetune_tab.compare_frame(ctx, [])["metric"]) == [finetune_tab.COMPARE_PLACEHOLDER]
-    assert finetune_tab.compare_colors(frame) == {f"job #{job} · tiny_test": finetune_tab.PALETTE[0]}
+    assert finetune_tab.compare_colors(frame) == {f"job #{job} · tiny_test · psnr": finetune_tab.PALETTE[0]}
     with pytest.raises(UserError, match="unknown curve"):
         finetune_tab.compare_frame(ctx, [job], "loss")
     # the finished model was checked on held-out photos degraded by Pillow/JPEG, and registered with it
@@ -543,19 +543,19 @@ def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Pa
     out = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8))
     small = out.resize((60, 50), Image.NEAREST)
     strip = restore_tab.zoom_strip([("input", small), ("SFT", out)], center=(120, 100), side=64, scale=1)
-    assert strip.size == (64 * 2 + 6, 64 + 18)
-    sft_tile = np.asarray(strip)[18:, 70:]
+    assert strip.size == (64 * 2 + 6, 64 + 30)
+    sft_tile = np.asarray(strip)[:64, 70:]
     assert np.array_equal(sft_tile, np.asarray(out)[68:132, 88:152])  # centred on (120, 100), 1:1
     # a centre near the border moves inside the image rather than padding
     edge = restore_tab.zoom_strip([("SFT", out)], center=(0, 0), side=64, scale=1)
-    assert np.array_equal(np.asarray(edge)[18:], np.asarray(out)[:64, :64])
+    assert np.array_equal(np.asarray(edge)[:64], np.asarray(out)[:64, :64])
     # from a restore: both views, with the ground truth when one was given
     lq = _img(tmp_path / "lq.png", (64, 64))
     r = restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
                             gt_path=_img(tmp_path / "gt.png", (64, 64), seed=1))
     d, caption, zoom = restore_tab.compare_views(r)
     assert np.asarray(d).max() == 0 and "mean difference 0.00" in caption  # the same model twice: no difference
-    assert zoom.size == (4 * 64 * 3 + 3 * 6, 64 * 3 + 18)  # input, SFT, RL, ground truth: each whole (64 px)
+    assert zoom.size == (4 * 64 * 3 + 3 * 6, 64 * 3 + 30)  # input, SFT, RL, ground truth: each whole (64 px)
 
 
 def test_examples_are_held_out_photos_degraded_by_pillow(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 raise gr.Error(str(e)) from None
             return lq, gt, gr.Tabs(selected="restore")
 
-        sc["open"].click(open_in_restore, sc["sample"], [rc["image"], rc["gt"], tabs], api_visibility="private")
+        sc["open"].click(open_in_restore, sc["sample"], [rc["image"], rc["gt"], tabs], api_visibility="private").then(
+            None, js="() => window.scrollTo({top: 0})")  # the Restore tab from its top, where the image is
 
         # Model pickers list every registered checkpoint: refresh them whenever they come into view,
         # so a finished job's model shows up without restarting the server; a page load, a promotion

@@ -19,7 +19,7 @@ from darl_core.pipeline import RestorationPipeline
 from darl_core.restorer import Precision
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "user_errors"]
+__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "user_errors", "user_warnings"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,26 @@ def user_errors(handler: Callable[..., T]) -> Callable[..., T]:
 
             raise gr.Error(str(e)) from None
     return wrapped
+
+
+def user_warnings(outputs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Like ``user_errors``, for handlers whose outputs are lists the user keeps working with: a
+    ``UserError`` becomes a warning toast and the ``outputs`` components stay as they were (an error
+    would cover each of them with an "Error" box until the next refresh)."""
+
+    def deco(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except UserError as e:
+                import gradio as gr
+
+                gr.Warning(str(e), duration=15)
+                unchanged = tuple(gr.skip() for _ in range(outputs))
+                return unchanged[0] if outputs == 1 else unchanged
+        return wrapped
+    return deco
 
 
 @dataclass
@@ -84,7 +104,7 @@ class AppContext:
         seen = {p for _, p in out}
         for c in sorted(ckpts, key=lambda c: not c.promoted):
             if c.path not in seen and Path(c.path).exists():
-                ev = ", ".join(f"{k} {v:.3g}" for k, v in list(c.evaluation.items())[:3])
+                ev = ", ".join(f"{k} {v:.4g}" for k, v in list(c.evaluation.items())[:3])
                 out.append((f"{c.name}{' (default)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))
                 seen.add(c.path)
         return out

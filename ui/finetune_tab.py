@@ -195,7 +195,7 @@ def compare_frame(ctx: AppContext, job_ids: list[int] | None, metric: str = "rew
             j = ctx.store.job(int(jid))
         except KeyError:
             raise UserError(f"there is no job #{jid}") from None
-        label = f"job #{j.id} · {j.config.get('preset', '')}"
+        label = f"job #{j.id} · {j.config.get('preset', '')} · {j.config.get('reward', '')}".rstrip(" ·")
         rows += [(step, v, label) for step, n, v in ctx.store.metrics(j.id) if n == metric]
     return _frame(rows or [(0, 0.0, COMPARE_PLACEHOLDER)])
 
@@ -346,7 +346,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"], c["sample_lq"], c["sample_out"],
                c["sample_md"]]
     for trigger in (c["timer"].tick, c["job"].change):
-        trigger(on_tick, c["job"], outputs, api_visibility="private").then(
+        trigger(on_tick, c["job"], outputs, api_visibility="private", show_progress="hidden").then(
             lambda colors: gr.update(color_map=colors), c["plot_colors"], c["plot"], api_visibility="private")
 
     @user_errors

@@ -87,8 +87,9 @@ def score_table(headers: list[str], rows: list[list[Any]]) -> tuple[list[list[An
     if len(set(prefers.values())) > 1:
         who = ", ".join(f"{m} prefers {v}" for m, v in prefers.items())
         note = (f"The no-reference metrics disagree ({who}): NIQE scores how natural the image statistics "
-                f"look, PIQE penalises blocky or noisy patches, and neither knows the true image; upload a "
-                f"ground truth for PSNR and SSIM.")
+                f"look, PIQE penalises blocky or noisy patches, and neither knows the true image"
+                + ("; PSNR and SSIM above compare with your ground truth." if "psnr" in headers else
+                   "; upload a ground truth for PSNR and SSIM."))
     return table, note
 
 
@@ -267,11 +268,11 @@ def difference_map(a: Image.Image, b: Image.Image, gain: float = DIFF_GAIN) -> t
 
 def zoom_strip(images: list[tuple[str, Image.Image]], center: tuple[int, int] | None = None, side: int = 128,
                scale: int = 3) -> Image.Image:
-    """The same ``side`` x ``side`` region of every image, side by side with its name above, each pixel
+    """The same ``side`` x ``side`` region of every image, side by side with its name below, each pixel
     drawn as ``scale`` x ``scale`` (nearest: no smoothing hides what the models did). ``center`` is in
     the pixels of the largest image (default: its centre); smaller images (the input of a x4 model)
     show the same region of the scene, enlarged to the same size."""
-    from PIL import ImageDraw
+    from PIL import ImageDraw, ImageFont
 
     big = max((im.size for _, im in images), key=lambda wh: wh[0] * wh[1])
     side = min(side, *big)  # a small image is shown whole
@@ -279,13 +280,17 @@ def zoom_strip(images: list[tuple[str, Image.Image]], center: tuple[int, int] | 
     half = side // 2
     cx, cy = min(max(int(cx), half), max(big[0] - half, half)), min(max(int(cy), half), max(big[1] - half, half))
     tiles = []
+    font = ImageFont.load_default(size=20)
+    bar = 30  # a white band below each panel with its name, centred (Gradio draws its label and buttons on top)
     for name, im in images:
         f = im.size[0] / big[0]  # this image's pixels per pixel of the largest one
         box = (round((cx - half) * f), round((cy - half) * f), round((cx + half) * f), round((cy + half) * f))
         crop = to_rgb(im)[0].crop(box).resize((side * scale, side * scale), Image.NEAREST)
-        tile = Image.new("RGB", (side * scale, side * scale + 18), "white")
-        tile.paste(crop, (0, 18))
-        ImageDraw.Draw(tile).text((4, 3), name if f == 1 else f"{name} (x{1 / f:g} nearest)", fill="black")
+        tile = Image.new("RGB", (side * scale, side * scale + bar), "white")
+        tile.paste(crop, (0, 0))
+        text = name if f == 1 else f"{name} (x{1 / f:g}, nearest)"
+        ImageDraw.Draw(tile).text((side * scale // 2, side * scale + bar // 2), text, fill="black", font=font,
+                                  anchor="mm")
         tiles.append(tile)
     strip = Image.new("RGB", (sum(t.size[0] for t in tiles) + 6 * (len(tiles) - 1), tiles[0].size[1]), "white")
     x = 0
@@ -413,13 +418,13 @@ def render(ctx: AppContext) -> dict[str, Any]:
         with gr.Column(scale=1):
             c["image"] = gr.Image(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
                                   elem_id="upload")
+            c["gt"] = gr.Image(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
+                               sources=["upload", "clipboard"], elem_id="gt-upload")
             try:
-                gr.Examples(example_images(ctx.store.dir / "examples"), inputs=[c["image"]],
+                gr.Examples([[p, None] for p in example_images(ctx.store.dir / "examples")], inputs=[c["image"], c["gt"]],
                             label="Examples: held-out photos degraded by Pillow and JPEG (click one)")
             except FileNotFoundError:  # scikit-image's photos missing: the page works without examples
                 pass
-            c["gt"] = gr.Image(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
-                               sources=["upload", "clipboard"], elem_id="gt-upload")
             # The models restore any degradation; the task only says which one this image has, recorded with
             # a flag (the Hard-samples filter and a job's training pool read it).
             c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Degradation of this image (saved with a flag)",
@@ -444,7 +449,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             with gr.Accordion("Flag as hard", open=True, elem_id="flag-box"):
                 c["reason"] = gr.Dropdown(REASONS, value="artifacts", label="Reason")
-                c["note"] = gr.Textbox(label="Note", max_length=MAX_NOTE)
+                c["note"] = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)")
                 c["flag_btn"] = gr.Button("Flag as hard", elem_id="flag-btn")
                 c["flag_msg"] = gr.Markdown(elem_id="flag-msg")
             with gr.Accordion("Several images", open=False):
@@ -489,6 +494,9 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             r = restore(ctx, image, task, sft, rl, int(steps), int(seed or 0), int(tile), gt,
                         progress=lambda f, s: progress(f, desc=s), stop=stop,
                         warn=lambda w: gr.Warning(w, duration=20))
+        except RestoreStopped as e:  # what the user asked for: said as such, the page left as it was
+            gr.Info(str(e))
+            return tuple(gr.skip() for _ in range(12))
         finally:
             ctx.stop_flags.pop(key, None)
         table, note = score_table(r.headers, r.scores)
@@ -519,6 +527,19 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         return compare_views(r, (round(x * k), round(y * k)))[2]
 
     c["input_view"].select(on_zoom, c["result"], c["zoom"], api_visibility="private")
+
+    # A new image makes the shown results, their difficulty and (for an upload) the ground truth stale:
+    # cleared, so a flag never carries another image's difficulty or ground truth.
+    results = [c["slider"], c["slider_in"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["diff"],
+               c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"], c["flag_msg"]]
+
+    def cleared() -> tuple[Any, ...]:
+        return (None, None, None, gr.update(value=None, headers=SCORE_HEADERS), "", None, None, "", None, None,
+                float("nan"), "", "")
+
+    c["image"].change(cleared, None, results, api_visibility="private", queue=False)
+    for event in (c["image"].upload, c["image"].clear):
+        event(lambda: None, None, c["gt"], api_visibility="private", queue=False)
     c["dice"].click(lambda: int(torch.randint(0, 2**31 - 1, (1,))), None, c["seed"], api_visibility="private")
 
     @user_errors

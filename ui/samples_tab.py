@@ -17,7 +17,7 @@ from darl_core.pipeline import DEFAULT_STEPS
 from storage import FlaggedRow
 from storage.models import utcnow
 
-from .context import AppContext, UserError, user_errors
+from .context import AppContext, UserError, user_warnings
 from .restore_tab import REASONS, restore, score_table
 
 __all__ = ["HEADERS", "KINDS", "export_zip", "list_flagged", "listen", "render", "restore_sample", "sample_choices",
@@ -190,7 +190,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
         c["tag"] = gr.Textbox(label="Tag", info="samples with this tag (Enter)", elem_id="tag-filter")
         c["refresh"] = gr.Button("Refresh")
     c["gallery"] = gr.Gallery(label="Flagged samples (click one to view it)", columns=6, height=260,
-                              allow_preview=False, elem_id="samples-gallery")
+                              allow_preview=False, object_fit="contain", elem_id="samples-gallery")
     c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="samples-table", show_search="search",
                               label="Flagged samples (click a row to view it; click a header to sort)")
     with gr.Row():
@@ -224,7 +224,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
 def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"], c["kind"], c["tag"]]
 
-    @user_errors
+    @user_warnings(4)
     def listing(*f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
         gallery, table = list_flagged(ctx, *f)
         choices = sample_choices(table)
@@ -263,7 +263,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["sample"].change(on_pick, c["sample"], [c["view_lq"], c["view_sft"], c["view_rl"], c["view_gt"], c["view_md"]],
                        api_visibility="private")
 
-    @user_errors
+    @user_warnings(3)
     def on_view_restore(sample, progress=gr.Progress()):  # noqa: ANN001, B008
         progress(0, desc="restoring with both models")
         sft, rl, verdict = restore_sample(ctx, sample)
@@ -272,7 +272,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["view_restore"].click(on_view_restore, c["sample"], [c["view_sft"], c["view_rl"], c["msg"]],
                             concurrency_limit=1, concurrency_id="models", api_visibility="private")
 
-    @user_errors
+    @user_warnings(5)
     def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
         msg = unflag(ctx, sample, getattr(request, "username", None) or "anonymous")
         gallery, table = list_flagged(ctx, *f)
@@ -281,7 +281,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
-    @user_errors
+    @user_warnings(5)
     def on_unflag_many(ticked, *f: Any, request: gr.Request = None):  # noqa: ANN001
         msg = unflag_many(ctx, ticked, getattr(request, "username", None) or "anonymous")
         gallery, table = list_flagged(ctx, *f)
@@ -291,7 +291,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
     def tagging(remove: bool) -> Any:
-        @user_errors
+        @user_warnings(3)
         def on_tag(ticked, text, *f: Any):  # noqa: ANN001
             msg = tag_samples(ctx, ticked, text, remove)
             gallery, table = list_flagged(ctx, *f)
@@ -302,7 +302,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         button.click(tagging(remove), [c["selected"], c["tags"], *filters], [c["msg"], c["gallery"], c["table"]],
                      api_visibility="private")
 
-    @user_errors
+    @user_warnings(1)
     def on_export(*f: Any) -> dict[str, Any]:
         return gr.update(value=export_zip(ctx, *f), visible=True)
 
