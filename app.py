@@ -2,7 +2,8 @@
 
 Starts the store (SQLite under ./data by default, or DARL_DATABASE_URL),
 applies migrations, registers the shipped models, starts one job worker
-process beside the web server, and serves the Gradio app.
+process beside the web server (restarted when it dies, stopped with the app on
+Ctrl-C or SIGTERM), and serves the Gradio app.
 
 Environment: DARL_DATA_DIR (data folder), DARL_DATABASE_URL (e.g.
 postgresql+psycopg://user:pw@host/db), DARL_HOST / DARL_PORT (default
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
@@ -31,10 +34,52 @@ def register_shipped(store: Store) -> None:
                                                 evaluation=card_evaluation(m.path))
 
 
-def start_worker() -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "darl_core.worker"], env=os.environ.copy())
-    atexit.register(proc.terminate)
-    return proc
+class Supervisor:
+    """Keeps one child process (the job worker) running: restarts it when it dies, with a growing pause
+    when it keeps dying at once, and stops it with the app (``stop``: SIGTERM, then SIGKILL)."""
+
+    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0):
+        self.cmd, self.check_s, self.max_pause_s = cmd, check_s, max_pause_s
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self.proc = self._start()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.cmd, env=os.environ.copy())
+
+    def _watch(self) -> None:
+        pause = self.check_s
+        while not self._stopping.wait(self.check_s):
+            code = self.proc.poll()  # also reaps it: no zombie
+            if code is None:
+                pause = self.check_s
+                continue
+            print(f"worker exited with {code}; restarting it in {pause:.0f} s", file=sys.stderr, flush=True)
+            if self._stopping.wait(pause):
+                return
+            self.proc = self._start()
+            self.restarts += 1
+            pause = min(2 * pause, self.max_pause_s)  # a worker that dies at once is not restarted in a loop
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the worker re-queues nothing itself; a stale job is resumed by the next start
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_worker() -> Supervisor:
+    sup = Supervisor([sys.executable, "-m", "darl_core.worker"])
+    atexit.register(sup.stop)
+    # SIGTERM (a service manager, `kill`) ends the app like Ctrl-C does: through atexit, so the worker stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return sup
 
 
 def main() -> None:

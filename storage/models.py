@@ -13,7 +13,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]

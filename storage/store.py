@@ -14,6 +14,7 @@ PostgreSQL and an atomic conditional ``UPDATE ... RETURNING`` on SQLite.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -30,9 +31,19 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import StoreUnavailable, data_dir, make_engine, migrate
-from .models import DIFFICULTY_KINDS, JOB_STATES, Checkpoint, Flag, Job, JobState, Metric, Sample, utcnow
+from .models import (
+    DIFFICULTY_KINDS,
+    JOB_STATES,
+    Checkpoint,
+    Flag,
+    Job,
+    JobState,
+    Metric,
+    Sample,
+    utcnow,
+)
 
-__all__ = ["FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
+__all__ = ["DiskFull", "FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
 
 TRANSITIONS: dict[str, set[str]] = {
     "queued": {"running", "cancelled"},
@@ -77,6 +88,10 @@ def _tag(text: str) -> str:
     return t
 
 
+class DiskFull(OSError):
+    """The data directory's disk is full; the message says which and that nothing was stored."""
+
+
 class Store:
     """One store = one database + one data directory."""
 
@@ -104,10 +119,18 @@ class Store:
     # ------------------------------------------------------------------ blobs
     def put_blob(self, data: bytes, suffix: str = ".png") -> str:
         """Store bytes content-addressed; returns the path relative to the data directory."""
+        return self._put_blob(data, suffix)[0]
+
+    def _put_blob(self, data: bytes, suffix: str = ".png") -> tuple[str, bool]:
+        """(path relative to the data directory, whether this call created the file). A failed write
+        leaves no temporary file; a full disk is a ``DiskFull`` that says so."""
         digest = hashlib.sha256(data).hexdigest()
         rel = Path("blobs") / digest[:2] / f"{digest}{suffix}"
         path = self.dir / rel
-        if not path.exists():
+        if path.exists():
+            return str(rel), False
+        tmp = None
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
@@ -115,7 +138,25 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # same filesystem: atomic
-        return str(rel)
+        except OSError as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise DiskFull(f"the disk holding {self.dir} is full: nothing was stored") from e
+            raise
+        return str(rel), True
+
+    def _drop_unreferenced(self, rels: list[str]) -> None:
+        """Remove blobs this call created when no sample refers to them (its transaction failed)."""
+        try:
+            with self.session() as s:
+                used = set(s.scalars(select(Sample.lq_path).where(Sample.lq_path.in_(rels))))
+                used |= set(s.scalars(select(Sample.gt_path).where(Sample.gt_path.in_(rels))))
+        except StoreUnavailable:
+            return  # cannot tell: keeping a file is safer than losing one a row refers to
+        for rel in rels:
+            if rel not in used:
+                self.path(rel).unlink(missing_ok=True)
 
     def path(self, rel: str) -> Path:
         return self.dir / rel
@@ -124,18 +165,47 @@ class Store:
     def add_sample(self, lq_png: bytes, width: int, height: int, gt_png: bytes | None = None,
                    source: str = "upload", task: str = "blind") -> int:
         """Id of the Sample for these LQ bytes, created if new (idempotent, concurrency-safe)."""
+        return self.flag_upload(lq_png, width, height, gt_png, source, task, flag=False)[0]
+
+    def flag_upload(self, lq_png: bytes, width: int, height: int, gt_png: bytes | None = None,
+                    source: str = "upload", task: str = "blind", user: str = "anonymous", reason: str = "",
+                    note: str = "", difficulty: float | None = None, difficulty_kind: str | None = None,
+                    flag: bool = True) -> tuple[int, int | None]:
+        """The Sample for these LQ bytes (created if new; a ground truth given later is kept) and, with
+        ``flag``, a flag event on it, in one transaction: (sample id, flag id). Nothing is stored when
+        it fails, not even the image files this call wrote."""
+        if difficulty_kind is not None and difficulty_kind not in DIFFICULTY_KINDS:
+            raise ValueError(f"difficulty_kind must be one of {DIFFICULTY_KINDS}, got {difficulty_kind!r}")
         digest = hashlib.sha256(lq_png).hexdigest()
-        lq_rel = self.put_blob(lq_png)
-        gt_rel = self.put_blob(gt_png) if gt_png is not None else None
-        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Sample)
-        values = {"content_hash": digest, "lq_path": lq_rel, "gt_path": gt_rel, "width": width, "height": height,
-                  "source": source, "task": task, "created_at": utcnow()}
-        with self.session() as s:
-            s.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["content_hash"]))
-            sample = s.scalars(select(Sample).where(Sample.content_hash == digest)).one()
-            if gt_rel is not None and sample.gt_path is None:
-                sample.gt_path = gt_rel  # a ground truth given later is kept
-            return sample.id
+        created: list[str] = []
+        try:
+            lq_rel, new = self._put_blob(lq_png)
+            created += [lq_rel] if new else []
+            gt_rel = None
+            if gt_png is not None:
+                gt_rel, new = self._put_blob(gt_png)
+                created += [gt_rel] if new else []
+            ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Sample)
+            values = {"content_hash": digest, "lq_path": lq_rel, "gt_path": gt_rel, "width": width, "height": height,
+                      "source": source, "task": task, "created_at": utcnow()}
+            with self.session() as s:
+                s.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["content_hash"]))
+                sample = s.scalars(select(Sample).where(Sample.content_hash == digest)).one()
+                if gt_rel is not None and sample.gt_path is None:
+                    sample.gt_path = gt_rel  # a ground truth given later is kept
+                flag_id = None
+                if flag:
+                    f = Flag(sample_id=sample.id, flagged=True, user=user, reason=reason, note=note,
+                             difficulty=difficulty, difficulty_kind=difficulty_kind if difficulty is not None else None,
+                             created_at=utcnow())
+                    s.add(f)
+                    s.flush()
+                    flag_id = f.id
+                return sample.id, flag_id
+        except BaseException:
+            if created:
+                self._drop_unreferenced(created)
+            raise
 
     def sample(self, sample_id: int) -> Sample:
         with self.session() as s:

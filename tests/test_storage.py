@@ -262,3 +262,52 @@ def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path:
     assert capsys.readouterr().out.splitlines()[4].startswith("  0005")  # no longer applied
     assert main(["--url", "postgresql+psycopg://nobody@127.0.0.1:1/darl", "current"]) == 1
     assert "is unreachable" in capsys.readouterr().err
+
+
+def test_a_flag_and_its_sample_are_one_transaction_and_a_failure_leaves_no_file(
+        store_args: tuple[str | None, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.store as st
+
+    store = Store(*store_args)
+    kept = store.add_sample(b"kept-lq", 4, 4)  # an existing sample: its file must survive a failure
+    blobs = lambda: sorted(p.name for p in (store.dir / "blobs").rglob("*") if p.is_file())  # noqa: E731
+    before = blobs()
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(**kw: object) -> None:  # the process "dies" between the sample and its flag
+        raise Crash
+
+    monkeypatch.setattr(st, "Flag", crash)
+    with pytest.raises(Crash):
+        store.flag_upload(b"new-lq", 4, 4, b"new-gt", reason="artifacts")
+    with pytest.raises(Crash):
+        store.flag_upload(b"kept-lq", 4, 4, reason="artifacts")
+    monkeypatch.undo()
+    with store.session() as s:
+        assert s.execute(text("SELECT count(*) FROM samples")).scalar() == 1  # no sample without its flag
+    assert blobs() == before and store.sample(kept).lq_path  # the new files went; the kept one stayed
+    sid, fid = store.flag_upload(b"new-lq", 4, 4, b"new-gt", reason="artifacts", difficulty=0.3,
+                                 difficulty_kind="gt")
+    row = store.flagged()[0]
+    assert (row.sample_id, row.reason, row.difficulty_kind) == (sid, "artifacts", "gt") and fid is not None
+
+
+def test_a_full_disk_says_so_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from storage import DiskFull
+
+    store = Store(directory=tmp_path)
+
+    def full(fd: int, mode: str) -> object:
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("storage.store.os.fdopen", full)
+    with pytest.raises(DiskFull, match="is full: nothing was stored"):
+        store.flag_upload(b"lq", 4, 4, reason="artifacts")
+    monkeypatch.undo()
+    assert not [p for p in (tmp_path / "blobs").rglob(".tmp-*")]
+    assert store.flagged() == []

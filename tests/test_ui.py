@@ -575,3 +575,29 @@ def test_flag_says_whether_a_ground_truth_came_and_limits_the_note(ctx: AppConte
     with pytest.raises(UserError, match="at most 2000"):
         restore_tab.flag(ctx, lq, "artifacts", note="x" * 2001)
     assert len(ctx.store.flagged()) == 1  # the refused flag wrote nothing
+    from storage import DiskFull
+
+    def full(*a: object, **k: object) -> None:
+        raise DiskFull(f"the disk holding {ctx.store.dir} is full: nothing was stored")
+
+    ctx.store.flag_upload = full  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="is full: nothing was stored; tell the operator"):
+        restore_tab.flag(ctx, _img(tmp_path / "other.png", seed=8), "artifacts")
+
+
+def test_the_model_cache_is_keyed_by_the_resolved_folder_and_bounded(tmp_path: Path, tiny_model_dir: Path,
+                                                                     tiny_ldm_dir: Path) -> None:
+    import os
+    import shutil
+
+    ctx = AppContext(Store(directory=tmp_path / "data"), max_models=2)
+    spellings = [str(tiny_model_dir), str(tiny_model_dir) + "/", str(tiny_model_dir / ".." / tiny_model_dir.name),
+                 os.path.relpath(tiny_model_dir)]
+    first = ctx.pipeline(spellings[0])
+    assert all(ctx.pipeline(s) is first for s in spellings) and len(ctx._models) == 1  # one copy, not four
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, other)
+    ctx.pipeline(str(other))
+    ctx.pipeline(spellings[0])  # used again: now the most recent
+    ctx.pipeline(str(tiny_ldm_dir))  # a third model: the least recently used (the copy) goes
+    assert list(ctx._models) == [str(tiny_model_dir.resolve()), str(tiny_ldm_dir.resolve())]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections import OrderedDict
 import os
 import threading
 from collections.abc import Callable
@@ -76,7 +77,8 @@ class AppContext:
     max_pixels: int = 16_000_000  # larger images are refused (and decompression bombs)
     device: str = "cpu"  # where the restorers run
     precision: Precision = "auto"  # inference arithmetic (Restorer.set_precision; DARL_PRECISION in app.py)
-    _models: dict[str, RestorationPipeline] = field(default_factory=dict)
+    max_models: int = 4  # restorers kept loaded (least recently used dropped first)
+    _models: OrderedDict[str, RestorationPipeline] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
     speed: dict[str, float] = field(default_factory=dict)
@@ -85,15 +87,21 @@ class AppContext:
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
 
     def pipeline(self, path: str) -> RestorationPipeline:
-        """A loaded restorer, cached (one copy per checkpoint)."""
+        """A loaded restorer, cached by its resolved folder (every spelling of a path is one entry), at
+        most ``max_models`` of them, the least recently used dropped first."""
+        p = Path(path).expanduser()
+        key = str(p.resolve()) if p.exists() else str(path)  # a Hub id stays as it is
         with self._lock:
-            if path not in self._models:
-                pipe = load_restorer(path, self.device)
+            if key not in self._models:
+                pipe = load_restorer(key, self.device)
                 pipe.set_precision(self.precision)
                 if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; latent restorers have none
                     pipe.set_progress_bar_config(disable=True)
-                self._models[path] = pipe
-            return self._models[path]
+                self._models[key] = pipe
+                while len(self._models) > max(1, self.max_models):
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            return self._models[key]
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,

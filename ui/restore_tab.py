@@ -22,6 +22,7 @@ from darl_core.images import pil_to_tensor, to_rgb
 from darl_core.loading import ModelLoadError
 from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 from darl_core.rewards import MissingWeightsError, get_metric
+from storage import DiskFull
 
 from .context import AppContext, UserError, png_bytes, user_errors
 
@@ -366,10 +367,14 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
     kind = difficulty_kind or None
     if d is not None and kind not in (None, "gt", "proxy"):
         raise UserError(f"unknown difficulty kind {difficulty_kind!r}: gt or proxy")
-    # Everything is validated before anything is written: a rejected upload leaves no row.
-    sid = ctx.store.add_sample(png_bytes(lq), lq.size[0], lq.size[1], png_bytes(gt) if gt else None,
-                               source="upload", task=task)
-    ctx.store.flag(sid, user=user, reason=reason, note=note, difficulty=d, difficulty_kind=kind)
+    # Everything is validated before anything is written: a rejected upload leaves no row, and the
+    # sample and its flag are written in one transaction (a crash between them cannot leave half).
+    try:
+        sid, _ = ctx.store.flag_upload(png_bytes(lq), lq.size[0], lq.size[1], png_bytes(gt) if gt else None,
+                                       source="upload", task=task, user=user, reason=reason, note=note,
+                                       difficulty=d, difficulty_kind=kind)
+    except DiskFull as e:
+        raise UserError(f"{e}; tell the operator of this server") from None
     return f"Flagged as hard sample #{sid} ({reason}, {'with' if gt else 'no'} ground truth)."
 
 

@@ -1,0 +1,82 @@
+"""The app process: it keeps its job worker alive and takes it down with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait(cond, timeout_s: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    """The live job-worker children of ``pid`` (a killed one may be a zombie until it is reaped)."""
+    out = []
+    for c in psutil.Process(pid).children():
+        try:
+            if "darl_core.worker" in " ".join(c.cmdline()):
+                out.append(c)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            pass
+    return out
+
+
+def test_the_supervisor_restarts_a_dead_worker_and_stops_it() -> None:
+    sys.path.insert(0, str(ROOT))
+    from app import Supervisor
+
+    sup = Supervisor([sys.executable, "-c", "import time; time.sleep(60)"], check_s=0.2)
+    try:
+        first = sup.proc.pid
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: sup.restarts == 1 and sup.proc.pid != first, 10, "a restart")
+        assert sup.proc.poll() is None
+        assert not psutil.pid_exists(first)  # reaped: no zombie left behind
+    finally:
+        sup.stop()
+    assert sup.proc.poll() is not None  # stopped with the app
+    time.sleep(0.6)
+    assert sup.restarts == 1  # and not restarted after the stop
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_app_and_its_worker(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, DARL_DATA_DIR=str(tmp_path / "data"), DARL_PORT=str(port), PYTHONPATH=str(ROOT))
+    app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+            except OSError:
+                return False
+        _wait(up, 180, "the app to answer")
+        workers = _workers(app.pid)
+        assert len(workers) == 1
+        worker = workers[0]
+        worker.kill()  # a dead worker is replaced
+        _wait(lambda: [c.pid for c in _workers(app.pid)] not in ([], [worker.pid]), 30, "a new worker")
+        new = _workers(app.pid)[0]
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(30) == 0
+        _wait(lambda: not new.is_running() or new.status() == psutil.STATUS_ZOMBIE, 15, "the worker to stop")
+    finally:
+        if app.poll() is None:
+            app.kill()
