@@ -186,6 +186,13 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#job-id input")).to_have_value(f"#{other} · sft · niqe", timeout=30_000)
             expect(page.locator("#job-status")).to_contain_text(f"job #{other}: succeeded", timeout=30_000)
             _expect_lines(page, rounds=3)
+            # tables sort from their header menu: by job id ascending, the first job comes first
+            header = page.locator("#jobs-table th[data-testid=header-0]")
+            for order, first in (("Sort ascending", "darl (quick)"), ("Sort descending", "sft")):
+                header.hover()
+                header.locator("button[aria-label='Open cell menu']").click()
+                page.get_by_role("menuitem", name=order).click()
+                expect(page.locator("#jobs-table .virtual-row").first).to_contain_text(first, timeout=10_000)
             # both jobs on one plot
             page.get_by_text("Compare jobs: one curve per job").click()
             for label in (f"#{other} · sft · niqe", "#1 · darl · niqe"):

@@ -272,21 +272,21 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["view_restore"].click(on_view_restore, c["sample"], [c["view_sft"], c["view_rl"], c["msg"]],
                             concurrency_limit=1, concurrency_id="models", api_visibility="private")
 
-    @user_warnings(5)
-    def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
-        msg = unflag(ctx, sample, getattr(request, "username", None) or "anonymous")
+    def after_unflag(msg: str, f: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The message, then the lists again: the unflagged samples gone, nothing chosen or ticked."""
         gallery, table = list_flagged(ctx, *f)
         choices = sample_choices(table)
         return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
+
+    @user_warnings(5)
+    def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
+        return after_unflag(unflag(ctx, sample, getattr(request, "username", None) or "anonymous"), f)
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
     @user_warnings(5)
     def on_unflag_many(ticked, *f: Any, request: gr.Request = None):  # noqa: ANN001
-        msg = unflag_many(ctx, ticked, getattr(request, "username", None) or "anonymous")
-        gallery, table = list_flagged(ctx, *f)
-        choices = sample_choices(table)
-        return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
+        return after_unflag(unflag_many(ctx, ticked, getattr(request, "username", None) or "anonymous"), f)
 
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
