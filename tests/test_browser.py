@@ -104,6 +104,8 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#difficulty")).to_contain_text("no ground truth given")
             # input ⟷ SFT and SFT ⟷ RL, the difference map and the 1:1 zoom, which follows a click on the input
             expect(page.locator("#slider-input img").first).to_be_visible()
+            expect(page.locator("#slider-input")).to_contain_text("input (left) ⟷ SFT (right)")  # sides named
+            expect(page.locator("#slider")).to_contain_text("SFT (left) ⟷ RL (right)")
             expect(page.locator("#diff-map img")).to_be_visible()
             expect(page.locator("#diff-caption")).to_contain_text("mean difference")
             expect(page.locator("#zoom img")).to_be_visible()
