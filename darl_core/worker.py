@@ -115,11 +115,13 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
                 save_tensor(lq, out / "samples" / "input.png")
             save_tensor(restored, out / "samples" / f"round_{rnd:05d}.png")
 
+        trained: dict[str, Any] = {}  # the trained restorer, kept in memory when training ran in this process
         if job.processes > 1:
             model_dir = train_in_processes(cfg, job.processes, resume, on_round, cancel)
         else:
             model_dir = train_rl(cfg, resume=resume, callbacks={"on_round": on_round, "should_stop": cancel.is_set,
-                                                                "on_sample": on_sample})
+                                                                "on_sample": on_sample,
+                                                                "on_finish": lambda r: trained.update(restorer=r)})
         if lost.is_set():
             return  # another worker owns the job now: no state change, no registration
         if cancel.is_set():
@@ -132,7 +134,8 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         # The finished model on photos no model trained on (Pillow/JPEG degradations), first; then its
         # last training numbers.
         store.heartbeat(job.id, log_line="checking the model on held-out photos", worker=me)
-        evaluation = heldout_check(load_restorer(model_dir), cfg.num_steps)
+        restorer = trained.get("restorer") or load_restorer(model_dir)  # loaded only after a multi-process run
+        evaluation = heldout_check(restorer, cfg.num_steps)
         evaluation.update({k: float(v) for k, v in last.items()
                            if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))})
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,

@@ -163,8 +163,10 @@ def large_image_warning(ctx: AppContext, size: tuple[int, int], sft_model: str |
                         steps: int, threshold_s: float = 60.0) -> str | None:
     """A warning with the expected time and what to do, for restores of a ``size`` (width, height)
     image expected to take over ``threshold_s``."""
-    d_sft, d_rl = ctx.default_models()
-    t = estimate_seconds(ctx, [sft_model or d_sft, rl_model or d_rl], size, steps)
+    if not (sft_model and rl_model):  # restore() passes both; a store query only for a caller that did not
+        d_sft, d_rl = ctx.default_models()
+        sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
+    t = estimate_seconds(ctx, [sft_model, rl_model], size, steps)
     if t <= threshold_s:
         return None
     hint = "fewer steps (0 = stage 1 alone, the fastest)" if int(steps) > 0 else "a smaller crop of the image"
