@@ -8,7 +8,10 @@ Ctrl-C or SIGTERM), and serves the Gradio app.
 Environment: DARL_DATA_DIR (data folder), DARL_DATABASE_URL (e.g.
 postgresql+psycopg://user:pw@host/db), DARL_HOST / DARL_PORT (default
 127.0.0.1:7860), DARL_AUTH ("user:password,user2:password2" turns on
-login; the user name is recorded on flags and jobs), DARL_NO_WORKER=1 (do not
+login: the user is recorded on every change, and only a sample's, job's or
+checkpoint's owner or an admin may change it), DARL_ADMINS ("ann,bob": the users
+who may change anything), DARL_ALLOW_REMOTE=1 (serve a non-loopback host without
+login: everyone who reaches it may change everything), DARL_NO_WORKER=1 (do not
 start a worker here, e.g. when workers run on GPU machines).
 """
 
@@ -21,9 +24,12 @@ import subprocess
 import sys
 import threading
 
+from starlette.middleware import Middleware
+
 from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import AppContext, build_app
+from ui.server import LoginThrottle, guard, is_loopback, parse_users
 
 
 def register_shipped(store: Store) -> None:
@@ -83,25 +89,38 @@ def start_worker() -> Supervisor:
 
 
 def main() -> None:
+    # DARL_HOST/PORT first, then Gradio's own GRADIO_SERVER_NAME/PORT, then local-only defaults.
+    host = os.environ.get("DARL_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = os.environ.get("DARL_PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
+    users: dict[str, str] = {}
+    try:
+        if os.environ.get("DARL_AUTH"):
+            users = parse_users(os.environ["DARL_AUTH"])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    admins = frozenset(a.strip() for a in os.environ.get("DARL_ADMINS", "").split(",") if a.strip())
+    if admins - set(users) and users:
+        sys.exit(f"error: DARL_ADMINS names {sorted(admins - set(users))}, who are not users of DARL_AUTH")
+    if not users and not is_loopback(host) and os.environ.get("DARL_ALLOW_REMOTE") != "1":
+        sys.exit(f"error: without login (DARL_AUTH) the app serves this machine only, and {host} is not a loopback "
+                 f"address: set DARL_AUTH=user:password (and DARL_ADMINS), or DARL_ALLOW_REMOTE=1 to let everyone "
+                 f"who reaches {host} change everything")
     try:
         store = Store()
     except StoreUnavailable as e:
         sys.exit(f"error: {e}\nCheck DARL_DATABASE_URL, or unset it to use the embedded SQLite database.")
     register_shipped(store)
+    store.sweep_temporary()  # blob writes a crash interrupted
     if os.environ.get("DARL_NO_WORKER") != "1":
         start_worker()
     precision = os.environ.get("DARL_PRECISION", "auto")
     if precision not in ("auto", "fp32", "bf16"):
         sys.exit(f"error: DARL_PRECISION must be auto, fp32 or bf16, got {precision!r}")
-    demo = build_app(AppContext(store, precision=precision))
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    auth = None
-    if os.environ.get("DARL_AUTH"):
-        auth = [tuple(pair.split(":", 1)) for pair in os.environ["DARL_AUTH"].split(",") if ":" in pair]
-    # DARL_HOST/PORT first, then Gradio's own GRADIO_SERVER_NAME/PORT, then local-only defaults.
-    host = os.environ.get("DARL_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
-    port = os.environ.get("DARL_PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
-    demo.launch(server_name=host, server_port=int(port), auth=auth, max_file_size="25mb")
+    ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins)
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=1, max_size=128)
+    demo.launch(server_name=host, server_port=int(port), auth=LoginThrottle(users) if users else None,
+                max_file_size="25mb", app_kwargs={"middleware": [Middleware(guard(ctx))]})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Flag        append-only flag history; unflagging is a new event (``flagged = Fal
 Job         an RL fine-tune job: config, state, progress, heartbeat, frozen sample list
 Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted (ids never reused)
 Metric      a (job, step, name, value) training metric
+Event       the audit log: who changed what (tag, cancel, promote, delete; flags record their user themselves)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
+__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -124,3 +125,15 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_target", "target", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(128))  # who made the change ("anonymous" without login)
+    action: Mapped[str] = mapped_column(String(32))  # "tag", "untag", "cancel", "promote", "delete"
+    target: Mapped[str] = mapped_column(String(64))  # what changed: "sample:3", "job:1", "checkpoint:4"
+    detail: Mapped[str] = mapped_column(Text, default="")  # e.g. the tags, the deleted checkpoint's path
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

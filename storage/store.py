@@ -35,6 +35,7 @@ from .models import (
     DIFFICULTY_KINDS,
     JOB_STATES,
     Checkpoint,
+    Event,
     Flag,
     Job,
     JobState,
@@ -145,6 +146,21 @@ class Store:
                 raise DiskFull(f"the disk holding {self.dir} is full: nothing was stored") from e
             raise
         return str(rel), True
+
+    def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
+        """Remove the temporary files of blob writes that never finished (a process killed mid-write, a
+        machine that lost power) once older than ``older_than_s``, so a write in progress elsewhere is
+        left alone; returns how many went. The app runs it at every start."""
+        cutoff = datetime.now().timestamp() - older_than_s
+        gone = 0
+        for tmp in (self.dir / "blobs").glob("*/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    gone += 1
+            except OSError:
+                pass  # already gone
+        return gone
 
     def _drop_unreferenced(self, rels: list[str]) -> None:
         """Remove blobs this call created when no sample refers to them (its transaction failed)."""
@@ -266,9 +282,10 @@ class Store:
                     for f, sm in s.execute(q).all()]
 
     # ------------------------------------------------------------------ tags
-    def tag(self, sample_ids: Sequence[int], add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
-        """Add and remove tags on samples, all in one transaction (a KeyError names a missing sample).
-        A tag is lower-case letters, digits, "-" and "_" (at most 32); ValueError otherwise."""
+    def tag(self, sample_ids: Sequence[int], add: Sequence[str] = (), remove: Sequence[str] = (),
+            user: str = "anonymous") -> None:
+        """Add and remove tags on samples, all in one transaction with its audit events (a KeyError names a
+        missing sample). A tag is lower-case letters, digits, "-" and "_" (at most 32); ValueError otherwise."""
         add_, remove_ = [_tag(t) for t in add], [_tag(t) for t in remove]
         with self.session() as s:
             for sid in sample_ids:
@@ -280,6 +297,53 @@ class Store:
                 if len(joined) + 2 > 512:
                     raise ValueError(f"sample #{sid} would have too many tags (512 characters at most)")
                 sm.tags = f",{joined}," if tags else ""
+                for action, names in (("tag", add_), ("untag", remove_)):
+                    if names:
+                        s.add(Event(user=user, action=action, target=f"sample:{sm.id}", detail=",".join(names),
+                                    created_at=utcnow()))
+
+    # ------------------------------------------------------------------ owners and the audit log
+
+    def owners(self, target: str) -> set[str]:
+        """Who may change ``target`` besides an admin: for "sample:N" every user whose flag is active on it
+        (the latest event of each user is a flag), for "job:N" the user who launched it, for "checkpoint:N"
+        the user of the job that made it (nobody for shipped or registered-by-hand models). KeyError if
+        there is no such thing."""
+        kind, _, num = target.partition(":")
+        with self.session() as s:
+            if kind == "sample":
+                if s.get(Sample, int(num)) is None:
+                    raise KeyError(f"no sample {num}")
+                latest: dict[str, bool] = {}
+                for user, flagged in s.execute(select(Flag.user, Flag.flagged).where(Flag.sample_id == int(num))
+                                               .order_by(Flag.id)):
+                    latest[user] = flagged
+                return {u for u, f in latest.items() if f}
+            if kind == "job":
+                job = s.get(Job, int(num))
+                if job is None:
+                    raise KeyError(f"no job {num}")
+                return {job.user}
+            if kind == "checkpoint":
+                c = s.get(Checkpoint, int(num))
+                if c is None:
+                    raise KeyError(f"no checkpoint {num}")
+                job = s.get(Job, c.job_id) if c.job_id is not None else None
+                return {job.user} if job is not None else set()
+            raise ValueError(f"unknown kind of target {target!r}")
+
+    def record(self, user: str, action: str, target: str, detail: str = "") -> None:
+        """Append an audit event (who did what to which sample / job / checkpoint)."""
+        with self.session() as s:
+            s.add(Event(user=user, action=action, target=target, detail=detail, created_at=utcnow()))
+
+    def events(self, target: str | None = None, limit: int = 200) -> list[Event]:
+        """Audit events, newest first, optionally of one target ("job:3")."""
+        with self.session() as s:
+            q = select(Event).order_by(Event.id.desc()).limit(limit)
+            if target is not None:
+                q = q.where(Event.target == target)
+            return list(s.scalars(q))
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, config: dict[str, Any], sample_ids: list[int], user: str = "anonymous",
@@ -368,10 +432,11 @@ class Store:
                 raise JobLost(f"job {job_id} is no longer owned by {worker}")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
-    def request_cancel(self, job_id: int) -> None:
-        """Queued jobs are cancelled at once; running ones stop at their next round."""
+    def request_cancel(self, job_id: int, user: str = "anonymous") -> None:
+        """Queued jobs are cancelled at once; running ones stop at their next round (recorded with ``user``)."""
         with self.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+            s.add(Event(user=user, action="cancel", target=f"job:{job_id}", detail="", created_at=utcnow()))
         try:
             self.transition(job_id, "cancelled")
         except IllegalTransition:
@@ -420,9 +485,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Checkpoint).order_by(Checkpoint.id)))
 
-    def promote(self, checkpoint_id: int) -> None:
+    def promote(self, checkpoint_id: int, user: str = "anonymous") -> None:
+        """Make one checkpoint the app's default RL model (recorded with ``user``)."""
         with self.session() as s:
             s.execute(update(Checkpoint).values(promoted=Checkpoint.id == checkpoint_id))
+            s.add(Event(user=user, action="promote", target=f"checkpoint:{checkpoint_id}", detail="",
+                        created_at=utcnow()))
 
     @staticmethod
     def _deletion_blocker(s: Session, c: Checkpoint) -> str | None:
@@ -452,7 +520,7 @@ class Store:
                 raise KeyError(f"no checkpoint {checkpoint_id}")
             return self._deletion_blocker(s, c)
 
-    def delete_checkpoint(self, checkpoint_id: int) -> str:
+    def delete_checkpoint(self, checkpoint_id: int, user: str = "anonymous") -> str:
         """Delete a checkpoint row that is not promoted, has no descendants and is no unfinished job's base;
         returns its path. Its id is never given to another checkpoint (AUTOINCREMENT on SQLite)."""
         with self.session() as s:
@@ -463,6 +531,8 @@ class Store:
             if blocker:
                 raise ValueError(blocker)
             s.delete(c)
+            s.add(Event(user=user, action="delete", target=f"checkpoint:{checkpoint_id}", detail=f"{c.name} {c.path}",
+                        created_at=utcnow()))
             return c.path
 
     def ping(self) -> None:

@@ -81,3 +81,10 @@ def pg_url() -> Iterator[str]:
         subprocess.run(run_as + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Each run's reliability figures start from zero (helpers.record adds to them)."""
+    from helpers import FIGURES
+
+    FIGURES.unlink(missing_ok=True)

@@ -80,3 +80,25 @@ def test_sigterm_stops_the_app_and_its_worker(tmp_path: Path) -> None:
     finally:
         if app.poll() is None:
             app.kill()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"DARL_HOST": "0.0.0.0"}, "without login (DARL_AUTH) the app serves this machine only"),
+    ({"DARL_HOST": "192.168.1.5", "DARL_ADMINS": "root"}, "not a loopback address"),
+    ({"DARL_AUTH": "ann"}, "DARL_AUTH entry 'ann': write user:password"),
+    ({"DARL_AUTH": "ann:pw", "DARL_ADMINS": "root"}, "DARL_ADMINS names ['root'], who are not users"),
+])
+def test_the_app_refuses_to_serve_others_without_login(env: dict[str, str], message: str,
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    for k in ("DARL_HOST", "DARL_AUTH", "DARL_ADMINS", "DARL_ALLOW_REMOTE", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DARL_DATA_DIR", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        app.main()
+    assert message in str(e.value)
+    assert not (tmp_path / "darl.db").exists()  # refused before the store was opened

@@ -165,7 +165,8 @@ def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_sche
     a = store.register_checkpoint("/m/a", "a")
     b = store.register_checkpoint("/m/b", "b", parent_id=a, evaluation={"psnr": 25.0})
     c = store.register_checkpoint("/m/c", "c", parent_id=b)
-    store.delete_checkpoint(c)
+    with store.session() as s:  # as the old app deleted (no audit log before migration 0007)
+        s.execute(text("DELETE FROM checkpoints WHERE id = :i"), {"i": c})
     again = store.register_checkpoint("/m/c2", "c2", parent_id=b)
     if sqlite:
         assert again == c  # the old schema's bug, reproduced
@@ -184,7 +185,9 @@ def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_sche
     assert (row.sample_id, row.difficulty, row.difficulty_kind, row.tags) == (sid, 0.25, None, ())
     store.tag([sid], add=["kept"])  # migration 0006: the old sample can carry tags
     assert store.flagged(tag="kept")[0].sample_id == sid
-    store.delete_checkpoint(again)
+    store.delete_checkpoint(again, "ann")
+    assert [(e.user, e.action, e.target) for e in store.events()] == [
+        ("ann", "delete", f"checkpoint:{again}"), ("anonymous", "tag", f"sample:{sid}")]  # migration 0007
     newer = store.register_checkpoint("/m/d", "d", parent_id=b)
     assert newer > again  # the deleted id is not handed out again
     with pytest.raises(ValueError, match="descendants"):
@@ -248,18 +251,18 @@ def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path:
 
     url = f"sqlite:///{tmp_path / 'darl.db'}"
     assert main(["current", "--url", url]) == 0  # --url before or after the command
-    assert "at base (empty); newest 0006 (run `python -m storage migrate`)" in capsys.readouterr().out
-    assert main(["--url", url, "migrate"]) == 0 and "base -> 0006" in capsys.readouterr().out
+    assert "at base (empty); newest 0007 (run `python -m storage migrate`)" in capsys.readouterr().out
+    assert main(["--url", url, "migrate"]) == 0 and "base -> 0007" in capsys.readouterr().out
     assert main(["--url", url, "history"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln[:7] for ln in lines[:6]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 "]
+    assert [ln[:7] for ln in lines[:7]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 "]
     assert "Drop the ``scores`` table" in lines[4]
     assert main(["migrate", "-2", "--url", url]) == 2  # a downgrade drops data: it asks first
     assert "add --yes" in capsys.readouterr().err
-    assert main(["migrate", "-2", "--url", url, "--yes"]) == 0 and "0006 -> 0004" in capsys.readouterr().out
+    assert main(["migrate", "-2", "--url", url, "--yes"]) == 0 and "0007 -> 0005" in capsys.readouterr().out
     assert main(["--url", url, "migrate", "zzz"]) == 2 and "unknown revision 'zzz'" in capsys.readouterr().err
     main(["--url", url, "history"])
-    assert capsys.readouterr().out.splitlines()[4].startswith("  0005")  # no longer applied
+    assert capsys.readouterr().out.splitlines()[5].startswith("  0006")  # no longer applied
     assert main(["--url", "postgresql+psycopg://nobody@127.0.0.1:1/darl", "current"]) == 1
     assert "is unreachable" in capsys.readouterr().err
 
@@ -311,3 +314,14 @@ def test_a_full_disk_says_so_and_leaves_no_temporary_file(tmp_path: Path, monkey
     monkeypatch.undo()
     assert not [p for p in (tmp_path / "blobs").rglob(".tmp-*")]
     assert store.flagged() == []
+
+
+def test_unfinished_blob_writes_are_swept_when_old(tmp_path: Path) -> None:
+    store = Store(directory=tmp_path)
+    rel = store.put_blob(b"kept")
+    (store.dir / rel).parent.joinpath(".tmp-killed").write_bytes(b"half")  # what a kill mid-write leaves
+    (store.dir / rel).parent.joinpath(".tmp-writing").write_bytes(b"now")  # a write in progress elsewhere
+    old = time.time() - 7200
+    os.utime((store.dir / rel).parent / ".tmp-killed", (old, old))
+    assert store.sweep_temporary() == 1
+    assert sorted(p.name for p in (store.dir / rel).parent.iterdir()) == [".tmp-writing", Path(rel).name]

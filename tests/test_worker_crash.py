@@ -1,4 +1,5 @@
-"""The worker killed with SIGKILL at 6 random points of its training: nothing partial survives, nothing stays running.
+"""The worker killed with SIGKILL at 6 random points of its training: nothing partial survives, nothing stays running,
+and three workers started at once after the last kill resume the job exactly once.
 
 Two standby workers poll the queue while one trains, so the next claimant has finished its imports
 when the job is re-queued (a worker start is ~6 s of imports; the test would spend most of its time
@@ -7,6 +8,7 @@ there) and the spare workers race to claim the same re-queued job, as several wo
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import record
 from test_worker import _png
 
 from darl_core.checkpoint import latest_checkpoint
@@ -29,13 +32,14 @@ KILLS = 6  # kill points per database (each one: a claim, a round trained, 0-1 s
 ROUNDS = 60  # the job's length: 6 kills leave it unfinished, and finishing it is a few seconds of rounds
 
 
-def _start_worker(data: Path, url: str | None, worker_id: str | None = None) -> subprocess.Popen[bytes]:
-    """A worker that runs one job and exits, or (with ``worker_id``) a standby worker that keeps polling."""
+def _start_worker(data: Path, url: str | None, worker_id: str | None = None, once: bool = False,
+                  stale_after: float = 3600) -> subprocess.Popen[bytes]:
+    """A worker that runs one job and exits (``once``), or a standby worker that keeps polling."""
     env = dict(os.environ, DARL_DATA_DIR=str(data), PYTHONPATH=str(ROOT))
     if url:
         env["DARL_DATABASE_URL"] = url
-    mode = ["--once"] if worker_id is None else ["--worker-id", worker_id, "--poll", "0.2"]
-    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--stale-after", "3600", *mode],
+    mode = (["--worker-id", worker_id] if worker_id else []) + (["--once"] if once else ["--poll", "0.2"])
+    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--stale-after", str(stale_after), *mode],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
@@ -94,19 +98,32 @@ def test_sigkill_at_6_random_points(db: str, request: pytest.FixtureRequest, tmp
             kills += 1
             assert store.job(job).state == "running"  # what a dead worker leaves behind ...
             _check_consistent(store, job_dir)
-            assert store.recover_stale(timeout_s=-1, requeue=True) == [job]  # ... which the next start re-queues
-            assert store.job(job).state == "queued"
+            if kills < KILLS:  # (the last one is left for the three workers below to find)
+                assert store.recover_stale(timeout_s=-1, requeue=True) == [job]  # ... which the next start re-queues
+                assert store.job(job).state == "queued"
     finally:
         for p in standby.values():
             p.kill()
             p.wait()
     assert kills == KILLS, f"the job ended ({store.job(job).state}) after {kills} kills; make it longer"
-    # Now let it finish: it resumes from its last checkpoint, not from scratch.
+    # Now three workers start at once, as after a machine restart. Each re-queues jobs whose heartbeat is
+    # older than 5 s at its start (the dead worker's job, not the one another of them has just claimed) and
+    # claims: the job resumes exactly once, from its last checkpoint, not from scratch.
     done_before = int(latest_checkpoint(job_dir).name.split("-")[1])
     assert KILLS <= done_before < ROUNDS
-    assert _start_worker(data, url).wait(timeout=300) == 0
+    time.sleep(5.5)
+    trio = [_start_worker(data, url, f"restart-{i}", once=True, stale_after=5) for i in range(3)]
+    assert [p.wait(timeout=300) for p in trio] == [0, 0, 0]
     j = store.job(job)
-    assert j.state == "succeeded" and j.attempts == KILLS + 1, j.error
+    assert j.state == "succeeded" and j.attempts == KILLS + 1, (j.attempts, j.error)  # one resume, not two
+    assert j.worker.startswith("restart-")
+    lines = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r["round"] for r in lines if "w_mean" in r]
+    assert sorted(rounds) == sorted(set(rounds)) and max(rounds) == ROUNDS  # each round logged once
+    assert sum(c.job_id == job for c in store.checkpoints()) == 1  # registered once
+    record("faults", sigkills=KILLS, workers_started_together=3, jobs=1, jobs_recovered=1,
+           runs_duplicated=j.attempts - (KILLS + 1), round_lines_duplicated=len(rounds) - len(set(rounds)),
+           registrations_duplicated=sum(c.job_id == job for c in store.checkpoints()) - 1)
     assert latest_checkpoint(job_dir).name == f"checkpoint-{ROUNDS:07d}"
     _check_consistent(store, job_dir)
     assert any(c.job_id == job for c in store.checkpoints())

@@ -32,7 +32,11 @@ def picker_values(ctx: AppContext, sft: str | None, rl: str | None, base: str | 
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
-    with gr.Blocks(title="DARL — difficulty-adaptive RL for image restoration") as demo:
+    # Gradio's cache (uploads, files sent to the browser) is emptied of what this app wrote, hourly, once
+    # older than ``keep_files_s``; the app's own temporary folders go the same way (AppContext.scratch).
+    keep = int(ctx.keep_files_s)
+    with gr.Blocks(title="DARL — difficulty-adaptive RL for image restoration",
+                   delete_cache=(min(3600, keep), keep)) as demo:
         gr.Markdown("# DARL · restore, compare SFT and RL, curate hard samples, fine-tune")
         with gr.Tabs() as tabs:
             with gr.Tab("Restore", id="restore") as restore_t:
@@ -78,4 +82,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                          api_visibility="private")
         model_events["deleted"].success(lambda s, r, b, gone: updates(s, r, b, gone=gone), [*pickers, mc["deleted"]],
                                         pickers, api_visibility="private")
+        # A closed or reloaded page ends its running restore at the next tile (its result has nowhere to go).
+        def on_unload(request: gr.Request) -> None:
+            ctx.stop_session(getattr(request, "session_hash", None) or "")
+
+        demo.unload(on_unload)
     return demo

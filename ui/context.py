@@ -6,7 +6,10 @@ import functools
 import io
 from collections import OrderedDict
 import os
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from darl_core.pipeline import RestorationPipeline
 from darl_core.restorer import Precision
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "user_errors", "user_warnings"]
+__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_warnings"]
 
 T = TypeVar("T")
 
@@ -32,6 +35,32 @@ SHIPPED_RL = next(m.path for m in SHIPPED_MODELS if m.name == "darl-blind")  # t
 
 class UserError(ValueError):
     """A problem with the user's input or request; its message is shown in the page."""
+
+
+def int_arg(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], or a UserError naming the argument (for text, NaN, infinity,
+    fractions, None and numbers out of range, from the page or from a request sent around it)."""
+    try:
+        if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{name} must be a whole number between {lo} and {hi}, got {str(value)[:40]!r}") from None
+    if not lo <= v <= hi:
+        raise UserError(f"{name} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _devices() -> int:
+    """Training processes this machine can run: one per GPU, or its CPU cores without a GPU."""
+    import torch
+
+    return torch.cuda.device_count() or max(1, os.cpu_count() or 1)
+
+
+def caller(request: Any) -> str:
+    """The logged-in user making a request (a ``gr.Request``), or "anonymous" without login."""
+    return (getattr(request, "username", None) or "anonymous") if request is not None else "anonymous"
 
 
 def user_errors(handler: Callable[..., T]) -> Callable[..., T]:
@@ -78,6 +107,13 @@ class AppContext:
     device: str = "cpu"  # where the restorers run
     precision: Precision = "auto"  # inference arithmetic (Restorer.set_precision; DARL_PRECISION in app.py)
     max_models: int = 4  # restorers kept loaded (least recently used dropped first)
+    max_rounds: int = 5000  # a job may ask for at most this many RL rounds
+    max_processes: int = field(default_factory=lambda: _devices())  # and this many training processes
+    max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
+    max_tile_passes: int = 100_000  # and this many tile evaluations (small tiles on a large image)
+    max_pending: int = 16  # queued or running requests one client (user, or address without login) may have
+    auth: bool = False  # users log in (DARL_AUTH): changes are checked against owners and admins
+    admins: frozenset[str] = frozenset()  # users who may change anything (DARL_ADMINS)
     _models: OrderedDict[str, RestorationPipeline] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
@@ -85,6 +121,30 @@ class AppContext:
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
+
+    keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads are removed after this
+
+    def stop_session(self, session: str) -> bool:
+        """End the running restore of a browser session at its next tile (Stop, a cancelled request, a
+        closed page); False when it runs none."""
+        flag = self.stop_flags.get(session)
+        if flag is not None:
+            flag.set()
+        return flag is not None
+
+    def scratch(self, prefix: str) -> Path:
+        """A new temporary folder under ``{data}/tmp`` for files handed to the browser; folders older than
+        ``keep_files_s`` are removed first (Gradio has copied their files to its own cache by then)."""
+        root = self.store.dir / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.keep_files_s
+        for old in root.iterdir():
+            try:
+                if old.stat().st_mtime < cutoff:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+            except OSError:  # removed by another thread, or in use: tried again next time
+                pass
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
     def pipeline(self, path: str) -> RestorationPipeline:
         """A loaded restorer, cached by its resolved folder (every spelling of a path is one entry), at
@@ -102,6 +162,22 @@ class AppContext:
                     self._models.popitem(last=False)
             self._models.move_to_end(key)
             return self._models[key]
+
+    def require_owner(self, user: str, target: str, what: str) -> None:
+        """Raise UserError unless ``user`` may change ``target`` ("sample:3", "job:1", "checkpoint:4"):
+        without login everyone may (the app then serves this machine only); with login an admin may, and
+        otherwise only an owner (``Store.owners``: who flagged the sample, launched the job, made the
+        checkpoint). The check runs in the handler, so a request sent around the page gets it too."""
+        if not self.auth or user in self.admins:
+            return
+        try:
+            owners = self.store.owners(target)
+        except (KeyError, ValueError):
+            raise UserError(f"there is no {what}") from None
+        if user not in owners:
+            who = ", ".join(sorted(owners)) or "the app (no user made it)"
+            raise UserError(f"{what} belongs to {who}: only they or an admin (DARL_ADMINS) may change it "
+                            f"(you are logged in as {user})")
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,
@@ -126,6 +202,8 @@ class AppContext:
         """Validate and decode an uploaded file; raises UserError with a clear message."""
         if path is None or str(path) == "":
             raise UserError(f"no {what} was uploaded")
+        if not isinstance(path, (str, os.PathLike)):
+            raise UserError(f"{what}: {str(path)[:40]!r} is not an uploaded file")
         p = Path(path)
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise UserError(f"{p.name}: unsupported file type {p.suffix or '(none)'}; "

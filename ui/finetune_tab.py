@@ -15,7 +15,7 @@ from darl_core.rewards import MissingWeightsError, parse_spec
 from darl_core.rl import PRESETS as RL_PRESETS
 from darl_core.rl import SIZES
 
-from .context import AppContext, UserError, user_errors
+from .context import AppContext, UserError, caller, int_arg, user_errors
 
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
@@ -38,22 +38,22 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     the ``hardest_k`` hardest samples of the built-in synthetic pool; returns its id. With
     ``processes`` > 1 the worker trains it with that many processes (GPUs) through accelerate;
     ``size`` "quick" trains smaller (``rl.SIZES``) to try a method in minutes."""
-    if preset not in RL_PRESETS:
+    if not isinstance(base_model, str) or base_model not in {p for _, p in ctx.model_choices()}:
+        raise UserError(f"base model: {str(base_model)[:80]!r} is not one of the app's models (the Models tab "
+                        f"lists them)")
+    if not isinstance(preset, str) or preset not in RL_PRESETS:
         raise UserError(f"unknown method {preset!r}; choose one of {', '.join(METHODS)}")
-    if size not in SIZES:
+    if not isinstance(size, str) or size not in SIZES:
         raise UserError(f"unknown run size {size!r}; choose one of {', '.join(SIZES)}")
+    if not isinstance(reward, str):
+        raise UserError(f"reward: {str(reward)[:40]!r} is not a reward spec such as \"niqe\" or \"psnr + 0.1*ssim\"")
     try:
         parse_spec(reward)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not 1 <= int(rounds) <= 100_000:
-        raise UserError("rounds must be between 1 and 100000")
-    hardest_k = int(hardest_k or 0)
-    processes = 1 if processes is None else int(processes)
-    if not 1 <= processes <= 64:
-        raise UserError("processes must be between 1 and 64 (one per GPU)")
-    if not 0 <= hardest_k <= 256:
-        raise UserError("the number of extra hard samples must be between 0 and 256")
+    rounds = int_arg("rounds", rounds, 1, ctx.max_rounds)
+    hardest_k = int_arg("extra hard samples", hardest_k or 0, 0, 256)
+    processes = int_arg("processes", 1 if processes is None else processes, 1, ctx.max_processes)
     flagged = {r.sample_id: r for r in ctx.store.flagged()}
     if sample_ids and sample_ids.strip():
         try:
@@ -70,7 +70,7 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     if preset == "rl_gt_reward" or _full_reference(reward):
         if not any(flagged[i].gt_path for i in ids):
             raise UserError("a full-reference reward needs flagged samples with a ground truth")
-    config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": int(rounds), "base_model": base_model,
+    config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": rounds, "base_model": base_model,
                               "batch_size": -(-min(8, len(ids) + hardest_k) // processes) * processes}
     if hardest_k:
         config.update(extra_hardest_k=hardest_k, pool_size=max(64, 4 * hardest_k))
@@ -101,7 +101,7 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
     """State, progress (0..1), log and error of one job, with its median seconds per round and,
     while it runs, the expected time left (None before its first round)."""
     try:
-        j = ctx.store.job(int(job_id))
+        j = ctx.store.job(int_arg("job", job_id, 1, 2**31 - 1))
     except KeyError:
         raise UserError(f"there is no job #{job_id}") from None
     times = sorted(v for _, n, v in ctx.store.metrics(j.id) if n == "round_s")
@@ -233,13 +233,16 @@ def job_from_row(row: list[Any] | None) -> int | None:
         return None
 
 
-def cancel_job(ctx: AppContext, job_id: int | None) -> str:
+def cancel_job(ctx: AppContext, job_id: int | None, user: str = "anonymous") -> str:
+    """Cancel a queued or running job (its owner's or an admin's, when users log in)."""
     if job_id is None:
         raise UserError("choose a job to cancel")
-    state = job_status(ctx, int(job_id))["state"]
+    state = job_status(ctx, job_id)["state"]
+    job_id = int(job_id)
     if state in ("succeeded", "failed", "cancelled"):
         raise UserError(f"job #{job_id} already {state}")
-    ctx.store.request_cancel(int(job_id))
+    ctx.require_owner(user, f"job:{job_id}", f"job #{job_id}")
+    ctx.store.request_cancel(job_id, user)
     return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'it stops at the end of its current round, with a checkpoint'})."
 
 
@@ -303,9 +306,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     @user_errors
     def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1, size="full",  # noqa: ANN001
                   request: gr.Request = None):
-        job = launch_job(ctx, base, reward, preset, int(rounds or 0), samples,
-                         getattr(request, "username", None) or "anonymous", int(hardest_k or 0),
-                         processes=1 if processes is None else int(processes), size=size or "full")
+        job = launch_job(ctx, base, reward, preset, rounds, samples, caller(request), hardest_k,
+                         processes=processes, size=size or "full")
         return f"Job #{job} queued.", job, list_jobs(ctx)
 
     # The API answers the plain job id (c["launched"]); the page then follows the new job in the picker.
@@ -361,8 +363,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["compare"].focus(lambda: gr.update(choices=job_choices(ctx)), None, c["compare"], api_visibility="private")
 
     @user_errors
-    def on_cancel(job):  # noqa: ANN001
-        return cancel_job(ctx, job)
+    def on_cancel(job, request: gr.Request):  # noqa: ANN001
+        return cancel_job(ctx, job, caller(request))
 
     c["cancel"].click(on_cancel, c["job"], c["msg"], api_visibility="private")
 

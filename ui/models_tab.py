@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .context import SHIPPED, AppContext, UserError, user_errors
+from .context import SHIPPED, AppContext, UserError, caller, user_errors
 
 __all__ = ["HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview", "list_checkpoints",
            "listen", "promote", "render"]
@@ -36,21 +36,32 @@ def checkpoint_from_row(row: list[Any] | None) -> int | None:
         return None
 
 
-def promote(ctx: AppContext, checkpoint_id: int | None) -> str:
-    if checkpoint_id is None or int(checkpoint_id) not in {c.id for c in ctx.store.checkpoints()}:
-        raise UserError(f"there is no checkpoint #{checkpoint_id}" if checkpoint_id is not None
-                        else "choose a checkpoint (click its row)")
-    ctx.store.promote(int(checkpoint_id))
+def _checkpoint_id(checkpoint_id: Any) -> int:
+    if checkpoint_id is None or checkpoint_id == "":
+        raise UserError("choose a checkpoint (click its row)")
+    try:
+        return int(checkpoint_id)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"checkpoint: {str(checkpoint_id)[:40]!r} is not a checkpoint number") from None
+
+
+def promote(ctx: AppContext, checkpoint_id: int | None, user: str = "anonymous") -> str:
+    """Make a checkpoint the default RL model (its owner or an admin, when users log in)."""
+    cid = _checkpoint_id(checkpoint_id)
+    if cid not in {c.id for c in ctx.store.checkpoints()}:
+        raise UserError(f"there is no checkpoint #{cid}")
+    ctx.require_owner(user, f"checkpoint:{cid}", f"checkpoint #{cid}")
+    ctx.store.promote(cid, user)
     return (f"Checkpoint #{int(checkpoint_id)} is now the default RL model: the Restore tab's RL picker "
             f"shows it, also on new page loads.")
 
 
-def _deletable(ctx: AppContext, checkpoint_id: int | None) -> tuple[int, str, str]:
-    """(id, name, path) of a checkpoint that may be deleted now; UserError saying why not otherwise."""
+def _deletable(ctx: AppContext, checkpoint_id: int | None, user: str) -> tuple[int, str, str]:
+    """(id, name, path) of a checkpoint ``user`` may delete now; UserError saying why not otherwise."""
     if checkpoint_id is None:
         raise UserError("choose a checkpoint to delete (click its row)")
+    cid = _checkpoint_id(checkpoint_id)
     try:
-        cid = int(checkpoint_id)
         c = ctx.store.checkpoint(cid)
         blocker = ctx.store.deletion_blocker(cid)
     except (KeyError, TypeError, ValueError):
@@ -58,6 +69,7 @@ def _deletable(ctx: AppContext, checkpoint_id: int | None) -> tuple[int, str, st
     if c.path in SHIPPED:
         raise UserError(f"{c.name} ships with the app ({c.path}) and is registered again at every start, so it "
                         f"cannot be deleted; promote another checkpoint to change the default")
+    ctx.require_owner(user, f"checkpoint:{cid}", f"checkpoint #{cid}")
     if blocker:
         raise UserError(blocker)
     return cid, c.name, c.path
@@ -68,23 +80,23 @@ def _owned(ctx: AppContext, path: str) -> bool:
     return p.resolve().is_relative_to(ctx.store.dir.resolve()) and p.is_dir()
 
 
-def delete_preview(ctx: AppContext, checkpoint_id: int | None) -> str:
+def delete_preview(ctx: AppContext, checkpoint_id: int | None, user: str = "anonymous") -> str:
     """The question asked before a delete: what goes (row, files). UserError if it cannot be deleted."""
-    cid, name, path = _deletable(ctx, checkpoint_id)
+    cid, name, path = _deletable(ctx, checkpoint_id, user)
     files = ("its folder goes too" if _owned(ctx, path) else
              "its files are outside the data folder and are kept")
     return (f"**Delete checkpoint #{cid} {name}?** It leaves the registry and every model picker; {files} "
             f"(`{path}`). This cannot be undone.")
 
 
-def delete(ctx: AppContext, checkpoint_id: int | None, confirmed: bool = False) -> str:
-    """Delete a checkpoint nothing references, once confirmed; its files go too when the app made them
-    (under the data folder). Shipped models cannot be deleted."""
-    cid, _, path = _deletable(ctx, checkpoint_id)
+def delete(ctx: AppContext, checkpoint_id: int | None, confirmed: bool = False, user: str = "anonymous") -> str:
+    """Delete a checkpoint nothing references, once confirmed (its owner or an admin, when users log in);
+    its files go too when the app made them (under the data folder). Shipped models cannot be deleted."""
+    cid, _, path = _deletable(ctx, checkpoint_id, user)
     if not confirmed:
         raise UserError(f"deleting checkpoint #{cid} needs a confirmation")
     try:
-        ctx.store.delete_checkpoint(cid)
+        ctx.store.delete_checkpoint(cid, user)
     except KeyError:
         raise UserError(f"there is no checkpoint #{cid}") from None
     except ValueError as e:  # referenced since the preview
@@ -130,14 +142,14 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
     c["table"].select(on_row, None, c["id"], api_visibility="private")
 
     @user_errors
-    def on_promote(cid):  # noqa: ANN001
-        return promote(ctx, cid), *refreshed(cid)
+    def on_promote(cid, request: gr.Request):  # noqa: ANN001
+        return promote(ctx, cid, caller(request)), *refreshed(cid)
 
     promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
 
     @user_errors
-    def on_ask(cid):  # noqa: ANN001
-        return delete_preview(ctx, cid), gr.update(visible=True), cid, ""
+    def on_ask(cid, request: gr.Request):  # noqa: ANN001
+        return delete_preview(ctx, cid, caller(request)), gr.update(visible=True), cid, ""
 
     c["delete"].click(on_ask, c["id"], [c["confirm_text"], c["confirm_box"], c["pending"], c["msg"]],
                       api_visibility="private")
@@ -145,12 +157,12 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
                     [c["confirm_box"], c["pending"], c["msg"]], api_visibility="private")
 
     @user_errors
-    def on_confirm(cid):  # noqa: ANN001
+    def on_confirm(cid, request: gr.Request):  # noqa: ANN001
         try:
             path = ctx.store.checkpoint(int(cid)).path if cid is not None else None
-        except KeyError:
+        except (KeyError, TypeError, ValueError, OverflowError):
             path = None
-        msg = delete(ctx, cid, confirmed=True)
+        msg = delete(ctx, cid, confirmed=True, user=caller(request))
         return msg, gr.update(visible=False), None, path, *refreshed(None)
 
     deleted = c["confirm"].click(on_confirm, c["pending"],

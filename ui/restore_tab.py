@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import math
 import threading
 import time
 import zipfile
@@ -24,7 +24,8 @@ from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 from darl_core.rewards import MissingWeightsError, get_metric
 from storage import DiskFull
 
-from .context import AppContext, UserError, png_bytes, user_errors
+from .context import AppContext, UserError, caller, int_arg, png_bytes, user_errors
+from .upload import ImageUpload
 
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
            "difficulty_text", "estimate_seconds", "zoom_strip",
@@ -123,6 +124,8 @@ def _score_row(label: str, img: torch.Tensor, gt: torch.Tensor | None, names: li
 def score(ctx: AppContext, image_path: str, metrics: str = "niqe,piqe", gt_path: str | None = None
           ) -> dict[str, float | str]:
     """Raw scores of one image (``metrics``: comma-separated pyiqa names)."""
+    if not isinstance(metrics, str):
+        raise UserError(f"metrics: {str(metrics)[:40]!r} is not a comma-separated list of metric names")
     x = pil_to_tensor(to_rgb(ctx.open_upload(image_path))[0])[None]
     gt = pil_to_tensor(to_rgb(ctx.open_upload(gt_path, "ground truth"))[0])[None] if gt_path else None
     out: dict[str, float | str] = {}
@@ -159,6 +162,29 @@ def estimate_seconds(ctx: AppContext, paths: list[str], size: tuple[int, int], s
                for p in paths)
 
 
+def work(size: tuple[int, int], steps: int, tile: int, models: int = 2, overlap: int = 32) -> tuple[float, int]:
+    """(megapixel-passes, tile evaluations) a restore of a ``size`` image costs with ``models`` models of
+    ``steps`` steps plus stage 1 and tiles of ``tile`` pixels overlapping by ``overlap``: the pixels every
+    network pass computes, the overlaps counted, and how many tiles that is."""
+    from darl_core.tiling import tile_starts
+
+    w, h = size
+    tw, th = min(tile, w), min(tile, h)
+    nx, ny = len(tile_starts(w, tw, min(overlap, tw - 1))), len(tile_starts(h, th, min(overlap, th - 1)))
+    passes = models * _passes(True, steps)
+    return nx * ny * tw * th * passes / 1e6, nx * ny * passes
+
+
+def check_budget(ctx: AppContext, size: tuple[int, int], steps: int, tile: int, models: int = 2) -> None:
+    """UserError when a restore would cost more than the app allows one request (``AppContext.max_work``
+    megapixel-passes, ``max_tile_passes`` tiles): one request cannot hold the models for hours."""
+    mpp, tiles = work(size, steps, tile, models)
+    if mpp > ctx.max_work or tiles > ctx.max_tile_passes:
+        raise UserError(f"this {size[0]}x{size[1]} image at {steps} steps with tiles of {tile} is {mpp:,.0f} "
+                        f"megapixel-passes in {tiles:,} tiles; one request may do at most {ctx.max_work:,.0f} "
+                        f"in {ctx.max_tile_passes:,} tiles. Use fewer steps, a larger tile or a crop.")
+
+
 def large_image_warning(ctx: AppContext, size: tuple[int, int], sft_model: str | None, rl_model: str | None,
                         steps: int, threshold_s: float = 60.0) -> str | None:
     """A warning with the expected time and what to do, for restores of a ``size`` (width, height)
@@ -175,6 +201,16 @@ def large_image_warning(ctx: AppContext, size: tuple[int, int], sft_model: str |
             f"tile size {DEFAULT_TILE} (measured fastest here) keeps memory bounded.")
 
 
+def uniform_warning(im: Image.Image) -> str | None:
+    """A warning for an image with (almost) no variation: no-reference scores are undefined on it."""
+    small = to_rgb(im)[0]
+    small.thumbnail((256, 256))
+    if float(pil_to_tensor(small).std()) * 255 < 0.5:
+        return ("This image is (almost) uniform: NIQE and the difficulty proxy are undefined on it (shown as "
+                "n/a); the restorations are still made.")
+    return None
+
+
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
             rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
             gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
@@ -185,19 +221,21 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     work at the next tile with ``RestoreStopped``; ``warn`` gets the large-image warning (expected
     time, what to do) before a long restore starts.
     """
-    if task not in PRESETS:
-        raise UserError(f"unknown task {task!r}")
-    if not 0 <= int(steps) <= 50:
-        raise UserError("steps must be between 0 and 50")
-    if int(tile) % 8 or not 64 <= int(tile) <= 1024:
-        raise UserError("tile size must be a multiple of 8 between 64 and 1024")
+    if not isinstance(task, str) or task not in PRESETS:
+        raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
+    steps, seed = int_arg("steps", steps, 0, 50), int_arg("seed", seed, 0, 2**63 - 1)
+    tile = int_arg("tile size", tile, 64, 1024)
+    if tile % 8:
+        raise UserError(f"tile size must be a multiple of 8 between 64 and 1024, got {tile}")
     im = ctx.open_upload(image_path)
+    check_budget(ctx, im.size, steps, tile)
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
     sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
-    warning = large_image_warning(ctx, im.size, sft_model, rl_model, int(steps))
-    if warning and warn is not None:
-        warn(warning)
+    warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps), uniform_warning(im)]
+    for warning in warnings:
+        if warning and warn is not None:
+            warn(warning)
     progress = progress or (lambda f, s: None)
     t0 = time.perf_counter()
     outs = []
@@ -244,7 +282,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         except ValueError:
             d, kind = float("nan"), ""
     text = difficulty_text(d, kind)
-    tmp = Path(tempfile.mkdtemp(prefix="darl-restore-"))
+    tmp = Path(ctx.scratch("darl-restore-"))
     files = []
     for name, img in (("restored_sft.png", outs[0]), ("restored_rl.png", outs[1])):
         img.save(tmp / name)
@@ -256,6 +294,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
 
 # ----------------------------------------------------------------------------- comparing
 
+MAX_BATCH = 32  # images one batch restore takes
 DIFF_GAIN = 4.0  # the difference map shows |SFT - RL| times this (small differences become visible)
 
 
@@ -315,13 +354,17 @@ def compare_views(r: RestoreResult, center: tuple[int, int] | None = None) -> tu
 
 def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", sft_model: str | None = None,
                   rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
-                  progress: Callable[[float, str], None] | None = None
+                  progress: Callable[[float, str], None] | None = None, stop: threading.Event | None = None
                   ) -> tuple[list[list[Any]], list[tuple[str, str]], str]:
-    """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal."""
+    """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal;
+    the whole batch shares one request's work budget (``check_budget``), and ``stop`` ends it."""
     if not image_paths:
         raise UserError("no images were uploaded")
+    if len(image_paths) > MAX_BATCH:
+        raise UserError(f"{len(image_paths)} images: a batch takes at most {MAX_BATCH}")
+    spent = 0.0
     progress = progress or (lambda f, s: None)
-    out_dir = Path(tempfile.mkdtemp(prefix="darl-batch-"))
+    out_dir = Path(ctx.scratch("darl-batch-"))
     rows: list[list[Any]] = []
     gallery: list[tuple[str, str]] = []
     zpath = out_dir / "restored.zip"
@@ -330,7 +373,15 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
             name = Path(path).stem
             progress(i / len(image_paths), f"image {i + 1} of {len(image_paths)}")
             try:
-                r = restore(ctx, path, task, sft_model, rl_model, steps, seed, tile)
+                size = ctx.open_upload(path).size
+                cost = work(size, int_arg("steps", steps, 0, 50), int_arg("tile size", tile, 64, 1024))[0]
+                if spent + cost > ctx.max_work:
+                    raise UserError(f"over the batch's work budget ({ctx.max_work:,.0f} megapixel-passes; this "
+                                    f"image adds {cost:,.0f} to {spent:,.0f}); restore it on its own")
+                r = restore(ctx, path, task, sft_model, rl_model, steps, seed, tile, stop=stop)
+                spent += cost
+            except RestoreStopped:
+                raise
             except UserError as e:
                 rows.append([Path(path).name, f"skipped: {e}", "", "", ""])
                 continue
@@ -357,15 +408,26 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
     says what ``difficulty_value`` measures: "gt" (1 - SSIM against a ground truth) or "proxy"."""
     if not reason:
         raise UserError("choose a reason for the flag")
-    if len(note or "") > MAX_NOTE:
+    if not isinstance(reason, str) or len(reason) > 64:
+        raise UserError(f"reason: {str(reason)[:40]!r} is not a reason (text of at most 64 characters)")
+    note = note or ""
+    if not isinstance(note, str):
+        raise UserError("note: must be text")
+    if len(note) > MAX_NOTE:
         raise UserError(f"the note is {len(note)} characters long; at most {MAX_NOTE}")
+    if not isinstance(task, str) or task not in PRESETS:
+        raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
     lq = to_rgb(ctx.open_upload(image_path))[0]
     gt = to_rgb(ctx.open_upload(gt_path, "ground truth"))[0] if gt_path else None
     if gt is not None and gt_scale(lq.size, gt.size) is None:
         raise UserError(f"the ground truth must have the input's size {lq.size[0]}x{lq.size[1]}, or an "
                         f"integer multiple of it for super-resolution (x4: {4 * lq.size[0]}x{4 * lq.size[1]}); "
                         f"got {gt.size[0]}x{gt.size[1]}")
-    d = None if difficulty_value is None or difficulty_value != difficulty_value else float(difficulty_value)
+    try:
+        d = None if difficulty_value is None else float(difficulty_value)
+    except (TypeError, ValueError):
+        raise UserError(f"difficulty: {str(difficulty_value)[:40]!r} is not a number") from None
+    d = None if d is None or not math.isfinite(d) else d
     kind = difficulty_kind or None
     if d is not None and kind not in (None, "gt", "proxy"):
         raise UserError(f"unknown difficulty kind {difficulty_kind!r}: gt or proxy")
@@ -381,10 +443,6 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
 
 
 # ----------------------------------------------------------------------------- Gradio
-
-def _user(request: gr.Request | None) -> str:
-    return (getattr(request, "username", None) or "anonymous") if request is not None else "anonymous"
-
 
 EXAMPLES = ("chelsea.png", "coffee.png", "rocket.jpg")  # held-out photos of scikit-image's data (no model trained on them)
 
@@ -423,9 +481,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=1):
-            c["image"] = gr.Image(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
+            c["image"] = ImageUpload(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
                                   elem_id="upload")
-            c["gt"] = gr.Image(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
+            c["gt"] = ImageUpload(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
                                sources=["upload", "clipboard"], elem_id="gt-upload")
             try:
                 gr.Examples([[p, None] for p in example_images(ctx.store.dir / "examples")], inputs=[c["image"], c["gt"]],
@@ -498,7 +556,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         key = getattr(request, "session_hash", None) or "anonymous"
         stop = ctx.stop_flags[key] = threading.Event()
         try:
-            r = restore(ctx, image, task, sft, rl, int(steps), int(seed or 0), int(tile), gt,
+            r = restore(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
                         progress=lambda f, s: progress(f, desc=s), stop=stop,
                         warn=lambda w: gr.Warning(w, duration=20))
         except RestoreStopped as e:  # what the user asked for: said as such, the page left as it was
@@ -550,9 +608,18 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     c["dice"].click(lambda: int(torch.randint(0, 2**31 - 1, (1,))), None, c["seed"], api_visibility="private")
 
     @user_errors
-    def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress()):  # noqa: ANN001, B008
-        return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, int(steps),
-                             int(seed or 0), int(tile), progress=lambda f, s: progress(f, desc=s))
+    def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
+                 request: gr.Request = None):
+        key = getattr(request, "session_hash", None) or "anonymous"
+        stop = ctx.stop_flags[key] = threading.Event()
+        try:
+            return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, steps,
+                                 seed or 0, tile, progress=lambda f, s: progress(f, desc=s), stop=stop)
+        except RestoreStopped as e:
+            gr.Info(str(e))
+            return gr.skip(), gr.skip(), gr.skip()
+        finally:
+            ctx.stop_flags.pop(key, None)
 
     c["run_batch"].click(on_batch, [c["batch"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"], c["tile"]],
                          [c["batch_table"], c["batch_gallery"], c["batch_zip"]], concurrency_limit=1,
@@ -560,7 +627,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
 
     @user_errors
     def on_flag(image, reason, note, gt, task, d, kind, request: gr.Request):  # noqa: ANN001
-        return flag(ctx, image, reason, note, gt, task, _user(request), d, kind)
+        return flag(ctx, image, reason, note, gt, task, caller(request), d, kind)
 
     c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"],
                                   c["difficulty_kind"]],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from darl_core.pipeline import DEFAULT_STEPS
 from storage import FlaggedRow
 from storage.models import utcnow
 
-from .context import AppContext, UserError, user_warnings
+from .context import AppContext, UserError, caller, user_warnings
 from .restore_tab import REASONS, restore, score_table
 
 __all__ = ["HEADERS", "KINDS", "export_zip", "list_flagged", "listen", "render", "restore_sample", "sample_choices",
@@ -68,16 +67,28 @@ def sample_choices(table: list[list[Any]]) -> list[tuple[str, int]]:
     return [(f"#{row[0]} {row[2]}", int(row[0])) for row in table]
 
 
-def tag_samples(ctx: AppContext, sample_ids: list[int] | None, text: str, remove: bool = False) -> str:
-    """Add (or remove) the comma-separated tags ``text`` on the ticked samples."""
-    ids = sorted({int(i) for i in sample_ids or []})
+def _ids(sample_ids: Any) -> list[int]:
+    """Sorted distinct sample ids from the ticked list; UserError naming a bad one."""
+    try:
+        return sorted({int(i) for i in sample_ids or []})
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"samples: {str(sample_ids)[:60]!r} is not a list of sample numbers") from None
+
+
+def tag_samples(ctx: AppContext, sample_ids: list[int] | None, text: str, remove: bool = False,
+                user: str = "anonymous") -> str:
+    """Add (or remove) the comma-separated tags ``text`` on the ticked samples (each its owner's or an
+    admin's, when users log in)."""
+    ids = _ids(sample_ids)
     if not ids:
         raise UserError("tick the samples to tag first")
+    for i in ids:
+        ctx.require_owner(user, f"sample:{i}", f"sample #{i}")
     tags = [t for t in (text or "").split(",") if t.strip()]
     if not tags:
         raise UserError("type one or more tags, separated by commas")
     try:
-        ctx.store.tag(ids, remove=tags) if remove else ctx.store.tag(ids, add=tags)
+        ctx.store.tag(ids, remove=tags, user=user) if remove else ctx.store.tag(ids, add=tags, user=user)
     except ValueError as e:
         raise UserError(str(e)) from None
     except KeyError as e:
@@ -125,14 +136,17 @@ def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_
 
 
 def unflag_many(ctx: AppContext, sample_ids: list[int] | None, user: str = "anonymous") -> str:
-    """Unflag several samples at once (the ones ticked); each gets its own unflag event."""
-    ids = sorted({int(i) for i in sample_ids or []})
+    """Unflag several samples at once (the ones ticked; each its owner's or an admin's, when users log
+    in); each gets its own unflag event."""
+    ids = _ids(sample_ids)
     if not ids:
         raise UserError("tick the samples to unflag first")
     flagged = {r.sample_id for r in ctx.store.flagged()}
     missing = [i for i in ids if i not in flagged]
     if missing:
         raise UserError(f"samples {missing} are not flagged (refresh the list)")
+    for i in ids:
+        ctx.require_owner(user, f"sample:{i}", f"sample #{i}")
     for i in ids:
         ctx.store.unflag(i, user)
     return f"{len(ids)} samples unflagged: {', '.join(f'#{i}' for i in ids)} (the history keeps every event)."
@@ -141,8 +155,10 @@ def unflag_many(ctx: AppContext, sample_ids: list[int] | None, user: str = "anon
 def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> str:
     if sample_id is None:
         raise UserError("choose a sample to unflag")
+    sid = _ids([sample_id])[0]
+    ctx.require_owner(user, f"sample:{sid}", f"sample #{sid}")
     try:
-        ctx.store.unflag(int(sample_id), user)
+        ctx.store.unflag(sid, user)
     except KeyError:
         raise UserError(f"there is no sample #{sample_id}") from None
     return f"Sample #{int(sample_id)} unflagged (the history keeps both events)."
@@ -158,7 +174,7 @@ def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = No
     rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
     if not rows:
         raise UserError("no flagged samples match the filters")
-    out = Path(tempfile.mkdtemp(prefix="darl-export-")) / "hard_samples.zip"
+    out = Path(ctx.scratch("darl-export-")) / "hard_samples.zip"
     lines = []
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for r in rows:
@@ -279,21 +295,21 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
 
     @user_warnings(5)
-    def on_unflag(sample, *f: Any, request: gr.Request = None):  # noqa: ANN001
-        return after_unflag(unflag(ctx, sample, getattr(request, "username", None) or "anonymous"), f)
+    def on_unflag(sample, request: gr.Request, *f: Any):  # noqa: ANN001
+        return after_unflag(unflag(ctx, sample, caller(request)), f)
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
     @user_warnings(5)
-    def on_unflag_many(ticked, *f: Any, request: gr.Request = None):  # noqa: ANN001
-        return after_unflag(unflag_many(ctx, ticked, getattr(request, "username", None) or "anonymous"), f)
+    def on_unflag_many(ticked, request: gr.Request, *f: Any):  # noqa: ANN001
+        return after_unflag(unflag_many(ctx, ticked, caller(request)), f)
 
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
     def tagging(remove: bool) -> Any:
         @user_warnings(3)
-        def on_tag(ticked, text, *f: Any):  # noqa: ANN001
-            msg = tag_samples(ctx, ticked, text, remove)
+        def on_tag(ticked, text, request: gr.Request, *f: Any):  # noqa: ANN001
+            msg = tag_samples(ctx, ticked, text, remove, caller(request))
             gallery, table = list_flagged(ctx, *f)
             return msg, gallery, table
         return on_tag

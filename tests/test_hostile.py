@@ -1,0 +1,437 @@
+"""The hostile-input and stranger suite: what an attacker or a careless user sends, and what must hold.
+
+Every refusal is a message that names what is wrong (never a bare "Error"), nothing that should be
+refused is stored, no request costs more than its budget, and with login on nobody changes what is
+not theirs. The counts go to test-artifacts/reliability.json (``helpers.record``), which the README's
+reliability section quotes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from helpers import free_port, record
+from PIL import Image
+from sqlalchemy import text
+
+from storage import Store
+from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
+from ui.server import LoginThrottle, guard, is_loopback, parse_users
+from ui.upload import ImageUpload
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> AppContext:
+    return AppContext(Store(directory=tmp_path / "data"))
+
+
+def _png(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def _rows(store: Store) -> tuple[int, int, int, int]:
+    with store.engine.connect() as c:
+        return tuple(int(c.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one())  # type: ignore[return-value]
+                     for t in ("samples", "flags", "jobs", "events"))
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+def test_every_handler_names_its_bad_argument(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    img = _png(tmp_path / "a.png")
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    restore_tab.flag(ctx, img, "artifacts")
+    m = str(tiny_model_dir)
+    nan, inf = float("nan"), float("inf")
+    cases: list[tuple[str, Any, str]] = [
+        ("restore steps text", lambda: restore_tab.restore(ctx, img, steps="abc"), "steps"),
+        ("restore steps NaN", lambda: restore_tab.restore(ctx, img, steps=nan), "steps"),
+        ("restore steps 51", lambda: restore_tab.restore(ctx, img, steps=51), "steps"),
+        ("restore seed NaN", lambda: restore_tab.restore(ctx, img, seed=nan), "seed"),
+        ("restore seed inf", lambda: restore_tab.restore(ctx, img, seed=inf), "seed"),
+        ("restore seed 1e30", lambda: restore_tab.restore(ctx, img, seed=10**30), "seed"),
+        ("restore seed -1", lambda: restore_tab.restore(ctx, img, seed=-1), "seed"),
+        ("restore tile text", lambda: restore_tab.restore(ctx, img, tile="x"), "tile size"),
+        ("restore tile 65", lambda: restore_tab.restore(ctx, img, tile=72 + 1), "tile size"),
+        ("restore task None", lambda: restore_tab.restore(ctx, img, task=None), "task"),
+        ("restore task list", lambda: restore_tab.restore(ctx, img, task=["blind"]), "task"),
+        ("restore image int", lambda: restore_tab.restore(ctx, 12), "image"),
+        ("restore image dict", lambda: restore_tab.restore(ctx, {"path": "/etc/passwd"}), "image"),
+        ("restore image missing", lambda: restore_tab.restore(ctx, str(tmp_path / "none.png")), "none.png"),
+        ("score metrics None", lambda: restore_tab.score(ctx, img, None), "metrics"),
+        ("flag reason list", lambda: restore_tab.flag(ctx, img, ["x"]), "reason"),
+        ("flag note int", lambda: restore_tab.flag(ctx, img, "artifacts", note=5), "note"),
+        ("flag note 10 MB", lambda: restore_tab.flag(ctx, img, "artifacts", note="x" * 10_000_000), "note"),
+        ("flag task None", lambda: restore_tab.flag(ctx, img, "artifacts", task=None), "task"),
+        ("flag difficulty text", lambda: restore_tab.flag(ctx, img, "artifacts", difficulty_value="hard"),
+         "difficulty"),
+        ("job id text", lambda: finetune_tab.job_status(ctx, "abc"), "job"),
+        ("job id 1.5", lambda: finetune_tab.job_status(ctx, 1.5), "job"),
+        ("job id huge", lambda: finetune_tab.job_status(ctx, 10**40), "job"),
+        ("cancel id injection", lambda: finetune_tab.cancel_job(ctx, "1; DROP TABLE jobs"), "job"),
+        ("launch rounds text", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", "many"), "rounds"),
+        ("launch rounds 1e5", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 100_000), "rounds"),
+        ("launch processes 64", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 2, processes=64),
+         "processes"),
+        ("launch processes NaN", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 2, processes=nan),
+         "processes"),
+        ("launch hardest -1", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 2, hardest_k=-1),
+         "extra hard samples"),
+        ("launch preset None", lambda: finetune_tab.launch_job(ctx, m, "niqe", None, 2), "method"),
+        ("launch size None", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 2, size=None), "run size"),
+        ("launch reward None", lambda: finetune_tab.launch_job(ctx, m, None, "darl", 2), "reward"),
+        ("launch base /etc", lambda: finetune_tab.launch_job(ctx, "/etc", "niqe", "darl", 2), "base model"),
+        ("launch samples text", lambda: finetune_tab.launch_job(ctx, m, "niqe", "darl", 2, "a,b"), "sample"),
+        ("promote text", lambda: models_tab.promote(ctx, "x"), "checkpoint"),
+        ("promote missing", lambda: models_tab.promote(ctx, 999), "checkpoint"),
+        ("delete text", lambda: models_tab.delete(ctx, "x", True), "checkpoint"),
+        ("unflag text", lambda: samples_tab.unflag(ctx, "abc"), "sample"),
+        ("unflag many text", lambda: samples_tab.unflag_many(ctx, ["abc"]), "sample"),
+        ("tag ids text", lambda: samples_tab.tag_samples(ctx, ["x"], "t"), "sample"),
+        ("tag bad name", lambda: samples_tab.tag_samples(ctx, [1], "<script>"), "tag"),
+    ]
+    before = _rows(ctx.store)
+    unnamed = []
+    for label, call, name in cases:
+        with pytest.raises(UserError) as e:
+            call()
+        if name.lower() not in str(e.value).lower():
+            unnamed.append((label, str(e.value)))
+    assert not unnamed, unnamed
+    assert _rows(ctx.store) == before  # nothing written by a refused call
+    record("arguments", tried=len(cases), refused_with_message=len(cases) - len(unnamed),
+           errors_without_message=len(unnamed), rows_wrongly_stored=sum(_rows(ctx.store)) - sum(before))
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+def _upload(path: Path) -> str | None:
+    """What a handler receives for an uploaded file (Gradio's preprocessing of our upload component)."""
+    from gradio.data_classes import ImageData
+
+    return ImageUpload().preprocess(ImageData(path=str(path), orig_name=path.name))
+
+
+def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path) -> None:
+    # A 16-bit mid-grey PNG: gr.Image clipped it to RGB (mean 254.6); ours hands the file over untouched
+    # and the loader scales 16 to 8 bits.
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 48), 32896, dtype=np.uint16)).save(grey16)
+    assert Image.open(grey16).mode == "I;16"
+    assert _upload(grey16) == str(grey16)
+    msg = restore_tab.flag(ctx, _upload(grey16), "artifacts")
+    stored = np.asarray(Image.open(ctx.store.flagged()[0].lq_path), dtype=np.float64)
+    assert "#1" in msg and abs(stored.mean() - 128.0) < 0.5, stored.mean()
+
+    # Formats Pillow reads but we do not, renamed .png: refused by content with our message, not stored.
+    tried = refused = 0
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for fmt, mode in (("ICO", "RGB"), ("TGA", "RGB"), ("PCX", "RGB"), ("PPM", "RGB"), ("SGI", "RGB"),
+                      ("XBM", "1"), ("DDS", "RGB"), ("QOI", "RGB"), ("IM", "RGB"), ("JPEG2000", "RGB"),
+                      ("SPIDER", "F"), ("MSP", "1"), ("EPS", "RGB"), ("ICNS", "RGB")):
+        buf = io.BytesIO()
+        try:
+            rgb.convert(mode).save(buf, fmt)
+        except (KeyError, OSError, ValueError):
+            continue  # this Pillow cannot write it: nothing to try
+        path = tmp_path / f"{fmt.lower()}.png"
+        path.write_bytes(buf.getvalue())
+        tried += 1
+        before = _rows(ctx.store)
+        with pytest.raises(UserError, match="judged by its content"):
+            restore_tab.flag(ctx, _upload(path), "artifacts")
+        assert _rows(ctx.store) == before
+        refused += 1
+    assert tried >= 10, tried
+
+    # A 144-megapixel PNG of 100 KB: refused from its header, before any decoding (fast, no memory).
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 2_000_000
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="144,?000,?000 pixels"):
+        restore_tab.flag(ctx, _upload(bomb), "artifacts")
+    assert time.perf_counter() - t0 < 1.0
+
+    # A JPEG whose EXIF block is garbage: decoded (orientation ignored) or refused with a message.
+    jpg = io.BytesIO()
+    rgb.save(jpg, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff" + bytes(40))
+    (tmp_path / "exif.jpg").write_bytes(jpg.getvalue())
+    try:
+        restore_tab.flag(ctx, _upload(tmp_path / "exif.jpg"), "artifacts")
+    except UserError as e:
+        assert "exif.jpg" in str(e)
+
+    # An image sent around the page as a data: URL is written to a file, also undecoded; bad base64 is said.
+    from gradio.data_classes import ImageData
+
+    raw = grey16.read_bytes()
+    path = ImageUpload().preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(raw).decode()))
+    assert Path(path).read_bytes() == raw
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="not valid base64"):
+        ImageUpload().preprocess(ImageData(url="data:image/png;base64,@@@@"))
+    record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
+
+
+def test_a_uniform_image_is_said_before_the_restore(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(flat)
+    said: list[str] = []
+    r = restore_tab.restore(ctx, str(flat), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+                            progress=lambda f, s: said.append(f"progress {s}"), warn=lambda w: said.append(w))
+    assert "uniform" in said[0]  # before any progress of the restore
+    assert any("n/a" in str(cell) and "uniform" in str(cell) for row in r.scores for cell in row)
+
+
+# ----------------------------------------------------------------------------- budgets and cancellation
+
+
+def test_one_request_has_a_work_budget(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The report's request: 16 MP at 50 steps with tiles of 64 (~15,400 tiles per pass) is refused at once.
+    with pytest.raises(UserError, match="megapixel-passes"):
+        restore_tab.check_budget(ctx, (4000, 4000), 50, 64)
+    restore_tab.check_budget(ctx, (512, 512), 8, 256)  # the app's usual request passes
+    ctx.max_work = 0.5
+    big = _png(tmp_path / "big.png", (256, 256))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="one request may do at most"):
+        restore_tab.restore(ctx, big, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=50)
+    assert time.perf_counter() - t0 < 2.0 and not ctx._models  # refused before any model was loaded
+    # A batch shares one budget: images past it are skipped with the reason.
+    ctx.max_work = 0.1
+    paths = [_png(tmp_path / f"b{i}.png", (96, 96), seed=i) for i in range(3)]
+    rows, _, _ = restore_tab.restore_batch(ctx, paths, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir),
+                                           steps=2, tile=64)
+    assert [r[1] for r in rows[:1]] == ["ok"] and all("budget" in r[1] for r in rows[1:]), rows
+
+
+def test_a_stopped_session_ends_its_restore_between_steps(ctx: AppContext, tmp_path: Path,
+                                                          tiny_model_dir: Path) -> None:
+    stop = ctx.stop_flags["session-1"] = threading.Event()
+    tiles: list[str] = []
+
+    def progress(f: float, s: str) -> None:
+        tiles.append(s)
+        if len(tiles) == 3:
+            assert ctx.stop_session("session-1")  # what the cancel route and a closed page do
+    with pytest.raises(restore_tab.RestoreStopped):
+        restore_tab.restore(ctx, _png(tmp_path / "s.png", (160, 160)), sft_model=str(tiny_model_dir),
+                            rl_model=str(tiny_model_dir), steps=20, tile=64, progress=progress, stop=stop)
+    assert len(tiles) <= 5  # it stopped at the next tile, not after 2 x 20 steps x 9 tiles
+    assert not ctx.stop_session("nobody")
+
+
+def test_temporary_folders_are_removed_when_old(ctx: AppContext) -> None:
+    old = ctx.scratch("darl-restore-")
+    (old / "restored_sft.png").write_bytes(b"x")
+    stale = time.time() - ctx.keep_files_s - 60
+    import os
+
+    os.utime(old, (stale, stale))
+    new = ctx.scratch("darl-restore-")
+    assert not old.exists() and new.exists()
+
+
+# ----------------------------------------------------------------------------- logins and owners
+
+
+def test_logins_are_throttled() -> None:
+    now = [0.0]
+    gate = LoginThrottle({"ann": "s3cret"}, free=5, base_s=1.0, max_s=300.0, clock=lambda: now[0])
+    results = [gate("ann", f"guess{i}") for i in range(200)]  # 200 wrong passwords at once
+    assert not any(results) and gate.refused == 195  # after 5 tries, every attempt waits
+    assert gate("ann", "s3cret") is False  # the right one too, until the wait has passed
+    now[0] += 1.5
+    assert gate("ann", "nope") is False and gate("ann", "s3cret") is False  # the wait doubles: now 2 s
+    now[0] += 2.5
+    assert gate("ann", "s3cret") is True and gate("ann", "s3cret") is True  # and resets on success
+    assert gate("mallory", "s3cret") is False
+    assert parse_users("ann:pw, bob:p:w") == {"ann": "pw", "bob": "p:w"}
+    for bad in ("ann", ":pw", "ann:", ","):
+        with pytest.raises(ValueError, match="DARL_AUTH"):
+            parse_users(bad)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    restore_tab.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "ann")
+    made = ctx.store.register_checkpoint(str(tmp_path / "made"), "made", job_id=job)
+    shipped = ctx.store.register_checkpoint(str(tmp_path / "hand"), "hand")  # no job: nobody's
+    for call in (lambda: samples_tab.unflag(ctx, 1, "bob"), lambda: samples_tab.unflag_many(ctx, [1], "bob"),
+                 lambda: samples_tab.tag_samples(ctx, [1], "x", user="bob"),
+                 lambda: finetune_tab.cancel_job(ctx, job, "bob"), lambda: models_tab.promote(ctx, made, "bob"),
+                 lambda: models_tab.delete_preview(ctx, made, "bob")):
+        with pytest.raises(UserError, match="belongs to ann: only they or an admin"):
+            call()
+    with pytest.raises(UserError, match="belongs to the app"):
+        models_tab.promote(ctx, shipped, "ann")
+    assert ctx.store.flagged()[0].sample_id == 1 and not ctx.store.job(job).cancel_requested
+    # the owner and an admin may; each change is recorded with its user
+    samples_tab.tag_samples(ctx, [1], "mine", user="ann")
+    models_tab.promote(ctx, made, "ann")
+    models_tab.promote(ctx, shipped, "root")
+    finetune_tab.cancel_job(ctx, job, "root")
+    samples_tab.unflag(ctx, 1, "ann")
+    log = [(e.user, e.action, e.target) for e in reversed(ctx.store.events())]
+    assert log == [("ann", "tag", "sample:1"), ("ann", "promote", f"checkpoint:{made}"),
+                   ("root", "promote", f"checkpoint:{shipped}"), ("root", "cancel", f"job:{job}")]
+    assert ctx.store.owners("sample:1") == set()  # ann's flag is withdrawn
+    # without login (the app then serves only this machine), the one local user may do everything
+    ctx.auth = False
+    models_tab.promote(ctx, made, "anonymous")
+
+
+# ----------------------------------------------------------------------------- over HTTP
+
+
+def _call(s: requests.Session, base: str, session: str, fn_index: int, data: list[Any]) -> tuple[int, str]:
+    """POST one event to the queue as the page does and read its messages to the end: (HTTP status of the
+    join, every message of the event as text)."""
+    r = s.post(f"{base}/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                                       "event_data": None, "trigger_id": None}, timeout=30)
+    if r.status_code != 200:
+        return r.status_code, r.text
+    event = r.json()["event_id"]
+    out = []
+    with s.get(f"{base}/gradio_api/queue/data", params={"session_hash": session}, stream=True, timeout=120) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data:"):
+                msg = json.loads(line[5:])
+                out.append(msg)
+                if msg.get("msg") == "process_completed" and msg.get("event_id") == event:
+                    break
+    return 200, json.dumps(out)
+
+
+@pytest.mark.slow
+def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from starlette.middleware import Middleware
+
+    from ui import build_app
+
+    ctx = AppContext(Store(directory=tmp_path / "data"), auth=True, admins=frozenset({"root"}))
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    restore_tab.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "ann")
+    made = ctx.store.register_checkpoint(str(tmp_path / "made"), "made", job_id=job)
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=1, max_size=128)
+    port = free_port()
+    gate = LoginThrottle({"ann": "a-pw", "bob": "b-pw", "root": "r-pw"})
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, auth=gate,
+                app_kwargs={"middleware": [Middleware(guard(ctx))]})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Not logged in: the login page carries no API schema (no endpoint, no model path); the queue says 401.
+        anon = requests.Session()
+        page = anon.get(base + "/", timeout=30).text
+        assert '"auth_required": true' in page.replace("\\", "") or "auth_required" in page
+        assert "named_endpoints\": {}" in page and str(tiny_model_dir) not in page and "/launch_job" not in page
+        assert _call(anon, base, "anon", 2, [None] * 8)[0] == 401
+        # 40 wrong passwords for bob: the throttle refuses most without looking.
+        for i in range(40):
+            anon.post(base + "/login", data={"username": "bob", "password": f"x{i}"}, timeout=30)
+        assert gate.refused >= 30
+        gate._state.clear()  # (the test goes on as bob, logged in properly)
+
+        bob = requests.Session()
+        assert bob.post(base + "/login", data={"username": "bob", "password": "b-pw"}, timeout=30).status_code == 200
+        assert "named_endpoints\": {\"/restore\"" in bob.get(base + "/", timeout=30).text.replace(" ", "").replace(
+            "\":{", "\": {")  # logged in: the schema is there
+        # Every handler of the page, posted by bob with fn_index: the ones that change something get ann's
+        # sample 1, job and checkpoint; the rest get empty inputs (they may refuse, they must not change).
+        before = (ctx.store.flagged()[0].tags, ctx.store.job(job).cancel_requested,
+                  [(c.id, c.promoted) for c in ctx.store.checkpoints()])
+        targets: dict[str, list[Any]] = {
+            "on_unflag": [1] + [None] * 7, "on_unflag_many": [[1]] + [None] * 7, "on_tag": [[1], "evil"] + [None] * 7,
+            "pick": [job], "on_cancel": [job], "on_promote": [made], "on_ask": [made], "on_confirm": [made]}
+        refused_by_owner = stranger_calls = 0
+        session = uuid.uuid4().hex
+        for i, fn in sorted(demo.fns.items()):
+            if fn.name in ("on_restore", "on_batch", "on_view_restore"):
+                continue  # the models' queue: covered by the share test below
+            data = targets.get(fn.name, [None] * len(fn.inputs))
+            status, text_ = _call(bob, base, session, i, data)
+            refused_by_owner += "belongs to ann" in text_
+            stranger_calls += 1
+        after = (ctx.store.flagged()[0].tags, ctx.store.job(job).cancel_requested,
+                 [(c.id, c.promoted) for c in ctx.store.checkpoints()])
+        changes = [k for k in range(3) if after[k] != before[k]] + [e.id for e in ctx.store.events() if e.user == "bob"]
+        assert not changes and ctx.store.flagged()[0].sample_id == 1 and ctx.store.owners("sample:1") == {"ann"}
+        # unflag, unflag many, tag twice, cancel, promote, delete: refused by the owner check itself
+        assert refused_by_owner >= 7, refused_by_owner
+
+        # ann unflags her own sample through the page's handler: allowed, and recorded as ann (the request
+        # reached the handler; it used to come after *filters and was never passed: "anonymous").
+        ann = requests.Session()
+        ann.post(base + "/login", data={"username": "ann", "password": "a-pw"}, timeout=30)
+        fn = {f.name: i for i, f in sorted(demo.fns.items(), reverse=True)}
+        mine = uuid.uuid4().hex
+        _call(ann, base, mine, fn["listing"], [None] * 7)  # the page lists the samples first (the picker's choices)
+        status, text_ = _call(ann, base, mine, fn["on_unflag"], [1] + [None] * 7)
+        assert status == 200 and "unflagged" in text_, text_
+        assert ctx.store.flagged() == [] and ctx.store.owners("sample:1") == set()
+        with ctx.store.engine.connect() as c:
+            assert c.execute(text("SELECT \"user\", flagged FROM flags ORDER BY id DESC LIMIT 1")).one() == ("ann", False)
+
+        # Path traversal on the file routes: nothing outside the app's files is served.
+        served = 0
+        payloads = [f"{base}{route}{p}" for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/")
+                    for p in ("/etc/passwd", "../../../../etc/passwd", "..%2f..%2f..%2fetc%2fpasswd",
+                              "%2e%2e/%2e%2e/etc/passwd", str(ctx.store.dir / "darl.db"), str(tiny_model_dir / "unet"),
+                              "....//....//etc/passwd", "/proc/self/environ")]
+        for url in payloads:
+            r = bob.get(url, timeout=30)
+            served += r.status_code == 200 and ("root:" in r.text or "SQLite" in r.text or "PATH=" in r.text)
+        assert served == 0
+
+        # The models' queue: bob may have 2 restores waiting or running; the third is refused with the reason.
+        lq = _png(tmp_path / "slow.png", (192, 192))
+        up = bob.post(base + "/gradio_api/upload", files={"files": open(lq, "rb")}, timeout=30).json()[0]
+        image = {"path": up, "meta": {"_type": "gradio.FileData"}, "orig_name": "slow.png"}
+        restore = [image, None, "blind", str(tiny_model_dir), str(tiny_model_dir), 50, 0, 64]
+        codes = []
+        for k in range(3):
+            r = bob.post(f"{base}/gradio_api/queue/join", json={"data": restore, "fn_index": 2, "event_data": None,
+                                                                 "session_hash": f"share-{k}", "trigger_id": None})
+            codes.append((r.status_code, r.text))
+        assert [c for c, _ in codes] == [200, 200, 429] and "at most 2" in codes[2][1], codes
+        # Cancelling the running one stops its computation (not only the answer): its stop flag is set and
+        # the restore ends at its next tile, so the second runs.
+        deadline = time.time() + 60
+        while "share-0" not in ctx.stop_flags and time.time() < deadline:
+            time.sleep(0.05)
+        assert "share-0" in ctx.stop_flags
+        bob.post(f"{base}/gradio_api/cancel", json={"session_hash": "share-0", "fn_index": 2,
+                                                    "event_id": json.loads(codes[0][1])["event_id"]}, timeout=30)
+        t0 = time.time()
+        while "share-0" in ctx.stop_flags and time.time() - t0 < 10:
+            time.sleep(0.05)
+        assert "share-0" not in ctx.stop_flags, "the cancelled restore kept computing"
+        ctx.stop_session("share-1")
+        record("http", payloads_tried=len(payloads), payloads_served=served, stranger_calls=stranger_calls,
+               stranger_changes=len(changes), queue_share_refusals=sum(c == 429 for c, _ in codes))
+    finally:
+        for k in range(3):
+            ctx.stop_session(f"share-{k}")
+        demo.close()
