@@ -332,11 +332,6 @@ class Store:
                 return {job.user} if job is not None else set()
             raise ValueError(f"unknown kind of target {target!r}")
 
-    def record(self, user: str, action: str, target: str, detail: str = "") -> None:
-        """Append an audit event (who did what to which sample / job / checkpoint)."""
-        with self.session() as s:
-            s.add(Event(user=user, action=action, target=target, detail=detail, created_at=utcnow()))
-
     def events(self, target: str | None = None, limit: int = 200) -> list[Event]:
         """Audit events, newest first, optionally of one target ("job:3")."""
         with self.session() as s:

@@ -207,6 +207,11 @@ def test_one_request_has_a_work_budget(ctx: AppContext, tmp_path: Path, tiny_mod
     with pytest.raises(UserError, match="megapixel-passes"):
         restore_tab.check_budget(ctx, (4000, 4000), 50, 64)
     restore_tab.check_budget(ctx, (512, 512), 8, 256)  # the app's usual request passes
+    # a pixel-space x4 model diffuses at 4x the input's size: 16 times the pixels (more with the overlaps)
+    assert restore_tab.work((256, 256), 8, 256, (4, 4))[0] >= 16 * restore_tab.work((256, 256), 8, 256)[0]
+    with pytest.raises(UserError, match="megapixel-passes"):
+        restore_tab.check_budget(ctx, (1000, 1000), 20, 256, (4, 4))
+    restore_tab.check_budget(ctx, (1000, 1000), 20, 256, (1, 1))
     ctx.max_work = 0.5
     big = _png(tmp_path / "big.png", (256, 256))
     t0 = time.perf_counter()
@@ -295,6 +300,8 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
     log = [(e.user, e.action, e.target) for e in reversed(ctx.store.events())]
     assert log == [("ann", "tag", "sample:1"), ("ann", "promote", f"checkpoint:{made}"),
                    ("root", "promote", f"checkpoint:{shipped}"), ("root", "cancel", f"job:{job}")]
+    assert [row[1:4] for row in models_tab.list_events(ctx)[:2]] == [  # the Models tab shows the log
+        ["root", "cancel", f"job #{job}"], ["root", "promote", f"checkpoint #{shipped}"]]
     assert ctx.store.owners("sample:1") == set()  # ann's flag is withdrawn
     # without login (the app then serves only this machine), the one local user may do everything
     ctx.auth = False

@@ -1,4 +1,5 @@
-"""Models tab: registered checkpoints with lineage and evaluation numbers; promote, delete (confirmed)."""
+"""Models tab: registered checkpoints with lineage and evaluation numbers; promote, delete (confirmed);
+the log of who changed what."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import gradio as gr
 
 from .context import SHIPPED, AppContext, UserError, caller, user_errors
 
-__all__ = ["HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview", "list_checkpoints",
-           "listen", "promote", "render"]
+__all__ = ["EVENT_HEADERS", "HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview",
+           "list_checkpoints", "list_events", "listen", "promote", "render"]
 
 HEADERS = ["id", "name", "parent", "job", "default", "evaluation", "path"]
+EVENT_HEADERS = ["when (UTC)", "user", "change", "what", "detail"]
+
+
+def list_events(ctx: AppContext, limit: int = 100) -> list[list[Any]]:
+    """The audit log, newest first: tags, cancellations, promotions and deletions with their users (flags
+    and jobs carry their users themselves, in the Hard samples and Fine-tune tabs)."""
+    return [[e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.user, e.action, e.target.replace(":", " #"), e.detail]
+            for e in ctx.store.events(limit=limit)]
 
 
 def list_checkpoints(ctx: AppContext) -> list[list[Any]]:
@@ -124,6 +133,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
     c["pending"] = gr.State(None)  # the checkpoint the open question is about
     c["deleted"] = gr.State(None)  # path of the checkpoint just deleted (the pickers drop it)
     c["msg"] = gr.Markdown(elem_id="models-msg")
+    with gr.Accordion("Who changed what (newest first)", open=False):
+        c["events"] = gr.Dataframe(headers=EVENT_HEADERS, interactive=False, elem_id="events-table")
     return c
 
 
@@ -134,7 +145,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
         return list_checkpoints(ctx), gr.update(choices=checkpoint_choices(ctx), value=cid)
 
     for trigger in (c["refresh"].click, load_event):
-        trigger(lambda cid: refreshed(cid), c["id"], [c["table"], c["id"]], api_visibility="private")
+        trigger(lambda cid: (*refreshed(cid), list_events(ctx)), c["id"], [c["table"], c["id"], c["events"]],
+                api_visibility="private")
 
     def on_row(evt: gr.SelectData) -> dict[str, Any]:
         return gr.update(choices=checkpoint_choices(ctx), value=checkpoint_from_row(evt.row_value))
@@ -146,6 +158,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
         return promote(ctx, cid, caller(request)), *refreshed(cid)
 
     promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
+    promoted.success(lambda: list_events(ctx), None, c["events"], api_visibility="private")
 
     @user_errors
     def on_ask(cid, request: gr.Request):  # noqa: ANN001
@@ -168,4 +181,5 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
     deleted = c["confirm"].click(on_confirm, c["pending"],
                                  [c["msg"], c["confirm_box"], c["pending"], c["deleted"], c["table"], c["id"]],
                                  api_visibility="private")
+    deleted.success(lambda: list_events(ctx), None, c["events"], api_visibility="private")
     return {"promoted": promoted, "deleted": deleted}

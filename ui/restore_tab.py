@@ -20,7 +20,7 @@ from darl_core.degrade import PRESETS
 from darl_core.difficulty import difficulty, difficulty_no_reference
 from darl_core.images import pil_to_tensor, to_rgb
 from darl_core.loading import ModelLoadError
-from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
+from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
 from darl_core.rewards import MissingWeightsError, get_metric
 from storage import DiskFull
 
@@ -162,23 +162,35 @@ def estimate_seconds(ctx: AppContext, paths: list[str], size: tuple[int, int], s
                for p in paths)
 
 
-def work(size: tuple[int, int], steps: int, tile: int, models: int = 2, overlap: int = 32) -> tuple[float, int]:
-    """(megapixel-passes, tile evaluations) a restore of a ``size`` image costs with ``models`` models of
-    ``steps`` steps plus stage 1 and tiles of ``tile`` pixels overlapping by ``overlap``: the pixels every
-    network pass computes, the overlaps counted, and how many tiles that is."""
+def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] = (1, 1),
+         overlap: int = 32) -> tuple[float, int]:
+    """(megapixel-passes, tile evaluations) a restore of a ``size`` image costs with one model per entry
+    of ``scales`` (how much larger than the input each one's network runs: 4 for a pixel-space x4 model,
+    1 for a latent one), ``steps`` steps plus stage 1, and tiles of ``tile`` pixels overlapping by
+    ``overlap``: the pixels every network pass computes, the overlaps counted, and how many tiles."""
     from darl_core.tiling import tile_starts
 
-    w, h = size
-    tw, th = min(tile, w), min(tile, h)
-    nx, ny = len(tile_starts(w, tw, min(overlap, tw - 1))), len(tile_starts(h, th, min(overlap, th - 1)))
-    passes = models * _passes(True, steps)
-    return nx * ny * tw * th * passes / 1e6, nx * ny * passes
+    mpp, tiles = 0.0, 0
+    for s in scales:
+        w, h = size[0] * s, size[1] * s
+        tw, th = min(tile, w), min(tile, h)
+        n = len(tile_starts(w, tw, min(overlap, tw - 1))) * len(tile_starts(h, th, min(overlap, th - 1)))
+        mpp += n * tw * th * _passes(True, steps) / 1e6
+        tiles += n * _passes(True, steps)
+    return mpp, tiles
 
 
-def check_budget(ctx: AppContext, size: tuple[int, int], steps: int, tile: int, models: int = 2) -> None:
+def network_scale(pipe: Any) -> int:
+    """How much larger than the input a restorer's network runs: its output scale for a pixel-space
+    model (it diffuses at the output's size), 1 for a latent one (its latents have the input's size)."""
+    return int(getattr(pipe, "output_scale", 1)) if isinstance(pipe, RestorationPipeline) else 1
+
+
+def check_budget(ctx: AppContext, size: tuple[int, int], steps: int, tile: int,
+                 scales: tuple[int, ...] = (1, 1)) -> None:
     """UserError when a restore would cost more than the app allows one request (``AppContext.max_work``
     megapixel-passes, ``max_tile_passes`` tiles): one request cannot hold the models for hours."""
-    mpp, tiles = work(size, steps, tile, models)
+    mpp, tiles = work(size, steps, tile, scales)
     if mpp > ctx.max_work or tiles > ctx.max_tile_passes:
         raise UserError(f"this {size[0]}x{size[1]} image at {steps} steps with tiles of {tile} is {mpp:,.0f} "
                         f"megapixel-passes in {tiles:,} tiles; one request may do at most {ctx.max_work:,.0f} "
@@ -228,7 +240,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     if tile % 8:
         raise UserError(f"tile size must be a multiple of 8 between 64 and 1024, got {tile}")
     im = ctx.open_upload(image_path)
-    check_budget(ctx, im.size, steps, tile)
+    check_budget(ctx, im.size, steps, tile)  # the least it can cost, before any model is loaded
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
     sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
@@ -237,16 +249,20 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         if warning and warn is not None:
             warn(warning)
     progress = progress or (lambda f, s: None)
-    t0 = time.perf_counter()
-    outs = []
-    for i, (label, path) in enumerate((("SFT", sft_model), ("RL", rl_model))):
-        progress(i / 2 * 0.95, f"restoring with the {label} model")
+    pipes = []
+    for label, path in (("SFT", sft_model), ("RL", rl_model)):
         try:
             pipe = ctx.pipeline(path)
         except ModelLoadError as e:
             raise UserError(f"{label} model: {e}") from None
         if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
+        pipes.append(pipe)
+    check_budget(ctx, im.size, steps, tile, tuple(network_scale(p) for p in pipes))  # what it will cost
+    t0 = time.perf_counter()
+    outs = []
+    for i, ((label, path), pipe) in enumerate(zip((("SFT", sft_model), ("RL", rl_model)), pipes)):
+        progress(i / 2 * 0.95, f"restoring with the {label} model")
 
         def on_tile(f: float, text: str, i: int = i, label: str = label) -> None:
             if stop is not None and stop.is_set():
