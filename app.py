@@ -29,7 +29,7 @@ from starlette.middleware import Middleware
 from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import AppContext, build_app
-from ui.server import LoginThrottle, guard, is_loopback, parse_users
+from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users
 
 
 def register_shipped(store: Store) -> None:
@@ -119,8 +119,10 @@ def main() -> None:
     ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
+    # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"
     demo.launch(server_name=host, server_port=int(port), auth=LoginThrottle(users) if users else None,
-                max_file_size="25mb", app_kwargs={"middleware": [Middleware(guard(ctx))]})
+                auth_message=LOGIN_MESSAGE, max_file_size="25mb", show_error=True,
+                app_kwargs={"middleware": [Middleware(guard(ctx))]})
 
 
 if __name__ == "__main__":

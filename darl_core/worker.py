@@ -21,6 +21,8 @@ model, with its last validation numbers.
 At start, running jobs whose heartbeat is older than ``--stale-after``
 seconds (their worker died) are re-queued (``--requeue-stale``, the
 default), and resume exactly from their last checkpoint, or failed.
+A worker stopped with SIGTERM or Ctrl-C hands its job back at once (queued
+again, to resume from its last checkpoint) before it exits.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -143,6 +147,14 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         store.transition(job.id, "succeeded", worker=me)
     except JobLost:
         pass  # taken back as stale while we ran: the new owner resumes it
+    except KeyboardInterrupt:  # SIGTERM (the app stopping) or Ctrl-C: hand the job back, resumed by the next start
+        try:
+            store.heartbeat(job.id, log_line="worker stopped: the job is queued again and resumes from its last "
+                                             "checkpoint", worker=me)
+            store.transition(job.id, "queued", worker=me)
+        except (IllegalTransition, JobLost):
+            pass
+        raise
     except Exception as e:  # the job fails; the worker lives on
         try:
             store.transition(job.id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
@@ -180,7 +192,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fail-stale", action="store_true", help="fail stale jobs instead of re-queueing them")
     ap.add_argument("--worker-id", default=f"{socket.gethostname()}:{os.getpid()}")
     args = ap.parse_args(argv)
-    run_worker(Store(), args.worker_id, args.once, args.poll, args.stale_after, not args.fail_stale)
+    # SIGTERM (the app stopping, a service manager) ends a worker like Ctrl-C: its job is handed back.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_worker(Store(), args.worker_id, args.once, args.poll, args.stale_after, not args.fail_stale)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from .db import StoreUnavailable, data_dir, make_engine, migrate
 from .models import (
@@ -45,6 +45,8 @@ from .models import (
 )
 
 __all__ = ["DiskFull", "FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
+
+UNFLAG_ALL = "unflag-all"  # the reason of an unflag event that withdraws every user's flag on the sample
 
 TRANSITIONS: dict[str, set[str]] = {
     "queued": {"running", "cancelled"},
@@ -247,19 +249,33 @@ class Store:
             s.flush()
             return f.id
 
-    def unflag(self, sample_id: int, user: str = "anonymous") -> int:
-        return self.flag(sample_id, user, reason="unflag", flagged=False)
+    def unflag(self, sample_id: int, user: str = "anonymous", everyone: bool = False) -> int:
+        """Withdraw ``user``'s flag on a sample (another user's flag on the same image stands), or with
+        ``everyone`` (an admin, or the one user of an app without login) every flag on it."""
+        return self.flag(sample_id, user, reason=UNFLAG_ALL if everyone else "unflag", flagged=False)
+
+    @staticmethod
+    def _active_flags() -> Any:
+        """Ids of the flag events that stand: a flag not followed, on its sample, by a later event of the same
+        user (their unflag, or a newer flag that replaces it) or by an unflag of everyone."""
+        later = aliased(Flag)
+        superseded = (select(later.id).where(later.sample_id == Flag.sample_id, later.id > Flag.id,
+                                             or_(later.user == Flag.user,
+                                                 and_(later.flagged.is_(False), later.reason == UNFLAG_ALL)))
+                      .exists())
+        return select(Flag.id).where(Flag.flagged.is_(True), ~superseded)
 
     def flagged(self, task: str | None = None, reason: str | None = None, since: datetime | None = None,
                 min_difficulty: float | None = None, max_difficulty: float | None = None,
                 difficulty_kind: str | None = None, tag: str | None = None) -> list[FlaggedRow]:
-        """Samples whose latest flag event is a flag, newest first, with optional filters: ``reason``
+        """Flagged samples (a user's flag stands until that user, or an admin for everyone, withdraws it),
+        each with its newest standing flag, newest first, with optional filters: ``reason``
         keeps flags whose reason contains it (any case). With ``difficulty_kind``, only flags whose
         difficulty is of that kind ("gt" or "proxy"): the difficulty bounds then compare like with like.
         ``tag``: only samples carrying it."""
-        latest = select(func.max(Flag.id)).group_by(Flag.sample_id).scalar_subquery()
+        newest = select(func.max(Flag.id)).where(Flag.id.in_(self._active_flags())).group_by(Flag.sample_id)
         q = (select(Flag, Sample).join(Sample, Sample.id == Flag.sample_id)
-             .where(Flag.id.in_(latest), Flag.flagged.is_(True)).order_by(Flag.id.desc()))
+             .where(Flag.id.in_(newest.scalar_subquery())).order_by(Flag.id.desc()))
         if task:
             q = q.where(Sample.task == task)
         if reason:
@@ -305,8 +321,7 @@ class Store:
     # ------------------------------------------------------------------ owners and the audit log
 
     def owners(self, target: str) -> set[str]:
-        """Who may change ``target`` besides an admin: for "sample:N" every user whose flag is active on it
-        (the latest event of each user is a flag), for "job:N" the user who launched it, for "checkpoint:N"
+        """Who may change ``target`` besides an admin: for "sample:N" every user whose flag on it stands, for "job:N" the user who launched it, for "checkpoint:N"
         the user of the job that made it (nobody for shipped or registered-by-hand models). KeyError if
         there is no such thing."""
         kind, _, num = target.partition(":")
@@ -314,11 +329,8 @@ class Store:
             if kind == "sample":
                 if s.get(Sample, int(num)) is None:
                     raise KeyError(f"no sample {num}")
-                latest: dict[str, bool] = {}
-                for user, flagged in s.execute(select(Flag.user, Flag.flagged).where(Flag.sample_id == int(num))
-                                               .order_by(Flag.id)):
-                    latest[user] = flagged
-                return {u for u, f in latest.items() if f}
+                return set(s.scalars(select(Flag.user).where(Flag.sample_id == int(num),
+                                                             Flag.id.in_(self._active_flags()))))
             if kind == "job":
                 job = s.get(Job, int(num))
                 if job is None:

@@ -163,7 +163,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     Image.new("1", (12_000, 12_000)).save(bomb, optimize=True)
     assert bomb.stat().st_size < 2_000_000
     t0 = time.perf_counter()
-    with pytest.raises(UserError, match="144,?000,?000 pixels"):
+    with pytest.raises(UserError, match="image is 144,000,000 pixels; the limit is 16,000,000"):
         restore_tab.flag(ctx, _upload(bomb), "artifacts")
     assert time.perf_counter() - t0 < 1.0
 
@@ -187,6 +187,14 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     with pytest.raises(gr.Error, match="not valid base64"):
         ImageUpload().preprocess(ImageData(url="data:image/png;base64,@@@@"))
     record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
+
+
+def test_a_difficulty_measured_on_another_image_is_not_stored(ctx: AppContext, tmp_path: Path) -> None:
+    a, b = _png(tmp_path / "a.png", seed=1), _png(tmp_path / "b.png", seed=2)
+    key_a = restore_tab.image_key(Image.open(a))
+    restore_tab.flag(ctx, b, "artifacts", difficulty_value=0.8, difficulty_kind="proxy", measured_on=key_a)
+    restore_tab.flag(ctx, a, "artifacts", difficulty_value=0.7, difficulty_kind="proxy", measured_on=key_a)
+    assert {r.sample_id: r.difficulty for r in ctx.store.flagged()} == {1: None, 2: 0.7}  # b: 1, a: 2
 
 
 def test_a_uniform_image_is_said_before_the_restore(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -267,6 +275,13 @@ def test_logins_are_throttled() -> None:
     now[0] += 2.5
     assert gate("ann", "s3cret") is True and gate("ann", "s3cret") is True  # and resets on success
     assert gate("mallory", "s3cret") is False
+    # the count is per user name and address: a stranger's guesses do not lock ann out at her own address
+    from ui import server
+
+    token = server._PEER.set("203.0.113.9")
+    assert not any(gate("ann", f"x{i}") for i in range(20))
+    server._PEER.reset(token)
+    assert gate("ann", "s3cret") is True
     assert parse_users("ann:pw, bob:p:w") == {"ann": "pw", "bob": "p:w"}
     for bad in ("ann", ":pw", "ann:", ","):
         with pytest.raises(ValueError, match="DARL_AUTH"):
@@ -288,8 +303,16 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
                  lambda: models_tab.delete_preview(ctx, made, "bob")):
         with pytest.raises(UserError, match="belongs to ann: only they or an admin"):
             call()
-    with pytest.raises(UserError, match="belongs to the app"):
+    with pytest.raises(UserError, match="was not made by a user of this app: only an admin"):
         models_tab.promote(ctx, shipped, "ann")
+    # bob flags the same image (same bytes, so the same sample): his flag is his own; withdrawing it leaves
+    # ann's standing, the sample stays flagged and stays ann's (it used to hand the sample over to him)
+    assert "#1" in restore_tab.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
+    assert ctx.store.owners("sample:1") == {"ann", "bob"}
+    assert "stays flagged by ann" in samples_tab.unflag(ctx, 1, "bob")
+    assert ctx.store.owners("sample:1") == {"ann"} and [r.sample_id for r in ctx.store.flagged()] == [1]
+    with pytest.raises(UserError, match="belongs to ann"):
+        samples_tab.unflag(ctx, 1, "bob")
     assert ctx.store.flagged()[0].sample_id == 1 and not ctx.store.job(job).cancel_requested
     # the owner and an admin may; each change is recorded with its user
     samples_tab.tag_samples(ctx, [1], "mine", user="ann")
@@ -401,6 +424,11 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         with ctx.store.engine.connect() as c:
             assert c.execute(text("SELECT \"user\", flagged FROM flags ORDER BY id DESC LIMIT 1")).one() == ("ann", False)
 
+        # A value Gradio's own field check refuses is named (it was a bare "Error").
+        _, text_ = _call(ann, base, uuid.uuid4().hex, 2, [None, None, "blind", str(tiny_model_dir),
+                                                         str(tiny_model_dir), "abc", 0, 64])
+        assert "Steps: 'abc' is not a usable number" in text_, text_
+
         # Path traversal on the file routes: nothing outside the app's files is served.
         served = 0
         payloads = [f"{base}{route}{p}" for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/")
@@ -423,12 +451,23 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
                                                                  "session_hash": f"share-{k}", "trigger_id": None})
             codes.append((r.status_code, r.text))
         assert [c for c, _ in codes] == [200, 200, 429] and "at most 2" in codes[2][1], codes
+        # A padded request cannot hide which handler it calls (the share was skipped for bodies over 1 MiB).
+        padded = bob.post(f"{base}/gradio_api/queue/join", json={"data": restore, "fn_index": 2, "event_data": None,
+                                                                  "session_hash": "share-9", "trigger_id": None,
+                                                                  "pad": "x" * (2 << 20)}, timeout=30)
+        assert padded.status_code == 413, padded.text
         # Cancelling the running one stops its computation (not only the answer): its stop flag is set and
         # the restore ends at its next tile, so the second runs.
         deadline = time.time() + 60
         while "share-0" not in ctx.stop_flags and time.time() < deadline:
             time.sleep(0.05)
         assert "share-0" in ctx.stop_flags
+        # Someone else's cancel of bob's session: refused without login (401), ignored from another user.
+        cancel = {"session_hash": "share-0", "fn_index": 2, "event_id": "made-up"}
+        assert anon.post(f"{base}/gradio_api/cancel", json=cancel, timeout=30).status_code == 401
+        ann.post(f"{base}/gradio_api/cancel", json=cancel, timeout=30)
+        time.sleep(1.0)
+        assert "share-0" in ctx.stop_flags and not ctx.stop_flags["share-0"].is_set()
         bob.post(f"{base}/gradio_api/cancel", json={"session_hash": "share-0", "fn_index": 2,
                                                     "event_id": json.loads(codes[0][1])["event_id"]}, timeout=30)
         t0 = time.time()

@@ -127,3 +127,24 @@ def test_sigkill_at_6_random_points(db: str, request: pytest.FixtureRequest, tmp
     assert latest_checkpoint(job_dir).name == f"checkpoint-{ROUNDS:07d}"
     _check_consistent(store, job_dir)
     assert any(c.job_id == job for c in store.checkpoints())
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_with_sigterm_hands_its_job_back(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The app stops its worker with SIGTERM; the job used to stay "running" until a later start found its
+    # heartbeat stale. Now it is queued again at once, for the next worker to resume from its checkpoint.
+    data = tmp_path / "data"
+    store = Store(None, data)
+    ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(50 + i)) for i in range(2)]
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 6,
+                            "ckpt_every": 1}, ids)
+    proc = _start_worker(data, None, "w-term", once=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and latest_checkpoint(data / "jobs" / str(job)) is None:
+        time.sleep(0.05)
+    assert store.job(job).state == "running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    j = store.job(job)
+    assert j.state == "queued" and j.worker is None and "worker stopped" in j.log
+    # (resuming a queued job from its checkpoint: test_sigkill_at_6_random_points)

@@ -23,7 +23,7 @@ from darl_core.pipeline import RestorationPipeline
 from darl_core.restorer import Precision
 from storage import Store
 
-__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_warnings"]
+__all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_messages", "user_warnings"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,32 @@ def user_errors(handler: Callable[..., T]) -> Callable[..., T]:
     return wrapped
 
 
+def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Like ``user_errors`` for a handler whose output ``at`` (of ``outputs``) is a message line: in the
+    page a ``UserError`` becomes a warning toast and that line ("**{lead}:** why"), the other outputs stay
+    as they were (an error would leave bare "Error" boxes on them once the toast is gone). A request
+    from gradio_client (header ``x-gradio-user: api``) still gets the error itself."""
+
+    def deco(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except UserError as e:
+                import gradio as gr
+
+                request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+                headers = getattr(request, "headers", None) or {}
+                if request is None or headers.get("x-gradio-user") == "api":
+                    raise gr.Error(str(e)) from None
+                gr.Warning(str(e), duration=15)
+                out: list[Any] = [gr.skip() for _ in range(outputs)]
+                out[at] = f"**{lead}:** {e}"
+                return tuple(out) if outputs > 1 else out[0]
+        return wrapped
+    return deco
+
+
 def user_warnings(outputs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Like ``user_errors``, for handlers whose outputs are lists the user keeps working with: a
     ``UserError`` becomes a warning toast and the ``outputs`` components stay as they were (an error
@@ -121,16 +147,31 @@ class AppContext:
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
+    stop_users: dict[str, str] = field(default_factory=dict)  # whose restore each stop flag belongs to
 
     keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads are removed after this
 
-    def stop_session(self, session: str) -> bool:
+    def start_session(self, session: str, user: str = "anonymous") -> threading.Event:
+        """The stop flag of a restore that a browser session (``session``, of ``user``) starts now."""
+        flag = self.stop_flags[session] = threading.Event()
+        self.stop_users[session] = user
+        return flag
+
+    def end_session(self, session: str) -> None:
+        """The session's restore is over (finished, stopped or failed)."""
+        self.stop_flags.pop(session, None)
+        self.stop_users.pop(session, None)
+
+    def stop_session(self, session: str, user: str | None = None) -> bool:
         """End the running restore of a browser session at its next tile (Stop, a cancelled request, a
-        closed page); False when it runs none."""
+        closed page); with ``user``, only if the restore is theirs (an admin's stops any; without login
+        everyone is "anonymous"). False when nothing was stopped."""
         flag = self.stop_flags.get(session)
-        if flag is not None:
-            flag.set()
-        return flag is not None
+        owner = self.stop_users.get(session)
+        if flag is None or (user is not None and user != owner and not (self.auth and user in self.admins)):
+            return False
+        flag.set()
+        return True
 
     def scratch(self, prefix: str) -> Path:
         """A new temporary folder under ``{data}/tmp`` for files handed to the browser; folders older than
@@ -174,10 +215,12 @@ class AppContext:
             owners = self.store.owners(target)
         except (KeyError, ValueError):
             raise UserError(f"there is no {what}") from None
+        if not owners:
+            raise UserError(f"{what} was not made by a user of this app: only an admin (DARL_ADMINS) may change "
+                            f"it (you are logged in as {user})")
         if user not in owners:
-            who = ", ".join(sorted(owners)) or "the app (no user made it)"
-            raise UserError(f"{what} belongs to {who}: only they or an admin (DARL_ADMINS) may change it "
-                            f"(you are logged in as {user})")
+            raise UserError(f"{what} belongs to {', '.join(sorted(owners))}: only they or an admin (DARL_ADMINS) "
+                            f"may change it (you are logged in as {user})")
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,

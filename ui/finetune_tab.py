@@ -15,7 +15,8 @@ from darl_core.rewards import MissingWeightsError, parse_spec
 from darl_core.rl import PRESETS as RL_PRESETS
 from darl_core.rl import SIZES
 
-from .context import AppContext, UserError, caller, int_arg, user_errors
+from . import fields
+from .context import AppContext, UserError, caller, int_arg, user_errors, user_messages
 
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
@@ -257,14 +258,14 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["size"] = gr.Radio([("quick test (smaller crops, 2 steps: minutes on a CPU)", "quick"),
                                   ("full (the method's settings; hours on a CPU, use a GPU)", "full")],
                                  value="quick", label="Run size", elem_id="run-size")
-            c["rounds"] = gr.Number(20, precision=0, label="Rounds", elem_id="rounds")
+            c["rounds"] = fields.Number(20, precision=0, label="Rounds", elem_id="rounds")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
-            c["hardest_k"] = gr.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
-            c["processes"] = gr.Number(1, precision=0, minimum=1, maximum=64,
+            c["hardest_k"] = fields.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
+            c["processes"] = fields.Number(1, precision=0, minimum=1, maximum=64,
                                        label="Training processes (GPUs; the batch is split between them)")
             c["launch"] = gr.Button("Launch", variant="primary", elem_id="launch-btn")
             c["msg"] = gr.Markdown(elem_id="launch-msg")
-            c["launched"] = gr.Number(None, precision=0, visible=False)  # the id of the job just launched
+            c["launched"] = fields.Number(None, precision=0, visible=False)  # the id of the job just launched
         with gr.Column(scale=2):
             c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs (click a row to follow it)",
                                      elem_id="jobs-table")
@@ -303,7 +304,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     def pick(job: int | float | None) -> dict[str, Any]:
         return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
 
-    @user_errors
+    @user_messages(3, at=0, lead="Not launched")
     def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1, size="full",  # noqa: ANN001
                   request: gr.Request = None):
         job = launch_job(ctx, base, reward, preset, rounds, samples, caller(request), hardest_k,
@@ -362,7 +363,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                                                c["compare_plot"], api_visibility="private")
     c["compare"].focus(lambda: gr.update(choices=job_choices(ctx)), None, c["compare"], api_visibility="private")
 
-    @user_errors
+    @user_messages(1, at=0, lead="Not cancelled")
     def on_cancel(job, request: gr.Request):  # noqa: ANN001
         return cancel_job(ctx, job, caller(request))
 

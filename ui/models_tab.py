@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from .context import SHIPPED, AppContext, UserError, caller, user_errors
+from .context import SHIPPED, AppContext, UserError, caller, user_messages
 
 __all__ = ["EVENT_HEADERS", "HEADERS", "checkpoint_choices", "checkpoint_from_row", "delete", "delete_preview",
            "list_checkpoints", "list_events", "listen", "promote", "render"]
@@ -61,6 +61,10 @@ def promote(ctx: AppContext, checkpoint_id: int | None, user: str = "anonymous")
         raise UserError(f"there is no checkpoint #{cid}")
     ctx.require_owner(user, f"checkpoint:{cid}", f"checkpoint #{cid}")
     ctx.store.promote(cid, user)
+    path = ctx.store.checkpoint(cid).path
+    if path == ctx.default_models()[0]:
+        return (f"Checkpoint #{cid} is now the default RL model. It is also the SFT model, so the Restore tab "
+                f"compares it with itself (no difference): promote an RL checkpoint to compare the two.")
     return (f"Checkpoint #{int(checkpoint_id)} is now the default RL model: the Restore tab's RL picker "
             f"shows it, also on new page loads.")
 
@@ -153,14 +157,14 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
 
     c["table"].select(on_row, None, c["id"], api_visibility="private")
 
-    @user_errors
+    @user_messages(3, at=0, lead="Not promoted")
     def on_promote(cid, request: gr.Request):  # noqa: ANN001
         return promote(ctx, cid, caller(request)), *refreshed(cid)
 
     promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
     promoted.success(lambda: list_events(ctx), None, c["events"], api_visibility="private")
 
-    @user_errors
+    @user_messages(4, at=0, lead="Cannot delete")
     def on_ask(cid, request: gr.Request):  # noqa: ANN001
         return delete_preview(ctx, cid, caller(request)), gr.update(visible=True), cid, ""
 
@@ -169,7 +173,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
     c["keep"].click(lambda: (gr.update(visible=False), None, "Nothing deleted."), None,
                     [c["confirm_box"], c["pending"], c["msg"]], api_visibility="private")
 
-    @user_errors
+    @user_messages(6, at=0, lead="Not deleted")
     def on_confirm(cid, request: gr.Request):  # noqa: ANN001
         try:
             path = ctx.store.checkpoint(int(cid)).path if cid is not None else None

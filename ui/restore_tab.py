@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -24,7 +25,8 @@ from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
 from darl_core.rewards import MissingWeightsError, get_metric
 from storage import DiskFull
 
-from .context import AppContext, UserError, caller, int_arg, png_bytes, user_errors
+from . import fields
+from .context import AppContext, UserError, caller, int_arg, png_bytes, user_errors, user_messages
 from .upload import ImageUpload
 
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
@@ -218,8 +220,8 @@ def uniform_warning(im: Image.Image) -> str | None:
     small = to_rgb(im)[0]
     small.thumbnail((256, 256))
     if float(pil_to_tensor(small).std()) * 255 < 0.5:
-        return ("This image is (almost) uniform: NIQE and the difficulty proxy are undefined on it (shown as "
-                "n/a); the restorations are still made.")
+        return ("This image is (almost) uniform: NIQE is undefined on it (n/a in the input's row); the "
+                "restorations are still made, and the difficulty proxy is measured on the SFT restoration.")
     return None
 
 
@@ -417,11 +419,19 @@ def gt_scale(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> int | None:
     return k if 1 <= k <= 8 and gt_size == (k * lq_size[0], k * lq_size[1]) else None
 
 
+def image_key(im: Image.Image) -> str:
+    """A fingerprint of an image's RGB pixels (which image a difficulty was measured on)."""
+    rgb = to_rgb(im)[0]
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()[:32]
+
+
 def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path: str | None = None,
          task: str = "blind", user: str = "anonymous", difficulty_value: float | None = None,
-         difficulty_kind: str | None = None) -> str:
+         difficulty_kind: str | None = None, measured_on: str | None = None) -> str:
     """Store the upload as a hard sample and append a flag event; returns a message. ``difficulty_kind``
-    says what ``difficulty_value`` measures: "gt" (1 - SSIM against a ground truth) or "proxy"."""
+    says what ``difficulty_value`` measures: "gt" (1 - SSIM against a ground truth) or "proxy";
+    ``measured_on`` (an ``image_key``), when given, is the image it was measured on: the difficulty of
+    another image (restored earlier in the session) is not stored with this one."""
     if not reason:
         raise UserError("choose a reason for the flag")
     if not isinstance(reason, str) or len(reason) > 64:
@@ -444,6 +454,8 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
     except (TypeError, ValueError):
         raise UserError(f"difficulty: {str(difficulty_value)[:40]!r} is not a number") from None
     d = None if d is None or not math.isfinite(d) else d
+    if measured_on is not None and measured_on != image_key(lq):
+        d = None  # measured on another image
     kind = difficulty_kind or None
     if d is not None and kind not in (None, "gt", "proxy"):
         raise UserError(f"unknown difficulty kind {difficulty_kind!r}: gt or proxy")
@@ -515,15 +527,15 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                    elem_id="sft-picker")
             c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
                                   elem_id="rl-picker")
-            c["steps"] = gr.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps",
+            c["steps"] = fields.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps",
                                    info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail "
                                         "and cost fidelity")
             with gr.Accordion("What do the steps trade?", open=False):
                 gr.Markdown(STEPS_HELP)
             with gr.Row():
-                c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="seed", scale=3)
+                c["seed"] = fields.Number(0, precision=0, label="Seed", elem_id="seed", scale=3)
                 c["dice"] = gr.Button("Random seed", elem_id="dice", scale=1)
-                c["tile"] = gr.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size", scale=3,
+                c["tile"] = fields.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size", scale=3,
                                       elem_id="tile")
             with gr.Row():
                 c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
@@ -561,43 +573,44 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["files"] = gr.File(label="Downloads", file_count="multiple")
             c["difficulty"] = gr.State(float("nan"))
             c["difficulty_kind"] = gr.State("")  # what c["difficulty"] measures: "gt" or "proxy"
+            c["difficulty_for"] = gr.State("")  # image_key of the input it was measured on
             c["result"] = gr.State(None)  # the last RestoreResult of this session (the zoom reads it)
     return c
 
 
 def listen(ctx: AppContext, c: dict[str, Any]) -> None:
-    @user_errors
+    @user_messages(13, at=4, lead="Not restored")
     def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
                    request: gr.Request = None):
         key = getattr(request, "session_hash", None) or "anonymous"
-        stop = ctx.stop_flags[key] = threading.Event()
+        stop = ctx.start_session(key, caller(request))
         try:
             r = restore(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
                         progress=lambda f, s: progress(f, desc=s), stop=stop,
                         warn=lambda w: gr.Warning(w, duration=20))
         except RestoreStopped as e:  # what the user asked for: said as such, the page left as it was
             gr.Info(str(e))
-            return tuple(gr.skip() for _ in range(12))
+            return tuple(gr.skip() for _ in range(13))
         finally:
-            ctx.stop_flags.pop(key, None)
+            ctx.end_session(key)
         table, note = score_table(r.headers, r.scores)
         given = "with your ground truth" if r.gt is not None else "**no ground truth given**: no-reference scores only"
         text = (f"**{r.difficulty_text}** · {given} · both restorations took {r.seconds:.1f} s"
                 + (f"\n\n{note}" if note else ""))
         diff, caption, zoom = compare_views(r)
         return ((r.sft, r.rl), (r.input, r.sft), r.input, gr.update(value=table, headers=SCORE_HEADERS), text,
-                r.files, diff, caption, zoom, r, r.difficulty, r.difficulty_kind)
+                r.files, diff, caption, zoom, r, r.difficulty, r.difficulty_kind, image_key(r.input))
 
     def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001
-        flag_ = ctx.stop_flags.get(getattr(request, "session_hash", None) or "anonymous")
-        if flag_ is not None:
-            flag_.set()  # the running restore raises RestoreStopped at its next tile
+        # the running restore of this page raises RestoreStopped at its next tile
+        ctx.stop_session(getattr(request, "session_hash", None) or "anonymous")
 
     c["stop"].click(on_stop, None, None, queue=False, api_visibility="private")
     c["run"].click(on_restore, [c["image"], c["gt"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"],
                                 c["tile"]],
                    [c["slider"], c["slider_in"], c["input_view"], c["scores"], c["difficulty_md"], c["files"],
-                    c["diff"], c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"]],
+                    c["diff"], c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"],
+                    c["difficulty_for"]],
                    api_name="restore", concurrency_limit=1, concurrency_id="models")
 
     def on_zoom(r: RestoreResult | None, evt: gr.SelectData) -> Any:
@@ -612,11 +625,12 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     # A new image makes the shown results, their difficulty and (for an upload) the ground truth stale:
     # cleared, so a flag never carries another image's difficulty or ground truth.
     results = [c["slider"], c["slider_in"], c["input_view"], c["scores"], c["difficulty_md"], c["files"], c["diff"],
-               c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"], c["flag_msg"]]
+               c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"], c["difficulty_for"],
+               c["flag_msg"]]
 
     def cleared() -> tuple[Any, ...]:
         return (None, None, None, gr.update(value=None, headers=SCORE_HEADERS), "", None, None, "", None, None,
-                float("nan"), "", "")
+                float("nan"), "", "", "")
 
     c["image"].change(cleared, None, results, api_visibility="private", queue=False)
     for event in (c["image"].upload, c["image"].clear):
@@ -627,7 +641,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
                  request: gr.Request = None):
         key = getattr(request, "session_hash", None) or "anonymous"
-        stop = ctx.stop_flags[key] = threading.Event()
+        stop = ctx.start_session(key, caller(request))
         try:
             return restore_batch(ctx, [getattr(f, "name", f) for f in files or []], task, sft, rl, steps,
                                  seed or 0, tile, progress=lambda f, s: progress(f, desc=s), stop=stop)
@@ -635,18 +649,18 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             gr.Info(str(e))
             return gr.skip(), gr.skip(), gr.skip()
         finally:
-            ctx.stop_flags.pop(key, None)
+            ctx.end_session(key)
 
     c["run_batch"].click(on_batch, [c["batch"], c["task"], c["sft"], c["rl"], c["steps"], c["seed"], c["tile"]],
                          [c["batch_table"], c["batch_gallery"], c["batch_zip"]], concurrency_limit=1,
                          concurrency_id="models", api_visibility="private")
 
-    @user_errors
-    def on_flag(image, reason, note, gt, task, d, kind, request: gr.Request):  # noqa: ANN001
-        return flag(ctx, image, reason, note, gt, task, caller(request), d, kind)
+    @user_messages(1, at=0, lead="Not flagged")
+    def on_flag(image, reason, note, gt, task, d, kind, measured_on, request: gr.Request):  # noqa: ANN001
+        return flag(ctx, image, reason, note, gt, task, caller(request), d, kind, measured_on or "")
 
     c["flag_btn"].click(on_flag, [c["image"], c["reason"], c["note"], c["gt"], c["task"], c["difficulty"],
-                                  c["difficulty_kind"]],
+                                  c["difficulty_kind"], c["difficulty_for"]],
                         c["flag_msg"], api_name="flag")
 
     @user_errors

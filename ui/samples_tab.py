@@ -16,6 +16,7 @@ from darl_core.pipeline import DEFAULT_STEPS
 from storage import FlaggedRow
 from storage.models import utcnow
 
+from . import fields
 from .context import AppContext, UserError, caller, user_warnings
 from .restore_tab import REASONS, restore, score_table
 
@@ -135,9 +136,18 @@ def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_
     return r.sft, r.rl, f"{steps} steps · {best}"
 
 
+def _withdraw(ctx: AppContext, sid: int, user: str) -> str:
+    """Withdraw ``user``'s flag on a sample (an admin's, or anyone's without login: every flag on it);
+    returns "" or, when other users' flags stand, a note saying whose."""
+    everyone = not ctx.auth or user in ctx.admins
+    ctx.store.unflag(sid, user, everyone=everyone)
+    others = ctx.store.owners(f"sample:{sid}")
+    return f" (it stays flagged by {', '.join(sorted(others))})" if others else ""
+
+
 def unflag_many(ctx: AppContext, sample_ids: list[int] | None, user: str = "anonymous") -> str:
     """Unflag several samples at once (the ones ticked; each its owner's or an admin's, when users log
-    in); each gets its own unflag event."""
+    in: a user withdraws their own flag, an admin every flag); each gets its own unflag event."""
     ids = _ids(sample_ids)
     if not ids:
         raise UserError("tick the samples to unflag first")
@@ -147,21 +157,23 @@ def unflag_many(ctx: AppContext, sample_ids: list[int] | None, user: str = "anon
         raise UserError(f"samples {missing} are not flagged (refresh the list)")
     for i in ids:
         ctx.require_owner(user, f"sample:{i}", f"sample #{i}")
-    for i in ids:
-        ctx.store.unflag(i, user)
-    return f"{len(ids)} samples unflagged: {', '.join(f'#{i}' for i in ids)} (the history keeps every event)."
+    notes = "".join(f"; #{i}{n}" for i in ids if (n := _withdraw(ctx, i, user)))
+    return (f"{len(ids)} samples unflagged: {', '.join(f'#{i}' for i in ids)} (the history keeps every "
+            f"event){notes}.")
 
 
 def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> str:
+    """Unflag a sample: a user withdraws their own flag (another user's flag on the same image stands),
+    an admin (or the one user of an app without login) every flag."""
     if sample_id is None:
         raise UserError("choose a sample to unflag")
     sid = _ids([sample_id])[0]
     ctx.require_owner(user, f"sample:{sid}", f"sample #{sid}")
     try:
-        ctx.store.unflag(sid, user)
+        note = _withdraw(ctx, sid, user)
     except KeyError:
-        raise UserError(f"there is no sample #{sample_id}") from None
-    return f"Sample #{int(sample_id)} unflagged (the history keeps both events)."
+        raise UserError(f"there is no sample #{sid}") from None
+    return f"Sample #{sid} unflagged{note} (the history keeps every event)."
 
 
 def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
@@ -198,9 +210,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
         c["task"] = gr.Dropdown([""] + sorted(PRESETS), value="", label="Task")
         c["reason"] = gr.Dropdown([""] + REASONS, value="", allow_custom_value=True, elem_id="reason-filter",
                                   label="Reason contains", info="any case; type your own words and press Enter")
-        c["days"] = gr.Number(0, label="Flagged in the last N days (0: all)")
-        c["d_min"] = gr.Number(0.0, label="Difficulty ≥")
-        c["d_max"] = gr.Number(D_MAX, label="Difficulty ≤")
+        c["days"] = fields.Number(0, label="Flagged in the last N days (0: all)")
+        c["d_min"] = fields.Number(0.0, label="Difficulty ≥")
+        c["d_max"] = fields.Number(D_MAX, label="Difficulty ≤")
         c["kind"] = gr.Radio([(v, k) for k, v in KINDS.items()], value="gt", label="Difficulty bounds compare",
                              info="the two measures differ: bounds keep only samples measured this way")
         c["tag"] = gr.Textbox(label="Tag", info="samples with this tag (Enter)", elem_id="tag-filter")

@@ -16,6 +16,7 @@ of where the app may listen.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import ipaddress
 import json
@@ -27,9 +28,10 @@ from typing import Any
 
 from .context import AppContext
 
-__all__ = ["LoginThrottle", "MODEL_SHARE", "guard", "is_loopback", "parse_users"]
+__all__ = ["LOGIN_MESSAGE", "LoginThrottle", "MAX_JOIN_BYTES", "MODEL_SHARE", "guard", "is_loopback", "parse_users"]
 
 MODEL_SHARE = 2  # restores one client may have queued or running at once
+MAX_JOIN_BYTES = 1 << 20  # a queue request is a few kB (files travel through /upload): larger ones are refused
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -60,11 +62,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("darl_login_peer", default="?")
+
+LOGIN_MESSAGE = ("After 5 wrong passwords for a user name from one address, each further try waits (1 s, then "
+                 "twice as long each time, at most 5 minutes): a right password typed too soon is refused too.")
+
+
 class LoginThrottle:
-    """The login check (Gradio's ``auth`` callable): after ``free`` wrong passwords for a user name, every
-    further attempt for it is refused, right or wrong, until a wait that doubles with each failure
-    (``base_s``, 2 x ``base_s``, ... at most ``max_s``) has passed. A right password resets the count.
-    Passwords are compared in constant time."""
+    """The login check (Gradio's ``auth`` callable): after ``free`` wrong passwords for a user name from one
+    address, every further attempt of that pair is refused, right or wrong, until a wait that doubles with
+    each failure (``base_s``, 2 x ``base_s``, ... at most ``max_s``) has passed. A right password resets
+    the count. Counting per address too means a stranger guessing ann's password does not lock ann out
+    of her own machine. Passwords are compared in constant time. The address comes from ``guard``."""
 
     def __init__(self, users: dict[str, str], free: int = 5, base_s: float = 1.0, max_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic):
@@ -75,21 +84,22 @@ class LoginThrottle:
 
     def __call__(self, username: str, password: str) -> bool:
         now = self.clock()
+        key = f"{username}\n{_PEER.get()}"
         with self._lock:
-            failures, until = self._state.get(username, (0, 0.0))
+            failures, until = self._state.get(key, (0, 0.0))
             if now < until:
                 self.refused += 1
                 return False
             known = self.users.get(username)
             ok = known is not None and hmac.compare_digest(password.encode(), known.encode())
             if ok:
-                self._state.pop(username, None)
+                self._state.pop(key, None)
                 return True
             failures += 1
             wait = 0.0 if failures < self.free else min(self.max_s, self.base_s * 2 ** (failures - self.free))
             if len(self._state) > 100_000:  # made-up user names cannot grow this without bound
                 self._state.clear()
-            self._state[username] = (failures, now + wait)
+            self._state[key] = (failures, now + wait)
             return False
 
 
@@ -142,16 +152,27 @@ def guard(ctx: AppContext) -> type:
                 return await self.app(scope, receive, send)
             path, method = scope.get("path", ""), scope.get("method", "")
             gradio_app = scope.get("app")
-            if method == "POST" and path.endswith("/queue/join") and gradio_app is not None:
-                body, receive = await _read(receive)
+            if method == "POST" and path.rstrip("/").endswith("/login"):
+                client = scope.get("client")
+                _PEER.set(client[0] if client else "?")  # for LoginThrottle, called inside this request
+            elif method == "POST" and path.endswith("/queue/join") and gradio_app is not None:
+                body, receive = await _read(receive, MAX_JOIN_BYTES + 1)
+                if len(body) > MAX_JOIN_BYTES:
+                    return await _json(send, 413, {"detail": f"a queue request may be {MAX_JOIN_BYTES // 1024} KiB at "
+                                                             f"most; send files through /gradio_api/upload"})
                 refusal = self.refusal(scope, gradio_app, body)
                 if refusal:
                     return await _json(send, 429, {"detail": refusal})
             elif method == "POST" and path.endswith("/cancel"):
-                body, receive = await _read(receive)
+                # Gradio answers /cancel without a login check: with login on, only a logged-in user may
+                # cancel, and only a restore of their own (the stop flag knows whose it is).
+                user = _user(scope, gradio_app) if gradio_app is not None else None
+                if gradio_app is not None and getattr(gradio_app, "auth", None) and user is None:
+                    return await _json(send, 401, {"detail": "Not authenticated"})
+                body, receive = await _read(receive, MAX_JOIN_BYTES + 1)
                 session = _field(body, "session_hash")
                 if isinstance(session, str):
-                    ctx.stop_session(session)
+                    ctx.stop_session(session, user or "anonymous")
             elif (method == "GET" and gradio_app is not None and getattr(gradio_app, "auth", None)
                   and not path.startswith(("/gradio_api", "/assets", "/static", "/favicon"))
                   and _user(scope, gradio_app) is None):
@@ -189,9 +210,9 @@ def _field(body: bytes, name: str) -> Any:
     return data.get(name) if isinstance(data, dict) else None
 
 
-async def _read(receive: Receive, limit: int = 1 << 20) -> tuple[bytes, Receive]:
-    """The request body (the first ``limit`` bytes are enough to read its fields) and a ``receive``
-    that hands it on unchanged."""
+async def _read(receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """The request body (at most its first ``limit`` bytes: a longer one is refused by the caller) and a
+    ``receive`` that hands it on unchanged."""
     chunks, more, total = [], True, 0
     messages: list[Message] = []
     while more:
@@ -202,12 +223,14 @@ async def _read(receive: Receive, limit: int = 1 << 20) -> tuple[bytes, Receive]
         if total < limit:
             chunks.append(message.get("body", b""))
         total += len(message.get("body", b""))
+        if total >= limit:
+            break  # enough to refuse it; the rest is never read
         more = message.get("more_body", False)
 
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
 
-    return b"".join(chunks), replay
+    return b"".join(chunks)[:limit], replay
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
