@@ -456,6 +456,11 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
                                                                   "session_hash": "share-9", "trigger_id": None,
                                                                   "pad": "x" * (2 << 20)}, timeout=30)
         assert padded.status_code == 413, padded.text
+        for disguised in ("2", 2.0):  # Gradio reads these as 2 too: refused, or they would pass the share
+            r = bob.post(f"{base}/gradio_api/queue/join", json={"data": restore, "fn_index": disguised,
+                                                                 "event_data": None, "session_hash": "share-8",
+                                                                 "trigger_id": None}, timeout=30)
+            assert r.status_code == 400, (disguised, r.text)
         # Cancelling the running one stops its computation (not only the answer): its stop flag is set and
         # the restore ends at its next tile, so the second runs.
         deadline = time.time() + 60
@@ -465,7 +470,7 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         # Someone else's cancel of bob's session: refused without login (401), ignored from another user.
         cancel = {"session_hash": "share-0", "fn_index": 2, "event_id": "made-up"}
         assert anon.post(f"{base}/gradio_api/cancel", json=cancel, timeout=30).status_code == 401
-        ann.post(f"{base}/gradio_api/cancel", json=cancel, timeout=30)
+        assert ann.post(f"{base}/gradio_api/cancel", json=cancel, timeout=30).status_code == 403  # not forwarded
         time.sleep(1.0)
         assert "share-0" in ctx.stop_flags and not ctx.stop_flags["share-0"].is_set()
         bob.post(f"{base}/gradio_api/cancel", json={"session_hash": "share-0", "fn_index": 2,

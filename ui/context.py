@@ -47,7 +47,8 @@ def int_arg(name: str, value: Any, lo: int, hi: int) -> int:
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name} must be a whole number between {lo} and {hi}, got {str(value)[:40]!r}") from None
     if not lo <= v <= hi:
-        raise UserError(f"{name} must be between {lo} and {hi}, got {v}")
+        shown = str(v) if len(str(v)) <= 24 else f"{v:.3g}" if abs(v) < 1e308 else "a number with " + str(len(str(v))) + " digits"
+        raise UserError(f"{name} must be between {lo} and {hi}, got {shown}")
     return v
 
 

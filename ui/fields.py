@@ -14,9 +14,9 @@ import gradio as gr
 __all__ = ["Number", "Slider"]
 
 
-def _named(component: Any, payload: Any, e: Exception) -> gr.Error:
+def _named(component: Any, payload: Any) -> gr.Error:
     what = component.label or "a number field"
-    return gr.Error(f"{what}: {str(payload)[:40]!r} is not a usable number ({e})")
+    return gr.Error(f"{what}: {str(payload)[:40]!r} is not a usable number")
 
 
 class Number(gr.Number):
@@ -29,8 +29,8 @@ class Number(gr.Number):
             return super().preprocess(payload)
         except gr.Error:
             raise
-        except (TypeError, ValueError, OverflowError) as e:
-            raise _named(self, payload, e) from None
+        except (TypeError, ValueError, OverflowError):
+            raise _named(self, payload) from None
 
 
 class Slider(gr.Slider):
@@ -43,5 +43,5 @@ class Slider(gr.Slider):
             return super().preprocess(payload)
         except gr.Error as e:
             raise gr.Error(f"{self.label or 'a slider'}: {e.message}") from None
-        except (TypeError, ValueError, OverflowError) as e:
-            raise _named(self, payload, e) from None
+        except (TypeError, ValueError, OverflowError):
+            raise _named(self, payload) from None

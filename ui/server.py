@@ -160,6 +160,9 @@ def guard(ctx: AppContext) -> type:
                 if len(body) > MAX_JOIN_BYTES:
                     return await _json(send, 413, {"detail": f"a queue request may be {MAX_JOIN_BYTES // 1024} KiB at "
                                                              f"most; send files through /gradio_api/upload"})
+                fn_index = _field(body, "fn_index")
+                if type(fn_index) is not int:  # noqa: E721 (Gradio would also take "2" or 2.0: the share must see it)
+                    return await _json(send, 400, {"detail": "fn_index must be an integer"})
                 refusal = self.refusal(scope, gradio_app, body)
                 if refusal:
                     return await _json(send, 429, {"detail": refusal})
@@ -171,13 +174,29 @@ def guard(ctx: AppContext) -> type:
                     return await _json(send, 401, {"detail": "Not authenticated"})
                 body, receive = await _read(receive, MAX_JOIN_BYTES + 1)
                 session = _field(body, "session_hash")
-                if isinstance(session, str):
-                    ctx.stop_session(session, user or "anonymous")
+                if not isinstance(session, str):
+                    return await _json(send, 400, {"detail": "session_hash missing"})
+                if getattr(gradio_app, "auth", None) and not self.owns(gradio_app, session, user or ""):
+                    # not forwarded: Gradio would drop the other user's answer while its computation went on
+                    return await _json(send, 403, {"detail": "that is not your request to cancel"})
+                ctx.stop_session(session, user or "anonymous")
             elif (method == "GET" and gradio_app is not None and getattr(gradio_app, "auth", None)
                   and not path.startswith(("/gradio_api", "/assets", "/static", "/favicon"))
                   and _user(scope, gradio_app) is None):
                 return await self.app(scope, receive, _strip_api_info(send))
             return await self.app(scope, receive, send)
+
+        def owns(self, gradio_app: Any, session: str, user: str) -> bool:
+            """Whether every request of a browser session, running or waiting, is ``user``'s (an admin's: any)."""
+            if user in ctx.admins:
+                return True
+            if ctx.stop_users.get(session, user) != user:
+                return False
+            try:
+                events = _pending(gradio_app)
+            except AttributeError:
+                return False
+            return all(e.username == user for e in events if e.session_hash == session)
 
         def refusal(self, scope: Scope, gradio_app: Any, body: bytes) -> str | None:
             try:
