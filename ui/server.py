@@ -2,14 +2,19 @@
 cancellation that reaches the computation, no API schema on the login page, and the start-up checks
 of where the app may listen.
 
-``guard(ctx)`` is an ASGI middleware (``demo.launch(app_kwargs={"middleware": [guard(ctx)]})``):
+``guard(ctx)`` is an ASGI middleware class (``demo.launch(app_kwargs={"middleware": [Middleware(guard(ctx))]})``):
 
 * ``POST .../queue/join``: a client (the logged-in user, else the address) may have at most
   ``ctx.max_pending`` requests queued or running, and at most ``MODEL_SHARE`` of them on the models
-  (restores); one more is answered 429 with the reason, so one client cannot fill the queue.
+  (restores); one more is answered 429 with the reason, so one client cannot fill the queue. A body
+  over ``MAX_JOIN_BYTES`` (413) or an ``fn_index`` that is not a plain integer (400, Gradio would read
+  "2" as 2) is refused, so a request cannot hide which handler it calls.
 * ``POST .../cancel`` (the page's own cancel, closing a tab, a raw request): Gradio abandons the
   request but its thread would compute on; the session's stop flags are set, so a restore ends at
-  its next tile.
+  its next tile. With login on, Gradio would take anyone's cancel: a visitor who is not logged in gets
+  401, a user cancelling another user's session 403, and neither reaches Gradio.
+* ``POST /login``: the caller's address goes to ``LoginThrottle`` (which Gradio calls with the name and
+  password only).
 * the login page: Gradio embeds the API schema (endpoint names, parameters, absolute model paths) in
   every page, the login page too; for a visitor who is not logged in it is replaced by an empty one.
 """
