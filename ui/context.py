@@ -47,8 +47,9 @@ def int_arg(name: str, value: Any, lo: int, hi: int) -> int:
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name} must be a whole number between {lo} and {hi}, got {str(value)[:40]!r}") from None
     if not lo <= v <= hi:
-        shown = str(v) if len(str(v)) <= 24 else f"{v:.3g}" if abs(v) < 1e308 else "a number with " + str(len(str(v))) + " digits"
-        raise UserError(f"{name} must be between {lo} and {hi}, got {shown}")
+        digits = str(v)
+        raise UserError(f"{name} must be between {lo} and {hi}, got "
+                        f"{digits if len(digits) <= 24 else f'a {len(digits.lstrip(chr(45)))}-digit number'}")
     return v
 
 
@@ -149,8 +150,7 @@ class AppContext:
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
     stop_users: dict[str, str] = field(default_factory=dict)  # whose restore each stop flag belongs to
-
-    keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads are removed after this
+    keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads go after this
 
     def start_session(self, session: str, user: str = "anonymous") -> threading.Event:
         """The stop flag of a restore that a browser session (``session``, of ``user``) starts now."""
