@@ -80,6 +80,18 @@ def user_errors(handler: Callable[..., T]) -> Callable[..., T]:
     return wrapped
 
 
+def _toast(e: UserError, outputs: int, line: tuple[int, str] | None = None) -> Any:
+    """A refusal shown as a warning toast, the ``outputs`` components left as they were, except the
+    message line ``line`` = (its index, its lead word), which says why."""
+    import gradio as gr
+
+    gr.Warning(str(e), duration=15)
+    out: list[Any] = [gr.skip() for _ in range(outputs)]
+    if line is not None:
+        out[line[0]] = f"**{line[1]}:** {e}"
+    return tuple(out) if outputs > 1 else out[0]
+
+
 def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Like ``user_errors`` for a handler whose output ``at`` (of ``outputs``) is a message line: in the
     page a ``UserError`` becomes a warning toast and that line ("**{lead}:** why"), the other outputs stay
@@ -98,10 +110,7 @@ def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., A
                 headers = getattr(request, "headers", None) or {}
                 if request is None or headers.get("x-gradio-user") == "api":
                     raise gr.Error(str(e)) from None
-                gr.Warning(str(e), duration=15)
-                out: list[Any] = [gr.skip() for _ in range(outputs)]
-                out[at] = f"**{lead}:** {e}"
-                return tuple(out) if outputs > 1 else out[0]
+                return _toast(e, outputs, (at, lead))
         return wrapped
     return deco
 
@@ -117,11 +126,7 @@ def user_warnings(outputs: int) -> Callable[[Callable[..., Any]], Callable[..., 
             try:
                 return handler(*args, **kwargs)
             except UserError as e:
-                import gradio as gr
-
-                gr.Warning(str(e), duration=15)
-                unchanged = tuple(gr.skip() for _ in range(outputs))
-                return unchanged[0] if outputs == 1 else unchanged
+                return _toast(e, outputs)
         return wrapped
     return deco
 
