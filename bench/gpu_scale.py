@@ -169,6 +169,14 @@ def main() -> None:
     args = ap.parse_args()
     command = " ".join(["python bench/gpu_scale.py", *sys.argv[1:]])
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu-{torch.get_num_threads()}threads"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_scale-" + "".join(c if c.isalnum() else "_" for c in card)
+
+    def save(res: dict[str, object], complete: bool) -> None:
+        """After every phase, so that a run cut short by its time limit keeps what it measured."""
+        (args.out / f"{stem}.json").write_text(json.dumps({**res, "complete": complete}, indent=2) + "\n")
+        print("measured so far:", json.dumps(res), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
@@ -184,17 +192,18 @@ def main() -> None:
                                   "lora_rank": args.rank, "reward": args.reward, "reward_last_k": args.reward_last_k,
                                   "torch": torch.__version__, "setup_s": round(setup_s, 1)}
         res.update(bench_restore(tmp / "model", args))
+        save(res, False)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()  # the fp16 restorer is gone with bench_restore's frame
         res.update(bench_rl(tmp / "model", args, tmp))
+        save(res, False)
         fp32 = load_restorer(tmp / "model", args.device)  # as the trainer loads it (autocast on top)
         res["bare_unet_s"] = bench_bare(fp32, args, int(res["epochs"]))
         res["rl_ratio"] = res["rl_iteration_median_s"] / res["bare_unet_s"]
+        save(res, False)
         res.update(bench_vae(fp32, args, int(res["epochs"])))
         res["rl_ratio_without_vae"] = (res["rl_iteration_median_s"] - res["vae_in_iteration_s"]) / res["bare_unet_s"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_scale-" + "".join(c if c.isalnum() else "_" for c in card)
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    save(res, True)
     gib = lambda v: "n/a" if v is None else f"{v:.2f} GiB"  # noqa: E731
     cuda = args.device.startswith("cuda")
     half, mixed = ("fp16", "bf16 autocast") if cuda else ("fp32", "fp32")

@@ -602,9 +602,10 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             flat = torch.cat([x.flatten() for x in gs]).float()
             rec[f"grad_norm_{name}"] = float(flat.norm())
             if name == "rl":
-                if prev_rl_grad is not None and float(flat.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
-                    rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(flat, prev_rl_grad, dim=0))
-                prev_rl_grad = flat.detach().cpu()
+                cur = flat.detach().cpu()  # kept on the CPU between rounds (GPU memory, one device)
+                if prev_rl_grad is not None and float(cur.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
+                    rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(cur, prev_rl_grad, dim=0))
+                prev_rl_grad = cur
         if cfg.probe_every and (rnd + 1) % cfg.probe_every == 0 and reward is not None:
             unet.eval()
             with autocast:
