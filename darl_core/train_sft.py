@@ -229,6 +229,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
                                               prefetch_factor=4 if cfg.num_workers else None))
     task = get_preset(cfg.task)
     device_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + 17 + step)  # degradations on the device
+    # On a GPU the noise fields are drawn there: drawn on the CPU and copied, they held an H200 to 1.6 steps/s.
+    noise_gen = (torch.Generator(device).manual_seed(cfg.seed * 100_003 + 29 + step)
+                 if device.type == "cuda" else None)
     val_lq, val_hq = validation_set(cfg.task, cfg.val_crops, cfg.builtin)
     log = open(out / "metrics.jsonl", "a")
     if step == 0 and cfg.val_every:
@@ -250,7 +253,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
             group["lr"] = lr_at(cfg, step, time.time() - t_start)
         lq, hq = next(loader)
         hq = hq.to(device, non_blocking=True)
-        lq = degrade(hq, task, device_gen) if lq is None else lq.to(device, non_blocking=True)
+        lq = degrade(hq, task, device_gen, noise_gen) if lq is None else lq.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             if regression:  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
                 loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()

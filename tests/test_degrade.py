@@ -71,3 +71,22 @@ def test_cli_degrades_a_folder(tmp_path, hq: torch.Tensor) -> None:
     main([str(src), str(dst), "--preset", "jpeg", "--seed", "5"])
     assert sorted(p.name for p in dst.iterdir()) == ["im0.png", "im1.png"]
     assert sorted(p.read_bytes() for p in dst.iterdir()) == first
+
+
+@pytest.mark.parametrize("poisson", [0.0, 1.0])
+def test_noise_drawn_where_the_images_are_has_the_same_strength(poisson: float) -> None:
+    # GPU training draws the noise fields with a generator on the images' device; the per-image
+    # strengths still come from the CPU generator, so each image's noise level must match the CPU path.
+    from dataclasses import replace
+
+    cfg = replace(get_preset("denoise"), blur_prob=0.0, scales=(1,), noise_prob=1.0, poisson_prob=poisson,
+                  jpeg_prob=0.0, gaussian_sigma=(2.0, 20.0), poisson_peak=(20.0, 200.0))
+    flat = torch.full((16, 3, 64, 64), 0.5)
+    cpu = degrade(flat, cfg, torch.Generator().manual_seed(7)) - flat
+    dev = degrade(flat, cfg, torch.Generator().manual_seed(7), torch.Generator().manual_seed(1)) - flat
+    again = degrade(flat, cfg, torch.Generator().manual_seed(7), torch.Generator().manual_seed(1)) - flat
+    assert torch.equal(dev, again)  # both seeds fixed: the same LQ
+    assert not torch.equal(dev, cpu)  # another noise field ...
+    s_cpu, s_dev = cpu.flatten(1).std(1), dev.flatten(1).std(1)
+    assert float(s_cpu.min()) > 1 / 255  # every image is noisy
+    torch.testing.assert_close(s_dev, s_cpu, rtol=0.1, atol=0.5 / 255)  # ... of the same strength per image
