@@ -168,7 +168,7 @@ def guard(ctx: AppContext) -> type:
                 fn_index = _field(body, "fn_index")
                 if type(fn_index) is not int:  # noqa: E721 (Gradio would also take "2" or 2.0: the share must see it)
                     return await _json(send, 400, {"detail": "fn_index must be an integer"})
-                refusal = self.refusal(scope, gradio_app, body)
+                refusal = self.refusal(scope, gradio_app, fn_index)
                 if refusal:
                     return await _json(send, 429, {"detail": refusal})
             elif method == "POST" and path.endswith("/cancel"):
@@ -203,7 +203,7 @@ def guard(ctx: AppContext) -> type:
                 return False
             return all(e.username == user for e in events if e.session_hash == session)
 
-        def refusal(self, scope: Scope, gradio_app: Any, body: bytes) -> str | None:
+        def refusal(self, scope: Scope, gradio_app: Any, fn_index: int) -> str | None:
             try:
                 events = _pending(gradio_app)
                 fns = gradio_app.get_blocks().fns
@@ -214,8 +214,7 @@ def guard(ctx: AppContext) -> type:
             if len(mine) >= ctx.max_pending:
                 return (f"you already have {len(mine)} requests waiting or running (at most {ctx.max_pending}); "
                         f"wait for them to finish")
-            fn_index = _field(body, "fn_index")
-            fn = fns.get(fn_index) if isinstance(fn_index, int) else None
+            fn = fns.get(fn_index)
             if fn is not None and fn.concurrency_id == "models":
                 models = [e for e in mine if e.concurrency_id == "models"]
                 if len(models) >= MODEL_SHARE:
@@ -270,20 +269,20 @@ _API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
 def _strip_api_info(send: Send) -> Send:
     """A ``send`` that empties the embedded API schema of an HTML page (buffered: pages are small)."""
     start: Message | None = None
+    passthrough = False  # not an HTML page: every message goes on unchanged
     chunks: list[bytes] = []
 
     async def wrapped(message: Message) -> None:
-        nonlocal start
+        nonlocal start, passthrough
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers", []))
             if not headers.get(b"content-type", b"").startswith(b"text/html"):
-                start = None
+                start, passthrough = None, True
                 await send(message)
-                wrapped.passthrough = True  # type: ignore[attr-defined]
                 return
             start = message
             return
-        if getattr(wrapped, "passthrough", False) or start is None:
+        if passthrough or start is None:
             await send(message)
             return
         chunks.append(message.get("body", b""))
