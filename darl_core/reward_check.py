@@ -28,7 +28,16 @@ from PIL import Image, ImageFilter
 
 from .images import jpeg_roundtrip, pil_to_tensor, tensor_to_pil
 
-__all__ = ["DISTORTIONS", "distort", "reward_sanity"]
+__all__ = ["CHECK_EVERY", "DISTORTIONS", "distort", "is_check_photo", "reward_sanity"]
+
+# 1 in CHECK_EVERY training photos (by position in photos.train_images(), or in data.TRAIN_IMAGES)
+# is kept for checking rewards: bench/reward_sanity.py crops them, the learned darl_iqa never sees them.
+CHECK_EVERY = 8
+
+
+def is_check_photo(index: int) -> bool:
+    """Whether the training photo at ``index`` is one of the reward-check photos."""
+    return index % CHECK_EVERY == 0
 
 
 def _noise(sigma: float) -> Callable[[Image.Image, np.random.Generator], Image.Image]:

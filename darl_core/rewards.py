@@ -37,25 +37,35 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["Metric", "MissingWeightsError", "NORM_RANGES", "Reward", "ScoreMeta", "create_reward",
-           "get_metric", "list_metrics", "parse_spec"]
+__all__ = [
+    "NORM_RANGES",
+    "Metric",
+    "MissingWeightsError",
+    "Reward",
+    "ScoreMeta",
+    "create_reward",
+    "get_metric",
+    "list_metrics",
+    "parse_spec",
+]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 NIQE_PARAMS = ASSETS / "niqe_pris_params.mat"
 
 # Smallest side each metric accepts, and the side from which its score means something.
-MIN_SIDE = {"niqe": 96, "niqe_matlab": 96, "ilniqe": 96, "brisque": 32, "piqe": 16, "ssim": 11}
+MIN_SIDE = {"darl_iqa": 32, "niqe": 96, "niqe_matlab": 96, "ilniqe": 96, "brisque": 32, "piqe": 16, "ssim": 11}
 RELIABLE_SIDE = {"niqe": 192, "niqe_matlab": 192, "ilniqe": 192}
 
 # (lo, hi) of the raw score for normalize=True; typical spans on natural images [ours].
 NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0), "psnr": (15.0, 40.0),
                "ssim": (0.0, 1.0), "lpips": (0.0, 1.0), "musiq": (0.0, 100.0), "clipiqa": (0.0, 1.0),
-               "qalign": (1.0, 5.0), "topiq_nr": (0.0, 1.0), "maniqa": (0.0, 1.0)}
+               "qalign": (1.0, 5.0), "topiq_nr": (0.0, 1.0), "maniqa": (0.0, 1.0),
+               "darl_iqa": (20.0, 70.0)}
 
 # On the CPU these score faster one image at a time than as a batch (bench/rewards.py on 2 cores,
 # 16 images of 256 px: batched/serial throughput 0.86 for NIQE, 0.85 for PIQE), so Metric loops there.
@@ -135,11 +145,15 @@ def _no_network(metric: str) -> Iterator[None]:
                 os.environ["HF_HUB_OFFLINE"] = saved[4]
 
 
+# Metrics of this project (not pyiqa's): name -> (module, what it is). Built by _OwnMetric.
+OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.iqa, models/darl-iqa)"}
+
+
 def list_metrics() -> list[str]:
-    """Every metric name pyiqa knows (learned ones need cached weights)."""
+    """Every metric name pyiqa knows (learned ones need cached weights), plus this project's own."""
     import pyiqa
 
-    return pyiqa.list_models()
+    return sorted(set(pyiqa.list_models()) | set(OWN))
 
 
 class Metric:
@@ -149,6 +163,9 @@ class Metric:
         import pyiqa
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
+        if name in OWN:
+            self._init_own(name, device)
+            return
         if name not in DEFAULT_CONFIGS:
             raise ValueError(f"unknown metric {name!r}; see darl_core.rewards.list_metrics()")
         opts: dict[str, object] = {}
@@ -174,6 +191,24 @@ class Metric:
         self.meta = ScoreMeta(name, pyiqa.__version__, digest)
         rng = DEFAULT_CONFIGS[name].get("score_range")
         self.norm_range = NORM_RANGES.get(name) or _parse_range(rng)
+
+    def _init_own(self, name: str, device: str | torch.device) -> None:
+        """darl_iqa: the shipped weights (DARL_IQA_DIR overrides the folder); higher is better."""
+        from .iqa import DEFAULT_DIR, load_iqa
+
+        folder = Path(os.environ.get("DARL_IQA_DIR") or DEFAULT_DIR)
+        try:
+            self.net = load_iqa(folder, device)
+        except FileNotFoundError as e:
+            raise MissingWeightsError(str(e)) from e
+        self.name = name
+        self.device = torch.device(device)
+        self.lower_better = False
+        self.full_reference = False
+        self.min_side = MIN_SIDE.get(name, 1)
+        digest = hashlib.sha1((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+        self.meta = ScoreMeta(name, "darl_iqa", digest)
+        self.norm_range = NORM_RANGES[name]
 
     def check_size(self, x: torch.Tensor) -> None:
         side = min(x.shape[-2:])
@@ -228,7 +263,7 @@ def _parse_range(text: str | None) -> tuple[float, float]:
     return (nums[0], nums[1]) if len(nums) == 2 and nums[1] > nums[0] else (0.0, 1.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_metric(name: str, device: str) -> Metric:
     return Metric(name, device)
 

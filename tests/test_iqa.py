@@ -1,0 +1,105 @@
+"""darl_iqa: the learned no-reference IQA network (darl_core.iqa) and its place in the reward registry."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from darl_core.data import TRAIN_IMAGES, builtin_image
+from darl_core.images import pil_to_tensor
+from darl_core.iqa import (
+    DEFAULT_DIR,
+    FAMILIES,
+    UNORDERED,
+    IQAConfig,
+    apply_family,
+    load_iqa,
+    tiny_test,
+    train_iqa,
+)
+from darl_core.reward_check import is_check_photo
+from darl_core.rewards import Metric, MissingWeightsError, create_reward, list_metrics
+
+
+def test_every_family_distorts_more_at_higher_strength() -> None:
+    x = pil_to_tensor(builtin_image("astronaut.png"))[:, 100:196, 100:196][None].repeat(4, 1, 1, 1)
+    for name in FAMILIES:
+        mild = apply_family(name, x, torch.full((4,), 0.1), torch.Generator().manual_seed(1))
+        strong = apply_family(name, x, torch.full((4,), 0.9), torch.Generator().manual_seed(1))
+        assert mild.shape == x.shape and torch.equal(mild, torch.round(mild * 255) / 255), name
+        d_mild, d_strong = (mild - x).abs().mean(), (strong - x).abs().mean()
+        assert d_mild > 0, name
+        if name not in UNORDERED:
+            assert d_strong > d_mild, name
+
+
+def test_tiny_training_saves_what_loads_and_logs_accuracy(tmp_path: Path) -> None:
+    out = train_iqa(replace(tiny_test(), output=str(tmp_path / "iqa")))
+    recs = (out / "metrics.jsonl").read_text().splitlines()
+    assert '"final": true' in recs[-1] and "val_accuracy" in recs[0]
+    net = load_iqa(out)
+    x = torch.rand(2, 3, 40, 56)
+    s = net(x)
+    assert s.shape == (2,) and torch.isfinite(s).all()
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_training_never_sees_the_check_photos(monkeypatch: pytest.MonkeyPatch) -> None:
+    from darl_core import iqa
+
+    seen = []
+    monkeypatch.setattr("darl_core.data.builtin_image", lambda n: seen.append(n) or builtin_image(n))
+    iqa._clean_photos(replace(IQAConfig(), photos=False, patch=32))
+    checks = [n for i, n in enumerate(TRAIN_IMAGES) if is_check_photo(i)]
+    assert checks and seen and not set(checks) & set(seen)
+
+
+def test_ranking_loss_learns_an_ordering(tmp_path: Path) -> None:
+    # A few hundred steps on one family must order clean above noisy on crops it never saw: the loss,
+    # the pooling and the optimiser together do what they are for.
+    cfg = replace(tiny_test(), output=str(tmp_path / "iqa"), families=("noise",), width=8, patch=48,
+                  batch_size=8, steps=120, lr=3e-3, val_every=0)
+    net = load_iqa(train_iqa(cfg))
+    x = pil_to_tensor(builtin_image("chelsea.png"))  # a held-out photo
+    crops = torch.stack([x[:, i: i + 64, j: j + 64] for i in (0, 100, 200) for j in (0, 150, 300)])
+    noisy = apply_family("noise", crops, torch.full((len(crops),), 0.5), torch.Generator().manual_seed(0))
+    assert float((net(crops) > net(noisy)).float().mean()) >= 8 / 9
+
+
+def test_registry_resolves_darl_iqa_higher_is_better(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = train_iqa(replace(tiny_test(), output=str(tmp_path / "iqa")))
+    monkeypatch.setenv("DARL_IQA_DIR", str(folder))
+    m = Metric("darl_iqa")
+    assert not m.lower_better and not m.full_reference and m.meta.metric == "darl_iqa"
+    x = torch.rand(3, 3, 48, 48)
+    raw = m(x)
+    torch.testing.assert_close(raw, load_iqa(folder)(x))
+    torch.testing.assert_close(m.oriented(raw), raw)  # higher is better: no sign flip
+    r = create_reward("darl_iqa + 0.5*darl_iqa")
+    assert "darl_iqa" in list_metrics() and r.metric_names == ["darl_iqa", "darl_iqa"]
+    with pytest.raises(ValueError, match="at least 32 px"):
+        m(torch.rand(1, 3, 16, 64))
+
+
+def test_missing_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARL_IQA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(MissingWeightsError, match="python -m darl_core.iqa train"):
+        Metric("darl_iqa")
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="no shipped darl_iqa weights")
+def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
+    # The shipped network on the built-in held-out photos (never trained on): clean above every
+    # distortion of the reward sanity check (darl_core.reward_check) on most crops.
+    from darl_core.reward_check import DISTORTIONS, distort
+
+    m = load_iqa()
+    clean = []
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "grace_hopper.jpg"):
+        x = pil_to_tensor(builtin_image(name))
+        clean += [x[:, :192, :192], x[:, -192:, -192:]]
+    base = m(torch.stack(clean))
+    for d in DISTORTIONS:
+        worse = m(torch.stack([distort(x, d, i) for i, x in enumerate(clean)]))
+        assert float((base > worse).float().mean()) >= 0.75, d
