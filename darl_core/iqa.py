@@ -59,6 +59,9 @@ class IQAConfig:
     families: tuple[str, ...] = ()  # families to train on (empty: all of FAMILIES)
     photos: bool = True  # the package photo corpus's training share (minus the check photos)
     builtin: bool = True  # plus the built-in training photos
+    restorer: str | None = None  # a restorer whose own outputs are hard negatives (family "restored"; None: unused)
+    bank_size: int = 192  # clean crops degraded and restored once for that family (at 2 and at 4 DDIM steps)
+    init_from: str | None = None  # start from this trained folder's weights (None: fresh)
     val_every: int = 200  # every N steps log the ordering accuracy on fixed validation triples
     seed: int = 0  # seeds crops, families, strengths and noise
     threads: int = 0  # torch threads (0: torch's default)
@@ -250,13 +253,36 @@ def _crops(ims: list[torch.Tensor], n: int, cfg: IQAConfig, g: torch.Generator) 
 
 # Families whose strength is a range the draws stay inside, not a level: mild and strong are both
 # worse than clean, but not ordered between themselves.
-UNORDERED = {"realistic"}
+UNORDERED = {"realistic", "restored"}
+Bank = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # clean crops, restored at 2 steps, at 4 steps
 
 
-def _triples(ims: list[torch.Tensor], cfg: IQAConfig, families: list[str],
-             g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.no_grad()
+def _restored_bank(ims: list[torch.Tensor], cfg: IQAConfig, g: torch.Generator) -> Bank:
+    """The "restored" family: clean crops, degraded (``realistic``) and restored by ``cfg.restorer``.
+
+    A restorer that invents texture (speckle in flat areas) is what a reward must not prefer to the
+    clean photo; its own outputs are the hardest negatives there are. Made once, before training.
+    """
+    from .degrade import degrade, get_preset
+    from .loading import load_restorer
+
+    pipe = load_restorer(cfg.restorer)
+    clean = _crops(ims, cfg.bank_size, cfg, g)
+    lq = degrade(clean, get_preset("realistic"), g)
+    outs = []
+    for steps in (2, 4):
+        parts = [pipe.restore_tensor(lq[i: i + 16], steps, generator=torch.Generator().manual_seed(i), tile_size=None)
+                 for i in range(0, len(lq), 16)]
+        outs.append(torch.round(torch.cat(parts).clamp(0, 1) * 255) / 255)
+    return clean, outs[0], outs[1]
+
+
+def _triples(ims: list[torch.Tensor], cfg: IQAConfig, families: list[str], g: torch.Generator,
+             bank: Bank | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clean, mild, strong, ordered): one family per clean crop at two strengths; ``ordered`` marks
-    the crops whose mild version must also score above the strong one."""
+    the crops whose mild version must also score above the strong one. Family "restored" takes a
+    (clean, 2 steps, 4 steps) triple from ``bank``."""
     clean = _crops(ims, cfg.batch_size, cfg, g)
     fam = torch.randint(len(families), (cfg.batch_size,), generator=g)
     s1 = torch.rand(cfg.batch_size, generator=g) * 0.8
@@ -264,7 +290,12 @@ def _triples(ims: list[torch.Tensor], cfg: IQAConfig, families: list[str],
     mild, strong = torch.empty_like(clean), torch.empty_like(clean)
     for k, name in enumerate(families):
         idx = torch.nonzero(fam == k).flatten()
-        if len(idx):
+        if len(idx) and name == "restored":
+            if bank is None:
+                raise ValueError('family "restored" needs a bank (IQAConfig.restorer)')
+            j = torch.randint(len(bank[0]), (len(idx),), generator=g)
+            clean[idx], mild[idx], strong[idx] = bank[0][j], bank[1][j], bank[2][j]
+        elif len(idx):
             mild[idx] = apply_family(name, clean[idx], s1[idx], g)
             strong[idx] = apply_family(name, clean[idx], s2[idx], g)
     ordered = torch.tensor([families[int(f)] not in UNORDERED for f in fam])
@@ -291,17 +322,26 @@ def train_iqa(cfg: IQAConfig, callbacks: dict[str, Callable[..., None]] | None =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     families = list(cfg.families or FAMILIES)
-    unknown = set(families) - set(FAMILIES)
+    if cfg.restorer and "restored" not in families:
+        families.append("restored")
+    unknown = set(families) - set(FAMILIES) - ({"restored"} if cfg.restorer else set())
     if unknown:
-        raise ValueError(f"unknown distortion families {sorted(unknown)}; choose from {sorted(FAMILIES)}")
+        raise ValueError(f"unknown distortion families {sorted(unknown)}; choose from {sorted(FAMILIES)}"
+                         f" (and 'restored' with a restorer)")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     ims = _clean_photos(cfg)
     # Fixed validation triples (another seed): accuracy = share of the 3 pairs per triple ordered right.
-    val = _triples(ims, _with_batch(cfg, 64), families, torch.Generator().manual_seed(cfg.seed + 999))
+    # (without the "restored" family: the accuracy stays comparable between runs with and without it)
+    val = _triples(ims, _with_batch(cfg, 64), [f for f in families if f != "restored"],
+                   torch.Generator().manual_seed(cfg.seed + 999))
+    bank = _restored_bank(ims, cfg, g) if cfg.restorer else None
     net = TinyIQA(cfg.width)
+    if cfg.init_from:
+        net.load_state_dict(load_iqa(cfg.init_from).state_dict())
+        net.requires_grad_(True)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     log_path = out / "metrics.jsonl"
     log_path.write_text("")
@@ -321,7 +361,7 @@ def train_iqa(cfg: IQAConfig, callbacks: dict[str, Callable[..., None]] | None =
         frac = max(step / cfg.steps, elapsed / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        clean, mild, strong, ordered = _triples(ims, cfg, families, g)
+        clean, mild, strong, ordered = _triples(ims, cfg, families, g, bank)
         s = net(torch.cat([clean, mild, strong]))
         sc, sm, ss = s.chunk(3)
         loss = (_rank_loss(sc, sm, cfg.margin_scale) + _rank_loss(sm, ss, cfg.margin_scale, ordered.float())
@@ -392,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int)
+    t.add_argument("--restorer", help="a restorer whose outputs are hard negatives (family 'restored')")
+    t.add_argument("--init-from", help="start from this trained folder")
     s = sub.add_parser("score", help="score images (higher is better; compare versions of one picture)")
     s.add_argument("images", nargs="+")
     s.add_argument("--model", default=None, help="trained folder (default: models/darl-iqa)")
@@ -401,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
 
         cfg = PRESETS[a.preset]()
         for key, val in (("output", a.output), ("max_minutes", a.minutes), ("steps", a.steps), ("seed", a.seed),
-                         ("threads", a.threads)):
+                         ("threads", a.threads), ("restorer", a.restorer), ("init_from", a.init_from)):
             if val is not None:
                 cfg = replace(cfg, **{key: val})
         print(f"written to {train_iqa(cfg)}")

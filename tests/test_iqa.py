@@ -1,5 +1,6 @@
 """darl_iqa: the learned no-reference IQA network (darl_core.iqa) and its place in the reward registry."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,3 +110,24 @@ def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
     assert all(v > 0.5 for v in shares.values()), shares
     assert sum(shares.values()) / len(shares) >= 0.8, shares
     assert shares["noise5"] == shares["noise10"] == 1.0, shares
+
+
+def test_restorer_outputs_as_hard_negatives_and_init_from(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from darl_core import iqa
+
+    cfg = replace(tiny_test(), output=str(tmp_path / "a"), families=("noise",), restorer=str(tiny_model_dir),
+                  bank_size=3)
+    ims = iqa._clean_photos(cfg)
+    bank = iqa._restored_bank(ims, cfg, torch.Generator().manual_seed(0))
+    assert [b.shape for b in bank] == [(3, 3, 32, 32)] * 3
+    assert not torch.equal(bank[0], bank[1])  # restored from a degraded copy: not the clean crop
+    clean, mild, strong, ordered = iqa._triples(ims, replace(cfg, batch_size=8), ["restored"],
+                                                torch.Generator().manual_seed(1), bank)
+    assert not ordered.any()  # 2 and 4 steps are both worse than clean, not ordered between themselves
+    assert all(any(torch.equal(c, b) for b in bank[0]) for c in clean)
+    first = train_iqa(cfg)
+    assert json.loads((first / "config.json").read_text())["families"] == ["noise", "restored"]
+    second = train_iqa(replace(cfg, output=str(tmp_path / "b"), init_from=str(first), restorer=None, steps=1,
+                               lr=0.0))
+    x = torch.rand(2, 3, 40, 40)
+    torch.testing.assert_close(load_iqa(second)(x), load_iqa(first)(x))  # lr 0: the weights it started from
