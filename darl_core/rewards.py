@@ -65,7 +65,7 @@ RELIABLE_SIDE = {"niqe": 192, "niqe_matlab": 192, "ilniqe": 192}
 NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0), "psnr": (15.0, 40.0),
                "ssim": (0.0, 1.0), "lpips": (0.0, 1.0), "musiq": (0.0, 100.0), "clipiqa": (0.0, 1.0),
                "qalign": (1.0, 5.0), "topiq_nr": (0.0, 1.0), "maniqa": (0.0, 1.0),
-               "darl_iqa": (20.0, 70.0)}
+               "darl_iqa": (10.0, 60.0)}
 
 # On the CPU these score faster one image at a time than as a batch (bench/rewards.py on 2 cores,
 # 16 images of 256 px: batched/serial throughput 0.86 for NIQE, 0.85 for PIQE), so Metric loops there.

@@ -93,7 +93,7 @@ def test_missing_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
     # The shipped network on the built-in held-out photos (never trained on), against the distortions
     # of the reward sanity check (darl_core.reward_check). Measured when the weights were shipped: noise5,
-    # noise10 8/8, jpeg30 and oversharpen 7/8, blur 5/8 (the model card's numbers). Random weights order
+    # noise10 8/8, oversharpen 7/8, jpeg30 6/8, blur 5/8 (the model card's numbers). Random weights order
     # about half; the test holds the shipped network to better than chance everywhere and to 80 % overall.
     from darl_core.reward_check import DISTORTIONS, distort
 
