@@ -7,7 +7,7 @@
 #                (.gpu/photos_dropped.txt lists them; 242 of 268 on 2026-11-27)
 # Then, for the call:  rm -rf models docs tests/data   (tracked: `git checkout -- models docs tests/data` after)
 #   device run, carry [".whl", ".gpu"]:
-#   INIT=.gpu/init DARL_PHOTOS_DIR=.gpu/photos OUT=$OUT bash bench/gpu_session.sh
+#   OUT=$OUT bash bench/gpu_session.sh            (it finds .gpu/init and .gpu/photos itself)
 # Needs `make bench-setup photos` (data/photos) and network access to the package index.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}

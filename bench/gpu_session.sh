@@ -12,6 +12,9 @@ set -uo pipefail
 OUT=${OUT:-out}; BUDGET=${BUDGET:-585}; WORKOUT=${WORKOUT:-/tmp/gpu_session}
 S1_MINUTES=${S1_MINUTES:-1.75}; S2_MINUTES=${S2_MINUTES:-3.5}
 mkdir -p "$OUT" "$WORKOUT/restorer" "$WORKOUT/scale"
+# What bench/gpu_prepare.sh made, when the call carries it (models/ and data/ stay behind).
+if [ -d .gpu/init ]; then export INIT=${INIT:-.gpu/init}; fi
+if [ -f .gpu/photos/index.json ]; then export DARL_PHOTOS_DIR=${DARL_PHOTOS_DIR:-.gpu/photos}; fi
 SECONDS=0
 OUT="$WORKOUT/restorer" S1_MINUTES=$S1_MINUTES S2_MINUTES=$S2_MINUTES S1_ARGS="${S1_ARGS:---lr 5e-4}" \
   bash bench/train_restorer_gpu.sh || echo "restorer script failed (rc $?)" | tee -a "$WORKOUT/restorer/failed.txt"
