@@ -11,26 +11,16 @@ compiled call.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cpu_speed import median_time  # noqa: E402 (bench/, this script's folder)
+
 from darl_core.loading import load_restorer  # noqa: E402
-
-
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,12 +36,12 @@ def main() -> None:
     x = torch.randn(1, unet.config.in_channels, args.size, args.size).contiguous(memory_format=torch.channels_last)
     t = torch.tensor([500])
     with torch.no_grad():
-        eager = median_s(lambda: unet(x, t), args.repeats)
+        eager = median_time(lambda: unet(x, t), args.repeats)
         compiled = torch.compile(unet)
         t0 = time.perf_counter()
         compiled(x, t)
         compile_s = time.perf_counter() - t0
-        comp = median_s(lambda: compiled(x, t), args.repeats)
+        comp = median_time(lambda: compiled(x, t), args.repeats)
     print(f"{args.size}x{args.size} forward, median of {args.repeats}: eager {eager:.3f} s, compiled {comp:.3f} s, "
           f"ratio {eager / comp:.2f}x; first compiled call {compile_s:.0f} s")
 

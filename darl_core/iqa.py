@@ -32,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class IQAConfig:
     val_every: int = 200  # every N steps log the ordering accuracy on fixed validation triples
     seed: int = 0  # seeds crops, families, strengths and noise
     threads: int = 0  # torch threads (0: torch's default)
-    extra: dict[str, float] = field(default_factory=dict)  # reserved for ablations (logged with the config)
 
 
 def tiny_test() -> IQAConfig:
@@ -182,8 +181,6 @@ def _blotches(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Ten
 
 
 def _realistic(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    from dataclasses import replace
-
     from .degrade import degrade, get_preset
 
     cfg = get_preset("realistic")
@@ -335,7 +332,7 @@ def train_iqa(cfg: IQAConfig, callbacks: dict[str, Callable[..., None]] | None =
     ims = _clean_photos(cfg)
     # Fixed validation triples (another seed): accuracy = share of the 3 pairs per triple ordered right.
     # (without the "restored" family: the accuracy stays comparable between runs with and without it)
-    val = _triples(ims, _with_batch(cfg, 64), [f for f in families if f != "restored"],
+    val = _triples(ims, replace(cfg, batch_size=64), [f for f in families if f != "restored"],
                    torch.Generator().manual_seed(cfg.seed + 999))
     bank = _restored_bank(ims, cfg, g) if cfg.restorer else None
     net = TinyIQA(cfg.width)
@@ -391,12 +388,6 @@ def train_iqa(cfg: IQAConfig, callbacks: dict[str, Callable[..., None]] | None =
     return out
 
 
-def _with_batch(cfg: IQAConfig, n: int) -> IQAConfig:
-    from dataclasses import replace
-
-    return replace(cfg, batch_size=n)
-
-
 @torch.no_grad()
 def _accuracy(net: TinyIQA, val: tuple[torch.Tensor, ...]) -> float:
     """Share of the validation pairs ordered right (clean > mild, clean > strong, mild > strong where ordered)."""
@@ -439,8 +430,6 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--model", default=None, help="trained folder (default: models/darl-iqa)")
     a = ap.parse_args(argv)
     if a.cmd == "train":
-        from dataclasses import replace
-
         cfg = PRESETS[a.preset]()
         for key, val in (("output", a.output), ("max_minutes", a.minutes), ("steps", a.steps), ("seed", a.seed),
                          ("threads", a.threads), ("restorer", a.restorer), ("init_from", a.init_from)):

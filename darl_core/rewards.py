@@ -145,7 +145,7 @@ def _no_network(metric: str) -> Iterator[None]:
                 os.environ["HF_HUB_OFFLINE"] = saved[4]
 
 
-# Metrics of this project (not pyiqa's): name -> (module, what it is). Built by _OwnMetric.
+# Metrics of this project (not pyiqa's): name -> what it is. Metric builds them in _init_own.
 OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.iqa, models/darl-iqa)"}
 
 
