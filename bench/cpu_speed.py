@@ -15,7 +15,9 @@ and the default tile size. Sections:
 3. one model on a large photo (default 1600x1200) at the default steps, model load included, as the
    CLI does it; and a tile-size sweep that the default tile was chosen from.
 
-Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
+With ``--before-models SFT RL`` the "before" rows run those model folders (an earlier release, e.g.
+``git archive <rev> models | tar -x -C /tmp/old``) with the old settings, so a change of the shipped
+models is measured too. Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
 printout when ``--json`` is given.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -38,7 +41,7 @@ from darl_core.data import builtin_image  # noqa: E402
 from darl_core.degrade import degrade, get_preset  # noqa: E402
 from darl_core.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
 from darl_core.loading import DEFAULT_MODEL, load_restorer  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE  # noqa: E402
+from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, STAGE1_CACHE  # noqa: E402
 from darl_core.restorer import cpu_bf16_supported  # noqa: E402
 
 
@@ -53,13 +56,25 @@ def median_time(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
     return statistics.median(ts)
 
 
-def forward_table(repeats: int) -> list[dict[str, object]]:
+def forward_table(repeats: int, bf16_rows: bool = True) -> list[dict[str, object]]:
     rows = []
     pipe = load_restorer(DEFAULT_MODEL)
-    for name, net, cin in (("sft-blind stage 1", pipe.stage1, 3), ("sft-blind denoiser", pipe.unet, 6)):
-        x = torch.randn(1, cin, 256, 256)
+    u = pipe.unshuffle  # the ``fast`` denoiser sees 256x256 as 128x128 with 4x the channels
+    from darl_core.pipeline import build_unet
+
+    nets = [("sft-blind stage 1", pipe.stage1, 3, 256),
+            ("sft-blind denoiser", pipe.unet, pipe.unet.config.in_channels, 256 // u)]
+    for size in ("small", "fast"):  # the denoiser architectures (fresh weights: the cost is the same)
+        net = build_unet(size).eval()
+        side = 256 // math.isqrt(net.config.in_channels // 6)  # `fast` sees 256x256 unshuffled: 128x128
+        nets.append((f"`{size}` denoiser", net, net.config.in_channels, side))
+    for name, net, cin, side in nets:
+        x = torch.randn(1, cin, side, side)
         t = torch.zeros(1, dtype=torch.long)
-        for mode in ("fp32", "fp32, channels-last", "bf16 autocast", "bf16 autocast, channels-last"):
+        modes = ("fp32", "fp32, channels-last", "bf16 autocast", "bf16 autocast, channels-last")
+        if name.startswith("`") or not bf16_rows:
+            modes = modes[:2]  # the architectures compared where they would run here
+        for mode in modes:
             cl = "channels-last" in mode
             net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             xx = x.contiguous(memory_format=torch.channels_last) if cl else x
@@ -76,13 +91,16 @@ def forward_table(repeats: int) -> list[dict[str, object]]:
 
 def train_table(repeats: int) -> list[dict[str, object]]:
     """One optimiser step (forward, backward, AdamW) of each network at its CPU training shape."""
-    from darl_core.pipeline import build_stage1, build_unet
+    from darl_core.pipeline import build_stage1
 
+    shipped = load_restorer(DEFAULT_MODEL)
+    denoiser = type(shipped.unet).from_config(shipped.unet.config)  # the shipped architecture, fresh weights
+    u = shipped.unshuffle
     rows = []
-    for name, net, cin, batch in (("stage 1, batch 12 x 96 px", build_stage1("small"), 3, 12),
-                                  ("denoiser, batch 8 x 96 px", build_unet("small"), 6, 8)):
+    for name, net, cin, batch, side in (("stage 1, batch 12 x 96 px", build_stage1("small"), 3, 12, 96),
+                                        ("denoiser, batch 12 x 96 px", denoiser, 6 * u * u, 12, 96 // u)):
         opt = torch.optim.AdamW(net.parameters(), 1e-5)
-        x, t = torch.randn(batch, cin, 96, 96), torch.zeros(batch, dtype=torch.long)
+        x, t = torch.randn(batch, cin, side, side), torch.zeros(batch, dtype=torch.long)
         for mode in ("fp32", "bf16 autocast"):
             bf16 = mode != "fp32"
 
@@ -98,7 +116,7 @@ def train_table(repeats: int) -> list[dict[str, object]]:
     return rows
 
 
-def app_path(repeats: int, steps: int) -> dict[str, float]:
+def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = None) -> dict[str, float]:
     from storage import Store
     from ui.context import SHIPPED_RL, AppContext
     from ui.restore_tab import restore
@@ -109,17 +127,22 @@ def app_path(repeats: int, steps: int) -> dict[str, float]:
     out = {}
     for label in ("before", "after"):
         ctx = AppContext(Store(directory=tmp / f"data-{label}"))
+        models = (str(DEFAULT_MODEL), str(SHIPPED_RL))
         if label == "before":  # the models as the app loaded them before set_precision existed
-            for p in (str(DEFAULT_MODEL), str(SHIPPED_RL)):
+            models = before_models or models
+            for p in models:
                 ctx._models[p] = load_restorer(p)
         tile = 256 if label == "before" else DEFAULT_TILE
-        out[label] = median_time(lambda: restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile,
-                                                 sft_model=str(DEFAULT_MODEL), rl_model=str(SHIPPED_RL)), repeats)
+        def run() -> None:  # a new upload each time: nothing left in the stage-1 cache from the last one
+            STAGE1_CACHE.clear()
+            restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile, sft_model=models[0], rl_model=models[1])
+        out[label] = median_time(run, repeats)
         print(f"  app, both models, 256x256, {steps} steps, {label}: {out[label]:.2f} s", flush=True)
     return out
 
 
-def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeats: int) -> dict[str, object]:
+def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeats: int,
+              before_model: str | None = None) -> dict[str, object]:
     w, h = size
     photo = pil_to_tensor(builtin_image("coffee.png"))[None]
     hq = torch.nn.functional.interpolate(photo, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -127,7 +150,8 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     res: dict[str, object] = {}
 
     def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.restore` does, minus imports
-        pipe = load_restorer(DEFAULT_MODEL)
+        STAGE1_CACHE.clear()
+        pipe = load_restorer(DEFAULT_MODEL if after else (before_model or DEFAULT_MODEL))
         if after:
             pipe.set_precision("auto")
         pipe(im, num_inference_steps=steps, tile_size=tile)
@@ -141,6 +165,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     for tile in tiles:
         if tile == DEFAULT_TILE:
             continue
+        STAGE1_CACHE.clear()
         sweep[str(tile)] = median_time(lambda: pipe(im, num_inference_steps=steps, tile_size=tile), 1, warm=0)
         print(f"  {w}x{h}, {steps} steps, after, tile {tile}: {sweep[str(tile)]:.1f} s", flush=True)
     res["tile_sweep"] = sweep
@@ -156,6 +181,10 @@ def main() -> None:
     ap.add_argument("--tiles", nargs="*", default=["256", "384", "512", "none"], help="tile sizes to sweep")
     ap.add_argument("--skip", nargs="*", default=[], choices=["forward", "train", "app", "big"])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-bf16-rows", action="store_true", help="skip the bf16 forward rows (minutes where emulated)")
+    ap.add_argument("--before-models", nargs=2, default=None, metavar=("SFT", "RL"),
+                    help="model folders of the 'before' rows (default: the shipped ones), e.g. an earlier "
+                         "release extracted with git archive")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
@@ -164,20 +193,21 @@ def main() -> None:
                                  "steps": args.steps, "default_tile": DEFAULT_TILE}
     if "forward" not in args.skip:
         print("1. one forward pass at 256x256 (median)")
-        report["forward"] = forward_table(args.repeats)
+        report["forward"] = forward_table(args.repeats, not args.no_bf16_rows)
     if "train" not in args.skip:
         print("1b. one training step (forward + backward + AdamW), median")
         report["train"] = train_table(args.repeats)
     if "app" not in args.skip:
         print("2. the app's Restore handler (median, warm)")
-        app = app_path(args.repeats, args.steps)
+        app = app_path(args.repeats, args.steps, args.before_models)
         report["app"] = app | {"ratio": app["before"] / app["after"]}
         print(f"  ratio before/after: {report['app']['ratio']:.2f}x")
     if "big" not in args.skip:
         print("3. one model on a large image, model load included")
         w, h = (int(v) for v in args.big.lower().split("x"))
         tiles = [None if t == "none" else int(t) for t in args.tiles]
-        big = big_image((w, h), args.steps, tiles, args.big_repeats)
+        big = big_image((w, h), args.steps, tiles, args.big_repeats,
+                        args.before_models[0] if args.before_models else None)
         report["big"] = big | {"size": args.big, "ratio": big["before"] / big["after"]}
         print(f"  ratio before/after: {report['big']['ratio']:.2f}x")
     if args.json:

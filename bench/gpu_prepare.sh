@@ -2,12 +2,14 @@
 # Prepares what a lent GPU call carries, within the device tool's 64 MiB for the whole tree
 # (tracked files are ~63 MB, most of it models/, so they must leave the working tree for the call):
 #   .whl/        diffusers, pyiqa (without its bundled calibration images and docs) and peft wheels
-#   .gpu/init    a copy of models/sft-blind (the restorer run's INIT)
+#   .gpu/init    a copy of models/sft-blind (the restorer run's INIT, the RL runs' BASE)
+#   .gpu/iqa     a copy of models/darl-iqa (the RL runs' reward, DARL_IQA_DIR)
 #   .gpu/photos  the photo corpus's train split as hard links, every 10th photo left out to fit
 #                (.gpu/photos_dropped.txt lists them; 242 of 268 on 2026-11-27)
 # Then, for the call:  rm -rf models docs tests/data   (tracked: `git checkout -- models docs tests/data` after)
 #   device run, carry [".whl", ".gpu"]:
 #   OUT=$OUT bash bench/gpu_session.sh            (it finds .gpu/init and .gpu/photos itself)
+#   OUT=$OUT bash bench/rl_ablations_gpu.sh       (the RL runs: it finds .gpu/init, .gpu/iqa, .gpu/photos)
 # Needs `make bench-setup photos` (data/photos) and network access to the package index.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -21,6 +23,7 @@ tmp=$(mktemp -d)
   && rm "$OLDPWD"/.whl/pyiqa-*.whl && zip -qr "$OLDPWD/.whl/pyiqa-0.1.16-py3-none-any.whl" pyiqa pyiqa-0.1.16.dist-info)
 rm -rf "$tmp"
 cp -r models/sft-blind .gpu/init
+cp -r models/darl-iqa .gpu/iqa
 $PY - <<'PYEOF'
 import json, os, shutil
 from pathlib import Path

@@ -46,7 +46,7 @@ from .images import pil_to_tensor, tensor_to_pil, to_rgb
 from .sampler import ddim_step, step_std
 from .tiling import tile_hook
 
-__all__ = ["Noise", "Precision", "Restorer", "Trajectory", "cpu_bf16_supported", "timestep_batch"]
+__all__ = ["Noise", "Precision", "Restorer", "Trajectory", "cpu_bf16_supported", "schedule_timesteps", "timestep_batch"]
 
 Precision = Literal["auto", "fp32", "bf16"]  # inference arithmetic: auto = bf16 where the hardware runs it natively
 
@@ -63,6 +63,17 @@ def cpu_bf16_supported() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def schedule_timesteps(scheduler: DDIMScheduler, steps: tuple[int, ...] = (1, 2, 4, 10)) -> torch.Tensor:
+    """The timesteps DDIM visits with any of ``steps`` steps under this scheduler's spacing, sorted:
+    what few-step sampling ever shows the denoiser (``SFTConfig.train_timesteps = "schedule"``)."""
+    sched = DDIMScheduler.from_config(scheduler.config)
+    seen: set[int] = set()
+    for n in steps:
+        sched.set_timesteps(n)
+        seen.update(int(t) for t in sched.timesteps)
+    return torch.tensor(sorted(seen), dtype=torch.long)
 
 
 def timestep_batch(t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
@@ -298,15 +309,19 @@ class Restorer(ABC):
         return traj
 
     def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
-                 reduce: bool = True) -> torch.Tensor:
+                 reduce: bool = True, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
-        when ``reduce`` is False): t uniform, x_t = add_noise(x0), MSE of the denoiser's output."""
+        when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
+        schedule's), x_t = add_noise(x0), MSE of the denoiser's output."""
         noise = Noise.of(generator)
         with torch.no_grad():
             cond = self.condition(lq, noise)
             x0 = self.to_x0(hq, cond).float()
         sched = self.scheduler
-        t = noise.randint(sched.config.num_train_timesteps, x0.shape[0]).to(x0.device)
+        if timesteps is None:
+            t = noise.randint(sched.config.num_train_timesteps, x0.shape[0]).to(x0.device)
+        else:
+            t = timesteps.cpu()[noise.randint(len(timesteps), x0.shape[0])].to(x0.device)
         eps = noise.randn(tuple(x0.shape)).to(x0)
         x_t = sched.add_noise(x0, eps, t)
         kind = sched.config.prediction_type

@@ -151,6 +151,8 @@ class RLConfig:
     probe_every: int = 0  # every N rounds the mean reward of every pool input restored with 2 fixed noises (0: never)
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
+    snapshot_every: int = 0  # also export the model every N rounds to output/snapshots/round-NNNN, kept (the
+                             # Pareto plot of bench/pareto.py, one point per snapshot; 0: never)
     seed: int = 0  # seeds the pool, the batches, rollouts and SFT noise
     device: str = "auto"  # cpu, cuda, or auto
     bf16: bool = False  # bf16 autocast for model forwards (CUDA; fp32 keeps the ratio exact)
@@ -645,6 +647,9 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
             stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists())
         stop = procs.any(stop)  # the main process decides; all stop together
+        if main and cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == cfg.rounds or stop):
+            unet.eval()  # kept models (checkpoints are pruned), one point each on the fidelity-reward plot
+            atomic_dir(out / "snapshots" / f"round-{done:04d}", policy.export)
         if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
             # Everything an exact resume needs, beside the exported model (written atomically).
             if main:

@@ -180,3 +180,41 @@ def test_stochastic_last_step_has_a_log_probability(tiny_model_dir: Path) -> Non
     pipe.scheduler.final_alpha_cumprod = pipe.scheduler.alphas_cumprod[0]
     stoch = pipe.rollout(lq, 3, 1.0, torch.Generator().manual_seed(0))
     assert len(stoch.timesteps) == 3 and torch.isfinite(stoch.log_prob[-1]).all()
+
+
+def test_fast_family_trains_and_snapshots_give_one_pareto_point_each(tmp_path: Path) -> None:
+    """The ``fast`` denoiser (pixel-unshuffled by 2) is an ordinary policy: old log-probs are reproduced
+    and a LoRA round changes its merged weights. ``snapshot_every`` keeps a model per N rounds, and
+    bench/pareto.py scores each on the independent set (fidelity against the reward, the base as round 0)."""
+    import csv
+    import sys
+
+    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import pareto
+
+    base = tmp_path / "fast"
+    RestorationPipeline(build_unet("tiny_fast", 0), make_scheduler(), 0.5,
+                        stage1=build_stage1("tiny", 0)).save_pretrained(base)
+    pipe = load_restorer(base)
+    traj = pipe.rollout(torch.rand(2, 3, 16, 16), 3, eta=1.0, generator=torch.Generator().manual_seed(0))
+    loss, kl, ratio, _ = policy_losses(pipe, traj, 0, torch.ones(2), 1.0, 1e-4, load_restorer(base).unet, False)
+    torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
+    run = tmp_path / "run"
+    model = train_rl(_cfg(tmp_path, base, lora_rank=4, rounds=2, snapshot_every=1))
+    merged, before = _weights(model), _weights(base)
+    assert load_restorer(model).unshuffle == 2
+    assert any(not torch.equal(merged[k], before[k]) for k in before)
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["round-0001", "round-0002"]
+    assert [r for r, _ in pareto.run_points(run)] == [1, 2]
+    out = tmp_path / "pareto"
+    pareto.main(["--base", str(base), "--runs", f"darl={run}", "--reward", "darl_iqa", "--other", "piqe",
+                 "--seeds", "0", "--per-image", "1", "--size", "48", "--max-crops", "4", "--out", str(out)])
+    rows = list(csv.DictReader(open(out / "pareto.csv")))
+    assert [(r["round"], r["subset"]) for r in rows] == [("0", "all"), ("0", "hardest"), ("1", "all"),
+                                                         ("1", "hardest"), ("2", "all"), ("2", "hardest")]
+    # round 0 is the base model: PIQE in its own units (0-100), PSNR of a (poor) restorer
+    assert 0 < float(rows[0]["other"]) < 100 and float(rows[0]["psnr"]) > 5
+    assert float(rows[1]["ssim"]) <= float(rows[0]["ssim"])  # the hardest quartile: the base model's worst SSIM
+    assert (out / "pareto.png").stat().st_size > 10_000 and "| darl | 2 | all |" in (out / "pareto.md").read_text()

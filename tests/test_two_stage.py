@@ -97,6 +97,74 @@ def test_regression_stage_trains_stage1_only_then_diffusion_keeps_it(tmp_path) -
     assert any(not torch.equal(p, q) for p, q in zip(m2.unet.parameters(), m1.unet.parameters()))
 
 
+def test_unshuffled_denoiser_is_the_unet_on_space_to_depth_inputs(tmp_path) -> None:
+    """The ``fast`` family: the UNet sees [x_t, cond] pixel-unshuffled by 2 and its output is shuffled back."""
+    pipe = RestorationPipeline(build_unet("tiny_fast", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0))
+    torch.nn.init.normal_(pipe.unet.conv_out.weight, std=0.05)
+    assert pipe.unshuffle == 2 and pipe.multiple == 4
+    x, c = torch.randn(2, 3, 12, 20), torch.randn(2, 3, 12, 20)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        got = pipe.predict(x, t, c)
+        z = torch.nn.functional.pixel_unshuffle(torch.cat([x, c], 1), 2)
+        ref = torch.nn.functional.pixel_shuffle(pipe.unet(z, t).sample, 2)
+    assert got.shape == x.shape
+    assert torch.allclose(got, ref, atol=1e-6)
+    # odd sizes are padded to the larger multiple; tiles blend; save/load keeps the family
+    lq = torch.rand(1, 3, 37, 51)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    out = pipe.restore_tensor(lq, 2, generator=g())
+    assert out.shape == lq.shape
+    tiled = pipe.restore_tensor(lq, 2, generator=g(), tile_size=32, tile_overlap=8)
+    assert float((out - tiled).abs().mean()) < 0.05
+    pipe.save_pretrained(tmp_path / "m")
+    back = load_restorer(tmp_path / "m")
+    assert back.unshuffle == 2
+    assert torch.allclose(back.restore_tensor(lq, 2, generator=g()), out, atol=1e-5)
+    with pytest.raises(ValueError, match="6\\*u"):
+        _ = RestorationPipeline(build_unet("tiny", 0).__class__(sample_size=8, in_channels=12, out_channels=3,
+                                layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=8,
+                                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
+                                make_scheduler()).unshuffle
+
+
+def test_new_denoiser_keeps_stage1_and_trains_a_fresh_fast_unet(tmp_path) -> None:
+    base = tmp_path / "base"
+    _two_stage().save_pretrained(base)
+    cfg = replace(tiny_test(), init_from=str(base), new_denoiser=True, unet_size="tiny_fast", steps=3,
+                  output=str(tmp_path / "s2"))
+    m = load_restorer(train_sft(cfg))
+    b = load_restorer(base)
+    assert m.unshuffle == 2 and m.unet.config.in_channels == 24
+    assert all(torch.equal(p, q) for p, q in zip(m.stage1.parameters(), b.stage1.parameters()))
+    with pytest.raises(ValueError, match="new_denoiser"):
+        train_sft(replace(cfg, stage="regression", output=str(tmp_path / "bad")))
+
+
+def test_models_that_share_stage1_compute_it_once(tmp_path) -> None:
+    """The app's SFT and RL models share stage 1: the second restore of an upload reuses the first's."""
+    _two_stage().save_pretrained(tmp_path / "sft")
+    a, b = load_restorer(tmp_path / "sft"), load_restorer(tmp_path / "sft")
+    other = _two_stage(seed=5)
+    calls = []
+    for pipe in (a, b, other):
+        pipe.stage1.register_forward_hook(lambda *_: calls.append(1))
+    lq = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        first = a.regress(lq)
+        assert len(calls) == 1
+        assert torch.equal(b.regress(lq), first) and len(calls) == 1  # same weights, same input: reused
+        other.regress(lq)
+        assert len(calls) == 2  # other weights: computed
+        a.regress(lq + 0.01)
+        assert len(calls) == 3  # another input: computed
+        b.stage1.conv_out.bias.add_(0.1)  # weights changed in place: the cache must not answer
+        changed = b.regress(lq)
+        assert len(calls) == 4 and not torch.equal(changed, first)
+    a.regress(lq)  # with gradients (training): never cached
+    assert len(calls) == 5
+
+
 def test_regression_loss_falls_on_a_fixed_batch() -> None:
     # L1 regression learns: a few Adam steps on one batch lower the loss a lot
     pipe = _two_stage()
