@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import statistics
 import sys
@@ -46,7 +47,6 @@ def run_points(run: Path) -> list[tuple[int, Path]]:
         rounds = 0
         log = run / "metrics.jsonl"
         if log.is_file():
-            import json
             recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
             rounds = max((int(r.get("round", 0)) for r in recs), default=0)
         return [(rounds, run / "model")]
@@ -94,11 +94,11 @@ def plot(rows: list[dict], reward: str, other: str, other_lower_better: bool, pa
                                           ("other", f"{other} ({'lower' if other_lower_better else 'higher'} "
                                                     "is better; not the reward)"))):
             ax = axes[i][j]
-            runs = list(dict.fromkeys(r["run"] for r in rows))
-            for n, run in enumerate(runs):
+            seen: dict[str, int] = {}  # runs of each method drawn so far: seeds share a colour, not a line style
+            for run in dict.fromkeys(r["run"] for r in rows):
                 pts = sorted((r for r in rows if r["run"] == run and r["subset"] == subset), key=lambda r: r["round"])
                 m = pts[0]["method"]
-                seed_idx = runs.index(run) - runs.index(next(x for x in runs if x.split("-s")[0] == m))
+                seed_idx = seen[m] = seen.get(m, -1) + 1
                 ax.plot([p[key] for p in pts], [p["psnr"] for p in pts], styles[seed_idx % 4], marker="o",
                         ms=3, color=colours[m], label=m if seed_idx == 0 else None)
                 ax.annotate(str(pts[-1]["round"]), (pts[-1][key], pts[-1]["psnr"]), fontsize=6)

@@ -66,7 +66,7 @@ def build_unet(size: str = "small", seed: int = 0) -> UNet2DModel:
     ``tiny`` is the test model (channels 8/16); ``small`` is the first two-stage model's (6.3 M, all
     levels at full resolution). ``fast`` (6.1 M) sees x_t and the conditioning pixel-unshuffled by 2
     (24 channels at half resolution; ``RestorationPipeline.unshuffle``) with one ResNet per level:
-    0.27 s against small's 0.71 s for a 256x256 forward pass on 2 CPU cores (``bench/cpu_speed.py``).
+    0.31 s against small's 0.80 s for a 256x256 forward pass on 2 CPU cores (``bench/cpu_speed.py``).
     ``tiny_fast`` is its test model.
     """
     torch.manual_seed(seed)
