@@ -164,7 +164,10 @@ def _jpeg(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def _oversharpen(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     amount = (0.6 + 3.4 * s)[:, None, None, None]
-    return x + amount * (x - _gauss_blur(x, torch.full_like(s, 1.5)))
+    # The mask's radius is drawn too (sigma 0.7-3 px): sharpening tools use many, and with one radius
+    # (1.5) the network missed wider halos.
+    sigma = 0.7 + 2.3 * torch.rand(x.shape[0], generator=g)
+    return x + amount * (x - _gauss_blur(x, sigma))
 
 
 def _speckle(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -293,8 +296,13 @@ def _triples(ims: list[torch.Tensor], cfg: IQAConfig, families: list[str], g: to
             j = torch.randint(len(bank[0]), (len(idx),), generator=g)
             clean[idx], mild[idx], strong[idx] = bank[0][j], bank[1][j], bank[2][j]
         elif len(idx):
+            # Mild and strong share their random draws (noise field, blur radius, codec), so the pair
+            # differs only in strength and "mild above strong" is about strength alone.
+            state = g.get_state()
             mild[idx] = apply_family(name, clean[idx], s1[idx], g)
-            strong[idx] = apply_family(name, clean[idx], s2[idx], g)
+            g_strong = torch.Generator().manual_seed(0)
+            g_strong.set_state(state)
+            strong[idx] = apply_family(name, clean[idx], s2[idx], g_strong)
     ordered = torch.tensor([families[int(f)] not in UNORDERED for f in fam])
     return clean, mild, strong, ordered
 

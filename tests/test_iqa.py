@@ -35,6 +35,22 @@ def test_every_family_distorts_more_at_higher_strength() -> None:
             assert d_strong > d_mild, name
 
 
+def test_mild_and_strong_share_their_draws_and_oversharpen_radius_varies() -> None:
+    from darl_core import iqa
+
+    ims = [(pil_to_tensor(builtin_image("astronaut.png")) * 255).round().to(torch.uint8)]
+    cfg = replace(tiny_test(), patch=64, batch_size=6)
+    clean, mild, strong, ordered = iqa._triples(ims, cfg, ["noise"], torch.Generator().manual_seed(3))
+    assert ordered.all()
+    for c, m, s in zip(clean, mild, strong):
+        # one noise field at two levels: the two differences point the same way, pixel by pixel
+        corr = torch.corrcoef(torch.stack([(m - c).flatten(), (s - c).flatten()]))[0, 1]
+        assert corr > 0.8, float(corr)
+    x = clean[:1].repeat(2, 1, 1, 1)
+    a = apply_family("oversharpen", x, torch.full((2,), 0.5), torch.Generator().manual_seed(0))
+    assert not torch.equal(a[0], a[1])  # same crop, same amount, a different unsharp-mask radius
+
+
 def test_tiny_training_saves_what_loads_and_logs_accuracy(tmp_path: Path) -> None:
     out = train_iqa(replace(tiny_test(), output=str(tmp_path / "iqa")))
     recs = (out / "metrics.jsonl").read_text().splitlines()
@@ -92,7 +108,7 @@ def test_missing_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="no shipped darl_iqa weights")
 def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
     # The shipped network on the built-in held-out photos (never trained on), against the distortions
-    # of the reward sanity check (darl_core.reward_check). Measured when the weights were shipped: noise5,
+    # of the reward sanity check (darl_core.reward_check). Measured for the stage-2 and stage-3 weights alike: noise5,
     # noise10 8/8, oversharpen 7/8, jpeg30 6/8, blur 5/8 (the model card's numbers). Random weights order
     # about half; the test holds the shipped network to better than chance everywhere and to 80 % overall.
     from darl_core.reward_check import DISTORTIONS, distort
