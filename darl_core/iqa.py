@@ -300,7 +300,7 @@ def _triples(ims: list[torch.Tensor], cfg: IQAConfig, families: list[str], g: to
             # differs only in strength and "mild above strong" is about strength alone.
             state = g.get_state()
             mild[idx] = apply_family(name, clean[idx], s1[idx], g)
-            g_strong = torch.Generator().manual_seed(0)
+            g_strong = torch.Generator()
             g_strong.set_state(state)
             strong[idx] = apply_family(name, clean[idx], s2[idx], g_strong)
     ordered = torch.tensor([families[int(f)] not in UNORDERED for f in fam])
