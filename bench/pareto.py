@@ -6,7 +6,7 @@
 
 Each run folder's ``snapshots/round-NNNN`` (``RLConfig.snapshot_every``; without snapshots, its final
 ``model/``) is restored on the independent evaluation set (``darl_core.evalset``: photos no model
-trained on, degraded by Pillow / numpy / libjpeg) at ``--steps`` DDIM steps (eta 0, the same noise
+trained on, degraded by Pillow / numpy / libjpeg) at ``--steps`` DDIM steps (``--eta``, 0 by default; the same noise
 per crop for every model), and the base SFT model is round 0 of every run. Per point: PSNR, SSIM, the
 reward (a reward spec, oriented so that higher is better) and ``--other``, a no-reference metric that
 was *not* the reward, averaged over all crops and over the hardest quartile (the quarter of crops with
@@ -53,8 +53,8 @@ def run_points(run: Path) -> list[tuple[int, Path]]:
     raise SystemExit(f"{run}: no snapshots/round-* and no model/ (train with --snapshot-every N)")
 
 
-def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu"
-                ) -> dict[tuple[int, str], dict]:
+def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu",
+                eta: float = 0.0) -> dict[tuple[int, str], dict]:
     """Per (seed, crop): psnr, ssim, reward, other of ``path``'s restorations."""
     pipe = load_restorer(path).to(device)
     psnr, ssim = get_metric("psnr", device), get_metric("ssim", device)
@@ -62,7 +62,7 @@ def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, d
     for seed, items in pairs.items():
         for k, (name, lq, hq, _info) in enumerate(items):
             g = torch.Generator().manual_seed(seed * 100_000 + k)  # on the CPU: the same noise on every device
-            x = pipe.restore_tensor(lq[None].to(device), steps, generator=g)
+            x = pipe.restore_tensor(lq[None].to(device), steps, eta=eta, generator=g)
             hq = hq[None].to(device)
             out[(seed, name)] = {"psnr": float(psnr(x, hq)), "ssim": float(ssim(x, hq)),
                                  "reward": float(reward(x)), "other": float(other(x))}
@@ -77,6 +77,29 @@ def aggregate(scores: dict[tuple[int, str], dict], crops: dict[int, list[str]]) 
         res[key] = statistics.fmean(per_seed)
         res[key + "_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
     return res
+
+
+def by_method(rows: list[dict]) -> list[dict]:
+    """Per method, round and subset present in every one of its runs (training seeds): the mean and the
+    std over those runs of PSNR, SSIM, reward and the other metric, their change from the base model
+    (round 0), and whether the reward gain exceeds twice the seed-to-seed std (the RL issue's bar)."""
+    base = {r["subset"]: r for r in rows if r["round"] == 0}
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        runs = list(dict.fromkeys(r["run"] for r in rows if r["method"] == method))
+        rounds = sorted(set.intersection(*({r["round"] for r in rows if r["run"] == run} for run in runs)) - {0})
+        for rnd in rounds:
+            for subset in ("all", "hardest"):
+                pts = [r for r in rows if r["method"] == method and r["round"] == rnd and r["subset"] == subset]
+                row: dict = {"method": method, "round": rnd, "subset": subset, "n_runs": len(pts)}
+                for key in ("psnr", "ssim", "reward", "other"):
+                    vals = [p[key] for p in pts]
+                    row[key] = statistics.fmean(vals)
+                    row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    row["d_" + key] = row[key] - base[subset][key]
+                row["reward_gain_over_2std"] = len(pts) > 1 and row["d_reward"] > 2 * row["reward_std"]
+                out.append(row)
+    return out
 
 
 def plot(rows: list[dict], reward: str, other: str, other_lower_better: bool, path: Path) -> None:
@@ -123,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reward", required=True, help="the runs' reward spec, e.g. darl_iqa or 'niqe + 0.1*piqe'")
     ap.add_argument("--other", default="niqe", help="a no-reference metric that was not the reward")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--eta", type=float, default=0.0,
+                    help="DDIM eta (0: the app's and evaluation's sampler; 1: the RL rollouts' sampler)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--per-image", type=int, default=2, help="crops per evaluation photo")
     ap.add_argument("--size", type=int, default=192)
@@ -143,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_crops:
         pairs = {s: items[: args.max_crops] for s, items in pairs.items()}
     t0 = time.time()
-    base = score_model(Path(args.base), pairs, args.steps, reward, other, args.device)
+    base = score_model(Path(args.base), pairs, args.steps, reward, other, args.device, args.eta)
     crops_all = {s: [p[0] for p in items] for s, items in pairs.items()}
     crops_hard = {}
     for s, names in crops_all.items():  # the quarter of crops the base model restores worst (1 - SSIM)
@@ -153,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, points in runs.items():
         method = label.split("-s")[0]
         for rnd, folder in [(0, Path(args.base))] + points:
-            scores = base if rnd == 0 else score_model(folder, pairs, args.steps, reward, other, args.device)
+            scores = base if rnd == 0 else score_model(folder, pairs, args.steps, reward, other, args.device, args.eta)
             for subset, crops in (("all", crops_all), ("hardest", crops_hard)):
                 rows.append({"run": label, "method": method, "round": rnd, "model": str(folder), "subset": subset,
                              **aggregate(scores, crops)})
@@ -165,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         wr.writeheader()
         wr.writerows(rows)
     n = sum(len(v) for v in crops_all.values()) // len(args.seeds)
-    lines = [f"Independent evaluation set, {n} crops per seed, seeds {args.seeds}, {args.steps} steps (eta 0); "
+    lines = [f"Independent evaluation set, {n} crops per seed, seeds {args.seeds}, {args.steps} steps (eta {args.eta:g}); "
              f"hardest quartile = the {len(next(iter(crops_hard.values())))} crops per seed with the highest "
              f"1 - SSIM under the base model. reward = `{args.reward}` (higher is better); {args.other} was not "
              "the reward. Mean over crops, then over seeds (± std over seeds).", "",
@@ -177,6 +202,23 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['run'] if r['round'] else 'SFT (base)'} | {r['round']} | {r['subset']} | "
                      f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['reward']:.4f} ± "
                      f"{r['reward_std']:.4f} | {r['other']:.3f} ± {r['other_std']:.3f} |")
+    agg = by_method(rows)
+    if any(a["n_runs"] > 1 for a in agg):
+        lo = " (lower is better)" if other.lower_better else ""
+        lines += ["", "Per method over its runs (training seeds): mean ± std over runs, and the change from the "
+                  f"SFT model (Δ; {args.other}{lo}). *gain > 2 std*: the reward rose by more than twice the "
+                  "seed-to-seed std.", "",
+                  "| method | round | subset | runs | PSNR (Δ) | reward (Δ) | " + args.other + " (Δ) | gain > 2 std |",
+                  "|---|---:|---|---:|---:|---:|---:|:---:|"]
+        for a in agg:
+            lines.append(f"| {a['method']} | {a['round']} | {a['subset']} | {a['n_runs']} | {a['psnr']:.3f} ± "
+                         f"{a['psnr_std']:.3f} ({a['d_psnr']:+.3f}) | {a['reward']:.4f} ± {a['reward_std']:.4f} "
+                         f"({a['d_reward']:+.4f}) | {a['other']:.3f} ± {a['other_std']:.3f} ({a['d_other']:+.3f}) | "
+                         f"{'yes' if a['reward_gain_over_2std'] else 'no'} |")
+        with open(args.out / "by_method.csv", "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(agg[0]))
+            wr.writeheader()
+            wr.writerows(agg)
     lines += ["", f"Command: `.venv/bin/python bench/pareto.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
               "", "![Pareto](pareto.png)", ""]
     (args.out / "pareto.md").write_text("\n".join(lines))

@@ -7,20 +7,22 @@
 # evaluation below then covers seed 0, and bench/quality.py --models takes the other seeds' models.
 #   ROUNDS=12 BATCH=4 POOL=16 OUT=docs/ablation_cpu bash bench/rl_ablations_cpu.sh
 #   SEEDS="0 1 2" GROUP=4 BATCH=2 TASK=realistic EXTRA="--probe-every 4" bash bench/rl_ablations_cpu.sh
+# REWARD=spec is the reward of darl and rl_uniform (rl_gt_reward keeps PSNR; sft has none), e.g. darl_iqa.
 # BASE=folder starts from another SFT model; PRESETS="darl rl_uniform" runs a subset; EVAL=0 skips the
 # held-out evaluation (then judge the models with bench/quality.py on the independent set).
 set -euo pipefail
 OUT=${OUT:-docs/ablation_cpu}; ROUNDS=${ROUNDS:-12}; BATCH=${BATCH:-4}; POOL=${POOL:-16}; RUNS=${RUNS:-runs/ablation_cpu}
 SEEDS=${SEEDS:-0}; GROUP=${GROUP:-4}; TASK=${TASK:-blind}; EXTRA=${EXTRA:-}; BASE=${BASE:-models/sft-blind}
-PRESETS=${PRESETS:-darl sft rl_uniform rl_gt_reward}; EVAL=${EVAL:-1}
+PRESETS=${PRESETS:-darl sft rl_uniform rl_gt_reward}; EVAL=${EVAL:-1}; REWARD=${REWARD:-}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT" "$RUNS"
 COMMON="--rounds $ROUNDS --batch-size $BATCH --group-size $GROUP --pool-size $POOL --task $TASK --lr 3e-5 --val-every 0 --ckpt-every 1000 --device cpu --base-model $BASE $EXTRA"
 for seed in $SEEDS; do
   for m in $PRESETS; do
     dir="$RUNS/$m"; [ "$seed" = 0 ] || dir="$RUNS/$m-s$seed"
-    echo "== $m seed $seed"
-    /usr/bin/time -f "$m seed $seed wall %e s" $PY -m darl_core.train_rl --preset $m --seed "$seed" --output "$dir" $COMMON 2>&1 \
+    rw=""; [ -z "$REWARD" ] || [ "$m" = rl_gt_reward ] || [ "$m" = sft ] || rw="--reward $REWARD"
+    echo "== $m seed $seed $rw"
+    /usr/bin/time -f "$m seed $seed wall %e s" $PY -m darl_core.train_rl --preset $m --seed "$seed" --output "$dir" $COMMON $rw 2>&1 \
       | grep -v "it/s\]\|round/s\]\|s/round\]" | tail -n 3
   done
 done

@@ -132,6 +132,8 @@ class RLConfig:
     difficulty_every: int = 1  # recompute pool difficulty every N rounds
     q_lo: float = 0.25  # pool quantile mapped to w = 0
     q_hi: float = 0.75  # pool quantile mapped to w = 1
+    w_anchor: str = "pool"  # quantiles of "pool": the current pool's d (PAPER.md 7; the pool's mean w stays ~0.5 by
+                            # construction), or "start": the pool's d at the first round, kept, so w falls as samples get easier
     sampling: str = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
                                 # "hardest": uniformly from the hardest ``hard_fraction`` (the first design)
     sampling_floor: float = 0.25  # with "weighted": the easiest samples (w = 0) are drawn this often relative to
@@ -444,6 +446,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     eligible = has_gt if (reward is not None and reward.full_reference) or not needs_rl else torch.ones_like(has_gt)
     memory = RewardMemory(cfg.memory_size, cfg.memory_min)
     diff: torch.Tensor | None = None
+    diff_start: torch.Tensor | None = None  # the pool's difficulty at the first round (w_anchor "start")
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -456,6 +459,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         opt.load_state_dict(state["opt"])
         memory.load_state_dict(state["memory"])
         diff, start = state["difficulty"], state["round"]
+        diff_start = state.get("difficulty_start")  # absent in checkpoints of older versions: the current d
         g.set_state(state["generator"])
         # Rounds after the checkpoint were lost with the crash and will be redone: drop their log lines.
         if main:
@@ -484,6 +488,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     G = cfg.group_size
     if G < 1 or cfg.advantage not in ("group", "memory"):
         raise ValueError(f"need group_size >= 1 and advantage 'group' or 'memory', got {G}, {cfg.advantage!r}")
+    if cfg.w_anchor not in ("pool", "start"):
+        raise ValueError(f"w_anchor must be 'pool' or 'start', got {cfg.w_anchor!r}")
     if cfg.advantage == "group" and G < 2:
         raise ValueError("advantage 'group' needs group_size >= 2 (use advantage 'memory' for one rollout)")
     rows = procs.rows(cfg.batch_size * G)  # this process's rollouts: batch_size inputs x G each
@@ -501,10 +507,15 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             with autocast:
                 diff = _pool_difficulty(policy, pool, cfg, device, procs)
         t_diff = time.time() - t0
-        # The weights of the whole pool (the curriculum): w near 1 for the hardest, near 0 for the easiest.
+        if diff_start is None:
+            diff_start = diff.clone()
+        # The weights of the whole pool (the curriculum): w near 1 for the hardest, near 0 for the easiest,
+        # relative to the current pool or (w_anchor "start") to where the pool started, so that w falls
+        # as the policy gets better at the pool.
         finite = diff[has_gt]
+        ref = diff_start[has_gt] if cfg.w_anchor == "start" else finite
         if cfg.adaptive_weight:
-            w_pool = relative_weights(diff.clamp(max=1e9), finite if finite.numel() else None,
+            w_pool = relative_weights(diff.clamp(max=1e9), ref if ref.numel() else None,
                                       cfg.q_lo, cfg.q_hi, has_gt)
         else:
             w_pool = torch.full((len(pool),), float(cfg.uniform_weight))
@@ -656,6 +667,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                 unet.eval()
                 state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
                          "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
+                         "difficulty_start": diff_start,
                          "round": done, "generator": g.get_state(), "config": asdict(cfg)}
                 path = save_checkpoint(out, done, policy.export, state)
                 if "on_checkpoint" in callbacks:

@@ -218,3 +218,81 @@ def test_fast_family_trains_and_snapshots_give_one_pareto_point_each(tmp_path: P
     assert 0 < float(rows[0]["other"]) < 100 and float(rows[0]["psnr"]) > 5
     assert float(rows[1]["ssim"]) <= float(rows[0]["ssim"])  # the hardest quartile: the base model's worst SSIM
     assert (out / "pareto.png").stat().st_size > 10_000 and "| darl | 2 | all |" in (out / "pareto.md").read_text()
+
+
+def test_pareto_by_method_averages_training_seeds_and_applies_the_two_std_bar() -> None:
+    """Runs of one method (training seeds) are averaged per round; the gain over the base model counts
+    only when it exceeds twice the seed-to-seed std, and a round missing from one seed is left out."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import pareto
+
+    def row(run: str, rnd: int, subset: str, reward: float, psnr: float = 28.0) -> dict:
+        return {"run": run, "method": run.split("-s")[0], "round": rnd, "subset": subset, "psnr": psnr,
+                "ssim": 0.8, "reward": reward, "other": 6.0}
+
+    rows = [row("darl", 0, "all", 10.0), row("darl", 0, "hardest", 9.0)]
+    for run, gain in (("darl", 1.0), ("darl-s1", 1.2), ("darl-s2", 0.8), ("noisy", 1.0), ("noisy-s1", -0.6)):
+        rows += [row(run, 4, "all", 10.0 + gain, 28.1), row(run, 4, "hardest", 9.0 + gain)]
+    rows.append(row("darl", 8, "all", 12.0))  # only seed 0 reached round 8
+    agg = {(a["method"], a["round"], a["subset"]): a for a in pareto.by_method(rows)}
+    assert set(agg) == {("darl", 4, "all"), ("darl", 4, "hardest"), ("noisy", 4, "all"), ("noisy", 4, "hardest")}
+    d = agg[("darl", 4, "all")]
+    assert d["n_runs"] == 3 and abs(d["d_reward"] - 1.0) < 1e-9 and abs(d["reward_std"] - 0.2) < 1e-9
+    assert abs(d["d_psnr"] - 0.1) < 1e-9 and d["reward_gain_over_2std"]
+    n = agg[("noisy", 4, "all")]  # mean gain 0.2, std 1.13: not a gain
+    assert abs(n["d_reward"] - 0.2) < 1e-9 and not n["reward_gain_over_2std"]
+
+
+def test_rl_diagnostics_reports_which_term_leads(tmp_path: Path) -> None:
+    """bench/rl_diagnostics.py: medians over rounds of the per-term gradient norms, their ratio, and the
+    pool's w at the first and last round, per run and per method (seeds pooled)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import rl_diagnostics
+
+    for name, rl in (("darl", [0.01, 0.02, 0.03]), ("darl-s1", [0.05, 0.05, 0.05])):
+        (tmp_path / name).mkdir()
+        recs = [{"round": i + 1, "grad_norm_rl": g, "grad_norm_sft": 0.01, "grad_norm_kl": 0.001,
+                 "rl_grad_cos_prev": None if i == 0 else 0.5, "pool_w_mean": 0.5 - 0.1 * i} for i, g in enumerate(rl)]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    s = rl_diagnostics.summarise([json.loads(x) for x in (tmp_path / "darl" / "metrics.jsonl").read_text().splitlines()])
+    assert s["grad_norm_rl"] == 0.02 and abs(s["rl_over_sft"] - 2.0) < 1e-9 and s["rl_grad_cos_prev"] == 0.5
+    assert s["pool_w_mean_first"] == 0.5 and abs(s["pool_w_mean_last"] - 0.3) < 1e-9 and s["group_reward_std"] is None
+    out = tmp_path / "diag.md"
+    rl_diagnostics.main([str(tmp_path / "darl"), str(tmp_path / "darl-s1"), "--out", str(out)])
+    method_row = out.read_text().split("Per method")[1].splitlines()[-1]
+    # pooled median of [0.01, 0.02, 0.03, 0.05, 0.05, 0.05] is 0.04: RL 4x SFT; pool w 0.5 -> 0.3 in both seeds
+    assert method_row.startswith("| darl | 6 | 0.0400 | 0.0100 |") and "| 4.00 |" in method_row and "0.500 → 0.300" in method_row
+
+
+def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, tiny_model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the current pool's quantiles (PAPER.md 7) the pool's mean w is scale-free: a pool that gets
+    uniformly easier keeps its w. Anchored at the first round's quantiles, w falls with the difficulty,
+    so samples move from RL to SFT; the anchor survives an exact resume."""
+    import darl_core.rl as rl
+
+    calls = {"n": 0}
+
+    def shrinking(policy, pool, cfg, device, procs=None) -> torch.Tensor:  # every sample 30 % easier per round
+        calls["n"] += 1
+        return torch.linspace(0.1, 0.4, len(pool)) * 0.7 ** (calls["n"] - 1)
+
+    monkeypatch.setattr(rl, "_pool_difficulty", shrinking)
+    means = {}
+    for anchor in ("pool", "start"):
+        calls["n"] = 0
+        out = tmp_path / anchor
+        train_rl(replace(_cfg(tmp_path, tiny_model_dir, rounds=2, diag_every=0), output=str(out),
+                         w_anchor=anchor))
+        means[anchor] = [json.loads(x)["pool_w_mean"] for x in open(out / "metrics.jsonl")]
+    assert means["pool"] == pytest.approx([0.5, 0.5])
+    assert means["start"][0] == pytest.approx(0.5) and means["start"][1] < 0.4
+    state = torch.load(rl.latest_checkpoint(tmp_path / "start") / "train_state.pt", weights_only=False)
+    torch.testing.assert_close(state["difficulty_start"], torch.linspace(0.1, 0.4, 4))
+    with pytest.raises(ValueError, match="w_anchor"):
+        train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))
