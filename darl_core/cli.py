@@ -48,9 +48,13 @@ def add_config_args(ap: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     for f in fields(cls):
+        text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        if typing.get_origin(hints[f.name]) is typing.Literal:  # a closed set of words: argparse checks it
+            ap.add_argument("--" + f.name.replace("_", "-"), choices=typing.get_args(hints[f.name]), default=None,
+                            help=f"{text} (default: {f.default})".strip())
+            continue
         base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
         kind = {bool: _parse_bool, int: int, float: float}.get(base[0], str)
-        text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                         help=f"{text} (default: {f.default})".strip())
 

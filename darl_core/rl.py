@@ -79,7 +79,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -132,7 +132,7 @@ class RLConfig:
     difficulty_every: int = 1  # recompute pool difficulty every N rounds
     q_lo: float = 0.25  # pool quantile mapped to w = 0
     q_hi: float = 0.75  # pool quantile mapped to w = 1
-    w_anchor: str = "pool"  # quantiles of "pool": the current pool's d (PAPER.md 7; the pool's mean w stays ~0.5 by
+    w_anchor: Literal["pool", "start"] = "pool"  # quantiles of "pool": the current pool's d (PAPER.md 7; the pool's mean w stays ~0.5 by
                             # construction), or "start": the pool's d at the first round, kept, so w falls as samples get easier
     sampling: str = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
                                 # "hardest": uniformly from the hardest ``hard_fraction`` (the first design)

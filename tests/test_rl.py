@@ -295,4 +295,9 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
     state = torch.load(rl.latest_checkpoint(tmp_path / "start") / "train_state.pt", weights_only=False)
     torch.testing.assert_close(state["difficulty_start"], torch.linspace(0.1, 0.4, 4))
     with pytest.raises(ValueError, match="w_anchor"):
-        train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))
+        train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))  # type: ignore[arg-type]
+    from darl_core.train_rl import main as cli
+
+    with pytest.raises(SystemExit) as bad:  # the command line refuses it before loading anything
+        cli(["--preset", "tiny_test", "--w-anchor", "first"])
+    assert bad.value.code == 2
