@@ -8,7 +8,7 @@ per run and then per method (runs named ``method``, ``method-s1``, ... are seeds
 median over rounds of the gradient norm of the RL, SFT and KL terms (each with its weight in the loss),
 the RL:SFT ratio of those medians, the median cosine of a round's RL gradient with the previous round's
 (near 0: noise; clearly above: a direction that persists), the within-group reward std, the clip
-fraction, and the pool's mean w and shares of w = 0 / w = 1 at the first and last round.
+fraction, the pool's mean w at the first and the last round, and its shares of w = 0 / w = 1 at the last.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _fmt(v: float | int | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def table(summaries: dict[str, dict]) -> list[str]:
-    lines = ["| run | rounds | grad RL | grad SFT | grad KL | RL : SFT | RL cos prev | group std | clip frac "
+def table(summaries: dict[str, dict], label: str = "run") -> list[str]:
+    lines = [f"| {label} | rounds | grad RL | grad SFT | grad KL | RL : SFT | RL cos prev | group std | clip frac "
              "| pool w first → last | w = 0 / w = 1 last | s / round |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in summaries.items():
@@ -77,16 +77,21 @@ def main(argv: list[str] | None = None) -> None:
         log = run / "metrics.jsonl"
         if not log.is_file():
             ap.error(f"{run}: no metrics.jsonl")
-        records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        records = []
+        for n, line in enumerate(log.read_text().splitlines(), 1):
+            try:
+                records += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as e:
+                ap.error(f"{log}: line {n} is not JSON ({e.msg}; a line cut off by a crash?)")
         if not records:
             ap.error(f"{run}: metrics.jsonl is empty")
         per_run[run.name] = summarise(records)
         per_method.setdefault(run.name.split("-s")[0], []).append(records)
     lines = ["Per run (medians over rounds; gradient norms include each term's weight in the loss):", "",
              *table(per_run), "", "Per method (medians over all rounds of all its runs; pool w: mean over its runs):", "",
-             *table({m: summarise_method(r) for m, r in per_method.items()}), ""]
+             *table({m: summarise_method(r) for m, r in per_method.items()}, "method"), ""]
     text = "\n".join(lines)
-    print(text)
+    print(text, end="\n" if not text.endswith("\n") else "")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -75,6 +75,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -460,6 +461,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         memory.load_state_dict(state["memory"])
         diff, start = state["difficulty"], state["round"]
         diff_start = state.get("difficulty_start")  # absent in checkpoints of older versions: the current d
+        # A resume is exact only with the same settings: say which ones changed (rounds, wall time, the
+        # device and how often to checkpoint may change freely).
+        saved = state.get("config", {})
+        changed = sorted(k for k, v in asdict(cfg).items() if k in saved and saved[k] != v
+                         and k not in ("rounds", "max_minutes", "stop_file", "device", "output", "ckpt_every",
+                                       "snapshot_every"))
+        if changed and main:
+            warnings.warn(f"resuming {out} with settings that differ from its checkpoint: "
+                          + ", ".join(f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+                          + " (the resumed run is not an exact continuation)", stacklevel=2)
         g.set_state(state["generator"])
         # Rounds after the checkpoint were lost with the crash and will be redone: drop their log lines.
         if main:

@@ -266,7 +266,7 @@ def test_rl_diagnostics_reports_which_term_leads(tmp_path: Path) -> None:
     rl_diagnostics.main([str(tmp_path / "darl"), str(tmp_path / "darl-s1"), "--out", str(out)])
     method_row = out.read_text().split("Per method")[1].splitlines()[-1]
     # pooled median of [0.01, 0.02, 0.03, 0.05, 0.05, 0.05] is 0.04: RL 4x SFT; pool w 0.5 -> 0.3 in both seeds
-    assert method_row.startswith("| darl | 6 | 0.0400 | 0.0100 |") and "| 4.00 |" in method_row and "0.500 → 0.300" in method_row
+    assert method_row.startswith("| darl | 6 | 0.0400 | 0.0100 |") and "| 4.00 |" in method_row and "0.500 → 0.300" in method_row and "| method | rounds |" in out.read_text()
 
 
 def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, tiny_model_dir: Path,
@@ -294,6 +294,10 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
     assert means["start"][0] == pytest.approx(0.5) and means["start"][1] < 0.4
     state = torch.load(rl.latest_checkpoint(tmp_path / "start") / "train_state.pt", weights_only=False)
     torch.testing.assert_close(state["difficulty_start"], torch.linspace(0.1, 0.4, 4))
+    with pytest.warns(UserWarning, match="w_anchor 'start' -> 'pool'"):  # a resume that changes it says so
+        calls["n"] = 0
+        train_rl(replace(_cfg(tmp_path, tiny_model_dir, rounds=3, diag_every=0), output=str(tmp_path / "start")),
+                 resume=True)
     with pytest.raises(ValueError, match="w_anchor"):
         train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))  # type: ignore[arg-type]
     from darl_core.train_rl import main as cli
