@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
              *table(per_run), "", "Per method (medians over all rounds of all its runs; pool w: mean over its runs):", "",
              *table({m: summarise_method(r) for m, r in per_method.items()}, "method"), ""]
     text = "\n".join(lines)
-    print(text, end="\n" if not text.endswith("\n") else "")
+    print(text, end="")  # the text ends with its newline
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -50,13 +50,12 @@ def add_config_args(ap: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if typing.get_origin(hints[f.name]) is typing.Literal:  # a closed set of words: argparse checks it
-            ap.add_argument("--" + f.name.replace("_", "-"), choices=typing.get_args(hints[f.name]), default=None,
-                            help=f"{text} (default: {f.default})".strip())
-            continue
-        base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
-        kind = {bool: _parse_bool, int: int, float: float}.get(base[0], str)
-        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                        help=f"{text} (default: {f.default})".strip())
+            kw: dict[str, Any] = {"choices": typing.get_args(hints[f.name])}
+        else:
+            base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+            kw = {"type": {bool: _parse_bool, int: int, float: float}.get(base[0], str)}
+        ap.add_argument("--" + f.name.replace("_", "-"), default=None, help=f"{text} (default: {f.default})".strip(),
+                        **kw)
 
 
 def config_from_args(cfg: T, args: argparse.Namespace) -> T:
