@@ -91,7 +91,8 @@ def _u8(x: torch.Tensor) -> np.ndarray:
 
 
 def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: int, size: int, recipe: str,
-        out: Path, peers: bool = True, picture_steps: list[int] | None = None, merge: Path | None = None) -> dict:
+        out: Path, peers: bool = True, picture_steps: list[int] | None = None, merge: Path | None = None,
+        self_ensemble: bool = False) -> dict:
     mets = {m: get_metric(m) for m in METRICS}
     rows: list[dict] = []  # per crop
     pictures: dict[str, dict[str, torch.Tensor]] = {}
@@ -114,6 +115,8 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
             for label, pipe in pipes.items():
                 if getattr(pipe, "stage1", None) is not None:
                     outs[f"{label}_stage1"] = pipe.restore_tensor(lq[None], 0)[0]
+                    if self_ensemble:  # the 8 rotations and mirror images, averaged
+                        outs[f"{label}_stage1_x8"] = pipe.restore_tensor(lq[None], 0, self_ensemble=True)[0]
                 for s in model_steps[label]:
                     g = torch.Generator().manual_seed(seed * 100_000 + k)
                     outs[f"{label}_{s}step"] = pipe.restore_tensor(lq[None], s, generator=g)[0]
@@ -253,6 +256,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=192, help="crop side")
     ap.add_argument("--recipe", choices=["random", "outside"], default="random")
     ap.add_argument("--no-peers", action="store_true", help="skip OpenCV NLM and BM3D")
+    ap.add_argument("--self-ensemble", action="store_true",
+                    help="also stage 1 with the x8 geometric self-ensemble (rows <label>_stage1_x8)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--picture-steps", nargs="*", type=int, default=None,
                     help="step counts shown in crops.png (default: all)")
@@ -264,7 +269,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     models = dict(x.split("=", 1) for x in a.models)
-    run(models, a.steps, a.seeds, a.per_image, a.size, a.recipe, a.out, not a.no_peers, a.picture_steps, a.merge)
+    run(models, a.steps, a.seeds, a.per_image, a.size, a.recipe, a.out, not a.no_peers, a.picture_steps, a.merge,
+        a.self_ensemble)
     print((a.out / "table.md").read_text())
 
 

@@ -279,8 +279,9 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     def __call__(self, image: Image.Image | list[Image.Image], num_inference_steps: int = DEFAULT_STEPS,
                  eta: float = 0.0, seed: int | None = 0, tile_size: int | None = 256,
                  tile_overlap: int = 32, progress: bool = False,
-                 callback: Callable[[float, str], None] | None = None) -> list[Image.Image]:
+                 callback: Callable[[float, str], None] | None = None,
+                 self_ensemble: bool = False) -> list[Image.Image]:
         """Restore Pillow images of any size and mode; returns a list of Pillow images
-        (``callback``: per-tile progress, see ``Restorer.restore_tensor``)."""
+        (``callback``: per-tile progress; ``self_ensemble``: 0 steps only; see ``Restorer.restore_tensor``)."""
         return self.restore_images(image, num_inference_steps, eta, seed, tile_size, tile_overlap, progress,
-                                   callback)
+                                   callback, self_ensemble)

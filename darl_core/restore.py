@@ -2,6 +2,7 @@
 
     python -m darl_core.restore IN.png OUT.png [--model PATH_OR_ID] [--steps N] [--seed 0]
     python -m darl_core.restore IN_DIR OUT_DIR --model models/darl-blind
+    python -m darl_core.restore IN.png OUT.png --steps 0 --self-ensemble   # the most faithful setting
 
 The default model is the shipped SFT model (models/sft-blind). Outputs keep
 the input's mode family (grey stays grey, alpha is carried over) and are
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile size for large images (multiple of 8; in "
                     "latent pixels for latent models)")
     ap.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles")
+    ap.add_argument("--self-ensemble", action="store_true",
+                    help="with --steps 0: average stage 1 over the 8 rotations and mirror images of the input "
+                         "(8x the time; the most faithful setting, +0.16 dB on the evaluation set)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="inference arithmetic: auto = bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU "
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             out = pipe(im, num_inference_steps=args.steps, eta=args.eta, seed=args.seed, tile_size=args.tile,
-                       tile_overlap=args.tile_overlap, progress=len(jobs) == 1)[0]
+                       tile_overlap=args.tile_overlap, progress=len(jobs) == 1,
+                       self_ensemble=args.self_ensemble)[0]
         except ValueError as e:  # a bad tile or steps setting: the same for every image
             print(f"error: {e}", file=sys.stderr)
             return 2

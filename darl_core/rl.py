@@ -124,7 +124,7 @@ class RLConfig:
     lr: float = 1e-5  # AdamW learning rate
     grad_clip: float = 1.0  # global gradient-norm clip
     group_size: int = 4  # rollouts of each input per round, with different noise (G; GRPO / Flow-GRPO)
-    advantage: str = "group"  # "group": normalised within each input's G rollouts; "memory": per-input
+    advantage: Literal["group", "memory"] = "group"  # "group": normalised within each input's G rollouts; "memory": per-input
                               # reward memory across rounds (DDPO's tracker, batch statistics while short)
     stochastic_last: bool = False  # rollouts end at abar_0 < 1, so the last step is stochastic and trained too
     memory_size: int = 16  # rewards kept per (sample, step) (advantage "memory")
@@ -135,7 +135,7 @@ class RLConfig:
     q_hi: float = 0.75  # pool quantile mapped to w = 1
     w_anchor: Literal["pool", "start"] = "pool"  # quantiles of "pool": the current pool's d (PAPER.md 7; the pool's mean w stays ~0.5 by
                             # construction), or "start": the pool's d at the first round, kept, so w falls as samples get easier
-    sampling: str = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
+    sampling: Literal["weighted", "hardest"] = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
                                 # "hardest": uniformly from the hardest ``hard_fraction`` (the first design)
     sampling_floor: float = 0.25  # with "weighted": the easiest samples (w = 0) are drawn this often relative to
                                   # 1 + floor for the hardest, so they get their SFT share

@@ -302,6 +302,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
         train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))  # type: ignore[arg-type]
     from darl_core.train_rl import main as cli
 
-    with pytest.raises(SystemExit) as bad:  # the command line refuses it before loading anything
-        cli(["--preset", "tiny_test", "--w-anchor", "first"])
-    assert bad.value.code == 2
+    for flag in ("--w-anchor", "--sampling", "--advantage"):  # the command line refuses a bad word before loading
+        with pytest.raises(SystemExit) as bad:
+            cli(["--preset", "tiny_test", flag, "first"])
+        assert bad.value.code == 2

@@ -72,6 +72,37 @@ def test_stage1_tiles_agree_with_the_whole_image() -> None:
     assert float((whole - tiled).abs().mean()) < 0.03
 
 
+def test_self_ensemble_is_exactly_equivariant_and_for_stage1_only(tmp_path) -> None:
+    from darl_core.pipeline import STAGE1_CACHE
+    from darl_core.restore import main as restore_main
+    from darl_core.restorer import DIHEDRAL, dihedral
+
+    x = torch.rand(2, 3, 20, 28)  # not square: rotations swap height and width
+    for rot, flip in DIHEDRAL:
+        assert torch.equal(dihedral(dihedral(x, rot, flip), rot, flip, inverse=True), x)
+    assert len({tuple(dihedral(x, r, f).flatten()[:50].tolist()) for r, f in DIHEDRAL}) == 8
+    pipe = _two_stage()
+    lq = torch.rand(1, 3, 24, 32)
+    plain, ens = pipe.restore_tensor(lq, 0), pipe.restore_tensor(lq, 0, self_ensemble=True)
+    assert ens.shape == plain.shape and not torch.allclose(ens, plain, atol=1e-4)  # stage 1 is not equivariant
+    # the average over the whole group is: restoring a turned, mirrored input gives the turned, mirrored output
+    for rot, flip in [(1, False), (2, True), (3, True)]:
+        turned = pipe.restore_tensor(dihedral(lq, rot, flip), 0, self_ensemble=True)
+        assert torch.allclose(turned, dihedral(ens, rot, flip), atol=1e-5)
+    seen: list[float] = []
+    STAGE1_CACHE.clear()  # a cached view reports no tiles
+    pipe.restore_tensor(lq, 0, self_ensemble=True, callback=lambda f, text: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) >= 8
+    with pytest.raises(ValueError, match="stage 1 alone"):
+        pipe.restore_tensor(lq, 2, self_ensemble=True)
+    # the CLI: a clear error with steps, a file without
+    pipe.save_pretrained(tmp_path / "m")
+    Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model", str(tmp_path / "m"), "--self-ensemble"]
+    assert restore_main(args + ["--steps", "2"]) == 2 and not (tmp_path / "out.png").exists()
+    assert restore_main(args + ["--steps", "0"]) == 0 and Image.open(tmp_path / "out.png").size == (32, 24)
+
+
 def test_steps_zero_needs_a_pixel_model() -> None:
     pipe = _two_stage()
     with pytest.raises(ValueError, match="num_inference_steps"):
