@@ -254,7 +254,7 @@ class Restorer(ABC):
 
         ``self_ensemble`` (0 steps only: stage 1 alone) restores the 8 rotations and mirror images of
         the input and averages the 8 results mapped back, at 8x the cost: the geometric self-ensemble
-        of Timofte et al. (CVPR 2016) and EDSR+ (Lim et al., CVPRW 2017); +0.16 dB on the
+        of Timofte et al. (CVPR 2016) and EDSR+ (Lim et al., CVPRW 2017); +0.17 dB on the
         independent evaluation set (docs/results.md). With diffusion steps it would average 8 samples
         and so the detail they add, hence the 0-step restriction.
         """
