@@ -49,12 +49,13 @@ def difficulty(restored: torch.Tensor, gt: torch.Tensor, metric: str = "ssim",
 
 
 def difficulty_no_reference(restored: torch.Tensor, metric: str = "niqe",
-                            device: str | torch.device = "cpu") -> torch.Tensor:
-    """(B,) proxy difficulty in [0, 1] from a no-reference metric (see the module docstring)."""
+                            device: str | torch.device = "cpu", raw: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) proxy difficulty in [0, 1] from a no-reference metric (see the module docstring).
+    ``raw``: the metric's scores of ``restored`` when already computed (not computed again)."""
     m = get_metric(metric, device)
     if m.full_reference:
         raise ValueError(f"the no-reference proxy needs a no-reference metric, {metric!r} is not")
-    return (1 - m.oriented(m(restored), normalize=True)).clamp(0, 1)
+    return (1 - m.oriented(m(restored) if raw is None else raw.float(), normalize=True)).clamp(0, 1)
 
 
 def relative_weights(d: torch.Tensor, pool: torch.Tensor | None = None, q_lo: float = 0.25,

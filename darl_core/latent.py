@@ -101,7 +101,8 @@ class LatentRestorer(Restorer):
 
         def fn(z: torch.Tensor) -> torch.Tensor:
             return self._forward(net, z, timestep_batch(t, z.shape[0], z.device))
-        return tiled_apply(fn, torch.cat([x_t, cond.to(x_t)], dim=1).to(dtype), tile_size, tile_overlap)
+        m = 2 ** (len(net.config.block_out_channels) - 1)
+        return tiled_apply(fn, torch.cat([x_t, cond.to(x_t)], dim=1).to(dtype), tile_size, tile_overlap, m)
 
     def save(self, path: str | os.PathLike) -> None:
         if getattr(self.unet, "_darl_lora", None):

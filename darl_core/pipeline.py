@@ -114,6 +114,16 @@ def build_stage1(size: str = "small", seed: int = 0) -> UNet2DModel:
     return net
 
 
+def unshuffle_factor(unet: torch.nn.Module) -> int:
+    """Space-to-depth factor of a pixel denoiser, read off its channels: a UNet with 6 u^2 inputs and
+    3 u^2 outputs sees [x_t, cond] pixel-unshuffled by u (u = 1: at full resolution)."""
+    cin, cout = unet.config.in_channels, unet.config.out_channels
+    u = math.isqrt(cin // 6)
+    if cin != 6 * u * u or cout != 3 * u * u:
+        raise ValueError(f"a pixel denoiser needs 6*u^2 input and 3*u^2 output channels, got {cin} and {cout}")
+    return u
+
+
 def weights_digest(net: torch.nn.Module) -> str:
     """A digest of a network's parameter values, recomputed only when a parameter changed (in place,
     reloaded, moved or cast): two loaded copies of the same weights have the same digest."""
@@ -201,7 +211,7 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
         cp = F.pad(c, pad, mode="replicate") if any(pad) else c
         if tile_size is not None and tile_size % m:
             tile_size += m - tile_size % m
-        r = tiled_apply(fn, cp.to(dtype), tile_size, tile_overlap)[..., :h, :w].float()
+        r = tiled_apply(fn, cp.to(dtype), tile_size, tile_overlap, m)[..., :h, :w].float()
         out = (c + r).clamp(-1, 1)
         if cached:
             STAGE1_CACHE.put(key, out.clone())
@@ -214,13 +224,8 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
 
     @property
     def unshuffle(self) -> int:
-        """Space-to-depth factor of the denoiser, read off its channels: a UNet with 6 u^2 inputs and
-        3 u^2 outputs sees [x_t, cond] pixel-unshuffled by u (u = 1: at full resolution)."""
-        cin, cout = self.unet.config.in_channels, self.unet.config.out_channels
-        u = math.isqrt(cin // 6)
-        if cin != 6 * u * u or cout != 3 * u * u:
-            raise ValueError(f"a pixel denoiser needs 6*u^2 input and 3*u^2 output channels, got {cin} and {cout}")
-        return u
+        """Space-to-depth factor of the denoiser (``unshuffle_factor`` of ``self.unet``)."""
+        return unshuffle_factor(self.unet)
 
     @property
     def multiple(self) -> int:
@@ -253,14 +258,15 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
         """Model output (v) for state ``x_t`` at timestep(s) ``t``, tiled when ``tile_size`` is set."""
         net = unet if unet is not None else self.unet
         dtype = next(net.parameters()).dtype
-        u = self.unshuffle
+        u = unshuffle_factor(net)  # of the net that runs: a distillation teacher may differ from self.unet
 
         def fn(z: torch.Tensor) -> torch.Tensor:  # z = [x_t, cond] on the channel axis
             if u == 1:
                 return net(z, timestep_batch(t, z.shape[0], z.device)).sample
             out = net(F.pixel_unshuffle(z, u), timestep_batch(t, z.shape[0], z.device)).sample
             return F.pixel_shuffle(out, u)
-        return tiled_apply(fn, torch.cat([x_t, cond], dim=1).to(dtype), tile_size, tile_overlap)
+        m = 2 ** (len(net.config.block_out_channels) - 1) * u
+        return tiled_apply(fn, torch.cat([x_t, cond], dim=1).to(dtype), tile_size, tile_overlap, m)
 
     def save(self, path: str | os.PathLike) -> None:
         self.save_pretrained(path)

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the seed)")
     ap.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile size for large images (multiple of 8; in "
-                    "latent pixels for latent models)")
+                    "latent pixels for latent models; a tile grows by up to 25%% when fewer tiles then cover "
+                    "the image with less work)")
     ap.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles")
     ap.add_argument("--self-ensemble", action="store_true",
                     help="with --steps 0: average stage 1 over the 8 rotations and mirror images of the input "

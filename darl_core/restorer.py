@@ -340,10 +340,13 @@ class Restorer(ABC):
         return traj
 
     def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
-                 reduce: bool = True, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                 reduce: bool = True, timesteps: torch.Tensor | None = None,
+                 teacher: torch.nn.Module | None = None) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
         when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
-        schedule's), x_t = add_noise(x0), MSE of the denoiser's output."""
+        schedule's), x_t = add_noise(x0), MSE of the denoiser's output. With a ``teacher`` denoiser
+        (same parameterisation, any architecture this restorer can run) the target is the teacher's
+        output at the same x_t, t and condition (distillation) instead of the true one."""
         noise = Noise.of(generator)
         with torch.no_grad():
             cond = self.condition(lq, noise)
@@ -361,6 +364,11 @@ class Restorer(ABC):
             if kind != "v_prediction":
                 raise ValueError(f"unsupported prediction_type {kind!r}")
             target = sched.get_velocity(x0, eps, t)
+        if teacher is not None:
+            # The teacher's output is the regression's conditional mean as far as it learned it: a
+            # target without the noise of the true v, so a small student learns from fewer samples.
+            with torch.no_grad():
+                target = self.predict(x_t.to(self.model_dtype), t, cond, unet=teacher).float()
         pred = self.predict(x_t.to(self.model_dtype), t, cond)
         err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
         return err.mean() if reduce else err

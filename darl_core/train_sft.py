@@ -18,6 +18,11 @@ residual around the frozen stage 1's output. The shipped model:
     python -m darl_core.train_sft --preset cpu_stage1 --init-from models/sft-blind-v1 --output runs/s1
     python -m darl_core.train_sft --preset cpu_stage2 --init-from runs/s1/model --output runs/s2
 
+``distill_from`` trains a denoiser against another one's outputs instead of the true velocity
+(same x_t, t and stage-1 condition): a cheaper architecture learns the shipped one's behaviour
+from far fewer samples than from the noisy true target (``--preset cpu_stage2_distill``: the
+pixel-unshuffled ``fast`` denoiser taught by the shipped ``small`` one).
+
 With ``data_on_device`` the loader processes only crop clean patches and the
 degradations run on the training device (a GPU), so the GPU, not the CPU
 workers, sets the speed.
@@ -61,6 +66,8 @@ class SFTConfig:
     stage1_size: str = "small"  # architecture of a fresh stage 1 (tiny, small)
     init_from: str | None = None  # start from this model folder / Hub id instead of a fresh UNet
     new_denoiser: bool = False  # with init_from: keep its stage 1, start a fresh denoiser of unet_size
+    distill_from: str | None = None  # stage "diffusion": regress onto this model's denoiser output (a teacher
+                                     # trained on the same stage 1) instead of the true velocity
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
     builtin: bool = True  # use the built-in training photos (see darl_core.data)
     photos: bool = False  # add the package photo corpus (darl_core.photos; fetched beforehand)
@@ -122,6 +129,15 @@ def cpu_stage2_fast() -> SFTConfig:
                      val_every=500, ckpt_every=250, val_steps=2, max_minutes=70.0)
 
 
+def cpu_stage2_distill() -> SFTConfig:
+    """A fresh ``fast`` denoiser distilled from the shipped ``small`` one (its outputs as targets, at the
+    sampler's timesteps) on the shipped stage 1, on this CPU: about 100 minutes."""
+    return SFTConfig(stage="diffusion", task="realistic", photos=True, init_from="models/sft-blind", new_denoiser=True,
+                     unet_size="fast", distill_from="models/sft-blind", train_timesteps="schedule", patch=96,
+                     batch_size=12, steps=100_000, lr=4e-4, warmup=100, ema_decay=0.995, val_every=0,
+                     ckpt_every=250, max_minutes=100.0)
+
+
 def gpu_stage1() -> SFTConfig:
     """Stage 1 on one GPU, time-boxed to fit one 600-s call with loading and export."""
     return SFTConfig(stage="regression", task="realistic", photos=True, patch=128, batch_size=64, steps=200_000,
@@ -149,6 +165,7 @@ def tiny_test() -> SFTConfig:
 PRESETS: dict[str, Callable[[], SFTConfig]] = {"default": SFTConfig, "cpu": cpu, "gpu": gpu,
                                                "cpu_stage1": cpu_stage1, "cpu_stage2": cpu_stage2,
                                                "cpu_stage2_fast": cpu_stage2_fast,
+                                               "cpu_stage2_distill": cpu_stage2_distill,
                                                "gpu_stage1": gpu_stage1, "gpu_stage2": gpu_stage2,
                                                "tiny_test": tiny_test}
 
@@ -222,6 +239,16 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
         pipe.register_modules(unet=build_unet(cfg.unet_size, cfg.seed))
     if regression and pipe.stage1 is None:
         pipe.stage1 = build_stage1(cfg.stage1_size, cfg.seed)
+    teacher = None
+    if cfg.distill_from:
+        if regression:
+            raise ValueError("distill_from applies to stage 'diffusion' (a denoiser taught by another denoiser)")
+        tpipe = load_restorer(cfg.distill_from)
+        kinds = (tpipe.scheduler.config.prediction_type, pipe.scheduler.config.prediction_type)
+        if kinds[0] != kinds[1] or tpipe.config.residual_scale != pipe.config.residual_scale:
+            raise ValueError(f"the teacher {cfg.distill_from!r} predicts {kinds[0]} at residual scale "
+                             f"{tpipe.config.residual_scale}, the student {kinds[1]} at {pipe.config.residual_scale}")
+        teacher = tpipe.unet.float().to(device).eval().requires_grad_(False)
     pipe.to(device)
     net = (pipe.stage1 if regression else pipe.unet).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -281,7 +308,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
             if regression:  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
                 loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()
             else:  # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
-                loss = pipe.sft_loss(lq, hq, timesteps=train_t)
+                loss = pipe.sft_loss(lq, hq, timesteps=train_t, teacher=teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

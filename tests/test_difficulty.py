@@ -66,3 +66,6 @@ def test_no_reference_proxy_ranks_damage() -> None:
     damaged = (blurred + 0.08 * torch.randn(blurred.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     d = difficulty_no_reference(torch.cat([clean, damaged]))
     assert float(d[0]) < float(d[1]), d
+    # scores computed elsewhere (the app's table) give the same proxy without a second NIQE pass
+    raw = get_metric("niqe")(torch.cat([clean, damaged]))
+    torch.testing.assert_close(difficulty_no_reference(clean[:0], raw=raw), d)

@@ -10,7 +10,7 @@ from darl_core.images import pil_to_tensor, tensor_to_pil
 from darl_core.loading import DEFAULT_MODEL, ModelLoadError, load_restorer
 from darl_core.pipeline import RestorationPipeline, build_unet, make_scheduler
 from darl_core.rewards import get_metric
-from darl_core.tiling import tile_starts, tiled_apply
+from darl_core.tiling import STRETCH, tile_layout, tile_starts, tiled_apply
 
 
 def test_tile_starts_cover_the_image() -> None:
@@ -18,6 +18,22 @@ def test_tile_starts_cover_the_image() -> None:
         starts = tile_starts(n, tile, ov)
         assert starts[0] == 0 and starts[-1] + min(tile, n) == n
         assert all(b - a <= tile - ov for a, b in zip(starts, starts[1:]))
+
+
+def test_tile_layout_covers_with_less_work_and_keeps_the_overlap() -> None:
+    for n in list(range(40, 700, 7)) + [1200, 1600, 2048, 4000]:
+        for tile, ov, m in [(256, 32, 8), (256, 32, 16), (96, 32, 8), (64, 8, 8)]:
+            n_pad = n + (-n) % m  # the pipelines pad sides to their multiple first
+            starts, size = tile_layout(n_pad, tile, ov, m)
+            assert starts[0] == 0 and starts[-1] + size == n_pad and starts == sorted(starts)
+            assert all(b - a <= size - ov for a, b in zip(starts, starts[1:])), (n_pad, tile, starts, size)
+            assert size % m == 0 and size <= max(tile * (1 + STRETCH), min(tile, n_pad))
+            nominal = len(tile_starts(n_pad, tile, ov)) * min(tile, n_pad)
+            assert len(starts) * size <= nominal
+    # 1200 px in 5 tiles of 272 instead of 6 of 256 (11 % fewer pixels); no stretch: the nominal tiles
+    assert tile_layout(1200, 256, 32, 8) == ([0, 232, 464, 696, 928], 272)
+    assert tile_layout(1200, 256, 32, 8, stretch=0.0) == (tile_starts(1200, 256, 32), 256)
+    assert tile_layout(304, 256, 32, 8) == ([0], 304)  # within the stretch: one tile, untiled
 
 
 def test_tiled_equals_untiled_when_it_fits(tiny_pipe: RestorationPipeline) -> None:

@@ -172,6 +172,41 @@ def test_new_denoiser_keeps_stage1_and_trains_a_fresh_fast_unet(tmp_path) -> Non
         train_sft(replace(cfg, stage="regression", output=str(tmp_path / "bad")))
 
 
+def test_distillation_targets_the_teachers_output_and_trains_a_fast_student(tmp_path) -> None:
+    """``distill_from``: the loss regresses onto the teacher's v at the same x_t, t and condition."""
+    pipe = _two_stage()
+    lq, hq = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # a teacher identical to the student: zero loss exactly; the true target: not zero
+    assert pipe.sft_loss(lq, hq, g(), teacher=pipe.unet).item() == 0.0
+    assert pipe.sft_loss(lq, hq, g()).item() > 1e-3
+    # another architecture (full resolution) teaching a pixel-unshuffled student: the target is the
+    # teacher's own prediction, computed with the teacher's layout
+    student = RestorationPipeline(build_unet("tiny_fast", 1), make_scheduler(), 0.5, stage1=pipe.stage1)
+    loss = student.sft_loss(lq, hq, g(), reduce=False, teacher=pipe.unet)
+    noise = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the same draws as sft_loss: t first, then the noise
+        cond = student.condition(lq)
+        x0 = student.to_x0(hq, cond)
+        t = torch.randint(1000, (2,), generator=noise)
+        x_t = student.scheduler.add_noise(x0, torch.randn(x0.shape, generator=noise), t)
+        want = ((student.predict(x_t, t, cond) - pipe.predict(x_t, t, cond)) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(loss.detach(), want, rtol=1e-5, atol=1e-7)
+    loss.mean().backward()
+    assert all(p.grad is None for p in pipe.unet.parameters())  # the teacher stays frozen
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.unet.parameters())
+    # through train_sft: a fast student on the teacher's stage 1
+    base = tmp_path / "teacher"
+    pipe.save_pretrained(base)
+    cfg = replace(tiny_test(), init_from=str(base), new_denoiser=True, unet_size="tiny_fast", steps=3,
+                  distill_from=str(base), train_timesteps="schedule", output=str(tmp_path / "student"))
+    m = load_restorer(train_sft(cfg))
+    assert m.unshuffle == 2
+    assert all(torch.equal(p, q) for p, q in zip(m.stage1.parameters(), load_restorer(base).stage1.parameters()))
+    with pytest.raises(ValueError, match="distill_from"):
+        train_sft(replace(cfg, stage="regression", new_denoiser=False, output=str(tmp_path / "bad")))
+
+
 def test_models_that_share_stage1_compute_it_once(tmp_path) -> None:
     """The app's SFT and RL models share stage 1: the second restore of an upload reuses the first's."""
     _two_stage().save_pretrained(tmp_path / "sft")

@@ -56,6 +56,10 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     r2 = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
     assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == [] and r2.difficulty_kind == "proxy"
     assert "no-reference proxy" in r2.difficulty_text and "0 = easy … 1 = hard" in r2.difficulty_text
+    # the proxy reuses the table's NIQE of the SFT restoration: the same value as computing it afresh
+    from darl_core.difficulty import difficulty_no_reference
+    from darl_core.images import pil_to_tensor
+    assert r2.difficulty == pytest.approx(float(difficulty_no_reference(pil_to_tensor(r2.sft)[None])), abs=1e-6)
     with pytest.raises(UserError, match="ground truth is"):
         restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=_img(tmp_path / "g2.png", (50, 50)))
     with pytest.raises(UserError, match="SFT model"):
@@ -496,8 +500,9 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
     restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
                         progress=lambda f, s: seen.append((f, s)))
     tiles = [s for _, s in seen if "tile" in s]
-    assert any(s.startswith("SFT model: step 1/2, tile 1/9") for s in tiles)  # 120x100, 64-px tiles overlapping 32: 3 x 3
-    assert any(s.startswith("RL model: step 2/2, tile 9/9") for s in tiles)
+    # 120x100 in 64-px tiles overlapping 32 (3 x 3), stretched by up to 25 %: 2 x 2 tiles of 76 x 66
+    assert any(s.startswith("SFT model: step 1/2, tile 1/4") for s in tiles)
+    assert any(s.startswith("RL model: step 2/2, tile 4/4") for s in tiles)
     assert any("s left" in s for s in tiles)
     fr = [f for f, _ in seen]
     assert fr == sorted(fr) and max(fr) <= 1.0

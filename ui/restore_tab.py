@@ -109,15 +109,20 @@ def difficulty_text(d: float, kind: str) -> str:
             "for the ground-truth measure (1 − SSIM)")
 
 
-def _score_row(label: str, img: torch.Tensor, gt: torch.Tensor | None, names: list[str]) -> list[Any]:
+def _score_row(label: str, img: torch.Tensor, gt: torch.Tensor | None, names: list[str],
+               raw: dict[str, float] | None = None) -> list[Any]:
+    """One table row; the unrounded scores also go into ``raw`` (by metric name) when given."""
     row: list[Any] = [label]
     for n in names:
         m = get_metric(n)
         try:
-            if m.full_reference:
-                row.append(round(float(m(img, gt)), 4) if gt is not None else "—")
-            else:
-                row.append(round(float(m(img)), 4))
+            if m.full_reference and gt is None:
+                row.append("—")
+                continue
+            value = float(m(img, gt)) if m.full_reference else float(m(img))
+            row.append(round(value, 4))
+            if raw is not None:
+                raw[n] = value
         except ValueError as e:
             row.append(f"n/a ({e})")
     return row
@@ -170,13 +175,14 @@ def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] =
     of ``scales`` (how much larger than the input each one's network runs: 4 for a pixel-space x4 model,
     1 for a latent one), ``steps`` steps plus stage 1, and tiles of ``tile`` pixels overlapping by
     ``overlap``: the pixels every network pass computes, the overlaps counted, and how many tiles."""
-    from darl_core.tiling import tile_starts
+    from darl_core.tiling import tile_layout
 
     mpp, tiles = 0.0, 0
     for s in scales:
         w, h = size[0] * s, size[1] * s
-        tw, th = min(tile, w), min(tile, h)
-        n = len(tile_starts(w, tw, min(overlap, tw - 1))) * len(tile_starts(h, th, min(overlap, th - 1)))
+        xs, tw = tile_layout(w, min(tile, w), min(overlap, min(tile, w) - 1), 8)
+        ys, th = tile_layout(h, min(tile, h), min(overlap, min(tile, h) - 1), 8)
+        n = len(xs) * len(ys)
         mpp += n * tw * th * _passes(True, steps) / 1e6
         tiles += n * _passes(True, steps)
     return mpp, tiles
@@ -291,12 +297,16 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         gt = pil_to_tensor(gt_rgb)[None]
     names = list(ctx.metrics) + (["psnr", "ssim"] if gt is not None else [])
     tensors = [pil_to_tensor(x)[None] for x in (rgb_in, sft_rgb, rl_rgb)]
-    rows = [_score_row(lbl, t, gt, names) for lbl, t in zip(("input", "SFT", "RL"), tensors)]
+    sft_raw: dict[str, float] = {}
+    rows = [_score_row(lbl, t, gt, names, sft_raw if lbl == "SFT" else None)
+            for lbl, t in zip(("input", "SFT", "RL"), tensors)]
     if gt is not None:
         d, kind = float(difficulty(tensors[1], gt)), "gt"
     else:
         try:
-            d, kind = float(difficulty_no_reference(tensors[1])), "proxy"
+            # the proxy is NIQE of the SFT restoration: already scored when NIQE is a table metric
+            known = torch.tensor([sft_raw["niqe"]]) if "niqe" in sft_raw else None
+            d, kind = float(difficulty_no_reference(tensors[1], raw=known)), "proxy"
         except ValueError:
             d, kind = float("nan"), ""
     text = difficulty_text(d, kind)
@@ -536,7 +546,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["seed"] = fields.Number(0, precision=0, label="Seed", elem_id="seed", scale=3)
                 c["dice"] = gr.Button("Random seed", elem_id="dice", scale=1)
                 c["tile"] = fields.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size", scale=3,
-                                      elem_id="tile")
+                                      elem_id="tile", info="Large images are restored in tiles of about this "
+                                      "size (up to 25 % larger when that means fewer tiles); smaller uses less memory.")
             with gr.Row():
                 c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
