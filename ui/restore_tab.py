@@ -180,8 +180,7 @@ def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] =
     mpp, tiles = 0.0, 0
     for s in scales:
         w, h = size[0] * s, size[1] * s
-        xs, tw = tile_layout(w, min(tile, w), min(overlap, min(tile, w) - 1), 8)
-        ys, th = tile_layout(h, min(tile, h), min(overlap, min(tile, h) - 1), 8)
+        (xs, tw), (ys, th) = (tile_layout(side, tile, min(overlap, tile - 1), 8) for side in (w, h))
         n = len(xs) * len(ys)
         mpp += n * tw * th * _passes(True, steps) / 1e6
         tiles += n * _passes(True, steps)
