@@ -35,7 +35,12 @@ from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_us
 def register_shipped(store: Store) -> None:
     """Register the shipped models with the numbers their cards report (a parent before its children)."""
     ids: dict[str, int] = {}
-    for m in sorted(SHIPPED_MODELS, key=lambda m: m.parent is not None):
+    pending = list(SHIPPED_MODELS)
+    while pending:  # a parent may itself have a parent: register whichever has its parent registered
+        m = next((m for m in pending if m.parent is None or m.parent in ids), None)
+        if m is None:
+            raise ValueError(f"shipped models whose parent is not shipped: {[m.name for m in pending]}")
+        pending.remove(m)
         ids[m.name] = store.register_checkpoint(str(m.path), m.name, parent_id=ids.get(m.parent or ""),
                                                 evaluation=card_evaluation(m.path))
 

@@ -18,7 +18,8 @@ tiles of exactly the tile size). Sections:
 
 With ``--before-models SFT RL`` the "before" rows run those model folders (an earlier release, e.g.
 ``git archive <rev> models | tar -x -C /tmp/old``) with the old settings, so a change of the shipped
-models is measured too. Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
+models is measured too; ``--after-models SFT RL`` runs other folders in the "after" rows (a model
+that is shipped but not the default, e.g. ``models/sft-blind-fast``). Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
 printout when ``--json`` is given.
 """
 
@@ -119,7 +120,8 @@ def train_table(repeats: int) -> list[dict[str, object]]:
     return rows
 
 
-def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = None) -> dict[str, float]:
+def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = None,
+             after_models: tuple[str, str] | None = None) -> dict[str, float]:
     from storage import Store
     from ui.context import SHIPPED_RL, AppContext
     from ui.restore_tab import restore
@@ -130,9 +132,9 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
     out = {}
     for label in ("before", "after"):
         ctx = AppContext(Store(directory=tmp / f"data-{label}"))
-        models = (str(DEFAULT_MODEL), str(SHIPPED_RL))
+        models = after_models or (str(DEFAULT_MODEL), str(SHIPPED_RL))
         if label == "before":  # the models as the app loaded them before set_precision existed
-            models = before_models or models
+            models = before_models or (str(DEFAULT_MODEL), str(SHIPPED_RL))
             for p in models:
                 ctx._models[p] = load_restorer(p)
         tile = 256 if label == "before" else DEFAULT_TILE
@@ -146,7 +148,7 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
 
 
 def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeats: int,
-              before_model: str | None = None) -> dict[str, object]:
+              before_model: str | None = None, after_model: str | None = None) -> dict[str, object]:
     w, h = size
     photo = pil_to_tensor(builtin_image("coffee.png"))[None]
     hq = torch.nn.functional.interpolate(photo, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -156,7 +158,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.restore` does, minus imports
         STAGE1_CACHE.clear()
         tiling.STRETCH = STRETCH if after else 0.0  # before: tiles of exactly the tile size
-        pipe = load_restorer(DEFAULT_MODEL if after else (before_model or DEFAULT_MODEL))
+        pipe = load_restorer((after_model or DEFAULT_MODEL) if after else (before_model or DEFAULT_MODEL))
         if after:
             pipe.set_precision("auto")
         pipe(im, num_inference_steps=steps, tile_size=tile)
@@ -165,7 +167,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     res["after"] = median_time(lambda: cli(True, DEFAULT_TILE), repeats, warm=0)
     print(f"  {w}x{h}, {steps} steps, after (auto, tile {DEFAULT_TILE}): {res['after']:.1f} s", flush=True)
     sweep = {}
-    pipe = load_restorer(DEFAULT_MODEL)
+    pipe = load_restorer(after_model or DEFAULT_MODEL)
     pipe.set_precision("auto")
     for tile in tiles:
         if tile == DEFAULT_TILE:
@@ -197,12 +199,16 @@ def main() -> None:
     ap.add_argument("--before-models", nargs=2, default=None, metavar=("SFT", "RL"),
                     help="model folders of the 'before' rows (default: the shipped ones), e.g. an earlier "
                          "release extracted with git archive")
+    ap.add_argument("--after-models", nargs=2, default=None, metavar=("SFT", "RL"),
+                    help="model folders of the 'after' rows (default: the shipped ones), e.g. "
+                         "models/sft-blind-fast models/darl-blind")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_bf16_supported()}")
     report: dict[str, object] = {"threads": torch.get_num_threads(), "native_bf16": cpu_bf16_supported(),
-                                 "steps": args.steps, "default_tile": DEFAULT_TILE}
+                                 "steps": args.steps, "default_tile": DEFAULT_TILE,
+                                 "before_models": args.before_models, "after_models": args.after_models}
     if "forward" not in args.skip:
         print("1. one forward pass at 256x256 (median)")
         report["forward"] = forward_table(args.repeats, not args.no_bf16_rows)
@@ -211,7 +217,7 @@ def main() -> None:
         report["train"] = train_table(args.repeats)
     if "app" not in args.skip:
         print("2. the app's Restore handler (median, warm)")
-        app = app_path(args.repeats, args.steps, args.before_models)
+        app = app_path(args.repeats, args.steps, args.before_models, args.after_models)
         report["app"] = app | {"ratio": app["before"] / app["after"]}
         print(f"  ratio before/after: {report['app']['ratio']:.2f}x")
     if "big" not in args.skip:
@@ -219,7 +225,8 @@ def main() -> None:
         w, h = (int(v) for v in args.big.lower().split("x"))
         tiles = [None if t == "none" else int(t) for t in args.tiles]
         big = big_image((w, h), args.steps, tiles, args.big_repeats,
-                        args.before_models[0] if args.before_models else None)
+                        args.before_models[0] if args.before_models else None,
+                        args.after_models[0] if args.after_models else None)
         report["big"] = big | {"size": args.big, "ratio": big["before"] / big["after"]}
         print(f"  ratio before/after: {report['big']['ratio']:.2f}x")
     if args.json:

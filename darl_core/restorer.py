@@ -116,6 +116,10 @@ class Noise:
     def randint(self, high: int, n: int) -> torch.Tensor:
         return self._rows(torch.randint(0, high, (n * self.world,), generator=self.generator), n)
 
+    def rand(self, n: int) -> torch.Tensor:
+        """n uniform draws in [0, 1)."""
+        return self._rows(torch.rand((n * self.world,), generator=self.generator), n)
+
 
 @dataclass
 class Trajectory:
@@ -341,12 +345,19 @@ class Restorer(ABC):
 
     def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
                  reduce: bool = True, timesteps: torch.Tensor | None = None,
-                 teacher: torch.nn.Module | None = None) -> torch.Tensor:
+                 teacher: torch.nn.Module | None = None, trajectory_steps: int = 0,
+                 trajectory_fraction: float = 0.5) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
         when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
         schedule's), x_t = add_noise(x0), MSE of the denoiser's output. With a ``teacher`` denoiser
         (same parameterisation, any architecture this restorer can run) the target is the teacher's
-        output at the same x_t, t and condition (distillation) instead of the true one."""
+        output at the same x_t, t and condition (distillation) instead of the true one.
+
+        ``trajectory_steps`` n > 0 (with a teacher): a ``trajectory_fraction`` of the samples take
+        their x_t instead from this model's own deterministic n-step DDIM sampling (no gradient), at
+        a step drawn uniformly: the states few-step sampling really visits, which after its first
+        step are not the forward process's (x0_hat is smoother than a true x0), taught there what
+        the teacher would predict (on-policy, so a student's own first-step errors are corrected)."""
         noise = Noise.of(generator)
         with torch.no_grad():
             cond = self.condition(lq, noise)
@@ -364,6 +375,8 @@ class Restorer(ABC):
             if kind != "v_prediction":
                 raise ValueError(f"unsupported prediction_type {kind!r}")
             target = sched.get_velocity(x0, eps, t)
+        if teacher is not None and trajectory_steps > 0:
+            x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction)
         if teacher is not None:
             # The teacher's output is the regression's conditional mean as far as it learned it: a
             # target without the noise of the true v, so a small student learns from fewer samples.
@@ -372,6 +385,31 @@ class Restorer(ABC):
         pred = self.predict(x_t.to(self.model_dtype), t, cond)
         err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
         return err.mean() if reduce else err
+
+    @torch.no_grad()
+    def _trajectory_states(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, noise: Noise,
+                           steps: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace a ``fraction`` of the rows of (x_t, t) by states of this model's own ``steps``-step
+        deterministic sampling from fresh noise, each at a step drawn uniformly (sft_loss)."""
+        b = x_t.shape[0]
+        rows = torch.nonzero(noise.rand(b) < fraction).flatten()
+        if len(rows) == 0:
+            return x_t, t
+        sched = type(self.scheduler).from_config(self.scheduler.config)  # the pipeline's own keeps its state
+        sched.set_timesteps(steps)
+        at = noise.randint(steps, b)[rows]  # which step each chosen row is taken at
+        c = cond[rows.to(cond.device)]
+        x = noise.randn(tuple(x_t.shape))[rows].to(x_t) * float(sched.init_noise_sigma)
+        x_t, t = x_t.clone(), t.clone()
+        for j, tj in enumerate(sched.timesteps):
+            here = (at == j).nonzero().flatten()
+            x_t[rows[here].to(x_t.device)] = x[here.to(x.device)].to(x_t)
+            t[rows[here].to(t.device)] = int(tj)
+            if j == int(at.max()):
+                break
+            out = self.predict(x.to(self.model_dtype), int(tj), c).float()
+            x = ddim_step(sched, out, int(tj), x.float(), eta=0.0).prev_sample
+        return x_t, t
 
     @torch.no_grad()
     def restore_images(self, image: Image.Image | list[Image.Image], num_inference_steps: int = 4,

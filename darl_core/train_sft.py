@@ -68,6 +68,8 @@ class SFTConfig:
     new_denoiser: bool = False  # with init_from: keep its stage 1, start a fresh denoiser of unet_size
     distill_from: str | None = None  # stage "diffusion": regress onto this model's denoiser output (a teacher
                                      # trained on the same stage 1) instead of the true velocity
+    distill_trajectory: int = 0  # with distill_from: half the samples at the states of the student's own
+                                 # deterministic sampling with this many steps (restorer.sft_loss), 0: none
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
     builtin: bool = True  # use the built-in training photos (see darl_core.data)
     photos: bool = False  # add the package photo corpus (darl_core.photos; fetched beforehand)
@@ -249,6 +251,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
             raise ValueError(f"the teacher {cfg.distill_from!r} predicts {kinds[0]} at residual scale "
                              f"{tpipe.config.residual_scale}, the student {kinds[1]} at {pipe.config.residual_scale}")
         teacher = tpipe.unet.float().to(device).eval().requires_grad_(False)
+    elif cfg.distill_trajectory:
+        raise ValueError("distill_trajectory needs distill_from (a teacher to say what to predict there)")
     pipe.to(device)
     net = (pipe.stage1 if regression else pipe.unet).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -308,7 +312,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
             if regression:  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
                 loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()
             else:  # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
-                loss = pipe.sft_loss(lq, hq, timesteps=train_t, teacher=teacher)
+                loss = pipe.sft_loss(lq, hq, timesteps=train_t, teacher=teacher,
+                                     trajectory_steps=cfg.distill_trajectory)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

@@ -1,5 +1,7 @@
 import time
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -82,8 +84,9 @@ def test_save_load_round_trip(tmp_path, tiny_pipe: RestorationPipeline) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_shipped_model_restores_a_small_image() -> None:
-    pipe = load_restorer(DEFAULT_MODEL)
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, DEFAULT_MODEL.parent / "sft-blind-fast"], ids=["default", "fast"])
+def test_shipped_model_restores_a_small_image(model: Path) -> None:
+    pipe = load_restorer(model)
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, 100:196, 200:296]  # held-out photo
     lq = degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))
     out = pipe.restore_tensor(lq, generator=torch.Generator().manual_seed(0))

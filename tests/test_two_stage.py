@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from darl_core.degrade import degrade, get_preset, jpeg_compress, pillow_jpeg
 from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs, pillow_degrade
 from darl_core.images import pil_to_tensor
 from darl_core.loading import load_restorer
+from darl_core.restorer import Noise
 from darl_core.pipeline import (
     RestorationPipeline,
     build_stage1,
@@ -205,6 +207,46 @@ def test_distillation_targets_the_teachers_output_and_trains_a_fast_student(tmp_
     assert all(torch.equal(p, q) for p, q in zip(m.stage1.parameters(), load_restorer(base).stage1.parameters()))
     with pytest.raises(ValueError, match="distill_from"):
         train_sft(replace(cfg, stage="regression", new_denoiser=False, output=str(tmp_path / "bad")))
+
+
+def test_trajectory_distillation_trains_at_the_states_sampling_visits(tmp_path) -> None:
+    """``distill_trajectory``: chosen rows take the student's own deterministic sampling states (checked
+    against diffusers' DDIMScheduler.step), at the sampler's timesteps; the others keep their draw."""
+    pipe = _two_stage()
+    lq = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        cond = pipe.condition(lq)
+    shape = pipe.latent_shape(cond)
+    x_t, t = torch.full(shape, 7.0), torch.full((6,), 123, dtype=torch.long)
+    pipe.scheduler.set_timesteps(4)
+    x, tt = pipe._trajectory_states(x_t, t, cond, Noise(torch.Generator().manual_seed(1)), 2, 0.7)
+    r = torch.Generator().manual_seed(1)  # the same draws: which rows, at which step, the initial noise
+    chosen = torch.rand(6, generator=r) < 0.7
+    at = torch.randint(0, 2, (6,), generator=r)
+    x_T = torch.randn(shape, generator=r)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(2)
+    with torch.no_grad():
+        x_1 = sched.step(pipe.predict(x_T, int(sched.timesteps[0]), cond), sched.timesteps[0], x_T).prev_sample
+    assert 0 < int(chosen.sum()) < 6 and set(at[chosen].tolist()) == {0, 1}  # every case occurs
+    for i in range(6):
+        if not chosen[i]:
+            assert torch.equal(x[i], x_t[i]) and tt[i] == 123
+        else:
+            want = x_T[i] if at[i] == 0 else x_1[i]
+            assert torch.allclose(x[i], want, atol=1e-5) and tt[i] == sched.timesteps[at[i]]
+    assert len(pipe.scheduler.timesteps) == 4  # the pipeline's own scheduler keeps its state
+    # the loss at those states still regresses onto the teacher: a teacher equal to the student gives 0
+    g = torch.Generator().manual_seed(2)
+    assert pipe.sft_loss(lq, torch.rand(6, 3, 16, 16), g, teacher=pipe.unet, trajectory_steps=2).item() == 0.0
+    base = tmp_path / "teacher"
+    pipe.save_pretrained(base)
+    cfg = replace(tiny_test(), init_from=str(base), new_denoiser=True, unet_size="tiny_fast", steps=2,
+                  distill_from=str(base), distill_trajectory=2, train_timesteps="schedule",
+                  output=str(tmp_path / "student"))
+    assert load_restorer(train_sft(cfg)).unshuffle == 2
+    with pytest.raises(ValueError, match="distill_trajectory needs distill_from"):
+        train_sft(replace(cfg, distill_from=None, output=str(tmp_path / "bad")))
 
 
 def test_models_that_share_stage1_compute_it_once(tmp_path) -> None:

@@ -387,14 +387,31 @@ def test_login_records_the_user_on_flags(tmp_path: Path) -> None:
         demo.close()
 
 
+def test_shipped_chains_register_parent_first_whatever_the_listing_order(ctx: AppContext, tmp_path,
+                                                                        monkeypatch) -> None:
+    import app
+    from darl_core.loading import ShippedModel
+
+    chain = (ShippedModel("c", tmp_path / "c", "c", parent="b"), ShippedModel("b", tmp_path / "b", "b", parent="a"),
+             ShippedModel("a", tmp_path / "a", "a"))
+    monkeypatch.setattr(app, "SHIPPED_MODELS", chain)
+    app.register_shipped(ctx.store)
+    rows = {c.name: c for c in ctx.store.checkpoints()}
+    assert rows["c"].parent_id == rows["b"].id and rows["b"].parent_id == rows["a"].id and rows["a"].parent_id is None
+    monkeypatch.setattr(app, "SHIPPED_MODELS", (ShippedModel("d", tmp_path / "d", "d", parent="nowhere"),))
+    with pytest.raises(ValueError, match="parent is not shipped.*'d'"):
+        app.register_shipped(ctx.store)
+
+
 def test_shipped_models_are_registered_with_their_lineage_and_card_numbers(ctx: AppContext) -> None:
     import app
 
     app.register_shipped(ctx.store)
     app.register_shipped(ctx.store)  # idempotent: every start registers them again
     rows = {c.name: c for c in ctx.store.checkpoints()}
-    assert set(rows) == {"sft-blind", "sft-blind-v1", "darl-blind"}
+    assert set(rows) == {"sft-blind", "sft-blind-v1", "darl-blind", "sft-blind-fast"}
     assert rows["darl-blind"].parent_id == rows["sft-blind-v1"].id and rows["sft-blind"].parent_id is None
+    assert rows["sft-blind-fast"].parent_id == rows["sft-blind"].id
     for name in rows:  # the numbers come from each model card's evaluation.json
         card = json.loads((Path(rows[name].path) / "evaluation.json").read_text())["metrics"]
         assert rows[name].evaluation == pytest.approx(card) and card["psnr"] > 20
