@@ -12,6 +12,7 @@ evaluation numbers their cards report (``card_evaluation``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ SHIPPED_MODELS = (  # in the order the pickers list them
                  parent="sft-blind-v1"),
     ShippedModel("sft-blind-v1", MODELS_DIR / "sft-blind-v1", "sft-blind-v1 (first SFT, single-stage)"),
     ShippedModel("sft-blind-fast", MODELS_DIR / "sft-blind-fast",
-                 "sft-blind-fast (sft-blind's denoiser distilled, 2.6x cheaper)", parent="sft-blind"),
+                 "sft-blind-fast (sft-blind's denoiser distilled, 2.6x faster)", parent="sft-blind"),
 )
 
 
@@ -87,6 +88,13 @@ def load_restorer(model: str | os.PathLike | None = None, device: str | torch.de
         else:
             if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
                 raise ModelLoadError(f"model folder {model} does not exist")
+            if path.parent.is_dir():  # "models/sft-blnd": a mistyped local folder, not a Hub id "owner/name"
+                near = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()
+                                                             if (p / "model_index.json").is_file()], n=3)
+                raise ModelLoadError(f"model folder {model} does not exist"
+                                     + (f"; did you mean {', '.join(str(path.parent / n) for n in near)}?" if near else "")
+                                     + f" (a Hugging Face repo id is tried only when no local folder {path.parent}/ "
+                                     f"exists)")
             restorer = _from_hub(str(model), dtype)
             restorer.source = str(model)
     except ModelLoadError:

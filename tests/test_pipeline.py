@@ -117,6 +117,14 @@ def test_missing_folder_and_offline_hub_id_fail_clearly(tmp_path, monkeypatch: p
     with pytest.raises(ModelLoadError, match="huggingface-cli download"):
         load_restorer("someone/darl-not-cached")
     assert time.time() - t < 5
+    # a mistyped folder under an existing one is said to be one, with the near names, not sent to the Hub
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "sft-blind-fast").mkdir(parents=True)
+    (tmp_path / "models" / "sft-blind-fast" / "model_index.json").write_text("{}")
+    t = time.time()
+    with pytest.raises(ModelLoadError, match=r"models/sft-blnd-fast does not exist; did you mean models/sft-blind-fast\?"):
+        load_restorer("models/sft-blnd-fast")
+    assert time.time() - t < 1
 
 
 def test_tiny_pipeline_expected_slice() -> None:
