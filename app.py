@@ -12,11 +12,14 @@ login: the user is recorded on every change, and only a sample's, job's or
 checkpoint's owner or an admin may change it), DARL_ADMINS ("ann,bob": the users
 who may change anything), DARL_ALLOW_REMOTE=1 (serve a non-loopback host without
 login: everyone who reaches it may change everything), DARL_NO_WORKER=1 (do not
-start a worker here, e.g. when workers run on GPU machines).
+start a worker here, e.g. when workers run on GPU machines), DARL_PRECISION
+(auto, fp32 or bf16; auto: bf16 autocast where the CPU has native bf16 or on a
+GPU, else fp32).
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import os
 import signal
@@ -93,7 +96,12 @@ def start_worker() -> Supervisor:
     return sup
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Serve the app; ``argv`` (the command line's arguments) takes only --help: settings are environment
+    variables (the module docstring), and anything else is refused before anything starts."""
+    argparse.ArgumentParser(prog="app.py", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv or [])
     # DARL_HOST/PORT first, then Gradio's own GRADIO_SERVER_NAME/PORT, then local-only defaults.
     host = os.environ.get("DARL_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = os.environ.get("DARL_PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860"
@@ -131,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -102,3 +102,21 @@ def test_the_app_refuses_to_serve_others_without_login(env: dict[str, str], mess
         app.main()
     assert message in str(e.value)
     assert not (tmp_path / "darl.db").exists()  # refused before the store was opened
+
+
+def test_help_explains_the_settings_and_stray_arguments_start_nothing(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """`app.py --help` prints the environment settings and exits; a flag the app does not take (a user
+    guessing `--port`) is an error, not a server started with it silently ignored."""
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    monkeypatch.setenv("DARL_DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        app.main(["--help"])
+    assert e.value.code == 0 and "DARL_DATA_DIR" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        app.main(["--port", "7931"])
+    assert e.value.code == 2 and "unrecognized arguments: --port 7931" in capsys.readouterr().err
+    assert not (tmp_path / "darl.db").exists()  # nothing was started
