@@ -130,11 +130,11 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]
     save_tensor(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0], tmp / "lq.png")
     out = {}
+    shipped = (str(DEFAULT_MODEL), str(SHIPPED_RL))
     for label in ("before", "after"):
         ctx = AppContext(Store(directory=tmp / f"data-{label}"))
-        models = after_models or (str(DEFAULT_MODEL), str(SHIPPED_RL))
+        models = (before_models if label == "before" else after_models) or shipped
         if label == "before":  # the models as the app loaded them before set_precision existed
-            models = before_models or (str(DEFAULT_MODEL), str(SHIPPED_RL))
             for p in models:
                 ctx._models[p] = load_restorer(p)
         tile = 256 if label == "before" else DEFAULT_TILE

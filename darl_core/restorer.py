@@ -375,9 +375,9 @@ class Restorer(ABC):
             if kind != "v_prediction":
                 raise ValueError(f"unsupported prediction_type {kind!r}")
             target = sched.get_velocity(x0, eps, t)
-        if teacher is not None and trajectory_steps > 0:
-            x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction)
         if teacher is not None:
+            if trajectory_steps > 0:
+                x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction)
             # The teacher's output is the regression's conditional mean as far as it learned it: a
             # target without the noise of the true v, so a small student learns from fewer samples.
             with torch.no_grad():
