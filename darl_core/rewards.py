@@ -47,6 +47,7 @@ __all__ = [
     "Metric",
     "MissingWeightsError",
     "Reward",
+    "RELIABLE_SIDE",
     "ScoreMeta",
     "create_reward",
     "get_metric",

@@ -205,6 +205,18 @@ def test_a_uniform_image_is_said_before_the_restore(ctx: AppContext, tmp_path: P
                             progress=lambda f, s: said.append(f"progress {s}"), warn=lambda w: said.append(w))
     assert "uniform" in said[0]  # before any progress of the restore
     assert any("n/a" in str(cell) and "uniform" in str(cell) for row in r.scores for cell in row)
+    assert not any("unreliable" in w for w in said)  # 200 px a side: large enough for NIQE
+
+
+def test_an_image_too_small_for_niqe_is_said_in_the_app_not_only_the_log(ctx: AppContext, tmp_path: Path,
+                                                                         tiny_model_dir: Path) -> None:
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(small)
+    said: list[str] = []
+    restore_tab.restore(ctx, str(small), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+                        progress=lambda f, s: None, warn=said.append)
+    assert [w for w in said if "160x120: NIQE is unreliable below 192 px" in w]
+    assert restore_tab.small_image_warning(Image.new("RGB", (120, 160)), ("piqe",)) is None  # PIQE has no such limit
 
 
 # ----------------------------------------------------------------------------- budgets and cancellation

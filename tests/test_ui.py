@@ -469,6 +469,8 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     cid = ctx.store.register_checkpoint(str(mine), "mine", evaluation={"psnr": 25.0})
     sft, rl = ctx.default_models()
     assert rl == str(SHIPPED_RL)
+    before = {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}
+    assert (before["sft-blind"], before["darl-blind"], before["mine"], before["sft-blind-fast"]) == ("SFT", "RL", "", "")
     choices, *_ = picker_values(ctx, sft, rl, sft)
     assert [p for _, p in choices][:len(SHIPPED)] == list(SHIPPED) and str(mine) in {p for _, p in choices}
     models_tab.promote(ctx, cid)
@@ -477,6 +479,10 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     assert picker_values(ctx, sft, "/custom", sft, promoted=True)[2] == str(mine)
     assert picker_values(ctx, sft, "/custom", sft)[2] == "/custom"  # otherwise the user's choice stays
     assert any(label.startswith("mine (default)") for label, _ in ctx.model_choices())
+    # the Models table says which side each default is for: the shipped SFT model, the promoted RL one
+    side = {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}
+    assert side["mine"] == "RL (promoted)" and side["sft-blind"] == "SFT" and side["darl-blind"] == ""
+    assert (f"#{cid} mine (default RL)", cid) in models_tab.checkpoint_choices(ctx)
     # shipped models cannot be deleted (they are registered again at every start)
     shipped_rl = next(c.id for c in ctx.store.checkpoints() if c.path == str(SHIPPED_RL))
     with pytest.raises(UserError, match="ships with the app"):
@@ -488,6 +494,7 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     with pytest.raises(UserError, match="no checkpoint #99"):
         models_tab.delete_preview(ctx, 99)
     models_tab.promote(ctx, shipped_rl)
+    assert {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}["darl-blind"] == "RL (promoted)"
     models_tab.delete(ctx, cid, confirmed=True)
     choices, s2, r2, b2 = picker_values(ctx, str(mine), str(mine), str(mine), gone=str(mine))
     assert str(mine) not in {p for _, p in choices} and (s2, r2, b2) == (sft, str(SHIPPED_RL), choices[0][1])

@@ -4,6 +4,7 @@ the log of who changed what."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,30 @@ def list_events(ctx: AppContext, limit: int = 100) -> list[list[Any]]:
             for e in ctx.store.events(limit=limit)]
 
 
+def _default_sides(ctx: AppContext) -> Callable[[str], str]:
+    """path -> which side of the Restore tab it is the default of: "SFT", "RL", "SFT and RL" or ""."""
+    def key(p: str) -> str:
+        return str(Path(p).resolve())
+    sides = [(side, key(p)) for side, p in zip(("SFT", "RL"), ctx.default_models())]
+    return lambda path: " and ".join(side for side, p in sides if p == key(path))
+
+
 def list_checkpoints(ctx: AppContext) -> list[list[Any]]:
+    """The table's rows; "default" says which side of the Restore tab a model is the default of (the RL
+    side: the promoted checkpoint, else the shipped RL model)."""
     ckpts = ctx.store.checkpoints()
     names = {c.id: c.name for c in ckpts}
-    return [[c.id, c.name, names.get(c.parent_id, ""), c.job_id or "", "yes" if c.promoted else "",
+    side = _default_sides(ctx)
+    return [[c.id, c.name, names.get(c.parent_id, ""), c.job_id or "",
+             side(c.path) + (" (promoted)" if c.promoted else ""),
              ", ".join(f"{k} {v:.4g}" for k, v in c.evaluation.items()), c.path] for c in ckpts]
 
 
 def checkpoint_choices(ctx: AppContext) -> list[tuple[str, int]]:
     """(label, id) of the registered checkpoints, for the checkpoint picker."""
-    return [(f"#{c.id} {c.name}{' (default)' if c.promoted else ''}", c.id) for c in ctx.store.checkpoints()]
+    side = _default_sides(ctx)
+    return [(f"#{c.id} {c.name}{f' (default {side(c.path)})' if side(c.path) else ''}", c.id)
+            for c in ctx.store.checkpoints()]
 
 
 def checkpoint_from_row(row: list[Any] | None) -> int | None:

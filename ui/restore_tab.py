@@ -22,7 +22,7 @@ from darl_core.difficulty import difficulty, difficulty_no_reference
 from darl_core.images import pil_to_tensor, to_rgb
 from darl_core.loading import ModelLoadError
 from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
-from darl_core.rewards import MissingWeightsError, get_metric
+from darl_core.rewards import RELIABLE_SIDE, MissingWeightsError, get_metric
 from storage import DiskFull
 
 from . import fields
@@ -32,7 +32,7 @@ from .upload import ImageUpload
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
            "difficulty_text", "estimate_seconds", "zoom_strip",
            "example_images", "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch",
-           "score",
+           "score", "small_image_warning",
            "score_table"]
 
 MAX_NOTE = 2000  # characters of a flag's note
@@ -230,6 +230,18 @@ def uniform_warning(im: Image.Image) -> str | None:
     return None
 
 
+def small_image_warning(im: Image.Image, metrics: tuple[str, ...]) -> str | None:
+    """A warning when the upload is smaller than a score-table metric needs to mean something (NIQE's
+    natural-scene statistics: 192 px a side), so its numbers are not read as a verdict."""
+    weak = [m for m in metrics if min(im.size) < RELIABLE_SIDE.get(m, 0)]
+    if not weak:
+        return None
+    need = max(RELIABLE_SIDE[m] for m in weak)
+    return (f"This image is {im.size[0]}x{im.size[1]}: {', '.join(m.upper() for m in weak)} is unreliable below "
+            f"{need} px a side, so read its scores here as rough; PIQE and, with a ground truth, PSNR and SSIM "
+            f"are not affected. Upload at least {need}x{need} px for a trustworthy NIQE.")
+
+
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
             rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
             gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
@@ -251,7 +263,8 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
     sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
-    warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps), uniform_warning(im)]
+    warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps), uniform_warning(im),
+                small_image_warning(im, ctx.metrics)]
     for warning in warnings:
         if warning and warn is not None:
             warn(warning)
