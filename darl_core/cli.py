@@ -52,8 +52,15 @@ def add_config_args(ap: argparse.ArgumentParser, cls: type) -> None:
         if typing.get_origin(hints[f.name]) is typing.Literal:  # a closed set of words: argparse checks it
             kw: dict[str, Any] = {"choices": typing.get_args(hints[f.name])}
         else:
-            base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+            hint = hints[f.name]
+            base = [hint] if typing.get_origin(hint) is tuple else \
+                [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            tuples = [a for a in base if typing.get_origin(a) is tuple]
+            if tuples:  # one or more values: --distill-trajectory 2 2 4
+                base = [typing.get_args(tuples[0])[0]]
             kw = {"type": {bool: _parse_bool, int: int, float: float}.get(base[0], str)}
+            if tuples:
+                kw["nargs"] = "+"
         ap.add_argument("--" + f.name.replace("_", "-"), default=None, help=f"{text} (default: {f.default})".strip(),
                         **kw)
 
@@ -62,4 +69,5 @@ def config_from_args(cfg: T, args: argparse.Namespace) -> T:
     """``cfg`` with every field the command line set replaced."""
     given: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(cfg)  # type: ignore[arg-type]
                              if getattr(args, f.name, None) is not None}
+    given = {k: (v[0] if len(v) == 1 else tuple(v)) if isinstance(v, list) else v for k, v in given.items()}
     return replace(cfg, **given)  # type: ignore[type-var]

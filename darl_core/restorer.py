@@ -46,7 +46,7 @@ from .images import pil_to_tensor, tensor_to_pil, to_rgb
 from .sampler import ddim_step, step_std
 from .tiling import tile_hook
 
-__all__ = ["Noise", "Precision", "Restorer", "Trajectory", "cpu_bf16_supported", "schedule_timesteps", "timestep_batch"]
+__all__ = ["Noise", "Precision", "Restorer", "Trajectory", "cpu_bf16_supported", "laplacian", "schedule_timesteps", "timestep_batch"]
 
 Precision = Literal["auto", "fp32", "bf16"]  # inference arithmetic: auto = bf16 where the hardware runs it natively
 
@@ -75,6 +75,14 @@ def cpu_bf16_supported() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def laplacian(x: torch.Tensor) -> torch.Tensor:
+    """The 4-neighbour Laplacian of each channel of a (B, C, H, W) batch (replicated borders), divided
+    by sqrt(20) so that i.i.d. noise keeps its variance: the high frequencies of ``x``."""
+    k = x.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]) / 20 ** 0.5
+    c = x.shape[1]
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.expand(c, 1, 3, 3).contiguous(), groups=c)
 
 
 def schedule_timesteps(scheduler: DDIMScheduler, steps: tuple[int, ...] = (1, 2, 4, 10)) -> torch.Tensor:
@@ -345,8 +353,8 @@ class Restorer(ABC):
 
     def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
                  reduce: bool = True, timesteps: torch.Tensor | None = None,
-                 teacher: torch.nn.Module | None = None, trajectory_steps: int = 0,
-                 trajectory_fraction: float = 0.5) -> torch.Tensor:
+                 teacher: torch.nn.Module | None = None, trajectory_steps: int | tuple[int, ...] = 0,
+                 trajectory_fraction: float = 0.5, hf_weight: float = 0.0) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
         when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
         schedule's), x_t = add_noise(x0), MSE of the denoiser's output. With a ``teacher`` denoiser
@@ -357,7 +365,12 @@ class Restorer(ABC):
         their x_t instead from this model's own deterministic n-step DDIM sampling (no gradient), at
         a step drawn uniformly: the states few-step sampling really visits, which after its first
         step are not the forward process's (x0_hat is smoother than a true x0), taught there what
-        the teacher would predict (on-policy, so a student's own first-step errors are corrected)."""
+        the teacher would predict (on-policy, so a student's own first-step errors are corrected).
+
+        ``hf_weight`` w > 0 adds w times the mean square of the error's high frequencies (a 3x3
+        Laplacian, scaled so white noise keeps its energy): the fine-scale noise a few-step sampler
+        leaves when its last prediction does not cancel x_t's noise exactly (speckle in flat areas),
+        which plain MSE weighs no more than a slight shift of a smooth gradient."""
         noise = Noise.of(generator)
         with torch.no_grad():
             cond = self.condition(lq, noise)
@@ -376,31 +389,48 @@ class Restorer(ABC):
                 raise ValueError(f"unsupported prediction_type {kind!r}")
             target = sched.get_velocity(x0, eps, t)
         if teacher is not None:
-            if trajectory_steps > 0:
+            if trajectory_steps:
                 x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction)
             # The teacher's output is the regression's conditional mean as far as it learned it: a
             # target without the noise of the true v, so a small student learns from fewer samples.
             with torch.no_grad():
                 target = self.predict(x_t.to(self.model_dtype), t, cond, unet=teacher).float()
         pred = self.predict(x_t.to(self.model_dtype), t, cond)
-        err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
+        diff = pred.float() - target.float()
+        err = diff.square().mean(dim=tuple(range(1, x0.ndim)))
+        if hf_weight > 0:
+            err = err + hf_weight * laplacian(diff).square().mean(dim=tuple(range(1, x0.ndim)))
         return err.mean() if reduce else err
 
     @torch.no_grad()
     def _trajectory_states(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, noise: Noise,
-                           steps: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+                           steps: int | tuple[int, ...], fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace a ``fraction`` of the rows of (x_t, t) by states of this model's own ``steps``-step
-        deterministic sampling from fresh noise, each at a step drawn uniformly (sft_loss)."""
+        deterministic sampling from fresh noise, each at a step drawn uniformly (sft_loss). A tuple of
+        step counts gives each chosen row one of them, uniformly (repeat a count to weigh it more)."""
         b = x_t.shape[0]
         rows = torch.nonzero(noise.rand(b) < fraction).flatten()
         if len(rows) == 0:
             return x_t, t
+        x_t, t = x_t.clone(), t.clone()
+        if isinstance(steps, int):
+            self._follow(x_t, t, cond, noise, rows, steps)
+            return x_t, t
+        which = noise.randint(len(steps), b)[rows]
+        for k, n in enumerate(steps):
+            if bool((which == k).any()):
+                self._follow(x_t, t, cond, noise, rows[which == k], n)
+        return x_t, t
+
+    def _follow(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, noise: Noise,
+                rows: torch.Tensor, steps: int) -> None:
+        """Write into ``rows`` of (x_t, t) the states of ``steps``-step sampling, each at a random step."""
+        b = x_t.shape[0]
         sched = type(self.scheduler).from_config(self.scheduler.config)  # the pipeline's own keeps its state
         sched.set_timesteps(steps)
         at = noise.randint(steps, b)[rows]  # which step each chosen row is taken at
         c = cond[rows.to(cond.device)]
         x = noise.randn(tuple(x_t.shape))[rows].to(x_t) * float(sched.init_noise_sigma)
-        x_t, t = x_t.clone(), t.clone()
         for j, tj in enumerate(sched.timesteps):
             here = (at == j).nonzero().flatten()
             x_t[rows[here].to(x_t.device)] = x[here.to(x.device)].to(x_t)
@@ -409,7 +439,6 @@ class Restorer(ABC):
                 break
             out = self.predict(x.to(self.model_dtype), int(tj), c).float()
             x = ddim_step(sched, out, int(tj), x.float(), eta=0.0).prev_sample
-        return x_t, t
 
     @torch.no_grad()
     def restore_images(self, image: Image.Image | list[Image.Image], num_inference_steps: int = 4,

@@ -68,8 +68,12 @@ class SFTConfig:
     new_denoiser: bool = False  # with init_from: keep its stage 1, start a fresh denoiser of unet_size
     distill_from: str | None = None  # stage "diffusion": regress onto this model's denoiser output (a teacher
                                      # trained on the same stage 1) instead of the true velocity
-    distill_trajectory: int = 0  # with distill_from: half the samples at the states of the student's own
-                                 # deterministic sampling with this many steps (restorer.sft_loss), 0: none
+    distill_trajectory: int | tuple[int, ...] = 0  # with distill_from: a share of the samples at the states of
+                                 # the student's own deterministic sampling with this many steps (several: one
+                                 # drawn per sample; restorer.sft_loss), 0: none
+    distill_trajectory_fraction: float = 0.5  # with distill_trajectory: the share of samples taken there
+    distill_hf_weight: float = 0.0  # with distill_from: extra weight on the error's high frequencies
+                                    # (restorer.sft_loss hf_weight; against speckle in flat areas), 0: plain MSE
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
     builtin: bool = True  # use the built-in training photos (see darl_core.data)
     photos: bool = False  # add the package photo corpus (darl_core.photos; fetched beforehand)
@@ -251,8 +255,11 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
             raise ValueError(f"the teacher {cfg.distill_from!r} predicts {kinds[0]} at residual scale "
                              f"{tpipe.config.residual_scale}, the student {kinds[1]} at {pipe.config.residual_scale}")
         teacher = tpipe.unet.float().to(device).eval().requires_grad_(False)
-    elif cfg.distill_trajectory:
-        raise ValueError("distill_trajectory needs distill_from (a teacher to say what to predict there)")
+    elif cfg.distill_trajectory or cfg.distill_hf_weight:
+        raise ValueError("distill_trajectory and distill_hf_weight need distill_from (a teacher to say what to "
+                         "predict)")
+    if not 0 < cfg.distill_trajectory_fraction <= 1:
+        raise ValueError(f"distill_trajectory_fraction must be in (0, 1], got {cfg.distill_trajectory_fraction}")
     pipe.to(device)
     net = (pipe.stage1 if regression else pipe.unet).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -313,7 +320,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
                 loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()
             else:  # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
                 loss = pipe.sft_loss(lq, hq, timesteps=train_t, teacher=teacher,
-                                     trajectory_steps=cfg.distill_trajectory)
+                                     trajectory_steps=cfg.distill_trajectory,
+                                     trajectory_fraction=cfg.distill_trajectory_fraction,
+                                     hf_weight=cfg.distill_hf_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

@@ -37,3 +37,18 @@ def test_one_unknown_field_check_for_jobs_and_config_files(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         importlib.import_module("darl_core.train_rl").main(["--config", str(tmp_path / "c.json")])
     assert "unknown config fields ['roundz']" in capsys.readouterr().err
+
+
+def test_a_field_that_takes_several_values_takes_them_on_the_command_line() -> None:
+    """``--distill-trajectory 2 2 4`` gives a tuple; one value stays a plain int; other fields are untouched."""
+    import argparse
+
+    from darl_core.cli import add_config_args, config_from_args
+    ap = argparse.ArgumentParser()
+    add_config_args(ap, SFTConfig)
+    several = config_from_args(SFTConfig(), ap.parse_args(["--distill-trajectory", "2", "2", "4", "--lr", "1e-4"]))
+    assert several.distill_trajectory == (2, 2, 4) and several.lr == 1e-4
+    assert config_from_args(SFTConfig(), ap.parse_args(["--distill-trajectory", "2"])).distill_trajectory == 2
+    assert config_from_args(SFTConfig(), ap.parse_args([])) == SFTConfig()
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--distill-trajectory", "two"])

@@ -1,6 +1,7 @@
 """The two-stage restorer (stage-1 regression + residual diffusion around it), its training,
 the realistic degradations and the independent (Pillow) evaluation set."""
 
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -16,13 +17,13 @@ from darl_core.degrade import degrade, get_preset, jpeg_compress, pillow_jpeg
 from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs, pillow_degrade
 from darl_core.images import pil_to_tensor
 from darl_core.loading import load_restorer
-from darl_core.restorer import Noise
 from darl_core.pipeline import (
     RestorationPipeline,
     build_stage1,
     build_unet,
     make_scheduler,
 )
+from darl_core.restorer import Noise, laplacian
 from darl_core.train_sft import tiny_test, train_sft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -236,6 +237,12 @@ def test_trajectory_distillation_trains_at_the_states_sampling_visits(tmp_path) 
             want = x_T[i] if at[i] == 0 else x_1[i]
             assert torch.allclose(x[i], want, atol=1e-5) and tt[i] == sched.timesteps[at[i]]
     assert len(pipe.scheduler.timesteps) == 4  # the pipeline's own scheduler keeps its state
+    # several step counts: each chosen row follows one of them, and lands on one of its timesteps
+    x, tt = pipe._trajectory_states(x_t, t, cond, Noise(torch.Generator().manual_seed(5)), (1, 4), 1.0)
+    sched.set_timesteps(4)
+    assert {int(v) for v in tt} <= {int(v) for v in sched.timesteps} | {999}
+    from_4 = [i for i in range(6) if int(tt[i]) in (749, 499, 249)]  # timesteps only 4-step sampling visits
+    assert from_4 and all(not torch.equal(x[i], x_t[i]) for i in range(6))
     # the loss at those states still regresses onto the teacher: a teacher equal to the student gives 0
     g = torch.Generator().manual_seed(2)
     assert pipe.sft_loss(lq, torch.rand(6, 3, 16, 16), g, teacher=pipe.unet, trajectory_steps=2).item() == 0.0
@@ -245,8 +252,43 @@ def test_trajectory_distillation_trains_at_the_states_sampling_visits(tmp_path) 
                   distill_from=str(base), distill_trajectory=2, train_timesteps="schedule",
                   output=str(tmp_path / "student"))
     assert load_restorer(train_sft(cfg)).unshuffle == 2
-    with pytest.raises(ValueError, match="distill_trajectory needs distill_from"):
+    with pytest.raises(ValueError, match="distill_trajectory and distill_hf_weight need distill_from"):
         train_sft(replace(cfg, distill_from=None, output=str(tmp_path / "bad")))
+
+
+def test_high_frequency_weight_counts_speckle_not_smooth_offsets(tmp_path) -> None:
+    """``distill_hf_weight``: the extra term is the Laplacian energy of the student-teacher error: nothing
+    for an error that is constant over the image, about w times the MSE for a pixel-noise error."""
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    ref = (x[..., 1:-1, :-2] + x[..., 1:-1, 2:] + x[..., :-2, 1:-1] + x[..., 2:, 1:-1] - 4 * x[..., 1:-1, 1:-1]) / 20 ** 0.5
+    assert torch.allclose(laplacian(x)[..., 1:-1, 1:-1], ref, atol=1e-6)  # the 4-neighbour stencil
+    assert 0.9 < float(laplacian(x).var()) < 1.1  # white noise keeps its energy
+    assert float(laplacian(torch.full((1, 2, 9, 9), 3.0)).abs().max()) < 1e-6  # borders included
+    pipe = _two_stage()
+    lq, hq = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+
+    def loss(teacher: torch.nn.Module, w: float) -> float:
+        return pipe.sft_loss(lq, hq, torch.Generator().manual_seed(3), teacher=teacher, hf_weight=w).item()
+    shifted = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        shifted.conv_out.bias.add_(0.3)  # the same output plus 0.3 everywhere
+    assert loss(shifted, 0.0) == pytest.approx(0.09, rel=1e-4)
+    assert loss(shifted, 5.0) == pytest.approx(loss(shifted, 0.0), rel=1e-4)
+    noisy = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        noisy.conv_out.weight.add_(torch.randn(noisy.conv_out.weight.shape, generator=torch.Generator().manual_seed(4)))
+    plain, weighted = loss(noisy, 0.0), loss(noisy, 5.0)
+    assert weighted > 2 * plain  # most of an error through a 3x3 conv of features is high-frequency
+    base = tmp_path / "teacher"
+    pipe.save_pretrained(base)
+    cfg = replace(tiny_test(), init_from=str(base), new_denoiser=True, unet_size="tiny_fast", steps=2,
+                  distill_from=str(base), distill_hf_weight=2.0, distill_trajectory=(2, 2, 4),
+                  distill_trajectory_fraction=1.0, output=str(tmp_path / "student"))
+    assert load_restorer(train_sft(cfg)).unshuffle == 2
+    with pytest.raises(ValueError, match="distill_hf_weight need distill_from"):
+        train_sft(replace(cfg, distill_from=None, distill_trajectory=0, output=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="distill_trajectory_fraction"):
+        train_sft(replace(cfg, distill_trajectory_fraction=0.0, output=str(tmp_path / "bad2")))
 
 
 def test_models_that_share_stage1_compute_it_once(tmp_path) -> None:
