@@ -162,6 +162,18 @@ def gpu_stage2() -> SFTConfig:
                      max_minutes=4.5)
 
 
+def gpu_stage2_distill() -> SFTConfig:
+    """``sft-blind-fast``'s denoiser distilled further on one GPU, time-boxed like ``gpu_stage2``: along the
+    student's own 2- and 4-step paths, the error's high frequencies weighted (the speckle that keeps the
+    fast model from being the default; docs/results.md 0b)."""
+    return SFTConfig(stage="diffusion", task="realistic", photos=True, init_from="models/sft-blind-fast",
+                     distill_from="models/sft-blind", distill_trajectory=(2, 2, 4), distill_trajectory_fraction=0.75,
+                     distill_hf_weight=2.0, train_timesteps="schedule", patch=128, batch_size=48, steps=200_000,
+                     lr=1e-4, warmup=100, ema_decay=0.998, val_every=0, ckpt_every=1000,
+                     num_workers=8, data_on_device=True, bf16=True, device="cuda", export_fp16=True,
+                     max_minutes=8.0)
+
+
 def tiny_test() -> SFTConfig:
     """Seconds on a CPU: the tests' config."""
     return SFTConfig(unet_size="tiny", builtin=False, dead_leaves=2, patch=32, batch_size=2, steps=4,
@@ -173,6 +185,7 @@ PRESETS: dict[str, Callable[[], SFTConfig]] = {"default": SFTConfig, "cpu": cpu,
                                                "cpu_stage2_fast": cpu_stage2_fast,
                                                "cpu_stage2_distill": cpu_stage2_distill,
                                                "gpu_stage1": gpu_stage1, "gpu_stage2": gpu_stage2,
+                                               "gpu_stage2_distill": gpu_stage2_distill,
                                                "tiny_test": tiny_test}
 
 
