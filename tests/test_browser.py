@@ -214,10 +214,10 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#promote-btn").click()
             expect(page.locator("#models-msg")).to_contain_text("is now the default RL model", timeout=30_000)
             page.get_by_role("tab", name="Restore").click()
-            expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default\)"),
+            expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default RL\)"),
                                                                    timeout=30_000)
             page.reload()
-            expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default\)"),
+            expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default RL\)"),
                                                                    timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "6_promoted_is_the_default.png"), full_page=True)
 
@@ -236,7 +236,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#delete-yes").click()
             expect(page.locator("#models-msg")).to_contain_text("deleted, with its files", timeout=30_000)
             page.get_by_role("tab", name="Restore").click()
-            expect(page.locator("#rl-picker input")).to_have_value(re.compile(r"^sft-blind .*\(default\)"),
+            expect(page.locator("#rl-picker input")).to_have_value(re.compile(r"^sft-blind .*\(default RL\)"),
                                                                    timeout=30_000)
             page.locator("#rl-picker input").click()
             options = page.get_by_role("option").all_inner_texts()

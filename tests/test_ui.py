@@ -97,6 +97,8 @@ def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir:
     assert [r[1] for r in rows] == ["ok", "ok", rows[2][1]] and rows[2][1].startswith("skipped: bad.png")
     assert len(gallery) == 4
     assert sorted(zipfile.ZipFile(zpath).namelist()) == ["b0_rl.png", "b0_sft.png", "b1_rl.png", "b1_sft.png"]
+    rows, gallery, zpath = restore_tab.restore_batch(ctx, [str(bad)], "blind", m, m, steps=2, tile=64)
+    assert rows[0][1].startswith("skipped: bad.png") and gallery == [] and zpath is None  # no empty archive offered
 
 
 def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
@@ -478,7 +480,7 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     assert picker_values(ctx, sft, str(SHIPPED_RL), sft, page_load=True)[2] == str(mine)
     assert picker_values(ctx, sft, "/custom", sft, promoted=True)[2] == str(mine)
     assert picker_values(ctx, sft, "/custom", sft)[2] == "/custom"  # otherwise the user's choice stays
-    assert any(label.startswith("mine (default)") for label, _ in ctx.model_choices())
+    assert any(label.startswith("mine (default RL)") for label, _ in ctx.model_choices())
     # the Models table says which side each default is for: the shipped SFT model, the promoted RL one
     side = {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}
     assert side["mine"] == "RL (promoted)" and side["sft-blind"] == "SFT" and side["darl-blind"] == ""

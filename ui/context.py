@@ -230,15 +230,15 @@ class AppContext:
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,
-        promoted first; the promoted one's label says "(default)"."""
+        promoted first; the promoted one's label says "(default RL)" (in both pickers: it is the RL side's default)."""
         ckpts = self.store.checkpoints()
         promoted = {c.path for c in ckpts if c.promoted}
-        out = [(f"{label}{' (default)' if path in promoted else ''}", path) for path, label in SHIPPED.items()]
+        out = [(f"{label}{' (default RL)' if path in promoted else ''}", path) for path, label in SHIPPED.items()]
         seen = {p for _, p in out}
         for c in sorted(ckpts, key=lambda c: not c.promoted):
             if c.path not in seen and Path(c.path).exists():
                 ev = ", ".join(f"{k} {v:.4g}" for k, v in list(c.evaluation.items())[:3])
-                out.append((f"{c.name}{' (default)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))
+                out.append((f"{c.name}{' (default RL)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))
                 seen.add(c.path)
         return out
 

@@ -395,9 +395,10 @@ def compare_views(r: RestoreResult, center: tuple[int, int] | None = None) -> tu
 def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", sft_model: str | None = None,
                   rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
                   progress: Callable[[float, str], None] | None = None, stop: threading.Event | None = None
-                  ) -> tuple[list[list[Any]], list[tuple[str, str]], str]:
-    """Restore several uploads: (table rows, gallery items, zip path). A bad file is reported, not fatal;
-    the whole batch shares one request's work budget (``check_budget``), and ``stop`` ends it."""
+                  ) -> tuple[list[list[Any]], list[tuple[str, str]], str | None]:
+    """Restore several uploads: (table rows, gallery items, zip path; None when no image was restored, so
+    no empty archive is offered). A bad file is reported, not fatal; the whole batch shares one request's
+    work budget (``check_budget``), and ``stop`` ends it."""
     if not image_paths:
         raise UserError("no images were uploaded")
     if len(image_paths) > MAX_BATCH:
@@ -431,7 +432,7 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
             niqe = {row[0]: row[1] for row in r.scores}
             rows.append([Path(path).name, "ok", niqe["input"], niqe["SFT"], niqe["RL"]])
     progress(1.0, "done")
-    return rows, gallery, str(zpath)
+    return rows, gallery, str(zpath) if gallery else None
 
 
 def gt_scale(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> int | None:
