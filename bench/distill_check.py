@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
     lq, hq = validation_set("realistic", args.crops)
     lq, hq = lq.to(args.device), hq.to(args.device)
 
-    def score(out: torch.Tensor) -> tuple[float, float]:
-        f = sum(flat_hf_ratio(out[i].cpu(), hq[i].cpu()) for i in range(len(hq))) / len(hq)
-        return float(psnr(out, hq).mean()), f
+    def score(outs: list[torch.Tensor]) -> dict[str, float]:
+        """PSNR and flat_hf of one output batch per seed, each a mean over crops, then over seeds."""
+        p = [float(psnr(o, hq).mean()) for o in outs]
+        f = [sum(flat_hf_ratio(o[i].cpu(), hq[i].cpu()) for i in range(len(hq))) / len(hq) for o in outs]
+        return {"psnr": sum(p) / len(p), "flat_hf": sum(f) / len(f)}
 
     pipes = [load_restorer(p, device=args.device) for p in args.models]
     for p in pipes:
@@ -71,17 +73,15 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict[str, dict[str, float]] = {}
     for path, pipe in zip(args.models, pipes):
         for s in args.steps:
-            scores = [score(pipe.restore_tensor(lq, s, generator=torch.Generator().manual_seed(seed)).clamp(0, 1))
-                      for seed in args.seeds]
-            rec = {"psnr": sum(a for a, _ in scores) / len(scores), "flat_hf": sum(b for _, b in scores) / len(scores)}
+            rec = score([pipe.restore_tensor(lq, s, generator=torch.Generator().manual_seed(seed)).clamp(0, 1)
+                         for seed in args.seeds])
             res[f"{path} @{s}"] = rec
             print(f"{path} {s} steps: PSNR {rec['psnr']:.2f}  flat_hf {rec['flat_hf']:.2f}", flush=True)
     teacher = pipes[0]
     for path, pipe in zip(args.models[1:], pipes[1:]):
         for name, nets in (("student then teacher", (pipe.unet, teacher.unet)),
                            ("teacher then student", (teacher.unet, pipe.unet))):
-            scores = [score(mixed(teacher, nets, lq, seed)) for seed in args.seeds]
-            rec = {"psnr": sum(a for a, _ in scores) / len(scores), "flat_hf": sum(b for _, b in scores) / len(scores)}
+            rec = score([mixed(teacher, nets, lq, seed) for seed in args.seeds])
             res[f"{path} {name}"] = rec
             print(f"{path} 2 steps, {name}: PSNR {rec['psnr']:.2f}  flat_hf {rec['flat_hf']:.2f}", flush=True)
     if args.json:

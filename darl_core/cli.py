@@ -53,13 +53,12 @@ def add_config_args(ap: argparse.ArgumentParser, cls: type) -> None:
             kw: dict[str, Any] = {"choices": typing.get_args(hints[f.name])}
         else:
             hint = hints[f.name]
-            base = [hint] if typing.get_origin(hint) is tuple else \
+            options = [hint] if typing.get_origin(hint) is tuple else \
                 [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-            tuples = [a for a in base if typing.get_origin(a) is tuple]
-            if tuples:  # one or more values: --distill-trajectory 2 2 4
-                base = [typing.get_args(tuples[0])[0]]
-            kw = {"type": {bool: _parse_bool, int: int, float: float}.get(base[0], str)}
-            if tuples:
+            several = next((a for a in options if typing.get_origin(a) is tuple), None)
+            base = typing.get_args(several)[0] if several else options[0]  # several: --distill-trajectory 2 2 4
+            kw = {"type": {bool: _parse_bool, int: int, float: float}.get(base, str)}
+            if several:
                 kw["nargs"] = "+"
         ap.add_argument("--" + f.name.replace("_", "-"), default=None, help=f"{text} (default: {f.default})".strip(),
                         **kw)

@@ -413,10 +413,8 @@ class Restorer(ABC):
         if len(rows) == 0:
             return x_t, t
         x_t, t = x_t.clone(), t.clone()
-        if isinstance(steps, int):
-            self._follow(x_t, t, cond, noise, rows, steps)
-            return x_t, t
-        which = noise.randint(len(steps), b)[rows]
+        steps = (steps,) if isinstance(steps, int) else tuple(steps)
+        which = noise.randint(len(steps), b)[rows] if len(steps) > 1 else torch.zeros_like(rows)
         for k, n in enumerate(steps):
             if bool((which == k).any()):
                 self._follow(x_t, t, cond, noise, rows[which == k], n)

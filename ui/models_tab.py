@@ -48,7 +48,7 @@ def list_checkpoints(ctx: AppContext) -> list[list[Any]]:
 def checkpoint_choices(ctx: AppContext) -> list[tuple[str, int]]:
     """(label, id) of the registered checkpoints, for the checkpoint picker."""
     side = _default_sides(ctx)
-    return [(f"#{c.id} {c.name}{f' (default {side(c.path)})' if side(c.path) else ''}", c.id)
+    return [(f"#{c.id} {c.name}{f' (default {s})' if (s := side(c.path)) else ''}", c.id)
             for c in ctx.store.checkpoints()]
 
 
