@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         for key, (m, a) in sorted(shapes.items()):
             cin, cout, k, hw = key
             a = a.float().contiguous(memory_format=torch.channels_last)
-            f = median_time(lambda: m.conv(a), args.repeats)
-            i = median_time(lambda: m(a), args.repeats)
+            f = median_time(lambda m=m, a=a: m.conv(a), args.repeats)
+            i = median_time(lambda m=m, a=a: m(a), args.repeats)
             rows.append({"shape": [cin, cout, k, list(hw)], "fp32_s": f, "int8_s": i})
             print(f"   {cin:4d} {cout:4d} {k} {hw[0]:4d}x{hw[1]:<4d} {f * 1e3:7.2f} / {i * 1e3:7.2f}  {f / i:4.2f}x")
             if i >= f:
