@@ -98,7 +98,7 @@ def load_image(src: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXE
         raise ImageError("not a PNG, JPEG, BMP, TIFF, WebP or GIF file (judged by its content, not its "
                          "name)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
-        raise ImageError(f"the image file is damaged or truncated ({type(e).__name__}: {e})") from None
+        raise ImageError(f"the image file is damaged or truncated; the decoder said: {e}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old
 

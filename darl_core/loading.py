@@ -39,17 +39,17 @@ FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "s
 class ShippedModel:
     name: str  # its name in the registry and the pickers
     path: Path  # its folder in the repo
-    label: str  # what the pickers show
+    label: str  # what the pickers show (short: a narrow dropdown cuts longer ones; the Models tab says the rest)
     parent: str | None = None  # the name of the model it was trained from
 
 
 SHIPPED_MODELS = (  # in the order the pickers list them
-    ShippedModel("sft-blind", DEFAULT_MODEL, "sft-blind (shipped SFT, two-stage)"),
-    ShippedModel("darl-blind", MODELS_DIR / "darl-blind", "darl-blind (shipped RL, trained from sft-blind-v1)",
+    ShippedModel("sft-blind", DEFAULT_MODEL, "sft-blind (shipped SFT)"),
+    ShippedModel("darl-blind", MODELS_DIR / "darl-blind", "darl-blind (shipped RL)",
                  parent="sft-blind-v1"),
-    ShippedModel("sft-blind-v1", MODELS_DIR / "sft-blind-v1", "sft-blind-v1 (first SFT, single-stage)"),
+    ShippedModel("sft-blind-v1", MODELS_DIR / "sft-blind-v1", "sft-blind-v1 (first SFT)"),
     ShippedModel("sft-blind-fast", MODELS_DIR / "sft-blind-fast",
-                 "sft-blind-fast (sft-blind's denoiser distilled, 2.6x faster)", parent="sft-blind"),
+                 "sft-blind-fast (SFT, 2.6x faster)", parent="sft-blind"),
 )
 
 

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's package), driven by Playwright.
 
-Start a long restore and stop it from the page; load a clickable example and roll a random seed;
+Upload a damaged file and be told at once; start a long restore and stop it from the page; load a
+clickable example and roll a random seed;
 upload an image and see the input/SFT and SFT/RL sliders, the difference map, the 1:1 zoom that
 follows a click, the readable score table and "no ground truth given"; flag the sample, find it in
 the hard-samples tab, view it, filter by part of its reason, open it in Restore; launch a quick
@@ -92,6 +93,12 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
                 "--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
+            # a file the loader refuses is said at upload, and not left on the page as a broken image
+            broken = tmp_path / "broken.png"
+            broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+            page.locator("#upload input[type=file]").set_input_files(str(broken))
+            expect(page.get_by_text("Not usable: broken.png").first).to_be_visible(timeout=30_000)
+            expect(page.locator("#upload img")).to_have_count(0, timeout=30_000)
             page.locator("#upload input[type=file]").set_input_files(image)
             page.locator("#restore-btn").click()
             expect(page.locator("#slider img").first).to_be_visible(timeout=120_000)

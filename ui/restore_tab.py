@@ -8,7 +8,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,7 @@ from .upload import ImageUpload
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
            "difficulty_text", "estimate_seconds", "zoom_strip",
            "example_images", "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch",
-           "score", "small_image_warning",
-           "score_table"]
+           "rough_scores", "score", "small_image_warning", "score_table", "upload_problem"]
 
 MAX_NOTE = 2000  # characters of a flag's note
 REASONS = ["artifacts", "over-smoothed", "hallucination", "colour shift", "noise left", "blur left", "other"]
@@ -52,6 +51,7 @@ class RestoreResult:
     seconds: float  # wall time of both restorations
     difficulty_kind: str = ""  # "gt" (1 - SSIM against the ground truth), "proxy" (no reference), "" (none)
     gt: Image.Image | None = None  # the ground truth used for the scores (RGB), if one was given
+    rough: dict[str, list[str]] = field(default_factory=dict)  # metric -> images too small for it (``rough_scores``)
 
 
 # How to read each score: (name shown, higher is better, what it compares with)
@@ -69,14 +69,27 @@ def _metric_info(name: str) -> tuple[str, bool, str]:
     return name.upper(), not m.lower_better, "vs ground truth" if m.full_reference else "no reference"
 
 
-def score_table(headers: list[str], rows: list[list[Any]]) -> tuple[list[list[Any]], str]:
+def rough_scores(sizes: dict[str, tuple[int, int]], metrics: list[str]) -> dict[str, list[str]]:
+    """metric -> the images (of ``sizes``: name -> (width, height)) smaller than it needs to mean
+    something (``RELIABLE_SIDE``: NIQE's statistics need 192 px a side); metrics with none are left out."""
+    out = {m: [k for k, wh in sizes.items() if min(wh) < RELIABLE_SIDE.get(m, 0)] for m in metrics}
+    return {m: names for m, names in out.items() if names}
+
+
+def score_table(headers: list[str], rows: list[list[Any]], rough: dict[str, list[str]] | None = None
+                ) -> tuple[list[list[Any]], str]:
     """The IQA scores as the page shows them: one row per metric with which way is better, the input,
     SFT and RL values and which image scores best (ties joined with "="); plus a note when the
-    no-reference metrics disagree on SFT against RL (empty otherwise)."""
+    no-reference metrics disagree on SFT against RL (empty otherwise). A metric in ``rough``
+    (``rough_scores``) says on its row which images are too small for it."""
     table: list[list[Any]] = []
     prefers: dict[str, str] = {}
+    rough = rough or {}
     for j, name in enumerate(headers[1:], start=1):
         label, higher, ref = _metric_info(name)
+        if name in rough:
+            who = "all images" if len(rough[name]) == len(IMAGES) else ", ".join(rough[name])
+            ref += f"; rough on {who}: under {RELIABLE_SIDE[name]} px"
         values = {row[0]: row[j] for row in rows}
         nums = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
         best = "—"
@@ -97,14 +110,18 @@ def score_table(headers: list[str], rows: list[list[Any]]) -> tuple[list[list[An
     return table, note
 
 
-def difficulty_text(d: float, kind: str) -> str:
-    """One line saying what the difficulty estimate is, on which scale, and how it was measured."""
+def difficulty_text(d: float, kind: str, rough: bool = False) -> str:
+    """One line saying what the difficulty estimate is, on which scale, and how it was measured;
+    ``rough``: the proxy's NIQE was measured on a restoration too small for it."""
     if kind == "gt":
         return (f"difficulty {d:.3f} (0 = easy … 1 = hard), ground-truth measure: 1 − SSIM of the SFT "
                 f"restoration against your ground truth")
     if kind == "proxy":
         return (f"difficulty {d:.3f} (0 = easy … 1 = hard), no-reference proxy: 1 − normalised NIQE of the "
-                f"SFT restoration; upload a ground truth for the ground-truth measure (1 − SSIM)")
+                f"SFT restoration"
+                + (f" (rough: NIQE is unreliable under {RELIABLE_SIDE['niqe']} px a side, as this restoration is)"
+                   if rough else "")
+                + "; upload a ground truth for the ground-truth measure (1 − SSIM)")
     return ("difficulty: image too small for the no-reference proxy (NIQE needs 96 px); upload a ground truth "
             "for the ground-truth measure (1 − SSIM)")
 
@@ -193,6 +210,11 @@ def network_scale(pipe: Any) -> int:
     return int(getattr(pipe, "output_scale", 1)) if isinstance(pipe, RestorationPipeline) else 1
 
 
+def _mpp(x: float) -> str:
+    """Megapixel-passes as a message shows them: whole numbers, or two significant digits below 10."""
+    return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
+
+
 def check_budget(ctx: AppContext, size: tuple[int, int], steps: int, tile: int,
                  scales: tuple[int, ...] = (1, 1)) -> None:
     """UserError when a restore would cost more than the app allows one request (``AppContext.max_work``
@@ -240,6 +262,18 @@ def small_image_warning(im: Image.Image, metrics: tuple[str, ...]) -> str | None
     return (f"This image is {im.size[0]}x{im.size[1]}: {', '.join(m.upper() for m in weak)} is unreliable below "
             f"{need} px a side, so read its scores here as rough; PIQE and, with a ground truth, PSNR and SSIM "
             f"are not affected. Upload at least {need}x{need} px for a trustworthy NIQE.")
+
+
+def upload_problem(ctx: AppContext, path: str | None, what: str = "image") -> str | None:
+    """Why an upload cannot be restored (``AppContext.open_upload``'s message), or None when it can: the
+    page says so at upload, instead of showing a broken image until Restore is pressed."""
+    if not path:
+        return None
+    try:
+        ctx.open_upload(path, what)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
@@ -321,7 +355,8 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
             d, kind = float(difficulty_no_reference(tensors[1], raw=known)), "proxy"
         except ValueError:
             d, kind = float("nan"), ""
-    text = difficulty_text(d, kind)
+    rough = rough_scores(dict(zip(IMAGES, (rgb_in.size, sft_rgb.size, rl_rgb.size))), names)
+    text = difficulty_text(d, kind, rough=kind == "proxy" and "SFT" in rough.get("niqe", []))
     tmp = Path(ctx.scratch("darl-restore-"))
     files = []
     for name, img in (("restored_sft.png", outs[0]), ("restored_rl.png", outs[1])):
@@ -329,7 +364,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         files.append(str(tmp / name))
     progress(1.0, "done")
     return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds, kind,
-                         to_rgb(gt_im)[0] if gt_im is not None else None)
+                         to_rgb(gt_im)[0] if gt_im is not None else None, rough)
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -417,8 +452,8 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
                 size = ctx.open_upload(path).size
                 cost = work(size, int_arg("steps", steps, 0, 50), int_arg("tile size", tile, 64, 1024))[0]
                 if spent + cost > ctx.max_work:
-                    raise UserError(f"over the batch's work budget ({ctx.max_work:,.0f} megapixel-passes; this "
-                                    f"image adds {cost:,.0f} to {spent:,.0f}); restore it on its own")
+                    raise UserError(f"over the batch's work budget ({_mpp(ctx.max_work)} megapixel-passes; this "
+                                    f"image adds {_mpp(cost)} to {_mpp(spent)}); restore it on its own")
                 r = restore(ctx, path, task, sft_model, rl_model, steps, seed, tile, stop=stop)
                 spent += cost
             except RestoreStopped:
@@ -430,7 +465,9 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
                 z.write(f, f"{name}_{label}.png")
                 gallery.append((f, f"{name} · {label.upper()}"))
             niqe = {row[0]: row[1] for row in r.scores}
-            rows.append([Path(path).name, "ok", niqe["input"], niqe["SFT"], niqe["RL"]])
+            first = r.headers[1]  # the batch table shows the first metric (NIQE by default)
+            status = f"ok; {first.upper()} rough: under {RELIABLE_SIDE[first]} px" if first in r.rough else "ok"
+            rows.append([Path(path).name, status, niqe["input"], niqe["SFT"], niqe["RL"]])
     progress(1.0, "done")
     return rows, gallery, str(zpath) if gallery else None
 
@@ -573,7 +610,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
                 c["run_batch"] = gr.Button("Restore all")
                 c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
-                                                interactive=False, label="Batch results")
+                                                interactive=False, label="Batch results", wrap=True)
                 c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220)
                 c["batch_zip"] = gr.File(label="Batch download")
         with gr.Column(scale=2):
@@ -617,7 +654,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             return tuple(gr.skip() for _ in range(13))
         finally:
             ctx.end_session(key)
-        table, note = score_table(r.headers, r.scores)
+        table, note = score_table(r.headers, r.scores, r.rough)
         given = "with your ground truth" if r.gt is not None else "**no ground truth given**: no-reference scores only"
         text = (f"**{r.difficulty_text}** · {given} · both restorations took {r.seconds:.1f} s"
                 + (f"\n\n{note}" if note else ""))
@@ -657,6 +694,18 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                 float("nan"), "", "", "")
 
     c["image"].change(cleared, None, results, api_visibility="private", queue=False)
+
+    def check_upload(what: str) -> Callable[[str | None], Any]:
+        def on_upload(path: str | None) -> Any:  # a file the loader refuses: said now, and not shown broken
+            problem = upload_problem(ctx, path, what)
+            if problem is None:
+                return gr.skip()
+            gr.Warning(f"Not usable: {problem}", duration=20)
+            return None
+        return on_upload
+
+    for key, what in (("image", "image"), ("gt", "ground truth")):
+        c[key].upload(check_upload(what), c[key], c[key], api_visibility="private")
     for event in (c["image"].upload, c["image"].clear):
         event(lambda: None, None, c["gt"], api_visibility="private", queue=False)
     c["dice"].click(lambda: int(torch.randint(0, 2**31 - 1, (1,))), None, c["seed"], api_visibility="private")
