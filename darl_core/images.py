@@ -98,7 +98,9 @@ def load_image(src: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXE
         raise ImageError("not a PNG, JPEG, BMP, TIFF, WebP or GIF file (judged by its content, not its "
                          "name)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
-        raise ImageError(f"the image file is damaged or truncated; the decoder said: {e}") from None
+        detail = str(e).strip()
+        said = "" if not detail or "truncated" in detail.lower() else f" ({detail})"
+        raise ImageError(f"the image file is damaged or truncated{said}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old
 

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's package), driven by Playwright.
 
-Upload a damaged file and be told at once; start a long restore and stop it from the page; load a
+Upload a damaged file and be told at once; give a ground truth first and see it kept for the next
+image and cleared (said) when that image is replaced; start a long restore and stop it from the page; load a
 clickable example and roll a random seed;
 upload an image and see the input/SFT and SFT/RL sliders, the difference map, the 1:1 zoom that
 follows a click, the readable score table and "no ground truth given"; flag the sample, find it in
@@ -96,10 +97,20 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             # a file the loader refuses is said at upload, and not left on the page as a broken image
             broken = tmp_path / "broken.png"
             broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+            others = restore_tab.example_images(tmp_path / "examples")
+            page.locator("#gt-upload input[type=file]").set_input_files(others[2])  # a ground truth first
+            expect(page.locator("#gt-upload img")).to_have_count(1, timeout=30_000)
             page.locator("#upload input[type=file]").set_input_files(str(broken))
             expect(page.get_by_text("Not usable: broken.png").first).to_be_visible(timeout=30_000)
             expect(page.locator("#upload img")).to_have_count(0, timeout=30_000)
+            # the ground truth given first waits for its image; replacing that image then clears it, said so
+            page.locator("#upload input[type=file]").set_input_files(others[1])
+            expect(page.locator("#upload img")).to_have_count(1, timeout=30_000)
+            page.wait_for_timeout(1000)
+            expect(page.locator("#gt-upload img")).to_have_count(1)
             page.locator("#upload input[type=file]").set_input_files(image)
+            expect(page.get_by_text("The ground truth was cleared").first).to_be_visible(timeout=30_000)
+            expect(page.locator("#gt-upload img")).to_have_count(0, timeout=30_000)
             page.locator("#restore-btn").click()
             expect(page.locator("#slider img").first).to_be_visible(timeout=120_000)
             expect(page.locator("#difficulty")).to_contain_text("difficulty", timeout=30_000)

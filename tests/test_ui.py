@@ -47,17 +47,18 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert "0 = easy … 1 = hard" in r.difficulty_text
     assert all(Path(f).is_file() for f in r.files)
     # every shown row says which way is better and which image is best
-    table, _ = restore_tab.score_table(r.headers, r.scores, r.rough)
+    table, note = restore_tab.score_table(r.headers, r.scores, r.rough)
     assert r.rough == {"niqe": ["input", "SFT", "RL"]}  # 100 px a side: NIQE's row says it is rough
+    assert "*NIQE is rough here: every image is under 192 px a side" in note
     assert [row[:2] for row in table] == [
-        ["NIQE (no reference; rough on all images: under 192 px)", "lower ↓"], ["PIQE (no reference)", "lower ↓"],
+        ["NIQE (no reference, rough*)", "lower ↓"], ["PIQE (no reference)", "lower ↓"],
         ["PSNR, dB (vs ground truth)", "higher ↑"], ["SSIM (vs ground truth)", "higher ↑"]]
     psnr = table[2]
     assert psnr[5] in ("input", "SFT", "RL") and psnr[2:5][("input", "SFT", "RL").index(psnr[5])] == max(psnr[2:5])
     r2 = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
     assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == [] and r2.difficulty_kind == "proxy"
     assert "no-reference proxy" in r2.difficulty_text and "0 = easy … 1 = hard" in r2.difficulty_text
-    assert "rough: NIQE is unreliable under 192 px" in r2.difficulty_text
+    assert "rough: this restoration is under 192 px a side" in r2.difficulty_text
     # the proxy reuses the table's NIQE of the SFT restoration: the same value as computing it afresh
     from darl_core.difficulty import difficulty_no_reference
     from darl_core.images import pil_to_tensor
@@ -512,9 +513,10 @@ def test_score_table_says_which_images_are_too_small_for_a_metric() -> None:
     # an x4 model: the 64-px input is too small for NIQE, its 256-px restorations are not
     rough = restore_tab.rough_scores({"input": (64, 64), "SFT": (256, 256), "RL": (256, 256)}, ["niqe", "piqe"])
     assert rough == {"niqe": ["input"]}
-    table, _ = restore_tab.score_table(["image", "niqe", "piqe"], [["input", 9.0, 50.0], ["SFT", 5.0, 30.0],
-                                                                  ["RL", 4.0, 35.0]], rough)
-    assert [row[0] for row in table] == ["NIQE (no reference; rough on input: under 192 px)", "PIQE (no reference)"]
+    table, note = restore_tab.score_table(["image", "niqe", "piqe"], [["input", 9.0, 50.0], ["SFT", 5.0, 30.0],
+                                                                     ["RL", 4.0, 35.0]], rough)
+    assert [row[0] for row in table] == ["NIQE (no reference, rough*)", "PIQE (no reference)"]
+    assert note == "*NIQE is rough here: the input is under 192 px a side, where its statistics are unreliable."
     assert restore_tab.rough_scores({"input": (192, 400), "SFT": (192, 400)}, ["niqe"]) == {}
     assert "rough" not in restore_tab.difficulty_text(0.4, "proxy")
     assert "rough" not in restore_tab.difficulty_text(0.4, "gt", rough=True)  # the ground-truth measure needs no NIQE
@@ -527,9 +529,17 @@ def test_an_upload_the_loader_refuses_is_said_at_upload(ctx: AppContext, tmp_pat
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(Path(_img(tmp_path / "whole.png", (64, 64))).read_bytes()[:200])
     said = restore_tab.upload_problem(ctx, str(truncated), "ground truth")
-    assert said.startswith("cut.png: the image file is damaged or truncated; the decoder said: ") and "Error" not in said
+    assert said == "cut.png: the image file is damaged or truncated"  # not "truncated ... (image file is truncated)"
     assert restore_tab.upload_problem(ctx, _img(tmp_path / "ok.png")) is None
     assert restore_tab.upload_problem(ctx, None) is None  # a cleared component: nothing to say
+
+
+def test_a_ground_truth_given_first_waits_for_its_image_and_one_given_with_an_image_leaves_with_it() -> None:
+    stale = restore_tab.stale_ground_truth
+    assert not stale("gt.png", "", "a.png")  # given before any degraded image: it belongs to the next one
+    assert not stale("gt.png", "a.png", "a.png")  # the same file again
+    assert stale("gt.png", "a.png", "b.png") and stale("gt.png", "a.png", None)  # its image replaced / removed
+    assert not stale(None, "a.png", "b.png")  # nothing to clear
 
 
 def test_score_table_marks_direction_best_and_disagreement() -> None:

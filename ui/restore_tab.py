@@ -32,7 +32,7 @@ from .upload import ImageUpload
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
            "difficulty_text", "estimate_seconds", "zoom_strip",
            "example_images", "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch",
-           "rough_scores", "score", "small_image_warning", "score_table", "upload_problem"]
+           "rough_scores", "score", "small_image_warning", "score_table", "stale_ground_truth", "upload_problem"]
 
 MAX_NOTE = 2000  # characters of a flag's note
 REASONS = ["artifacts", "over-smoothed", "hallucination", "colour shift", "noise left", "blur left", "other"]
@@ -80,16 +80,19 @@ def score_table(headers: list[str], rows: list[list[Any]], rough: dict[str, list
                 ) -> tuple[list[list[Any]], str]:
     """The IQA scores as the page shows them: one row per metric with which way is better, the input,
     SFT and RL values and which image scores best (ties joined with "="); plus a note when the
-    no-reference metrics disagree on SFT against RL (empty otherwise). A metric in ``rough``
-    (``rough_scores``) says on its row which images are too small for it."""
+    no-reference metrics disagree on SFT against RL, and one saying which images are too small for a
+    metric in ``rough`` (``rough_scores``; its row is marked "rough*"); empty when there is neither."""
     table: list[list[Any]] = []
     prefers: dict[str, str] = {}
+    notes: list[str] = []
     rough = rough or {}
     for j, name in enumerate(headers[1:], start=1):
         label, higher, ref = _metric_info(name)
-        if name in rough:
-            who = "all images" if len(rough[name]) == len(IMAGES) else ", ".join(rough[name])
-            ref += f"; rough on {who}: under {RELIABLE_SIDE[name]} px"
+        if name in rough:  # short: a long label widens the first column and pushes "best" off the table
+            ref += ", rough*"
+            who = "every image" if len(rough[name]) == len(IMAGES) else "the " + " and ".join(rough[name])
+            notes.append(f"*{label} is rough here: {who} is under {RELIABLE_SIDE[name]} px a side, where its "
+                         f"statistics are unreliable.")
         values = {row[0]: row[j] for row in rows}
         nums = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
         best = "—"
@@ -100,14 +103,13 @@ def score_table(headers: list[str], rows: list[list[Any]], rough: dict[str, list
             prefers[label] = "RL" if (nums["RL"] > nums["SFT"]) == higher else "SFT"
         table.append([f"{label} ({ref})", "higher ↑" if higher else "lower ↓",
                       *[values.get(k, "—") for k in IMAGES], best])
-    note = ""
     if len(set(prefers.values())) > 1:
         who = ", ".join(f"{m} prefers {v}" for m, v in prefers.items())
-        note = (f"The no-reference metrics disagree ({who}): NIQE scores how natural the image statistics "
-                f"look, PIQE penalises blocky or noisy patches, and neither knows the true image"
-                + ("; PSNR and SSIM above compare with your ground truth." if "psnr" in headers else
-                   "; upload a ground truth for PSNR and SSIM."))
-    return table, note
+        notes.insert(0, f"The no-reference metrics disagree ({who}): NIQE scores how natural the image statistics "
+                        f"look, PIQE penalises blocky or noisy patches, and neither knows the true image"
+                        + ("; PSNR and SSIM above compare with your ground truth." if "psnr" in headers else
+                           "; upload a ground truth for PSNR and SSIM."))
+    return table, " ".join(notes)
 
 
 def difficulty_text(d: float, kind: str, rough: bool = False) -> str:
@@ -119,8 +121,8 @@ def difficulty_text(d: float, kind: str, rough: bool = False) -> str:
     if kind == "proxy":
         return (f"difficulty {d:.3f} (0 = easy … 1 = hard), no-reference proxy: 1 − normalised NIQE of the "
                 f"SFT restoration"
-                + (f" (rough: NIQE is unreliable under {RELIABLE_SIDE['niqe']} px a side, as this restoration is)"
-                   if rough else "")
+                + (f" (rough: this restoration is under {RELIABLE_SIDE['niqe']} px a side, where NIQE is "
+                   f"unreliable, so the number may say more about the size than the image)" if rough else "")
                 + "; upload a ground truth for the ground-truth measure (1 − SSIM)")
     return ("difficulty: image too small for the no-reference proxy (NIQE needs 96 px); upload a ground truth "
             "for the ground-truth measure (1 − SSIM)")
@@ -274,6 +276,13 @@ def upload_problem(ctx: AppContext, path: str | None, what: str = "image") -> st
     except UserError as e:
         return str(e)
     return None
+
+
+def stale_ground_truth(gt: str | None, gt_for: str, new_image: str | None) -> bool:
+    """Whether the ground truth ``gt`` must be cleared when ``new_image`` replaces the degraded image
+    (None: removes it). ``gt_for`` is the degraded upload it was given with, "" when it was given before
+    any: then it belongs to the next image, and uploading one keeps it."""
+    return bool(gt) and bool(gt_for) and gt_for != new_image
 
 
 def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
@@ -606,13 +615,6 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["note"] = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)")
                 c["flag_btn"] = gr.Button("Flag as hard", elem_id="flag-btn")
                 c["flag_msg"] = gr.Markdown(elem_id="flag-msg")
-            with gr.Accordion("Several images", open=False):
-                c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
-                c["run_batch"] = gr.Button("Restore all")
-                c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
-                                                interactive=False, label="Batch results", wrap=True)
-                c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220)
-                c["batch_zip"] = gr.File(label="Batch download")
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
                 # Fixed heights: the page does not jump when the results arrive.
@@ -636,6 +638,21 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["difficulty_kind"] = gr.State("")  # what c["difficulty"] measures: "gt" or "proxy"
             c["difficulty_for"] = gr.State("")  # image_key of the input it was measured on
             c["result"] = gr.State(None)  # the last RestoreResult of this session (the zoom reads it)
+            c["gt_for"] = gr.State("")  # the degraded upload the ground truth was given with ("": none yet)
+    # The page's full width: a batch's messages and scores do not fit the narrow settings column.
+    with gr.Accordion("Several images (same models, steps, seed and tile size as above)", open=False,
+                      elem_id="batch-box"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                c["batch"] = gr.File(file_count="multiple", file_types=["image"], label="Images")
+                c["run_batch"] = gr.Button("Restore all", elem_id="batch-btn")
+                c["batch_zip"] = gr.File(label="Batch download")
+            with gr.Column(scale=3):
+                c["batch_table"] = gr.Dataframe(headers=["file", "status", "NIQE input", "NIQE SFT", "NIQE RL"],
+                                                interactive=False, label="Batch results", wrap=True,
+                                                column_widths=["18%", "46%", "12%", "12%", "12%"],
+                                                elem_id="batch-table")
+                c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220)
     return c
 
 
@@ -695,19 +712,42 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
 
     c["image"].change(cleared, None, results, api_visibility="private", queue=False)
 
-    def check_upload(what: str) -> Callable[[str | None], Any]:
-        def on_upload(path: str | None) -> Any:  # a file the loader refuses: said now, and not shown broken
-            problem = upload_problem(ctx, path, what)
-            if problem is None:
-                return gr.skip()
+    # A file the loader refuses is said at upload and emptied (not shown as a broken image until Restore).
+    # A ground truth belongs to the degraded image it was given with (or, given first, to the next one):
+    # replacing or removing that image clears it, said as such, so no flag or score pairs it with another.
+    def on_image_upload(path: str | None, gt: str | None, gt_for: str) -> tuple[Any, Any, str]:
+        problem = upload_problem(ctx, path, "image")
+        stale = stale_ground_truth(gt, gt_for, path)
+        if problem:
             gr.Warning(f"Not usable: {problem}", duration=20)
-            return None
-        return on_upload
+        if stale:
+            gr.Info("The ground truth was cleared: it was given with the previous image. Upload the one that "
+                    "belongs to this image.", duration=15)
+        return (None if problem else gr.skip(), None if stale else gr.skip(),
+                path if gt and not (stale or problem) else "")
 
-    for key, what in (("image", "image"), ("gt", "ground truth")):
-        c[key].upload(check_upload(what), c[key], c[key], api_visibility="private")
-    for event in (c["image"].upload, c["image"].clear):
-        event(lambda: None, None, c["gt"], api_visibility="private", queue=False)
+    def on_image_clear(gt: str | None, gt_for: str) -> tuple[Any, str]:
+        return (None if stale_ground_truth(gt, gt_for, None) else gr.skip()), ""
+
+    def on_gt_upload(gt: str | None, image: str | None) -> tuple[Any, str]:
+        problem = upload_problem(ctx, gt, "ground truth")
+        if problem:
+            gr.Warning(f"Not usable: {problem}", duration=20)
+            return None, ""
+        return gr.skip(), image or ""
+
+    def on_batch_upload(files: list[Any] | None) -> None:  # said now; the batch itself skips them, with the reason
+        bad = [p for f in files or [] if (p := upload_problem(ctx, getattr(f, "name", f)))]
+        if bad:
+            gr.Warning(f"{len(bad)} of {len(files)} files will be skipped: " + "; ".join(bad[:3])
+                       + (" …" if len(bad) > 3 else ""), duration=20)
+
+    c["image"].upload(on_image_upload, [c["image"], c["gt"], c["gt_for"]], [c["image"], c["gt"], c["gt_for"]],
+                      api_visibility="private")
+    c["image"].clear(on_image_clear, [c["gt"], c["gt_for"]], [c["gt"], c["gt_for"]], api_visibility="private")
+    c["gt"].upload(on_gt_upload, [c["gt"], c["image"]], [c["gt"], c["gt_for"]], api_visibility="private")
+    c["gt"].clear(lambda: "", None, c["gt_for"], api_visibility="private", queue=False)
+    c["batch"].upload(on_batch_upload, c["batch"], None, api_visibility="private")
     c["dice"].click(lambda: int(torch.randint(0, 2**31 - 1, (1,))), None, c["seed"], api_visibility="private")
 
     @user_errors
