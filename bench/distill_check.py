@@ -12,6 +12,10 @@ the ``realistic`` preset at a seed training never draws): a check to steer train
 independent evaluation set (bench/quality.py) stays a test.
 
     .venv/bin/python bench/distill_check.py models/sft-blind models/sft-blind-fast runs/s2distill_e/model
+
+``--last-timesteps 499 299 249`` adds, for every model, 2-step sampling from t = 999 to each of these
+instead of the schedule's 499 (with NIQE): whether a later last step, where less noise is left to
+remove, takes a student's speckle away without the teacher's help.
 """
 
 from __future__ import annotations
@@ -31,20 +35,27 @@ from darl_core.data import validation_set  # noqa: E402
 from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.restorer import Noise, Restorer  # noqa: E402
 from darl_core.rewards import get_metric  # noqa: E402
-from darl_core.sampler import ddim_step  # noqa: E402
+from darl_core.sampler import _x0_eps  # noqa: E402
 
 
 @torch.no_grad()
-def mixed(teacher: Restorer, nets: tuple[torch.nn.Module, ...], lq: torch.Tensor, seed: int) -> torch.Tensor:
-    """len(nets)-step deterministic sampling with ``nets[j]`` as the denoiser of step j (same stage 1)."""
+def mixed(teacher: Restorer, nets: tuple[torch.nn.Module, ...], lq: torch.Tensor, seed: int,
+          timesteps: tuple[int, ...] | None = None) -> torch.Tensor:
+    """len(nets)-step deterministic DDIM with ``nets[j]`` as the denoiser of step j (same stage 1), at
+    the scheduler's timesteps for that many steps or at ``timesteps`` (e.g. (999, 299): a later last step)."""
     noise = Noise(torch.Generator().manual_seed(seed))
     cond, x, (h, w) = teacher._start(lq, noise)
     cond = cond.float()
-    sched = type(teacher.scheduler).from_config(teacher.scheduler.config)
-    sched.set_timesteps(len(nets))
-    for net, t in zip(nets, sched.timesteps):
-        out = teacher.predict(x, int(t), cond, 256, 32, unet=net).float()
-        x = ddim_step(sched, out, int(t), x.float(), eta=0.0).prev_sample
+    if timesteps is None:
+        sched = type(teacher.scheduler).from_config(teacher.scheduler.config)
+        sched.set_timesteps(len(nets))
+        timesteps = tuple(int(t) for t in sched.timesteps)
+    abar = teacher.scheduler.alphas_cumprod
+    for j, (net, t) in enumerate(zip(nets, timesteps)):
+        out = teacher.predict(x, t, cond, 256, 32, unet=net).float()
+        x0, eps = _x0_eps(teacher.scheduler, out, x.float(), float(abar[t]))
+        a_next = float(abar[timesteps[j + 1]]) if j + 1 < len(timesteps) else 1.0  # the schedule ends at abar = 1
+        x = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps
     return teacher.to_image(x, cond)[..., :h, :w].float().clamp(0, 1)
 
 
@@ -54,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--crops", type=int, default=8)
+    ap.add_argument("--last-timesteps", type=int, nargs="*", default=[],
+                    help="also 2-step sampling from 999 to each of these instead of 499, for every model")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -77,6 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
                          for seed in args.seeds])
             res[f"{path} @{s}"] = rec
             print(f"{path} {s} steps: PSNR {rec['psnr']:.2f}  flat_hf {rec['flat_hf']:.2f}", flush=True)
+    niqe = get_metric("niqe")
+    for t2 in args.last_timesteps:
+        for path, pipe in zip(args.models, pipes):
+            outs = [mixed(pipe, (pipe.unet, pipe.unet), lq, seed, (999, t2)) for seed in args.seeds]
+            rec = score(outs) | {"niqe": sum(float(niqe(o).mean()) for o in outs) / len(outs)}
+            res[f"{path} @2 (999, {t2})"] = rec
+            print(f"{path} 2 steps 999 -> {t2}: PSNR {rec['psnr']:.2f}  flat_hf {rec['flat_hf']:.2f}  "
+                  f"NIQE {rec['niqe']:.3f}", flush=True)
     teacher = pipes[0]
     for path, pipe in zip(args.models[1:], pipes[1:]):
         for name, nets in (("student then teacher", (pipe.unet, teacher.unet)),

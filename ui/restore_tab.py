@@ -673,7 +673,8 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             ctx.end_session(key)
         table, note = score_table(r.headers, r.scores, r.rough)
         given = "with your ground truth" if r.gt is not None else "**no ground truth given**: no-reference scores only"
-        text = (f"**{r.difficulty_text}** · {given} · both restorations took {r.seconds:.1f} s"
+        head, _, rest = r.difficulty_text.partition(" (")  # the number bold, its explanation plain
+        text = (f"**{head}** ({rest} · {given} · both restorations took {r.seconds:.1f} s"
                 + (f"\n\n{note}" if note else ""))
         diff, caption, zoom = compare_views(r)
         return ((r.sft, r.rl), (r.input, r.sft), r.input, gr.update(value=table, headers=SCORE_HEADERS), text,
