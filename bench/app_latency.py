@@ -81,7 +81,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 with ThreadPoolExecutor(n) as ex:
                     lat += list(ex.map(lambda _: one(), range(n)))
-            mine, inside[:] = inside[:], []
+            mine = inside[:]
+            inside.clear()
             print(f"{n} user(s) at once: median {statistics.median(lat):.2f} s, max {max(lat):.2f} s "
                   f"over {len(lat)} requests (of it the two restorations: median {statistics.median(mine):.2f} s)")
     finally:

@@ -79,7 +79,7 @@ class Int8Conv(torch.nn.Module):
 def wrap_convs(net: torch.nn.Module) -> list[Int8Conv]:
     """Replace every Conv2d under ``net`` by an observing ``Int8Conv``; returns the wrappers."""
     out = []
-    for name, mod in list(net.named_modules()):
+    for mod in list(net.modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, torch.nn.Conv2d):
                 w = Int8Conv(child)
