@@ -1,6 +1,6 @@
 """Time from upload to both restorations shown, through the real app over HTTP (gradio_client).
 
-    python bench/app_latency.py [--users 1,4] [--repeats 3] [--steps 2] [--sft DIR] [--rl DIR]
+    python bench/app_latency.py [--users 1,4] [--repeats 3] [--steps 2] [--sft DIR] [--rl DIR] [--browser]
 
 Starts the app in-process on a free port (shipped models, a temporary
 store), then for each user count sends that many 256x256 restore requests
@@ -10,6 +10,11 @@ restores at the app's default steps, scoring, download of the result).
 ``--sft models/sft-blind-fast`` for the faster SFT model.
 Restores run one at a time (the app's queue concurrency limit for model
 work), so with 4 users the later ones wait in the queue.
+
+``--browser`` measures what a person waits for instead: in Debian's chromium
+(Playwright), the image uploaded once, from the click on Restore to both
+restorations drawn on the page (the SFT-RL slider's images loaded), a new
+seed each time so every result is new. The browser runs on the same cores.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--sft", default=None, help="SFT model folder (default: the app's default)")
     ap.add_argument("--rl", default=None, help="RL model folder (default: the app's default)")
+    ap.add_argument("--browser", action="store_true", help="click to restorations drawn, in chromium (one user)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]
@@ -71,6 +77,16 @@ def main() -> None:
         inside.append(float(m.group(1)) if m else float("nan"))
         return dt
 
+    if args.browser:
+        try:
+            in_browser(port, tmp / "lq.png", sft, rl, args.steps, args.repeats)
+            ran = sorted(Path(m).name for m in ctx.speed)  # the models the page's restores used
+            if ran != sorted({Path(sft).name, Path(rl).name}):
+                sys.exit(f"the page restored with {ran}, not the pair asked for")
+        finally:
+            demo.close()
+        return
+
     try:
         one()  # warm-up: loads both models
         inside.clear()
@@ -87,6 +103,48 @@ def main() -> None:
                   f"over {len(lat)} requests (of it the two restorations: median {statistics.median(mine):.2f} s)")
     finally:
         demo.close()
+
+
+def in_browser(port: int, image: Path, sft: str, rl: str, steps: int, repeats: int) -> None:
+    """Click on Restore to both restorations drawn, in chromium, ``repeats`` times after a warm-up."""
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    drawn = """([old]) => {  // the SFT-RL slider shows new images, both loaded
+        const imgs = [...document.querySelectorAll('#slider img')];
+        return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs[0].src !== old;
+    }"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#upload input[type=file]").set_input_files(str(image))
+        expect(page.locator("#upload img")).to_have_count(1, timeout=30_000)
+        for picker, path in (("#sft-picker", sft), ("#rl-picker", rl)):  # a folder path is a valid custom value
+            box = page.locator(f"{picker} input")
+            box.fill(path)
+            box.press("Enter")
+        page.locator("#steps input[type=number]").fill(str(steps))
+        page.locator("#steps input[type=number]").press("Enter")
+        lat, inside = [], []
+        for i in range(repeats + 1):  # the first loads both models
+            page.locator("#seed input").fill(str(i))
+            page.locator("#seed input").press("Tab")
+            old = page.locator("#slider img").first.get_attribute("src") if i else ""
+            t0 = time.perf_counter()
+            page.locator("#restore-btn").click()
+            page.wait_for_function(drawn, arg=[old or ""], timeout=300_000, polling=20)
+            dt = time.perf_counter() - t0
+            m = re.search(r"both restorations took ([0-9.]+) s", page.locator("#difficulty").inner_text())
+            if i:
+                lat.append(dt)
+                inside.append(float(m.group(1)) if m else float("nan"))
+        browser.close()
+    print(f"256x256 upload in chromium, click -> both restorations drawn, {steps} steps, SFT {Path(sft).name}, "
+          f"RL {Path(rl).name}: median {statistics.median(lat):.2f} s, max {max(lat):.2f} s over {len(lat)} "
+          f"(of it the two restorations: median {statistics.median(inside):.2f} s)")
 
 
 if __name__ == "__main__":

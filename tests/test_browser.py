@@ -127,6 +127,10 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#diff-map img")).to_be_visible()
             expect(page.locator("#diff-caption")).to_contain_text("mean difference")
             expect(page.locator("#zoom img")).to_be_visible()
+            # what the page draws is lossless: PNG files, not Gradio's default WebP
+            drawn = [page.locator(f"{s} img").first.get_attribute("src") for s in
+                     ("#slider", "#slider-input", "#input-view", "#diff-map", "#zoom")]
+            assert all(src.endswith(".png") for src in drawn), drawn
             before = page.locator("#zoom img").get_attribute("src")
             page.locator("#input-view img").click(position={"x": 4, "y": 4})  # the top-left corner
             page.wait_for_function("b => document.querySelector('#zoom img').getAttribute('src') !== b", arg=before,

@@ -283,9 +283,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["plot_colors"] = gr.State(curve_colors(first))
             with gr.Row(equal_height=True):
                 c["sample_lq"] = gr.Image(label="training input", type="filepath", interactive=False, height=200,
-                                          elem_id="job-sample-input")
+                                          format="png", elem_id="job-sample-input")
                 c["sample_out"] = gr.Image(label="after the newest round", type="filepath", interactive=False,
-                                           height=200, elem_id="job-sample")
+                                           height=200, format="png", elem_id="job-sample")
             c["sample_md"] = gr.Markdown(elem_id="job-sample-caption")
             c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
             with gr.Accordion("Compare jobs: one curve per job", open=False):

@@ -380,6 +380,17 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
 
 MAX_BATCH = 32  # images one batch restore takes
 DIFF_GAIN = 4.0  # the difference map shows |SFT - RL| times this (small differences become visible)
+# What the page shows is lossless. Gradio's default, WebP at quality 80, took away about a third of a
+# 256x256 restoration's finest texture (the speckle being compared) and added an error as large as the
+# SFT-RL difference itself (both about 36 dB), so the page could show RL smoother than SFT when it is not.
+SHOWN = "png"
+
+
+def shown_file(img: Image.Image, path: Path) -> str:
+    """``img`` saved losslessly at ``path`` for the page to show: PNG at the fastest compression
+    (encoding is part of every restore's wait; the downloads keep the default, smaller PNGs)."""
+    img.save(path, "PNG", compress_level=1)
+    return str(path)
 
 
 def difference_map(a: Image.Image, b: Image.Image, gain: float = DIFF_GAIN) -> tuple[Image.Image, float]:
@@ -468,7 +479,8 @@ def restore_batch(ctx: AppContext, image_paths: list[str], task: str = "blind", 
             except RestoreStopped:
                 raise
             except UserError as e:
-                rows.append([Path(path).name, f"skipped: {e}", "", "", ""])
+                said = str(e).removeprefix(f"{Path(path).name}: ")  # the row names the file already
+                rows.append([Path(path).name, f"skipped: {said}", "", "", ""])
                 continue
             for label, f in zip(("sft", "rl"), r.files):
                 z.write(f, f"{name}_{label}.png")
@@ -619,20 +631,20 @@ def render(ctx: AppContext) -> dict[str, Any]:
             with gr.Row(equal_height=True):
                 # Fixed heights: the page does not jump when the results arrive.
                 c["slider_in"] = gr.ImageSlider(label="input (left) ⟷ SFT (right)", type="pil", height=380,
-                                                elem_id="slider-input")
+                                                format=SHOWN, elem_id="slider-input")
                 c["slider"] = gr.ImageSlider(label="SFT (left) ⟷ RL (right)", type="pil", height=380,
-                                             elem_id="slider")
+                                             format=SHOWN, elem_id="slider")
             c["scores"] = gr.Dataframe(headers=SCORE_HEADERS, label="IQA scores: each row says which way is better; "
                                        "the last column names the best image", interactive=False, elem_id="scores")
             c["difficulty_md"] = gr.Markdown(elem_id="difficulty")
             with gr.Row():  # no fixed height here: Gradio 6.31 drops clicks on an image given a height
                 c["input_view"] = gr.Image(label="Input: click a point to zoom there", type="pil", interactive=False,
-                                           elem_id="input-view")
+                                           format=SHOWN, elem_id="input-view")
                 c["diff"] = gr.Image(label=f"|SFT − RL| × {DIFF_GAIN:g} (black: the models agree)", type="pil",
-                                     interactive=False, elem_id="diff-map")
+                                     interactive=False, format=SHOWN, elem_id="diff-map")
             c["diff_md"] = gr.Markdown(elem_id="diff-caption")
             c["zoom"] = gr.Image(label="Zoom: the same region of every image, each pixel drawn 3x3 (no smoothing)",
-                                 type="pil", interactive=False, elem_id="zoom")
+                                 type="pil", interactive=False, format=SHOWN, elem_id="zoom")
             c["files"] = gr.File(label="Downloads", file_count="multiple")
             c["difficulty"] = gr.State(float("nan"))
             c["difficulty_kind"] = gr.State("")  # what c["difficulty"] measures: "gt" or "proxy"
@@ -652,7 +664,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                                 interactive=False, label="Batch results", wrap=True,
                                                 column_widths=["18%", "46%", "12%", "12%", "12%"],
                                                 elem_id="batch-table")
-                c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220)
+                c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220, format=SHOWN,
+                                                 object_fit="contain")  # whole images, not cropped tiles
     return c
 
 
@@ -677,7 +690,13 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         text = (f"**{head}** ({rest} · {given} · both restorations took {r.seconds:.1f} s"
                 + (f"\n\n{note}" if note else ""))
         diff, caption, zoom = compare_views(r)
-        return ((r.sft, r.rl), (r.input, r.sft), r.input, gr.update(value=table, headers=SCORE_HEADERS), text,
+        # The page shows files, each encoded once: the restorations are the downloads themselves, the rest
+        # fast lossless PNGs (passed as images, Gradio would encode the input and SFT twice, lossy).
+        folder = Path(r.files[0]).parent
+        sft, rl = r.files
+        inp, diff, zoom = (shown_file(im, folder / f"{n}.png") for im, n in ((r.input, "input"), (diff, "difference"),
+                                                                             (zoom, "zoom")))
+        return ((sft, rl), (inp, sft), inp, gr.update(value=table, headers=SCORE_HEADERS), text,
                 r.files, diff, caption, zoom, r, r.difficulty, r.difficulty_kind, image_key(r.input))
 
     def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001

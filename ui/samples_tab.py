@@ -218,7 +218,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
         c["tag"] = gr.Textbox(label="Tag", info="samples with this tag (Enter)", elem_id="tag-filter")
         c["refresh"] = gr.Button("Refresh")
     c["gallery"] = gr.Gallery(label="Flagged samples (click one to view it)", columns=6, height=260,
-                              allow_preview=False, object_fit="contain", elem_id="samples-gallery")
+                              allow_preview=False, object_fit="contain", format="png", elem_id="samples-gallery")
     c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="samples-table", show_search="search",
                               label="Flagged samples (click a row to view it; click a header to sort)")
     with gr.Row():
@@ -231,11 +231,14 @@ def render(ctx: AppContext) -> dict[str, Any]:
         c["view_md"] = gr.Markdown(elem_id="sample-view-text")
         with gr.Row(equal_height=True):
             c["view_lq"] = gr.Image(label="input (flagged)", type="filepath", interactive=False, height=240,
-                                    elem_id="view-lq")
-            c["view_sft"] = gr.Image(label="SFT", type="pil", interactive=False, height=240, elem_id="view-sft")
-            c["view_rl"] = gr.Image(label="RL", type="pil", interactive=False, height=240, elem_id="view-rl")
+                                    format="png", elem_id="view-lq")
+            # lossless, as on the Restore tab (restore_tab.SHOWN says why)
+            c["view_sft"] = gr.Image(label="SFT", type="pil", interactive=False, height=240, format="png",
+                                     elem_id="view-sft")
+            c["view_rl"] = gr.Image(label="RL", type="pil", interactive=False, height=240, format="png",
+                                    elem_id="view-rl")
             c["view_gt"] = gr.Image(label="ground truth", type="filepath", interactive=False, height=240,
-                                    elem_id="view-gt")
+                                    format="png", elem_id="view-gt")
         c["view_restore"] = gr.Button("Restore this sample with the default SFT and RL models", elem_id="view-restore")
     with gr.Accordion("Several at once", open=False):
         c["selected"] = gr.CheckboxGroup([], label="Tick samples (a click on a tile ticks it too)",
