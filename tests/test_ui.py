@@ -63,8 +63,21 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     from darl_core.difficulty import difficulty_no_reference
     from darl_core.images import pil_to_tensor
     assert r2.difficulty == pytest.approx(float(difficulty_no_reference(pil_to_tensor(r2.sft)[None])), abs=1e-6)
-    with pytest.raises(UserError, match="ground truth is"):
-        restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=_img(tmp_path / "g2.png", (50, 50)))
+    # a ground truth of the wrong size is refused before a model runs, not after the restorations
+    stages = restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64,
+                                        gt_path=_img(tmp_path / "g2.png", (50, 50)))
+    ctx.speed.clear()
+    with pytest.raises(UserError, match="ground truth is 50x50 but the restoration will be 100x100"):
+        next(stages)
+    assert ctx.speed == {}
+    # the stages, in order: each restoration (its file written) as soon as it exists, then the scores
+    seen = []
+    for kind, v in restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=gt):
+        seen.append(kind)
+        if kind != "done":
+            assert v.label == kind and Path(v.file).is_file() and v.image.size == (100, 100) and v.gt is not None
+            assert len(ctx.speed) == 1  # measured per model as each finishes (one model here, used twice)
+    assert seen == ["SFT", "RL", "done"]
     with pytest.raises(UserError, match="SFT model"):
         restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
 
@@ -368,7 +381,15 @@ def test_app_driven_by_gradio_client(tmp_path: Path, tiny_model_dir: Path) -> No
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         lq = _img(tmp_path / "lq.png", (64, 64))
         m = str(tiny_model_dir)
-        out = client.predict(handle_file(lq), None, "blind", m, m, 2, 0, 64, api_name="/restore")
+        job = client.submit(handle_file(lq), None, "blind", m, m, 2, 0, 64, api_name="/restore")
+        out = job.result()
+        # Each picture as soon as it exists: input ⟷ SFT first (SFT ⟷ RL cleared), then SFT ⟷ RL, then the scores.
+        stages = job.outputs()
+        assert len(stages) == 3, stages
+        assert stages[0][0] is None and len(stages[0][1]) == 2 and stages[0][8] is None  # the last zoom cleared too
+        assert [Path(f).name for f in stages[0][5]] == ["restored_sft.png"]  # the SFT download is there already
+        assert len(stages[1][0]) == 2 and Path(stages[1][8]).name == "zoom.png" and stages[1][4] == ""  # no scores yet
+        assert "difficulty" in stages[2][4] and tuple(stages[2]) == tuple(out)
         slider, slider_in, _, scores, note, files, diff, caption, zoom = out  # gr.State outputs stay in the session
         assert len(slider) == 2 and len(slider_in) == 2 and "difficulty" in note and len(files) == 2
         assert "no ground truth given" in note and "mean difference" in caption
@@ -656,7 +677,7 @@ def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Pa
     lq = _img(tmp_path / "lq.png", (64, 64))
     r = restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
                             gt_path=_img(tmp_path / "gt.png", (64, 64), seed=1))
-    d, caption, zoom = restore_tab.compare_views(r)
+    d, caption, zoom = restore_tab.compare_views(r.input, r.sft, r.rl, r.gt)
     assert np.asarray(d).max() == 0 and "mean difference 0.00" in caption  # the same model twice: no difference
     assert zoom.size == (4 * 64 * 3 + 3 * 6, 64 * 3 + 30)  # input, SFT, RL, ground truth: each whole (64 px)
 

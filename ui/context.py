@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import io
-from collections import OrderedDict
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,19 +99,31 @@ def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., A
     as they were (an error would leave bare "Error" boxes on them once the toast is gone). A request
     from gradio_client (header ``x-gradio-user: api``) still gets the error itself."""
 
+    def refused(e: UserError, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import gradio as gr
+
+        request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+        headers = getattr(request, "headers", None) or {}
+        if request is None or headers.get("x-gradio-user") == "api":
+            raise gr.Error(str(e)) from None
+        return _toast(e, outputs, (at, lead))
+
     def deco(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(handler):  # a handler that shows its outputs as they come
+            @functools.wraps(handler)
+            def streamed(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from handler(*args, **kwargs)
+                except UserError as e:
+                    yield refused(e, args, kwargs)
+            return streamed
+
         @functools.wraps(handler)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             try:
                 return handler(*args, **kwargs)
             except UserError as e:
-                import gradio as gr
-
-                request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
-                headers = getattr(request, "headers", None) or {}
-                if request is None or headers.get("x-gradio-user") == "api":
-                    raise gr.Error(str(e)) from None
-                return _toast(e, outputs, (at, lead))
+                return refused(e, args, kwargs)
         return wrapped
     return deco
 

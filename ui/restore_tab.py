@@ -7,7 +7,7 @@ import math
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,8 +293,34 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
 
     ``progress(fraction, text)`` gets every tile of every step with an ETA; setting ``stop`` ends the
     work at the next tile with ``RestoreStopped``; ``warn`` gets the large-image warning (expected
-    time, what to do) before a long restore starts.
+    time, what to do) before a long restore starts. ``restore_stages`` is the same, step by step.
     """
+    for kind, value in restore_stages(ctx, image_path, task, sft_model, rl_model, steps, seed, tile, gt_path,
+                                      progress, stop, warn):
+        if isinstance(value, RestoreResult):
+            return value
+    raise AssertionError("restore_stages ended without its result")
+
+
+@dataclass
+class Restored:
+    """One model's restoration, as soon as it exists (``restore_stages``)."""
+    label: str  # "SFT" or "RL"
+    image: Image.Image  # the restoration (RGB)
+    file: str  # the same as a PNG: the download, and what the page shows
+    input: Image.Image  # the upload as the models saw it (RGB)
+    gt: Image.Image | None = None  # the ground truth (RGB), if one was given
+
+
+def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
+                   rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
+                   gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
+                   stop: threading.Event | None = None, warn: Callable[[str], None] | None = None
+                   ) -> Iterator[tuple[str, Restored | RestoreResult]]:
+    """``restore`` as it goes, for a page that shows each picture when it exists: yields ("SFT",
+    Restored) when the SFT restoration is done (the RL model runs next), ("RL", Restored), then
+    ("done", RestoreResult) with the scores. Every check that can refuse the request runs before the
+    first model does."""
     if not isinstance(task, str) or task not in PRESETS:
         raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
     steps, seed = int_arg("steps", steps, 0, 50), int_arg("seed", seed, 0, 2**63 - 1)
@@ -321,9 +347,21 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
         if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
         pipes.append(pipe)
-    check_budget(ctx, im.size, steps, tile, tuple(network_scale(p) for p in pipes))  # what it will cost
+    scales = tuple(network_scale(p) for p in pipes)
+    check_budget(ctx, im.size, steps, tile, scales)  # what it will cost
+    gt = None
+    if gt_im is not None:  # refused now, not after minutes of restoring
+        gt_rgb = to_rgb(gt_im)[0]
+        want = (im.size[0] * scales[0], im.size[1] * scales[0])
+        if gt_rgb.size != want:
+            raise UserError(f"the ground truth is {gt_rgb.size[0]}x{gt_rgb.size[1]} but the restoration will be "
+                            f"{want[0]}x{want[1]}")
+        gt = pil_to_tensor(gt_rgb)[None]
+    gt_shown = to_rgb(gt_im)[0] if gt_im is not None else None
+    rgb_in = to_rgb(im)[0]
+    tmp = Path(ctx.scratch("darl-restore-"))
     t0 = time.perf_counter()
-    outs = []
+    done: list[Restored] = []
     for i, ((label, path), pipe) in enumerate(zip((("SFT", sft_model), ("RL", rl_model)), pipes)):
         progress(i / 2 * 0.95, f"restoring with the {label} model")
 
@@ -335,21 +373,19 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
             eta = f", about {el / done - el:.0f} s left" if done > 0.02 else ""
             progress(done * 0.95, f"{label} model: {text}{eta}")
         t1 = time.perf_counter()
-        outs.append(pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile),
-                         callback=on_tile)[0])
+        out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
         passes = _passes(getattr(pipe, "stage1", None) is not None, int(steps))
         ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
+        file = tmp / f"restored_{label.lower()}.png"
+        out.save(file)  # the download, as the model made it
+        done.append(Restored(label, to_rgb(out)[0], str(file), rgb_in, gt_shown))
+        yield label, done[-1]
     seconds = time.perf_counter() - t0
     progress(0.95, "scoring")
-    rgb_in = to_rgb(im)[0]
-    sft_rgb, rl_rgb = to_rgb(outs[0])[0], to_rgb(outs[1])[0]
-    gt = None
-    if gt_im is not None:
-        gt_rgb = to_rgb(gt_im)[0]
-        if gt_rgb.size != sft_rgb.size:
-            raise UserError(f"the ground truth is {gt_rgb.size[0]}x{gt_rgb.size[1]} but the restoration is "
-                            f"{sft_rgb.size[0]}x{sft_rgb.size[1]}")
-        gt = pil_to_tensor(gt_rgb)[None]
+    sft_rgb, rl_rgb = done[0].image, done[1].image
+    if gt is not None and tuple(gt.shape[-2:]) != sft_rgb.size[::-1]:  # the models made another size than said
+        raise UserError(f"the ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the restoration is "
+                        f"{sft_rgb.size[0]}x{sft_rgb.size[1]}")
     names = list(ctx.metrics) + (["psnr", "ssim"] if gt is not None else [])
     tensors = [pil_to_tensor(x)[None] for x in (rgb_in, sft_rgb, rl_rgb)]
     sft_raw: dict[str, float] = {}
@@ -366,14 +402,9 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
             d, kind = float("nan"), ""
     rough = rough_scores(dict(zip(IMAGES, (rgb_in.size, sft_rgb.size, rl_rgb.size))), names)
     text = difficulty_text(d, kind, rough=kind == "proxy" and "SFT" in rough.get("niqe", []))
-    tmp = Path(ctx.scratch("darl-restore-"))
-    files = []
-    for name, img in (("restored_sft.png", outs[0]), ("restored_rl.png", outs[1])):
-        img.save(tmp / name)
-        files.append(str(tmp / name))
     progress(1.0, "done")
-    return RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, files, seconds, kind,
-                         to_rgb(gt_im)[0] if gt_im is not None else None, rough)
+    yield "done", RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, [r.file for r in done],
+                                seconds, kind, gt_shown, rough)
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -437,13 +468,14 @@ def zoom_strip(images: list[tuple[str, Image.Image]], center: tuple[int, int] | 
     return strip
 
 
-def compare_views(r: RestoreResult, center: tuple[int, int] | None = None) -> tuple[Image.Image, str, Image.Image]:
+def compare_views(inp: Image.Image, sft: Image.Image, rl: Image.Image, gt: Image.Image | None = None,
+                  center: tuple[int, int] | None = None) -> tuple[Image.Image, str, Image.Image]:
     """The difference map of SFT against RL with its caption, and the zoom strip of input, SFT, RL and
     the ground truth (when given) around ``center`` (in output pixels)."""
-    diff, mad = difference_map(r.sft, r.rl)
+    diff, mad = difference_map(sft, rl)
     caption = (f"|SFT − RL| × {DIFF_GAIN:g}: black where both models agree; mean difference {mad:.2f} of 255 "
                f"levels")
-    views = [("input", r.input), ("SFT", r.sft), ("RL", r.rl)] + ([("ground truth", r.gt)] if r.gt else [])
+    views = [("input", inp), ("SFT", sft), ("RL", rl)] + ([("ground truth", gt)] if gt else [])
     return diff, caption, zoom_strip(views, center)
 
 
@@ -673,15 +705,34 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     @user_messages(13, at=4, lead="Not restored")
     def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
                    request: gr.Request = None):
+        # Each picture is shown as soon as it exists: input ⟷ SFT while the RL model runs, then SFT ⟷ RL,
+        # the difference map and the zoom, then the scores. The page shows files, each encoded once: the
+        # restorations are the downloads themselves, the rest fast lossless PNGs (see SHOWN).
         key = getattr(request, "session_hash", None) or "anonymous"
         stop = ctx.start_session(key, caller(request))
+        skip = gr.skip()
         try:
-            r = restore(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
-                        progress=lambda f, s: progress(f, desc=s), stop=stop,
-                        warn=lambda w: gr.Warning(w, duration=20))
+            stages = restore_stages(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
+                                    progress=lambda f, s: progress(f, desc=s), stop=stop,
+                                    warn=lambda w: gr.Warning(w, duration=20))
+            for _, v in stages:
+                if isinstance(v, Restored) and v.label == "SFT":
+                    first, inp = v, shown_file(v.input, Path(v.file).parent / "input.png")
+                    # what the last image left is cleared, not shown beside the new one
+                    yield (None, (inp, v.file), inp, gr.update(value=None, headers=SCORE_HEADERS), "", [v.file],
+                           None, "", None, skip, skip, skip, skip)
+                elif isinstance(v, Restored):
+                    folder = Path(v.file).parent
+                    d, caption, z = compare_views(first.input, first.image, v.image, v.gt)
+                    diff, zoom = shown_file(d, folder / "difference.png"), shown_file(z, folder / "zoom.png")
+                    pictures = ((first.file, v.file), (inp, first.file), inp)
+                    yield (*pictures, skip, "", [first.file, v.file], diff, caption, zoom, skip, skip, skip, skip)
+                elif isinstance(v, RestoreResult):
+                    r = v
         except RestoreStopped as e:  # what the user asked for: said as such, the page left as it was
             gr.Info(str(e))
-            return tuple(gr.skip() for _ in range(13))
+            yield tuple(skip for _ in range(13))
+            return
         finally:
             ctx.end_session(key)
         table, note = score_table(r.headers, r.scores, r.rough)
@@ -689,15 +740,9 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         head, _, rest = r.difficulty_text.partition(" (")  # the number bold, its explanation plain
         text = (f"**{head}** ({rest} · {given} · both restorations took {r.seconds:.1f} s"
                 + (f"\n\n{note}" if note else ""))
-        diff, caption, zoom = compare_views(r)
-        # The page shows files, each encoded once: the restorations are the downloads themselves, the rest
-        # fast lossless PNGs (passed as images, Gradio would encode the input and SFT twice, lossy).
-        folder = Path(r.files[0]).parent
-        sft, rl = r.files
-        inp, diff, zoom = (shown_file(im, folder / f"{n}.png") for im, n in ((r.input, "input"), (diff, "difference"),
-                                                                             (zoom, "zoom")))
-        return ((sft, rl), (inp, sft), inp, gr.update(value=table, headers=SCORE_HEADERS), text,
-                r.files, diff, caption, zoom, r, r.difficulty, r.difficulty_kind, image_key(r.input))
+        # all outputs again: a client of the API reads the last message alone (the files are the same)
+        yield (*pictures, gr.update(value=table, headers=SCORE_HEADERS), text, r.files, diff, caption, zoom, r,
+               r.difficulty, r.difficulty_kind, image_key(r.input))
 
     def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001
         # the running restore of this page raises RestoreStopped at its next tile
@@ -716,7 +761,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             return gr.update()
         x, y = evt.index  # a point of the input view, in its pixels: the outputs are output_scale larger
         k = r.sft.size[0] / r.input.size[0]
-        return compare_views(r, (round(x * k), round(y * k)))[2]
+        return compare_views(r.input, r.sft, r.rl, r.gt, (round(x * k), round(y * k)))[2]
 
     c["input_view"].select(on_zoom, c["result"], c["zoom"], api_visibility="private")
 
