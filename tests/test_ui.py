@@ -72,14 +72,45 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert ctx.speed == {}
     # the stages, in order: each restoration (its file written) as soon as it exists, then the scores
     seen = []
-    for kind, v in restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64, gt_path=gt):
+    for kind, v in restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, seed=7, tile=64, gt_path=gt):
         seen.append(kind)
         if kind != "done":
             assert v.label == kind and Path(v.file).is_file() and v.image.size == (100, 100) and v.gt is not None
-            assert len(ctx.speed) == 1  # measured per model as each finishes (one model here, used twice)
+            assert len(ctx.speed) == 1  # measured as soon as the SFT model finished
     assert seen == ["SFT", "RL", "done"]
     with pytest.raises(UserError, match="SFT model"):
         restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
+
+
+def test_the_same_request_again_reuses_its_restorations(ctx: AppContext, tmp_path: Path,
+                                                       tiny_model_dir: Path) -> None:
+    # A ground truth added after a first look, or one model changed: what decides a restoration (model,
+    # image, steps, seed, tile) is the same, so it is not computed again, and the page says so.
+    lq, m = _img(tmp_path / "lq.png", (100, 100)), str(tiny_model_dir)
+    first = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    assert first.reused == ["RL"]  # the same model and settings on both sides: one restoration, shown twice
+    assert restore_tab.took(first).startswith("the RL restoration reused (same image, model, steps, seed")
+    again = restore_tab.restore(ctx, lq, "denoise", m, m, steps=2, seed=3, tile=64,
+                                gt_path=_img(tmp_path / "gt.png", (100, 100), seed=1))
+    assert again.reused == ["SFT", "RL"] and restore_tab.took(again).startswith("both restorations reused")
+    assert again.headers[-2:] == ["psnr", "ssim"]  # scored afresh, with the ground truth
+    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=4, tile=64).reused == ["RL"]  # new seed
+    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=1, seed=3, tile=64).reused == ["RL"]  # new steps
+    # reuse is invisible: computing it again gives the same pixels
+    ctx.max_kept_pixels = 0
+    fresh = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    assert fresh.reused == [] and restore_tab.took(fresh).startswith("both restorations took")
+    assert np.array_equal(np.asarray(fresh.sft), np.asarray(first.sft))
+    # a reloaded model is another restorer: nothing of the old one is reused
+    ctx.max_kept_pixels = 32_000_000
+    restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    ctx._models.clear()
+    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64).reused == ["RL"]
+    # kept restorations are bounded by their pixels, the least recently used dropped first
+    ctx.max_kept_pixels = 100 * 100 * 2
+    for seed in range(5):
+        restore_tab.restore(ctx, lq, "blind", m, m, steps=1, seed=seed, tile=64)
+    assert len(ctx._kept) == 2 and sum(k[3] for k in ctx._kept) == 3 + 4  # the last two seeds
 
 
 def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext, tmp_path: Path,
@@ -603,6 +634,7 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
     import threading
 
     lq = _img(tmp_path / "lq.png", (120, 100))
+    ctx.max_kept_pixels = 0  # both sides restored, not the second reused (the same model on both here)
     seen: list[tuple[float, str]] = []
     restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
                         progress=lambda f, s: seen.append((f, s)))

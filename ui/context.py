@@ -153,6 +153,7 @@ class AppContext:
     device: str = "cpu"  # where the restorers run
     precision: Precision = "auto"  # inference arithmetic (Restorer.set_precision; DARL_PRECISION in app.py)
     max_models: int = 4  # restorers kept loaded (least recently used dropped first)
+    max_kept_pixels: int = 32_000_000  # recent restorations kept for reuse (same image, model, settings): 0 = none
     max_rounds: int = 5000  # a job may ask for at most this many RL rounds
     max_processes: int = field(default_factory=lambda: _devices())  # and this many training processes
     max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
@@ -162,6 +163,9 @@ class AppContext:
     admins: frozenset[str] = frozenset()  # users who may change anything (DARL_ADMINS)
     _models: OrderedDict[str, RestorationPipeline] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Recent restorations by (restorer, image, steps, seed, tile), least recently used first: the same
+    # request again (a ground truth added, one model changed) reuses them instead of restoring again.
+    _kept: OrderedDict[tuple[Any, ...], tuple[Any, Image.Image]] = field(default_factory=OrderedDict)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
     speed: dict[str, float] = field(default_factory=dict)
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
@@ -222,6 +226,27 @@ class AppContext:
                     self._models.popitem(last=False)
             self._models.move_to_end(key)
             return self._models[key]
+
+    def kept(self, key: tuple[Any, ...], restorer: Any) -> Image.Image | None:
+        """The restoration ``keep`` stored under ``key`` by this very ``restorer`` object (a reloaded
+        model is another object), or None."""
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is None or hit[0] is not restorer:
+                return None
+            self._kept.move_to_end(key)
+            return hit[1]
+
+    def keep(self, key: tuple[Any, ...], restorer: Any, image: Image.Image) -> None:
+        """Store a restoration for ``kept``; the least recently used go first past ``max_kept_pixels``."""
+        size = image.size[0] * image.size[1]
+        with self._lock:
+            if size > self.max_kept_pixels:
+                return
+            self._kept[key] = (restorer, image)  # the restorer too: its id() is in the key and must not be reused
+            self._kept.move_to_end(key)
+            while sum(im.size[0] * im.size[1] for _, im in self._kept.values()) > self.max_kept_pixels:
+                self._kept.popitem(last=False)
 
     def require_owner(self, user: str, target: str, what: str) -> None:
         """Raise UserError unless ``user`` may change ``target`` ("sample:3", "job:1", "checkpoint:4"):

@@ -52,6 +52,7 @@ class RestoreResult:
     difficulty_kind: str = ""  # "gt" (1 - SSIM against the ground truth), "proxy" (no reference), "" (none)
     gt: Image.Image | None = None  # the ground truth used for the scores (RGB), if one was given
     rough: dict[str, list[str]] = field(default_factory=dict)  # metric -> images too small for it (``rough_scores``)
+    reused: list[str] = field(default_factory=list)  # "SFT"/"RL": taken from an earlier identical request (AppContext.kept)
 
 
 # How to read each score: (name shown, higher is better, what it compares with)
@@ -307,6 +308,7 @@ class Restored:
     """One model's restoration, as soon as it exists (``restore_stages``)."""
     label: str  # "SFT" or "RL"
     image: Image.Image  # the restoration (RGB)
+    reused: bool  # taken from an earlier identical request, not restored again
     file: str  # the same as a PNG: the download, and what the page shows
     input: Image.Image  # the upload as the models saw it (RGB)
     gt: Image.Image | None = None  # the ground truth (RGB), if one was given
@@ -360,6 +362,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     gt_shown = to_rgb(gt_im)[0] if gt_im is not None else None
     rgb_in = to_rgb(im)[0]
     tmp = Path(ctx.scratch("darl-restore-"))
+    pixels = image_key(rgb_in) if ctx.max_kept_pixels > 0 else ""
     t0 = time.perf_counter()
     done: list[Restored] = []
     for i, ((label, path), pipe) in enumerate(zip((("SFT", sft_model), ("RL", rl_model)), pipes)):
@@ -372,13 +375,19 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
             el = time.perf_counter() - t0
             eta = f", about {el / done - el:.0f} s left" if done > 0.02 else ""
             progress(done * 0.95, f"{label} model: {text}{eta}")
-        t1 = time.perf_counter()
-        out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
-        passes = _passes(getattr(pipe, "stage1", None) is not None, int(steps))
-        ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
+        key = (id(pipe), pixels, int(steps), int(seed), int(tile))  # what decides the output (not the task)
+        out = ctx.kept(key, pipe) if pixels else None
+        reused = out is not None
+        if out is None:
+            t1 = time.perf_counter()
+            out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
+            passes = _passes(getattr(pipe, "stage1", None) is not None, int(steps))
+            ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
+            if pixels:
+                ctx.keep(key, pipe, out)
         file = tmp / f"restored_{label.lower()}.png"
         out.save(file)  # the download, as the model made it
-        done.append(Restored(label, to_rgb(out)[0], str(file), rgb_in, gt_shown))
+        done.append(Restored(label, to_rgb(out)[0], reused, str(file), rgb_in, gt_shown))
         yield label, done[-1]
     seconds = time.perf_counter() - t0
     progress(0.95, "scoring")
@@ -404,7 +413,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     text = difficulty_text(d, kind, rough=kind == "proxy" and "SFT" in rough.get("niqe", []))
     progress(1.0, "done")
     yield "done", RestoreResult(rgb_in, sft_rgb, rl_rgb, rows, ["image"] + names, d, text, [r.file for r in done],
-                                seconds, kind, gt_shown, rough)
+                                seconds, kind, gt_shown, rough, [r.label for r in done if r.reused])
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -530,6 +539,17 @@ def gt_scale(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> int | None:
     at the restorer's output size (1 for restoration, 4 for x4 super-resolution)."""
     k = gt_size[0] // lq_size[0] if lq_size[0] else 0
     return k if 1 <= k <= 8 and gt_size == (k * lq_size[0], k * lq_size[1]) else None
+
+
+def took(r: RestoreResult) -> str:
+    """How long the restorations took, and which were reused from an earlier identical request."""
+    if not r.reused:
+        return f"both restorations took {r.seconds:.1f} s"
+    same = "same image, model, steps, seed and tile size as before"
+    if len(r.reused) == 2:
+        return f"both restorations reused ({same})"
+    other = "RL" if r.reused == ["SFT"] else "SFT"
+    return f"the {r.reused[0]} restoration reused ({same}), the {other} one took {r.seconds:.1f} s"
 
 
 def image_key(im: Image.Image) -> str:
@@ -718,9 +738,10 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             for _, v in stages:
                 if isinstance(v, Restored) and v.label == "SFT":
                     first, inp = v, shown_file(v.input, Path(v.file).parent / "input.png")
-                    # what the last image left is cleared, not shown beside the new one
+                    # what the last image left is cleared, not shown beside the new one (the zoom reads
+                    # the result state: None until this image's result exists)
                     yield (None, (inp, v.file), inp, gr.update(value=None, headers=SCORE_HEADERS), "", [v.file],
-                           None, "", None, skip, skip, skip, skip)
+                           None, "", None, None, skip, skip, skip)
                 elif isinstance(v, Restored):
                     folder = Path(v.file).parent
                     d, caption, z = compare_views(first.input, first.image, v.image, v.gt)
@@ -729,7 +750,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                     yield (*pictures, skip, "", [first.file, v.file], diff, caption, zoom, skip, skip, skip, skip)
                 elif isinstance(v, RestoreResult):
                     r = v
-        except RestoreStopped as e:  # what the user asked for: said as such, the page left as it was
+        except RestoreStopped as e:  # what the user asked for: said as such, what was shown so far left shown
             gr.Info(str(e))
             yield tuple(skip for _ in range(13))
             return
@@ -738,8 +759,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         table, note = score_table(r.headers, r.scores, r.rough)
         given = "with your ground truth" if r.gt is not None else "**no ground truth given**: no-reference scores only"
         head, _, rest = r.difficulty_text.partition(" (")  # the number bold, its explanation plain
-        text = (f"**{head}** ({rest} · {given} · both restorations took {r.seconds:.1f} s"
-                + (f"\n\n{note}" if note else ""))
+        text = f"**{head}** ({rest} · {given} · {took(r)}" + (f"\n\n{note}" if note else "")
         # all outputs again: a client of the API reads the last message alone (the files are the same)
         yield (*pictures, gr.update(value=table, headers=SCORE_HEADERS), text, r.files, diff, caption, zoom, r,
                r.difficulty, r.difficulty_kind, image_key(r.input))
