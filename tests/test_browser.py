@@ -112,6 +112,17 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.get_by_text("The ground truth was cleared").first).to_be_visible(timeout=30_000)
             expect(page.locator("#gt-upload img")).to_have_count(0, timeout=30_000)
             page.locator("#restore-btn").click()
+            # the SFT restoration is seen while the RL model still runs: the topmost thing drawn on the
+            # input ⟷ SFT slider is its picture, not a progress panel (the one progress bar is on the scores)
+            page.wait_for_function("""() => {
+                const img = document.querySelector('#slider-input img');
+                if (!img || !document.querySelector('#scores').innerText.includes('RL model')) return false;
+                img.scrollIntoView({block: 'center'});
+                const r = img.getBoundingClientRect();
+                const top = document.elementFromPoint(r.x + r.width * 0.25, r.y + r.height * 0.5);
+                return top !== null && top.tagName === 'IMG';
+            }""", timeout=120_000, polling=50)
+            page.screenshot(path=str(ARTIFACTS / "1b_sft_shown_while_rl_runs.png"), full_page=True)
             expect(page.locator("#slider img").first).to_be_visible(timeout=120_000)
             expect(page.locator("#difficulty")).to_contain_text("difficulty", timeout=30_000)
             # the difficulty says its scale and how it was measured; each score row says which way is better
@@ -276,7 +287,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
                 page.locator(f"{box} input[type=number]").fill(value)
                 page.locator(f"{box} input[type=number]").press("Enter")
             page.locator("#restore-btn").click()
-            expect(page.locator("#slider").get_by_text(re.compile(r"SFT model: step .* tile"))).to_be_visible(
+            expect(page.locator("#scores").get_by_text(re.compile(r"SFT model: step .* tile"))).to_be_visible(
                 timeout=120_000)
             page.screenshot(path=str(ARTIFACTS / "8_long_restore_progress.png"), full_page=True)
             page.locator("#stop-btn").click()

@@ -354,7 +354,8 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     gt = None
     if gt_im is not None:  # refused now, not after minutes of restoring
         gt_rgb = to_rgb(gt_im)[0]
-        want = (im.size[0] * scales[0], im.size[1] * scales[0])
+        k = int(getattr(pipes[0], "output_scale", 1))  # of the output (a latent x4 model's network runs at x1)
+        want = (im.size[0] * k, im.size[1] * k)
         if gt_rgb.size != want:
             raise UserError(f"the ground truth is {gt_rgb.size[0]}x{gt_rgb.size[1]} but the restoration will be "
                             f"{want[0]}x{want[1]}")
@@ -735,7 +736,10 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             stages = restore_stages(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
                                     progress=lambda f, s: progress(f, desc=s), stop=stop,
                                     warn=lambda w: gr.Warning(w, duration=20))
+            shown = ""  # the restorations on the page so far
             for _, v in stages:
+                if isinstance(v, Restored):
+                    shown = v.label if not shown else "both"
                 if isinstance(v, Restored) and v.label == "SFT":
                     first, inp = v, shown_file(v.input, Path(v.file).parent / "input.png")
                     # what the last image left is cleared, not shown beside the new one (the zoom reads
@@ -752,7 +756,8 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                     r = v
         except RestoreStopped as e:  # what the user asked for: said as such, what was shown so far left shown
             gr.Info(str(e))
-            yield tuple(skip for _ in range(13))
+            line = "**Stopped** after the SFT restoration: the RL one was not finished, nothing was scored"
+            yield tuple(line if i == 4 and shown == "SFT" else skip for i in range(13))
             return
         finally:
             ctx.end_session(key)
@@ -774,10 +779,14 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                    [c["slider"], c["slider_in"], c["input_view"], c["scores"], c["difficulty_md"], c["files"],
                     c["diff"], c["diff_md"], c["zoom"], c["result"], c["difficulty"], c["difficulty_kind"],
                     c["difficulty_for"]],
-                   api_name="restore", concurrency_limit=1, concurrency_id="models")
+                   api_name="restore", concurrency_limit=1, concurrency_id="models",
+                   # one progress bar, on the score table (what arrives last): Gradio's default covers every
+                   # output until the end and would hide each picture shown as soon as it exists
+                   show_progress_on=[c["scores"]])
 
     def on_zoom(r: RestoreResult | None, evt: gr.SelectData) -> Any:
         if r is None:
+            gr.Info("The zoom follows a click once a restore has finished")
             return gr.update()
         x, y = evt.index  # a point of the input view, in its pixels: the outputs are output_scale larger
         k = r.sft.size[0] / r.input.size[0]
