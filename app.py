@@ -31,7 +31,7 @@ from starlette.middleware import Middleware
 
 from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
-from ui import AppContext, build_app
+from ui import CSS, AppContext, build_app
 from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"
     demo.launch(server_name=host, server_port=int(port), auth=LoginThrottle(users) if users else None,
-                auth_message=LOGIN_MESSAGE, max_file_size="25mb", show_error=True,
+                auth_message=LOGIN_MESSAGE, max_file_size="25mb", show_error=True, css=CSS,
                 app_kwargs={"middleware": [Middleware(guard(ctx))]})
 
 

@@ -27,7 +27,7 @@ from helpers import free_port
 
 from darl_core.worker import run_worker
 from storage import Store
-from ui import AppContext, build_app, restore_tab
+from ui import CSS, AppContext, build_app, restore_tab
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,7 +76,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)  # as app.py
     stop = threading.Event()
 
     def worker() -> None:  # the worker process of `make run`, as a thread here
@@ -156,7 +156,9 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.get_by_role("tab", name="Hard samples").click()
             expect(page.locator("#samples-table")).to_contain_text("artifacts", timeout=30_000)
             expect(page.locator("#samples-table")).to_contain_text("no-reference proxy (NIQE)")  # the kind, marked
-            page.locator("#samples-gallery button.thumbnail-item").first.click()  # a tile chooses its sample
+            tile = page.locator("#samples-gallery button.thumbnail-item").first
+            assert tile.bounding_box()["width"] <= 230  # one flagged sample is a thumbnail, not the page's width
+            tile.click()  # a tile chooses its sample
             expect(page.locator("#sample-id input")).to_have_value("#1 artifacts", timeout=30_000)
             expect(page.locator("#view-lq img")).to_be_visible(timeout=30_000)  # the sample view shows it
             expect(page.locator("#sample-view-text")).to_contain_text("no ground truth")

@@ -9,7 +9,12 @@ import gradio as gr
 from . import finetune_tab, models_tab, restore_tab, samples_tab
 from .context import AppContext, UserError
 
-__all__ = ["AppContext", "UserError", "build_app", "picker_values"]
+__all__ = ["CSS", "AppContext", "UserError", "build_app", "picker_values"]
+
+# Passed to ``launch(css=CSS)`` (Gradio 6 takes a page's CSS there only). A gallery lays out as many
+# columns as it has images, up to its ``columns``: a single image filled the whole width, cropped by
+# the gallery's height. Thumbnails stay thumbnails.
+CSS = "#samples-gallery .thumbnail-item, #batch-box .thumbnail-item { max-width: 220px; }"
 
 
 def picker_values(ctx: AppContext, sft: str | None, rl: str | None, base: str | None, *, page_load: bool = False,
