@@ -44,6 +44,11 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert r.headers == ["image", "niqe", "piqe", "psnr", "ssim"] and [row[0] for row in r.scores] == ["input", "SFT", "RL"]
     assert isinstance(r.scores[1][3], float) and "1 − SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
     assert r.difficulty_kind == "gt" and "ground-truth measure" in r.difficulty_text
+    # it reuses the table's SSIM of the SFT restoration: the same value as computing it afresh
+    from darl_core.difficulty import difficulty
+    from darl_core.images import pil_to_tensor
+    want = float(difficulty(pil_to_tensor(r.sft)[None], pil_to_tensor(Image.open(gt).convert("RGB"))[None]))
+    assert r.difficulty == pytest.approx(want, abs=1e-6)
     assert "0 = easy … 1 = hard" in r.difficulty_text
     assert all(Path(f).is_file() for f in r.files)
     # every shown row says which way is better and which image is best

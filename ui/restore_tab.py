@@ -402,7 +402,8 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     rows = [_score_row(lbl, t, gt, names, sft_raw if lbl == "SFT" else None)
             for lbl, t in zip(("input", "SFT", "RL"), tensors)]
     if gt is not None:
-        d, kind = float(difficulty(tensors[1], gt)), "gt"
+        # 1 - SSIM of the SFT restoration: already scored for the table when SSIM is a table metric
+        d, kind = (1 - sft_raw["ssim"] if "ssim" in sft_raw else float(difficulty(tensors[1], gt))), "gt"
     else:
         try:
             # the proxy is NIQE of the SFT restoration: already scored when NIQE is a table metric
