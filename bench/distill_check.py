@@ -16,6 +16,10 @@ independent evaluation set (bench/quality.py) stays a test.
 ``--last-timesteps 499 299 249`` adds, for every model, 2-step sampling from t = 999 to each of these
 instead of the schedule's 499 (with NIQE): whether a later last step, where less noise is left to
 remove, takes a student's speckle away without the teacher's help.
+
+``--flip-last`` adds, for every model, 2-step sampling whose last denoiser output is the mean over
+flipped copies of the input (identity and horizontal; and all four of identity, horizontal, vertical,
+both), with NIQE: whether the speckle is the network's non-equivariant error, which averaging cancels.
 """
 
 from __future__ import annotations
@@ -38,11 +42,17 @@ from darl_core.rewards import get_metric  # noqa: E402
 from darl_core.sampler import _x0_eps  # noqa: E402
 
 
+FLIPS_2 = ((), (-1,))  # identity, horizontal flip (dims of a flip)
+FLIPS_4 = ((), (-1,), (-2,), (-1, -2))
+
+
 @torch.no_grad()
 def mixed(teacher: Restorer, nets: tuple[torch.nn.Module, ...], lq: torch.Tensor, seed: int,
-          timesteps: tuple[int, ...] | None = None) -> torch.Tensor:
+          timesteps: tuple[int, ...] | None = None,
+          flips: tuple[tuple[tuple[int, ...], ...], ...] | None = None) -> torch.Tensor:
     """len(nets)-step deterministic DDIM with ``nets[j]`` as the denoiser of step j (same stage 1), at
-    the scheduler's timesteps for that many steps or at ``timesteps`` (e.g. (999, 299): a later last step)."""
+    the scheduler's timesteps for that many steps or at ``timesteps`` (e.g. (999, 299): a later last step);
+    ``flips[j]`` makes step j's output the mean over those flips of the input (each flipped back)."""
     noise = Noise(torch.Generator().manual_seed(seed))
     cond, x, (h, w) = teacher._start(lq, noise)
     cond = cond.float()
@@ -52,7 +62,9 @@ def mixed(teacher: Restorer, nets: tuple[torch.nn.Module, ...], lq: torch.Tensor
         timesteps = tuple(int(t) for t in sched.timesteps)
     abar = teacher.scheduler.alphas_cumprod
     for j, (net, t) in enumerate(zip(nets, timesteps)):
-        out = teacher.predict(x, t, cond, 256, 32, unet=net).float()
+        outs = [teacher.predict(x.flip(d), t, cond.flip(d), 256, 32, unet=net).float().flip(d)
+                for d in (flips[j] if flips else ((),))]
+        out = sum(outs) / len(outs)
         x0, eps = _x0_eps(teacher.scheduler, out, x.float(), float(abar[t]))
         a_next = float(abar[timesteps[j + 1]]) if j + 1 < len(timesteps) else 1.0  # the schedule ends at abar = 1
         x = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--last-timesteps", type=int, nargs="*", default=[],
                     help="also 2-step sampling from 999 to each of these instead of 499, for every model")
+    ap.add_argument("--flip-last", action="store_true",
+                    help="also 2 steps with the last output averaged over 2 and 4 flips, for every model")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -98,6 +112,13 @@ def main(argv: list[str] | None = None) -> dict:
             res[f"{path} @2 (999, {t2})"] = rec
             print(f"{path} 2 steps 999 -> {t2}: PSNR {rec['psnr']:.2f}  flat_hf {rec['flat_hf']:.2f}  "
                   f"NIQE {rec['niqe']:.3f}", flush=True)
+    for name, fl in (("2 flips", FLIPS_2), ("4 flips", FLIPS_4)) if args.flip_last else ():
+        for path, pipe in zip(args.models, pipes):
+            outs = [mixed(pipe, (pipe.unet, pipe.unet), lq, seed, flips=(((),), fl)) for seed in args.seeds]
+            rec = score(outs) | {"niqe": sum(float(niqe(o).mean()) for o in outs) / len(outs)}
+            res[f"{path} @2 last step {name}"] = rec
+            print(f"{path} 2 steps, last step averaged over {name}: PSNR {rec['psnr']:.2f}  "
+                  f"flat_hf {rec['flat_hf']:.2f}  NIQE {rec['niqe']:.3f}", flush=True)
     teacher = pipes[0]
     for path, pipe in zip(args.models[1:], pipes[1:]):
         for name, nets in (("student then teacher", (pipe.unet, teacher.unet)),

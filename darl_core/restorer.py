@@ -354,7 +354,8 @@ class Restorer(ABC):
     def sft_loss(self, lq: torch.Tensor, hq: torch.Tensor, generator: torch.Generator | Noise | None = None,
                  reduce: bool = True, timesteps: torch.Tensor | None = None,
                  teacher: torch.nn.Module | None = None, trajectory_steps: int | tuple[int, ...] = 0,
-                 trajectory_fraction: float = 0.5, hf_weight: float = 0.0) -> torch.Tensor:
+                 trajectory_fraction: float = 0.5, hf_weight: float = 0.0,
+                 trajectory_last: float = 0.0) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
         when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
         schedule's), x_t = add_noise(x0), MSE of the denoiser's output. With a ``teacher`` denoiser
@@ -366,6 +367,8 @@ class Restorer(ABC):
         a step drawn uniformly: the states few-step sampling really visits, which after its first
         step are not the forward process's (x0_hat is smoother than a true x0), taught there what
         the teacher would predict (on-policy, so a student's own first-step errors are corrected).
+        ``trajectory_last`` p > 0 takes a share p of those samples at the path's last step instead
+        (where a few-step student makes its speckle; bench/distill_check.py), the rest uniformly.
 
         ``hf_weight`` w > 0 adds w times the mean square of the error's high frequencies (a 3x3
         Laplacian, scaled so white noise keeps its energy): the fine-scale noise a few-step sampler
@@ -390,7 +393,8 @@ class Restorer(ABC):
             target = sched.get_velocity(x0, eps, t)
         if teacher is not None:
             if trajectory_steps:
-                x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction)
+                x_t, t = self._trajectory_states(x_t, t, cond, noise, trajectory_steps, trajectory_fraction,
+                                                 trajectory_last)
             # The teacher's output is the regression's conditional mean as far as it learned it: a
             # target without the noise of the true v, so a small student learns from fewer samples.
             with torch.no_grad():
@@ -404,10 +408,12 @@ class Restorer(ABC):
 
     @torch.no_grad()
     def _trajectory_states(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, noise: Noise,
-                           steps: int | tuple[int, ...], fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+                           steps: int | tuple[int, ...], fraction: float,
+                           last: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace a ``fraction`` of the rows of (x_t, t) by states of this model's own ``steps``-step
-        deterministic sampling from fresh noise, each at a step drawn uniformly (sft_loss). A tuple of
-        step counts gives each chosen row one of them, uniformly (repeat a count to weigh it more)."""
+        deterministic sampling from fresh noise, each at a step drawn uniformly, or with probability
+        ``last`` at the last step (sft_loss). A tuple of step counts gives each chosen row one of them,
+        uniformly (repeat a count to weigh it more)."""
         b = x_t.shape[0]
         rows = torch.nonzero(noise.rand(b) < fraction).flatten()
         if len(rows) == 0:
@@ -417,16 +423,19 @@ class Restorer(ABC):
         which = noise.randint(len(steps), b)[rows] if len(steps) > 1 else torch.zeros_like(rows)
         for k, n in enumerate(steps):
             if bool((which == k).any()):
-                self._follow(x_t, t, cond, noise, rows[which == k], n)
+                self._follow(x_t, t, cond, noise, rows[which == k], n, last)
         return x_t, t
 
     def _follow(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, noise: Noise,
-                rows: torch.Tensor, steps: int) -> None:
-        """Write into ``rows`` of (x_t, t) the states of ``steps``-step sampling, each at a random step."""
+                rows: torch.Tensor, steps: int, last: float = 0.0) -> None:
+        """Write into ``rows`` of (x_t, t) the states of ``steps``-step sampling, each at a random step
+        (the last one with probability ``last``)."""
         b = x_t.shape[0]
         sched = type(self.scheduler).from_config(self.scheduler.config)  # the pipeline's own keeps its state
         sched.set_timesteps(steps)
         at = noise.randint(steps, b)[rows]  # which step each chosen row is taken at
+        if last > 0:  # drawn only when asked, so the draws above stay those of a plain run
+            at[noise.rand(b)[rows] < last] = steps - 1
         c = cond[rows.to(cond.device)]
         x = noise.randn(tuple(x_t.shape))[rows].to(x_t) * float(sched.init_noise_sigma)
         for j, tj in enumerate(sched.timesteps):

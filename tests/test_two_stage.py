@@ -210,15 +210,21 @@ def test_distillation_targets_the_teachers_output_and_trains_a_fast_student(tmp_
         train_sft(replace(cfg, stage="regression", new_denoiser=False, output=str(tmp_path / "bad")))
 
 
+def _states_fixture(n: int) -> tuple[RestorationPipeline, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tiny two-stage pipeline, n LQ images' condition, and (x_t, t) rows a path state must replace."""
+    pipe = _two_stage()
+    lq = torch.rand(n, 3, 16, 16)
+    with torch.no_grad():
+        cond = pipe.condition(lq)
+    x_t, t = torch.full(pipe.latent_shape(cond), 7.0), torch.full((n,), 123, dtype=torch.long)
+    return pipe, lq, cond, x_t, t
+
+
 def test_trajectory_distillation_trains_at_the_states_sampling_visits(tmp_path) -> None:
     """``distill_trajectory``: chosen rows take the student's own deterministic sampling states (checked
     against diffusers' DDIMScheduler.step), at the sampler's timesteps; the others keep their draw."""
-    pipe = _two_stage()
-    lq = torch.rand(6, 3, 16, 16)
-    with torch.no_grad():
-        cond = pipe.condition(lq)
-    shape = pipe.latent_shape(cond)
-    x_t, t = torch.full(shape, 7.0), torch.full((6,), 123, dtype=torch.long)
+    pipe, lq, cond, x_t, t = _states_fixture(6)
+    shape = x_t.shape
     pipe.scheduler.set_timesteps(4)
     x, tt = pipe._trajectory_states(x_t, t, cond, Noise(torch.Generator().manual_seed(1)), 2, 0.7)
     r = torch.Generator().manual_seed(1)  # the same draws: which rows, at which step, the initial noise
@@ -254,6 +260,32 @@ def test_trajectory_distillation_trains_at_the_states_sampling_visits(tmp_path) 
     assert load_restorer(train_sft(cfg)).unshuffle == 2
     with pytest.raises(ValueError, match="distill_trajectory and distill_hf_weight need distill_from"):
         train_sft(replace(cfg, distill_from=None, output=str(tmp_path / "bad")))
+
+
+def test_trajectory_last_takes_the_paths_last_step(tmp_path) -> None:
+    """``distill_trajectory_last``: p = 1 puts every chosen row at its path's last step (the state the
+    student's own first step makes, checked against diffusers' DDIMScheduler.step); p = 0.5 leaves some
+    at the first; out-of-range values are refused before training."""
+    pipe, _, cond, x_t, t = _states_fixture(8)
+    shape = x_t.shape
+    x, tt = pipe._trajectory_states(x_t, t, cond, Noise(torch.Generator().manual_seed(3)), 2, 1.0, last=1.0)
+    r = torch.Generator().manual_seed(3)  # the same draws: rows (all), uniform step, last or not, the noise
+    torch.rand(8, generator=r), torch.randint(0, 2, (8,), generator=r), torch.rand(8, generator=r)
+    x_T = torch.randn(shape, generator=r)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(2)
+    with torch.no_grad():
+        x_1 = sched.step(pipe.predict(x_T, int(sched.timesteps[0]), cond), sched.timesteps[0], x_T).prev_sample
+    assert all(int(v) == int(sched.timesteps[1]) for v in tt)
+    assert torch.allclose(x, x_1, atol=1e-5)
+    _, tt = pipe._trajectory_states(x_t, t, cond, Noise(torch.Generator().manual_seed(3)), 2, 1.0, last=0.5)
+    assert {int(v) for v in tt} == {int(v) for v in sched.timesteps}  # both steps still occur
+    base = tmp_path / "teacher"
+    pipe.save_pretrained(base)
+    cfg = replace(tiny_test(), init_from=str(base), steps=1, distill_from=str(base), distill_trajectory=2,
+                  distill_trajectory_last=1.5, output=str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="distill_trajectory_last must be in"):
+        train_sft(cfg)
 
 
 def test_high_frequency_weight_counts_speckle_not_smooth_offsets(tmp_path) -> None:
@@ -425,3 +457,19 @@ def test_shipped_model_is_a_restorer_on_independent_degradations() -> None:
     psnr = get_metric("psnr")
     gain = psnr(pipe.restore_tensor(lq, 0), hq) - psnr(lq, hq)
     assert len(pairs) == 8 and float(gain.mean()) > 0.5 and int((gain > 0).sum()) >= 6, gain
+
+
+def test_distill_check_sampler_is_the_pipelines_own() -> None:
+    """bench/distill_check.py's hand-written mixed sampler with the model's own denoiser at both steps
+    gives the pipeline's 2-step restoration; averaging its last step over flips changes only that step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from distill_check import FLIPS_2, mixed
+
+    pipe = _two_stage()
+    lq = torch.rand(2, 3, 16, 16)
+    want = pipe.restore_tensor(lq, 2, generator=torch.Generator().manual_seed(4)).clamp(0, 1)
+    got = mixed(pipe, (pipe.unet, pipe.unet), lq, 4)
+    assert torch.allclose(got, want, atol=1e-5)
+    flipped = mixed(pipe, (pipe.unet, pipe.unet), lq, 4, flips=(((),), FLIPS_2))
+    assert not torch.allclose(flipped, want, atol=1e-3)  # a random network is not flip-equivariant
+    assert torch.allclose(mixed(pipe, (pipe.unet, pipe.unet), lq, 4, flips=(((),), ((), ()))), want, atol=1e-5)
