@@ -172,7 +172,8 @@ def gpu_stage2_distill() -> SFTConfig:
     # the same recipe at uniform steps closed a sixth in 75 (docs/results.md 0b)
     return SFTConfig(stage="diffusion", task="realistic", photos=True, init_from="models/sft-blind-fast",
                      distill_from="models/sft-blind", distill_trajectory=(2, 2, 4), distill_trajectory_fraction=0.85,
-                     distill_trajectory_last=0.7, distill_hf_weight=4.0, train_timesteps="schedule", patch=128, batch_size=48, steps=200_000,
+                     distill_trajectory_last=0.7, distill_hf_weight=4.0, train_timesteps="schedule", patch=128,
+                     batch_size=48, steps=200_000,
                      lr=1e-4, warmup=100, ema_decay=0.998, val_every=0, ckpt_every=1000,
                      num_workers=8, data_on_device=True, bf16=True, device="cuda", export_fp16=True,
                      max_minutes=8.0)

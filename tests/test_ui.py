@@ -14,6 +14,8 @@ from helpers import free_port, record
 from PIL import Image
 from sqlalchemy import text
 
+from darl_core.difficulty import difficulty, difficulty_no_reference
+from darl_core.images import pil_to_tensor
 from darl_core.worker import run_worker
 from storage import Store
 from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
@@ -45,8 +47,6 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert isinstance(r.scores[1][3], float) and "1 − SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
     assert r.difficulty_kind == "gt" and "ground-truth measure" in r.difficulty_text
     # it reuses the table's SSIM of the SFT restoration: the same value as computing it afresh
-    from darl_core.difficulty import difficulty
-    from darl_core.images import pil_to_tensor
     want = float(difficulty(pil_to_tensor(r.sft)[None], pil_to_tensor(Image.open(gt).convert("RGB"))[None]))
     assert r.difficulty == pytest.approx(want, abs=1e-6)
     assert "0 = easy … 1 = hard" in r.difficulty_text
@@ -65,8 +65,6 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert "no-reference proxy" in r2.difficulty_text and "0 = easy … 1 = hard" in r2.difficulty_text
     assert "rough: this restoration is under 192 px a side" in r2.difficulty_text
     # the proxy reuses the table's NIQE of the SFT restoration: the same value as computing it afresh
-    from darl_core.difficulty import difficulty_no_reference
-    from darl_core.images import pil_to_tensor
     assert r2.difficulty == pytest.approx(float(difficulty_no_reference(pil_to_tensor(r2.sft)[None])), abs=1e-6)
     # a ground truth of the wrong size is refused before a model runs, not after the restorations
     stages = restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64,

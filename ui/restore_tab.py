@@ -737,10 +737,10 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
             stages = restore_stages(ctx, image, task, sft, rl, steps, seed or 0, tile, gt,
                                     progress=lambda f, s: progress(f, desc=s), stop=stop,
                                     warn=lambda w: gr.Warning(w, duration=20))
-            shown = ""  # the restorations on the page so far
+            shown = None  # the label of the last restoration put on the page (SFT comes first, then RL)
             for _, v in stages:
                 if isinstance(v, Restored):
-                    shown = v.label if not shown else "both"
+                    shown = v.label
                 if isinstance(v, Restored) and v.label == "SFT":
                     first, inp = v, shown_file(v.input, Path(v.file).parent / "input.png")
                     # what the last image left is cleared, not shown beside the new one (the zoom reads
