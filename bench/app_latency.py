@@ -56,7 +56,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]
     save_tensor(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0], tmp / "lq.png")
-    ctx = AppContext(Store(directory=tmp / "data"))
+    # max_kept_pixels 0: every request restores (the app reuses the restorations of a repeated request)
+    ctx = AppContext(Store(directory=tmp / "data"), max_kept_pixels=0)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1)
     with socket.socket() as s:

@@ -18,8 +18,9 @@ tiles of exactly the tile size). Sections:
 
 With ``--before-models SFT RL`` the "before" rows run those model folders (an earlier release, e.g.
 ``git archive <rev> models | tar -x -C /tmp/old``) with the old settings, so a change of the shipped
-models is measured too; ``--after-models SFT RL`` runs other folders in the "after" rows (a model
-that is shipped but not the default, e.g. ``models/sft-blind-fast``). Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
+models is measured too (``--before-models models/sft-blind models/darl-blind``: the default pair
+before 2026-11-29); ``--after-models SFT RL`` runs other folders in the "after" rows (a model that is
+shipped but not the default). Medians over ``--repeats``; ratios are before / after from the same run. Writes a JSON next to the
 printout when ``--json`` is given.
 """
 
@@ -132,7 +133,8 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
     out = {}
     shipped = (str(DEFAULT_MODEL), str(SHIPPED_RL))
     for label in ("before", "after"):
-        ctx = AppContext(Store(directory=tmp / f"data-{label}"))
+        # max_kept_pixels 0: every call restores (the app reuses the restorations of a repeated request)
+        ctx = AppContext(Store(directory=tmp / f"data-{label}"), max_kept_pixels=0)
         models = (before_models if label == "before" else after_models) or shipped
         if label == "before":  # the models as the app loaded them before set_precision existed
             for p in models:

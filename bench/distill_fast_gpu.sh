@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue #17: distils sft-blind-fast's denoiser further on one lent GPU, in ONE call of at most 600 s,
-# so that the fast model (2.6x cheaper a step; both CPU speed targets hold with it) can become the
-# default once its flat areas are as smooth as sft-blind's (docs/results.md 0b). Preset
+# Issue #17: distils sft-blind-fast's denoiser further on one lent GPU, in ONE call of at most 600 s:
+# the default SFT model since 2026-11-29 (2.6x cheaper a step than its teacher sft-blind), whose flat
+# areas at 4 steps still hold 1.8x sft-blind's texture (docs/results.md 0b). Preset
 # gpu_stage2_distill: along the student's own 2- and 4-step paths, the error's high frequencies
 # weighted, MINUTES of training, then bench/distill_check.py (teacher, start, result) on the GPU.
 # Run from the repo root on the GPU machine after `FAST=1 bash bench/gpu_prepare.sh` (it makes .gpu/fast)

@@ -11,6 +11,13 @@ import logging as _logging
 # so the message says nothing about DARL: silenced at its logger.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+import warnings as _warnings
+
+# ``python -m darl_core.train_sft`` imports this package first, which imports train_sft for the public
+# surface below, so runpy warns that it runs a module already imported. The module has no import-time
+# state to duplicate (its CLI builds everything inside main()), so the warning is noise to a user.
+_warnings.filterwarnings("ignore", message=r"'darl_core\.train_sft' found in sys\.modules", category=RuntimeWarning)
+
 from .degrade import DegradationConfig, degrade, get_preset
 from .difficulty import difficulty, difficulty_no_reference, relative_weights
 from .latent import LatentRestorer, LDMSRRestorer, SDUpscaleRestorer

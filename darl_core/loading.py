@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_MODEL", "FAMILIES", "ModelLoadError", "SHIPPED_MODELS", "Shi
            "load_lora_folder", "load_pipeline", "load_restorer", "save_lora"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "sft-blind"  # the shipped SFT restorer: what a restore uses when no model is named
+DEFAULT_MODEL = MODELS_DIR / "sft-blind-fast"  # the default SFT restorer: what a restore uses when no model is named
 FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "sd_upscale",
             "LDMSuperResolutionPipeline": "ldm_sr"}  # pipeline class -> restorer family
 
@@ -44,12 +44,11 @@ class ShippedModel:
 
 
 SHIPPED_MODELS = (  # in the order the pickers list them
-    ShippedModel("sft-blind", DEFAULT_MODEL, "sft-blind (shipped SFT)"),
+    ShippedModel("sft-blind-fast", DEFAULT_MODEL, "sft-blind-fast (shipped SFT)", parent="sft-blind"),
     ShippedModel("darl-blind", MODELS_DIR / "darl-blind", "darl-blind (shipped RL)",
                  parent="sft-blind-v1"),
+    ShippedModel("sft-blind", MODELS_DIR / "sft-blind", "sft-blind (SFT, slower)"),
     ShippedModel("sft-blind-v1", MODELS_DIR / "sft-blind-v1", "sft-blind-v1 (first SFT)"),
-    ShippedModel("sft-blind-fast", MODELS_DIR / "sft-blind-fast",
-                 "sft-blind-fast (SFT, 2.6x faster)", parent="sft-blind"),
 )
 
 

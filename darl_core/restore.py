@@ -4,7 +4,8 @@
     python -m darl_core.restore IN_DIR OUT_DIR --model models/darl-blind
     python -m darl_core.restore IN.png OUT.png --steps 0 --self-ensemble   # the most faithful setting
 
-The default model is the shipped SFT model (models/sft-blind). Outputs keep
+The default model is the shipped SFT model (models/sft-blind-fast; models/sft-blind is its
+slower teacher). Outputs keep
 the input's mode family (grey stays grey, alpha is carried over) and are
 written as PNG when the output suffix is not an image format.
 """
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Restore images with a DARL restorer.")
     ap.add_argument("input", type=Path, help="an image file or a folder of images")
     ap.add_argument("output", type=Path, help="output file (for a file input) or folder")
-    ap.add_argument("--model", default=None, help="model folder or Hugging Face id (default: models/sft-blind)")
+    ap.add_argument("--model", default=None, help="model folder or Hugging Face id (default: models/sft-blind-fast)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                     help="DDIM steps (more: more detail, fewer: more faithful; 0: stage 1 alone, two-stage models)")
     ap.add_argument("--seed", type=int, default=0)

@@ -258,8 +258,8 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
 
             # Delete it (once another model is the default): a question first, then it leaves every picker
             page.get_by_role("tab", name="Models").click()
-            _row(page, "models-table", "sft-blind").click()
-            expect(page.locator("#ckpt-id input")).to_have_value(re.compile(r"sft-blind"), timeout=30_000)
+            _row(page, "models-table", "sft-blind-fast").click()  # the job's base, registered by the worker
+            expect(page.locator("#ckpt-id input")).to_have_value(re.compile(r"sft-blind-fast"), timeout=30_000)
             page.locator("#promote-btn").click()
             expect(page.locator("#models-msg")).to_contain_text("is now the default", timeout=30_000)
             _row(page, "models-table", trained.name).click()
@@ -271,7 +271,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#delete-yes").click()
             expect(page.locator("#models-msg")).to_contain_text("deleted, with its files", timeout=30_000)
             page.get_by_role("tab", name="Restore").click()
-            expect(page.locator("#rl-picker input")).to_have_value(re.compile(r"^sft-blind .*\(default RL\)"),
+            expect(page.locator("#rl-picker input")).to_have_value(re.compile(r"^sft-blind-fast .*\(default RL\)"),
                                                                    timeout=30_000)
             page.locator("#rl-picker input").click()
             options = page.get_by_role("option").all_inner_texts()

@@ -84,7 +84,8 @@ def test_save_load_round_trip(tmp_path, tiny_pipe: RestorationPipeline) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", [DEFAULT_MODEL, DEFAULT_MODEL.parent / "sft-blind-fast"], ids=["default", "fast"])
+@pytest.mark.parametrize("model", [DEFAULT_MODEL.parent / "sft-blind", DEFAULT_MODEL.parent / "sft-blind-fast"],
+                         ids=["sft-blind", "sft-blind-fast"])
 def test_shipped_model_restores_a_small_image(model: Path) -> None:
     pipe = load_restorer(model)
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, 100:196, 200:296]  # held-out photo

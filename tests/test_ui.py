@@ -554,7 +554,7 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     sft, rl = ctx.default_models()
     assert rl == str(SHIPPED_RL)
     before = {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}
-    assert (before["sft-blind"], before["darl-blind"], before["mine"], before["sft-blind-fast"]) == ("SFT", "RL", "", "")
+    assert (before["sft-blind"], before["darl-blind"], before["mine"], before["sft-blind-fast"]) == ("", "RL", "", "SFT")
     choices, *_ = picker_values(ctx, sft, rl, sft)
     assert [p for _, p in choices][:len(SHIPPED)] == list(SHIPPED) and str(mine) in {p for _, p in choices}
     models_tab.promote(ctx, cid)
@@ -563,9 +563,9 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
     assert picker_values(ctx, sft, "/custom", sft, promoted=True)[2] == str(mine)
     assert picker_values(ctx, sft, "/custom", sft)[2] == "/custom"  # otherwise the user's choice stays
     assert any(label.startswith("mine (default RL)") for label, _ in ctx.model_choices())
-    # the Models table says which side each default is for: the shipped SFT model, the promoted RL one
+    # the Models table says which side each default is for: the default SFT model, the promoted RL one
     side = {r[1]: r[4] for r in models_tab.list_checkpoints(ctx)}
-    assert side["mine"] == "RL (promoted)" and side["sft-blind"] == "SFT" and side["darl-blind"] == ""
+    assert side["mine"] == "RL (promoted)" and side["sft-blind-fast"] == "SFT" and side["darl-blind"] == ""
     assert (f"#{cid} mine (default RL)", cid) in models_tab.checkpoint_choices(ctx)
     # shipped models cannot be deleted (they are registered again at every start)
     shipped_rl = next(c.id for c in ctx.store.checkpoints() if c.path == str(SHIPPED_RL))
