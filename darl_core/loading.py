@@ -44,7 +44,7 @@ class ShippedModel:
 
 
 SHIPPED_MODELS = (  # in the order the pickers list them
-    ShippedModel("sft-blind-fast", DEFAULT_MODEL, "sft-blind-fast (shipped SFT)", parent="sft-blind"),
+    ShippedModel("sft-blind-fast", DEFAULT_MODEL, "sft-blind-fast (default SFT)", parent="sft-blind"),
     ShippedModel("darl-blind", MODELS_DIR / "darl-blind", "darl-blind (shipped RL)",
                  parent="sft-blind-v1"),
     ShippedModel("sft-blind", MODELS_DIR / "sft-blind", "sft-blind (SFT, slower)"),

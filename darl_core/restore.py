@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output", type=Path, help="output file (for a file input) or folder")
     ap.add_argument("--model", default=None, help="model folder or Hugging Face id (default: models/sft-blind-fast)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                    help="DDIM steps (more: more detail, fewer: more faithful; 0: stage 1 alone, two-stage models)")
+                    help="DDIM steps (more: more detail, fewer: more faithful; 0: stage 1 alone, two-stage models; "
+                         "default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic given the seed)")
     ap.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile size for large images (multiple of 8; in "
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --self-ensemble applies to stage 1 alone (--steps 0): averaging 8 diffusion samples would "
               f"average away the detail they add; got --steps {args.steps}", file=sys.stderr)
         return 2
+    first: object = None  # a single input file is read before the model loads: a bad file fails at once
+    if not args.input.is_dir():
+        try:
+            first = load_image(args.input)
+        except ImageError as e:
+            print(f"error: {args.input}: {e}", file=sys.stderr)
+            return 1
     try:
         pipe = load_restorer(args.model, args.device)
         pipe.set_precision(args.precision)
@@ -69,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for src, dst in tqdm(jobs, desc="restore", unit="img", disable=len(jobs) == 1):
         try:
-            im = load_image(src)
+            im = first if first is not None else load_image(src)
         except ImageError as e:
-            print(f"skipped {src}: {e}", file=sys.stderr)
+            tqdm.write(f"skipped {src}: {e}", file=sys.stderr)  # above the progress bar, not inside it
             failed += 1
             continue
         try:
@@ -83,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         dst.parent.mkdir(parents=True, exist_ok=True)
         out.save(dst)
+    done = len(jobs) - failed
+    where = jobs[0][1] if len(jobs) == 1 else args.output
+    print(f"restored {done} image{'s' if done != 1 else ''} with {getattr(pipe, 'source', args.model)}, "
+          f"{args.steps} steps -> {where}" + (f" ({failed} skipped)" if failed else ""))
     return 1 if failed else 0
 
 

@@ -141,7 +141,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                               elem_id="models-table")
     with gr.Row():
         c["id"] = gr.Dropdown([], value=None, label="Checkpoint", elem_id="ckpt-id")
-        c["promote"] = gr.Button("Promote to default", elem_id="promote-btn")
+        c["promote"] = gr.Button("Promote to default RL", elem_id="promote-btn")
         c["delete"] = gr.Button("Delete…", elem_id="delete-btn")
         c["refresh"] = gr.Button("Refresh")
     with gr.Group(visible=False) as c["confirm_box"]:
