@@ -139,6 +139,10 @@ def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     c["table"] = gr.Dataframe(headers=HEADERS, interactive=False, label="Checkpoints (click a row to choose it)",
                               elem_id="models-table")
+    gr.Markdown("*evaluation*: the shipped models' cards, all on the independent evaluation set (50 crops of "
+                "17 photos no model trained on, Pillow/JPEG degradations) at 2 steps; a fine-tuned model's "
+                "`heldout_*`: 8 crops of the 4 held-out photos, degraded the same way, at its job's steps.",
+                elem_id="models-eval-note")
     with gr.Row():
         c["id"] = gr.Dropdown([], value=None, label="Checkpoint", elem_id="ckpt-id")
         c["promote"] = gr.Button("Promote to default RL", elem_id="promote-btn")
