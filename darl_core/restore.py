@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageError, load_image
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --self-ensemble applies to stage 1 alone (--steps 0): averaging 8 diffusion samples would "
               f"average away the detail they add; got --steps {args.steps}", file=sys.stderr)
         return 2
-    first: object = None  # a single input file is read before the model loads: a bad file fails at once
+    first: Image.Image | None = None  # a single input file is read before the model loads: a bad file fails at once
     if not args.input.is_dir():
         try:
             first = load_image(args.input)

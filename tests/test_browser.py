@@ -248,7 +248,6 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#ckpt-id input")).to_have_value(f"#{trained.id} {trained.name}", timeout=30_000)
             page.locator("#promote-btn").click()
             expect(page.locator("#models-msg")).to_contain_text("is now the default RL model", timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "6a_models_tab_promoted.png"), full_page=True)
             page.get_by_role("tab", name="Restore").click()
             expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default RL\)"),
                                                                    timeout=30_000)
