@@ -166,8 +166,8 @@ def gpu_stage2() -> SFTConfig:
 
 def gpu_stage2_distill() -> SFTConfig:
     """``sft-blind-fast``'s denoiser distilled further on one GPU, time-boxed like ``gpu_stage2``: along the
-    student's own 2- and 4-step paths, mostly at their last step, the error's high frequencies weighted (the
-    speckle that keeps the fast model from being the default; docs/results.md 0b)."""
+    student's own 2- and 4-step paths, mostly at their last step, the error's high frequencies weighted (against
+    the speckle the default fast model still leaves in flat areas at 4 steps; docs/results.md 0b)."""
     # distill_trajectory_last 0.7: on this CPU it closed 43 % of the 2-step speckle gap in 70 minutes where
     # the same recipe at uniform steps closed a sixth in 75 (docs/results.md 0b)
     return SFTConfig(stage="diffusion", task="realistic", photos=True, init_from="models/sft-blind-fast",
