@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import flat_hf_ratio  # noqa: E402
+from darl_core.evalset import flat_hf_ratio  # noqa: E402
 
 from darl_core.data import validation_set  # noqa: E402
 from darl_core.loading import load_restorer  # noqa: E402

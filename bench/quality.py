@@ -32,40 +32,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs  # noqa: E402
+from darl_core.evalset import OUTSIDE, RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
 from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
 from darl_core.rewards import get_metric  # noqa: E402
 
 METRICS = ("psnr", "ssim", "niqe", "piqe")
-
-
-def flat_hf_ratio(out: torch.Tensor, gt: torch.Tensor, block: int = 8, share: float = 0.1) -> float:
-    """High-frequency energy of ``out`` over that of ``gt`` in the flattest ``share`` of ``gt``'s blocks.
-
-    Grey levels in 0..255; HF = the image minus its Gaussian blur (sigma 1.5); "flat" = the
-    ``block`` x ``block`` blocks of lowest GT standard deviation. Returns a ratio (1 = equal).
-    """
-    def grey(x: torch.Tensor) -> torch.Tensor:
-        return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None] * 255.0
-
-    r = torch.arange(9, dtype=torch.float32) - 4
-    k = torch.exp(-0.5 * (r / 1.5) ** 2)
-    k = (k / k.sum())
-    k2 = (k[:, None] * k[None, :])[None, None]
-
-    def hf(x: torch.Tensor) -> torch.Tensor:
-        return x - F.conv2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), k2)
-
-    g, o = grey(gt.float()), grey(out.float())
-    h, w = g.shape[-2:]
-    h, w = h - h % block, w - w % block
-    std = F.unfold(g[..., :h, :w], block, stride=block).std(dim=1)[0]  # per block
-    n = max(1, int(round(share * std.numel())))
-    idx = torch.argsort(std)[:n]
-    e_gt = F.unfold(hf(g)[..., :h, :w] ** 2, block, stride=block).mean(dim=1)[0][idx].mean()
-    e_out = F.unfold(hf(o)[..., :h, :w] ** 2, block, stride=block).mean(dim=1)[0][idx].mean()
-    return float(e_out / e_gt.clamp_min(1e-3))
 
 
 def _peers() -> dict[str, object]:

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from .data import HELDOUT_IMAGES, builtin_image
 from .images import jpeg_roundtrip, pil_to_tensor
 
-__all__ = ["OUTSIDE", "PillowRecipe", "RANDOM", "eval_photos", "independent_pairs", "pillow_degrade"]
+__all__ = ["OUTSIDE", "PillowRecipe", "RANDOM", "eval_photos", "flat_hf_ratio", "independent_pairs", "pillow_degrade"]
 
 _DOWN_FILTERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
                  Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
@@ -109,3 +110,31 @@ def independent_pairs(recipe: PillowRecipe = RANDOM, seed: int = 0, size: int = 
             lq, info = pillow_degrade(hq, recipe, np.random.default_rng([seed, len(out)]))
             out.append((f"{name}_{iy}{ix}", pil_to_tensor(lq), pil_to_tensor(hq), info))
     return out
+
+
+def flat_hf_ratio(out: torch.Tensor, gt: torch.Tensor, block: int = 8, share: float = 0.1) -> float:
+    """High-frequency energy of ``out`` over that of ``gt`` in the flattest ``share`` of ``gt``'s blocks.
+
+    Grey levels in 0..255; HF = the image minus its Gaussian blur (sigma 1.5); "flat" = the
+    ``block`` x ``block`` blocks of lowest GT standard deviation. Returns a ratio (1 = equal).
+    """
+    def grey(x: torch.Tensor) -> torch.Tensor:
+        return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None] * 255.0
+
+    r = torch.arange(9, dtype=torch.float32) - 4
+    k = torch.exp(-0.5 * (r / 1.5) ** 2)
+    k = (k / k.sum())
+    k2 = (k[:, None] * k[None, :])[None, None]
+
+    def hf(x: torch.Tensor) -> torch.Tensor:
+        return x - F.conv2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), k2)
+
+    g, o = grey(gt.float()), grey(out.float())
+    h, w = g.shape[-2:]
+    h, w = h - h % block, w - w % block
+    std = F.unfold(g[..., :h, :w], block, stride=block).std(dim=1)[0]  # per block
+    n = max(1, int(round(share * std.numel())))
+    idx = torch.argsort(std)[:n]
+    e_gt = F.unfold(hf(g)[..., :h, :w] ** 2, block, stride=block).mean(dim=1)[0][idx].mean()
+    e_out = F.unfold(hf(o)[..., :h, :w] ** 2, block, stride=block).mean(dim=1)[0][idx].mean()
+    return float(e_out / e_gt.clamp_min(1e-3))

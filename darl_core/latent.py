@@ -178,6 +178,7 @@ class LDMSRRestorer(LatentRestorer):
     """``LDMSuperResolutionPipeline``: the LQ concatenated as it is, VQ-VAE latents."""
 
     family = "ldm_sr"
+    fixed_condition = True  # the LQ image itself
     pipeline_class = "LDMSuperResolutionPipeline"
 
     def _vae(self, pipe: DiffusionPipeline) -> torch.nn.Module:

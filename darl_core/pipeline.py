@@ -177,6 +177,7 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     model_cpu_offload_seq = "stage1->unet"
     _optional_components = ["stage1"]
     family = "pixel"
+    fixed_condition = True  # stage 1 is deterministic (and the RL trainer never trains it)
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, residual_scale: float = 0.5,
                  upscale: int = 1, stage1: UNet2DModel | None = None):
@@ -221,6 +222,10 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     @property
     def output_scale(self) -> int:
         return int(self.config.upscale)
+
+    @property
+    def has_stage1(self) -> bool:
+        return self.stage1 is not None
 
     @property
     def unshuffle(self) -> int:

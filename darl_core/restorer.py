@@ -141,6 +141,8 @@ class Trajectory:
     log_prob: list[torch.Tensor] = field(default_factory=list)  # (B,) log p_old of each transition
     pred_image: list[torch.Tensor | None] = field(default_factory=list)  # x0_hat of each step as an image in [0, 1]
     final: torch.Tensor | None = None  # (B, 3, H, W) restored image in [0, 1]
+    out: list[torch.Tensor] = field(default_factory=list)  # with keep_graph: the denoiser output of each recorded
+                                                           # step, with its autograd graph (the update's first epoch)
 
 
 class Restorer(ABC):
@@ -152,6 +154,10 @@ class Restorer(ABC):
     inference_bf16: bool = False  # bf16 autocast in restore_tensor (set by ``set_precision``)
     unet: torch.nn.Module  # the denoiser: what the RL trainer optimises (LoRA goes here)
     scheduler: DDIMScheduler  # the noise schedule (our DDIM step samples it)
+
+    # The conditioning depends on the LQ alone (no noise drawn), so it can be computed once per input and
+    # reused (the RL trainer conditions its pool once); False where ``condition`` noise-augments.
+    fixed_condition: bool = False
 
     # ------------------------------------------------------------ per family
     @abstractmethod
@@ -192,6 +198,12 @@ class Restorer(ABC):
     @abstractmethod
     def output_scale(self) -> int:
         """Output side / input side (1 for restoration, 4 for x4 super-resolution)."""
+
+    @property
+    def has_stage1(self) -> bool:
+        """A regression stage whose restoration conditions the diffusion (``steps=0`` restores with it
+        alone; the RL trainer can use it as a no-ground-truth fidelity reference)."""
+        return False
 
     @property
     def multiple(self) -> int:
@@ -244,10 +256,18 @@ class Restorer(ABC):
             lq = F.pad(lq, (0, pw, 0, ph), mode=mode)
         return lq, (h, w)
 
-    def _start(self, lq: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Padded conditioning, the initial noise x_T and the output size."""
+    @torch.no_grad()
+    def conditioning(self, lq: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+        """The conditioning of a LQ batch as ``rollout`` and ``sft_loss`` compute it (padded to
+        ``multiple``), to pass back to them as ``cond`` when ``fixed_condition`` allows reuse."""
+        return self.condition(self._pad(lq.to(self.model_device, torch.float32))[0], noise)
+
+    def _start(self, lq: torch.Tensor, noise: Noise, cond: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Padded conditioning (``cond`` when given: computed earlier by ``conditioning``), the initial
+        noise x_T and the output size."""
         lq, (h, w) = self._pad(lq.to(self.model_device, torch.float32))
-        cond = self.condition(lq, noise)
+        cond = self.condition(lq, noise) if cond is None else cond.to(self.model_device)
         x = noise.randn(self.latent_shape(cond)).to(self.model_device, self.model_dtype)
         s = self.output_scale
         return cond, x * float(self.scheduler.init_noise_sigma), (h * s, w * s)
@@ -299,7 +319,7 @@ class Restorer(ABC):
                  progress: bool, phase: dict[str, Any] | None = None) -> torch.Tensor:
         if tile_size is not None and tile_size % self.multiple:
             raise ValueError(f"tile_size must be a multiple of {self.multiple}, got {tile_size}")
-        if num_inference_steps < 0 or (num_inference_steps == 0 and getattr(self, "stage1", None) is None):
+        if num_inference_steps < 0 or (num_inference_steps == 0 and not self.has_stage1):
             raise ValueError(f"num_inference_steps must be >= 1 (0: stage 1 alone, for two-stage models), "
                              f"got {num_inference_steps}")
         noise = Noise.of(generator)
@@ -320,23 +340,35 @@ class Restorer(ABC):
             return self.to_image(x, cond)[..., :h, :w].float()
 
     def rollout(self, lq: torch.Tensor, num_inference_steps: int, eta: float,
-                generator: torch.Generator | Noise | None = None, decode_from: int = 0) -> Trajectory:
+                generator: torch.Generator | Noise | None = None, decode_from: int = 0,
+                cond: torch.Tensor | None = None, keep_graph: bool = False) -> Trajectory:
         """Stochastic rollout recording every stochastic step's transition and log-probability.
 
         Only steps ``j >= decode_from`` are decoded to ``pred_image`` (the others are None): a
         VAE decode per step is the costly part for latent models when only late steps are scored.
 
-        ``pred_image[j]`` is x0_hat of step j as an image (the final state for the last step); the consequence of the
+        ``pred_image[j]`` is x0_hat of step j as an image (the final state for the last one); the consequence of the
         transition recorded at ``step_index[k]`` is ``pred_image[step_index[k] + 1]``.
+
+        ``cond``: the conditioning from ``conditioning(lq)``, reused (``fixed_condition`` families).
+        ``keep_graph``: the denoiser runs with autograd at the stochastic steps and ``out`` keeps its
+        outputs with their graphs, so the on-policy first PPO epoch backpropagates through the
+        rollout's own forward passes instead of repeating them (same values; memory grows with
+        the number of stochastic steps). With ``eta == 0`` it restores as ``restore_tensor`` does.
         """
         noise = Noise.of(generator)
         with torch.no_grad():
-            cond, x, _ = self._start(lq, noise)
+            cond, x, _ = self._start(lq, noise, cond)
             self.scheduler.set_timesteps(num_inference_steps)
             traj = Trajectory(cond=cond, timesteps=[])
             for j, t in enumerate(self.scheduler.timesteps):
-                out = self.predict(x, int(t), cond).float()
-                z = noise.randn(tuple(x.shape)).to(out) if step_std(self.scheduler, int(t), eta) > 0 else None
+                stochastic = step_std(self.scheduler, int(t), eta) > 0
+                with torch.set_grad_enabled(keep_graph and stochastic):
+                    out = self.predict(x, int(t), cond).float()
+                if out.requires_grad:
+                    traj.out.append(out)
+                    out = out.detach()
+                z = noise.randn(tuple(x.shape)).to(out) if stochastic else None
                 step = ddim_step(self.scheduler, out, int(t), x.float(), eta=eta, noise=z)
                 if step.stochastic:
                     traj.timesteps.append(int(t))
@@ -355,7 +387,7 @@ class Restorer(ABC):
                  reduce: bool = True, timesteps: torch.Tensor | None = None,
                  teacher: torch.nn.Module | None = None, trajectory_steps: int | tuple[int, ...] = 0,
                  trajectory_fraction: float = 0.5, hf_weight: float = 0.0,
-                 trajectory_last: float = 0.0) -> torch.Tensor:
+                 trajectory_last: float = 0.0, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss of pairs (LQ, HQ) in the model's own parameterisation (per sample
         when ``reduce`` is False): t uniform (over ``timesteps`` when given, else over all of the
         schedule's), x_t = add_noise(x0), MSE of the denoiser's output. With a ``teacher`` denoiser
@@ -373,10 +405,12 @@ class Restorer(ABC):
         ``hf_weight`` w > 0 adds w times the mean square of the error's high frequencies (a 3x3
         Laplacian, scaled so white noise keeps its energy): the fine-scale noise a few-step sampler
         leaves when its last prediction does not cancel x_t's noise exactly (speckle in flat areas),
-        which plain MSE weighs no more than a slight shift of a smooth gradient."""
+        which plain MSE weighs no more than a slight shift of a smooth gradient.
+
+        ``cond``: ``lq``'s conditioning computed earlier (``conditioning``; ``fixed_condition`` families)."""
         noise = Noise.of(generator)
         with torch.no_grad():
-            cond = self.condition(lq, noise)
+            cond = self.condition(lq, noise) if cond is None else cond
             x0 = self.to_x0(hq, cond).float()
         sched = self.scheduler
         if timesteps is None:

@@ -40,8 +40,11 @@ of the RL, KL and SFT terms on their own (``grad_norm_rl`` / ``_kl`` /
 one (``rl_grad_cos_prev``: near 0 means the RL gradient is noise), the clip
 fraction per PPO epoch, the approximate KL of the update
 (mean(rho - 1 - log rho)), the within-group reward std, the pool's mean w
-and its shares at w = 0 and w = 1; every ``probe_every`` rounds the reward of
-every pool input restored with two fixed noises (``probe_reward``).
+and its shares at w = 0 and w = 1; every ``probe_every`` rounds (and at round 0) the
+probe: fixed crops of the held-out photos, degraded by ``evalset``'s independent recipe and restored
+as the app restores them (eta 0, fixed noise), scored by the reward (``probe_reward``), PSNR
+(``probe_psnr``) and the texture in their flattest areas against the truth's (``probe_flat_hf``). A
+reward that rises while PSNR falls and ``flat_hf`` climbs is being gamed with invented texture.
 
 The ablations are presets of the same loop (``PRESETS``): ``sft`` (w = 0,
 no KL: SFT only, same rounds and batch), ``rl_uniform`` (w = 1, no SFT, no
@@ -84,6 +87,7 @@ from typing import Any, Literal
 
 import torch
 
+from .allocator import keep_freed_memory
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
 from .data import validation_set
 from .difficulty import difficulty, relative_weights
@@ -96,7 +100,8 @@ from .rewards import Reward, create_reward
 from .sampler import ddim_step
 
 __all__ = ["PRESETS", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
-           "train_rl"]
+           "probe_set", "reference_means",
+           "stage1_images", "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
 
@@ -108,6 +113,9 @@ class RLConfig:
     method: str = "darl"  # label of the ablation this config is (darl, sft, rl_uniform, rl_gt_reward)
     reward: str = "niqe"  # reward spec, see rewards.create_reward (e.g. "niqe", "niqe + 0.02*piqe", "psnr")
     reward_normalize: bool = False  # map each reward term to ~[0, 1] before weighting
+    reward_reference: Literal["gt", "stage1"] = "gt"  # what full-reference reward terms (psnr, ...) compare with: the
+                                # ground truth (samples without one are not rolled out), or the model's own stage-1
+                                # restoration, for every sample (a fidelity anchor without ground truth)
     adaptive_weight: bool = True  # w_i from relative difficulty; False: w_i = uniform_weight
     uniform_weight: float = 1.0  # w for every sample when adaptive_weight is False (1: pure RL, 0: pure SFT)
     lambda_sft: float = 1.0  # weight of the SFT loss (times 1 - w_i)
@@ -149,9 +157,15 @@ class RLConfig:
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank (reference = adapters off)
     lora_targets: str = "all"  # LoRA on "all" attention and ResNet layers, or on "attn" projections only
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory)
+    keep_rollout_graph: bool = True  # the first (on-policy) PPO epoch backpropagates through the rollout's own
+                                     # forward passes instead of repeating them (memory grows with the steps)
+    sft_per_input: bool = True  # the SFT term once per input of the batch, not once per each of its G rollouts
+                                # (the same objective, estimated from m noise draws instead of m x G)
     diag_every: int = 1  # every N rounds log the gradient norm of the RL, KL and SFT terms separately and the
                          # cosine of this round's RL gradient with the last one (one more backward; 0: never)
-    probe_every: int = 0  # every N rounds the mean reward of every pool input restored with 2 fixed noises (0: never)
+    probe_every: int = 0  # every N rounds the reward, PSNR and flat-area texture of fixed held-out crops restored as
+                          # the app restores them (eta 0, fixed noise): what a held-out check sees (0: never)
+    probe_crops: int = 16  # crops of the built-in held-out photos in the probe (degraded by evalset's Pillow recipe)
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
     snapshot_every: int = 0  # also export the model every N rounds to output/snapshots/round-NNNN, kept (the
@@ -268,26 +282,41 @@ def ppo_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch
 
 
 def policy_losses(policy: Restorer, traj: Trajectory, k: int, adv: torch.Tensor, eta: float,
-                  clip_range: float, ref_unet: torch.nn.Module | None, use_adapters_off: bool
+                  clip_range: float, ref_mean: torch.Tensor | None = None, out: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample PPO loss, KL, ratio and clipped flag of transition ``k`` (with grad)."""
+    """Per-sample PPO loss, KL, ratio and clipped flag of transition ``k`` (with grad).
+
+    ``ref_mean``: the frozen reference policy's mean of this transition (``reference_means``; None:
+    no KL). ``out``: the policy's output at x_t already computed with its graph (the rollout's, for
+    the on-policy first epoch); None: computed here."""
     t, x_t, x_prev = traj.timesteps[k], traj.x_t[k], traj.x_prev[k]
-    out = policy.predict(x_t, t, traj.cond).float()
+    out = (policy.predict(x_t, t, traj.cond) if out is None else out).float()
     step = ddim_step(policy.scheduler, out, t, x_t, eta=eta, prev_sample=x_prev)
     ratio = torch.exp(step.log_prob - traj.log_prob[k])
     loss = ppo_loss(ratio, adv.to(ratio), clip_range)
     kl = torch.zeros_like(loss)
-    if ref_unet is not None or use_adapters_off:
-        with torch.no_grad():
-            if use_adapters_off:
-                with adapters_disabled(policy.unet):
-                    ref_out = policy.predict(x_t, t, traj.cond).float()
-            else:
-                ref_out = policy.predict(x_t, t, traj.cond, unet=ref_unet).float()
-            ref_mean = ddim_step(policy.scheduler, ref_out, t, x_t, eta=eta, prev_sample=x_prev).mean
+    if ref_mean is not None:
         kl = ((step.mean - ref_mean) ** 2).mean(dim=tuple(range(1, x_t.ndim))) / (2 * step.std**2)
     clipped = ((ratio - 1).abs() > clip_range).float()
     return loss, kl, ratio.detach(), clipped
+
+
+@torch.no_grad()
+def reference_means(policy: Restorer, traj: Trajectory, eta: float, ref_unet: torch.nn.Module | None,
+                    use_adapters_off: bool) -> list[torch.Tensor] | None:
+    """The frozen reference (SFT) policy's Gaussian mean of every recorded transition, once per
+    round (they do not change during the update); None when there is no KL term."""
+    if ref_unet is None and not use_adapters_off:
+        return None
+    means = []
+    for t, x_t, x_prev in zip(traj.timesteps, traj.x_t, traj.x_prev):
+        if use_adapters_off:
+            with adapters_disabled(policy.unet):
+                ref_out = policy.predict(x_t, t, traj.cond).float()
+        else:
+            ref_out = policy.predict(x_t, t, traj.cond, unet=ref_unet).float()
+        means.append(ddim_step(policy.scheduler, ref_out, t, x_t, eta=eta, prev_sample=x_prev).mean)
+    return means
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -300,26 +329,54 @@ def _truncate_log(path: Path, last_round: int) -> None:
 
 @torch.no_grad()
 def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: Processes | None = None,
-             chunk: int = 16) -> torch.Tensor:
+             chunk: int = 16, cond: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic restorations of ``lq`` (fixed noise per chunk: comparable from round to round);
-    with several processes each restores every world-th chunk and all get the whole result."""
+    with several processes each restores every world-th chunk and all get the whole result.
+    ``cond``: ``lq``'s conditioning computed once (``pool_conditioning``), reused."""
     rank, world = (procs.rank, procs.world) if procs else (0, 1)
-    mine = [(i, policy.restore_tensor(lq[i : i + chunk], steps, eta=0.0, tile_size=None,
-                                      generator=torch.Generator().manual_seed(1234 + i)).cpu())
-            for i in range(rank * chunk, lq.shape[0], world * chunk)]
+
+    def one(i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(1234 + i)
+        if cond is None:
+            return policy.restore_tensor(lq[i : i + chunk], steps, eta=0.0, tile_size=None, generator=g)
+        # eta = 0: the rollout's path is restore_tensor's, without conditioning the input again
+        h, w = lq.shape[-2:]
+        s = policy.output_scale
+        return policy.rollout(lq[i : i + chunk], steps, 0.0, g, decode_from=steps,
+                              cond=cond[i : i + chunk]).final[..., : h * s, : w * s]
+
+    mine = [(i, one(i).cpu()) for i in range(rank * chunk, lq.shape[0], world * chunk)]
     parts = procs.gather_objects(mine) if procs else mine
     return torch.cat([x for _, x in sorted(parts, key=lambda p: p[0])])
 
 
+@torch.no_grad()
+def pool_conditioning(policy: Restorer, pool: list[PoolSample], chunk: int = 16) -> list[torch.Tensor] | None:
+    """Every pool input's conditioning (stage 1's restoration for our pixel models), computed once:
+    RL trains the denoiser only, so it never changes; None where the family draws noise for it."""
+    if not policy.fixed_condition:
+        return None
+    out: list[torch.Tensor] = []
+    for i in range(0, len(pool), chunk):
+        part = pool[i : i + chunk]
+        shapes = {tuple(s.lq.shape) for s in part}
+        if len(shapes) == 1:
+            out += list(policy.conditioning(torch.stack([s.lq for s in part])).cpu())
+        else:
+            out += [policy.conditioning(s.lq[None])[0].cpu() for s in part]
+    return out
+
+
 def _pool_difficulty(policy: Restorer, pool: list[PoolSample], cfg: RLConfig, device: torch.device,
-                     procs: Processes | None = None) -> torch.Tensor:
+                     procs: Processes | None = None, conds: list[torch.Tensor] | None = None) -> torch.Tensor:
     """d for every pool sample (+inf where there is no GT: flagged samples always count as hard)."""
     d = torch.full((len(pool),), math.inf)
     idx = [i for i, s in enumerate(pool) if s.gt is not None]
     if idx:
         lq = torch.stack([pool[i].lq for i in idx])
         gt = torch.stack([pool[i].gt for i in idx])  # type: ignore[misc]
-        d[idx] = difficulty(_restore(policy, lq, cfg.num_steps, procs).to(device), gt.to(device),
+        cond = torch.stack([conds[i] for i in idx]) if conds is not None else None
+        d[idx] = difficulty(_restore(policy, lq, cfg.num_steps, procs, cond=cond).to(device), gt.to(device),
                             cfg.difficulty_metric, device).cpu()
     return d
 
@@ -367,20 +424,54 @@ def _backward(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter],
             p.grad = gr.clone() if p.grad is None else p.grad + gr
 
 
+def probe_set(cfg: RLConfig, scale: int, pool: list[PoolSample]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The probe's fixed inputs (and ground truths): ``probe_crops`` crops of the built-in held-out
+    photos, degraded by ``evalset``'s Pillow and JPEG recipe (not the training degradations), at the
+    training patch size; for x4 models (no such pairs) the pool's first inputs."""
+    if scale == 1:
+        from .data import HELDOUT_IMAGES, builtin_image
+        from .evalset import independent_pairs
+
+        photos = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]
+        per = max(1, -(-cfg.probe_crops // len(photos)))
+        pairs = independent_pairs(seed=1000, size=cfg.patch, per_image=per, images=photos)[: cfg.probe_crops]
+        if pairs:
+            return torch.stack([p[1] for p in pairs]), torch.stack([p[2] for p in pairs])
+    part = pool[: cfg.probe_crops]
+    gts = [s.gt for s in part]
+    return torch.stack([s.lq for s in part]), torch.stack(gts) if all(g is not None for g in gts) else None
+
+
 @torch.no_grad()
-def _probe_reward(policy: Restorer, pool: list[PoolSample], reward: Reward, cfg: RLConfig,
-                  device: torch.device) -> float:
-    """Mean reward of every pool input restored with 2 fixed noises (the rollouts' eta): the same
-    inputs and noise every time, so the curve shows the policy, not which batch was drawn."""
-    lq = torch.stack([s.lq for s in pool])
-    gt = torch.stack([s.gt if s.gt is not None else s.lq for s in pool]).to(device)
-    vals = []
-    for seed in (101, 202):
-        out = torch.cat([policy.restore_tensor(lq[i : i + 16].to(device), cfg.num_steps, eta=cfg.eta, tile_size=None,
-                                               generator=torch.Generator().manual_seed(seed + i))
-                         for i in range(0, lq.shape[0], 16)])
-        vals.append(reward(out, gt if reward.full_reference else None).float().cpu())
-    return float(torch.cat(vals).mean())
+def stage1_images(policy: Restorer, cond: torch.Tensor) -> torch.Tensor:
+    """The restorations of a two-stage model's stage 1 for conditionings ``cond`` (``conditioning``): the
+    image of a zero residual. Close to the posterior mean (it is trained by regression), so within one
+    input's group of rollouts -MSE against it ranks the rollouts as -MSE against the unknown truth
+    would, in expectation: the fidelity anchor of ``reward_reference="stage1"``."""
+    return policy.to_image(torch.zeros_like(cond), cond).float()
+
+
+def _probe(policy: Restorer, probe: tuple[torch.Tensor, torch.Tensor | None], conds: torch.Tensor | None,
+           reward: Reward | None, cfg: RLConfig, device: torch.device) -> dict[str, float]:
+    """The probe (``probe_every``): the fixed crops restored as the app restores them (eta 0, the same
+    noise every time), so the curve shows the policy and not which batch was drawn, and sees what a
+    held-out check sees: the reward, and with ground truths PSNR and ``flat_hf`` (texture in the flattest
+    areas against the truth's: invented texture raises it while a no-reference reward may rise too)."""
+    from .evalset import flat_hf_ratio
+    from .rewards import get_metric
+
+    lq, gt = probe
+    out = _restore(policy, lq, cfg.num_steps, cond=conds)
+    rec: dict[str, float] = {}
+    ref = gt
+    if reward is not None and reward.full_reference and cfg.reward_reference == "stage1" and conds is not None:
+        ref = stage1_images(policy, conds.to(device)).cpu()[..., : out.shape[-2], : out.shape[-1]]
+    if reward is not None and (ref is not None or not reward.full_reference):
+        rec["probe_reward"] = float(reward(out.to(device), ref.to(device) if ref is not None else None).mean())
+    if gt is not None:
+        rec["probe_psnr"] = float(get_metric("psnr")(out, gt).mean())
+        rec["probe_flat_hf"] = sum(flat_hf_ratio(o, g) for o, g in zip(out, gt)) / len(out)
+    return rec
 
 
 @torch.no_grad()
@@ -408,9 +499,14 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     out.mkdir(parents=True, exist_ok=True)
     procs = Processes(cfg.device)
     device, main = procs.device, procs.main
+    if device.type == "cpu":
+        keep_freed_memory()  # activations from the heap, not fresh pages every step (allocator.py)
     if cfg.batch_size * cfg.group_size % procs.world:
         raise ValueError(f"batch_size x group_size ({cfg.batch_size} x {cfg.group_size} rollouts) must be a "
                          f"multiple of the {procs.world} processes")
+    if cfg.sft_per_input and cfg.batch_size % procs.world:
+        raise ValueError(f"sft_per_input needs batch_size ({cfg.batch_size}) to be a multiple of the "
+                         f"{procs.world} processes (or sft_per_input false)")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # the same on every process: the same batches
 
@@ -432,7 +528,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     if cfg.extra_hardest_k > 0 and (cfg.samples_file or cfg.pairs_folder):
         # Add the k hardest synthetic samples under the base model: same seed, same samples.
         extra = synthetic_pool(cfg)
-        d_extra = _pool_difficulty(policy, extra, cfg, device, procs)
+        d_extra = _pool_difficulty(policy, extra, cfg, device, procs, pool_conditioning(policy, extra))
         pool = pool + [extra[i] for i in torch.argsort(d_extra, descending=True)[: cfg.extra_hardest_k].tolist()]
     if not pool:
         raise ValueError("the training pool is empty")
@@ -441,10 +537,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             raise ValueError(f"pool sample {s.id}: GT {tuple(s.gt.shape[1:])} is not {scale}x its LQ "
                              f"{tuple(s.lq.shape[1:])}; this model's output scale is {scale} "
                              f"(for x4 models use a x4 task such as --task sr4)")
+    conds = pool_conditioning(policy, pool)  # each input's conditioning (stage 1), once: RL never trains it
     needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0
     reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
     has_gt = torch.tensor([s.gt is not None for s in pool])
-    eligible = has_gt if (reward is not None and reward.full_reference) or not needs_rl else torch.ones_like(has_gt)
+    anchored = reward is not None and reward.full_reference and cfg.reward_reference == "stage1"
+    if anchored and (not policy.has_stage1 or conds is None):
+        raise ValueError(f"reward_reference 'stage1' needs a two-stage model; {cfg.base_model or 'the default model'} "
+                         "has no stage 1 (use reward_reference 'gt' with ground truths)")
+    needs_gt = (reward is not None and reward.full_reference and not anchored) or not needs_rl
+    eligible = has_gt if needs_gt else torch.ones_like(has_gt)
     memory = RewardMemory(cfg.memory_size, cfg.memory_min)
     diff: torch.Tensor | None = None
     diff_start: torch.Tensor | None = None  # the pool's difficulty at the first round (w_anchor "start")
@@ -486,10 +588,18 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         diff_log = open(out / "difficulty.jsonl", "a")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
-    if start == 0 and val is not None:
+    probe = probe_set(cfg, scale, pool) if cfg.probe_every and main else None
+    probe_conds = None
+    if probe is not None and policy.fixed_condition:
+        probe_conds = policy.conditioning(probe[0]).cpu()
+    if start == 0 and main and (val is not None or probe is not None):
         unet.eval()
+        rec0: dict[str, object] = {"round": 0}
         with autocast:
-            rec0 = {"round": 0, **_validate(policy, val, reward, cfg, device)}
+            if val is not None:
+                rec0.update(_validate(policy, val, reward, cfg, device))
+            if probe is not None:
+                rec0.update(_probe(policy, probe, probe_conds, reward, cfg, device))
         metrics_log.write(json.dumps(rec0) + "\n")
     from tqdm.auto import tqdm
 
@@ -510,13 +620,16 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         # sigma, so it has a log-probability and RL trains the step that makes the final texture.
         policy.scheduler.final_alpha_cumprod = policy.scheduler.alphas_cumprod[0]
     prev_rl_grad: torch.Tensor | None = None  # last diagnosed round's RL gradient (agreement between rounds)
+    # The rollout keeps its graphs for the first PPO epoch (not with gradient checkpointing, which acts in
+    # training mode only, so the rollout's eval-mode graph would hold every activation).
+    keep_graph = cfg.keep_rollout_graph and cfg.epochs > 0 and not cfg.gradient_checkpointing
     for rnd in range(start, cfg.rounds):
         t0 = time.time()
         unet.eval()
         # 1. Difficulty of every pool sample under the current policy, and the batch from the hardest part.
         if diff is None or rnd % cfg.difficulty_every == 0:
             with autocast:
-                diff = _pool_difficulty(policy, pool, cfg, device, procs)
+                diff = _pool_difficulty(policy, pool, cfg, device, procs, conds)
         t_diff = time.time() - t0
         if diff_start is None:
             diff_start = diff.clone()
@@ -536,7 +649,10 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         lq = torch.stack([pool[i].lq for i in idx.tolist()]).repeat_interleave(G, 0)[rows].to(device)
         gt_mask = has_gt[idx].repeat_interleave(G).to(device)
         gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
+        gt_in = gt
         gt = gt.repeat_interleave(G, 0)[rows].to(device)
+        cond = torch.stack([conds[i] for i in idx.tolist()]) if conds is not None else None
+        cond_rows = cond.repeat_interleave(G, 0)[rows].to(device) if cond is not None else None
         w = w_pool[idx].repeat_interleave(G).to(device)
         rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
                                   "d_mean": float(finite.mean()) if finite.numel() else None,
@@ -555,9 +671,13 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             with autocast:
                 # Decode only the predictions that will be scored (all steps unless reward_last_k).
                 first = 0 if cfg.reward_last_k <= 0 else max(0, cfg.num_steps - cfg.reward_last_k)
-                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise, decode_from=first)
+                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise, decode_from=first, cond=cond_rows,
+                                      keep_graph=keep_graph)
             K = len(traj.timesteps)
+            t_reward = time.time()
             ref = gt if reward.full_reference else None
+            if anchored:  # stage 1's restoration of each row's input, cropped as the rollout's result
+                ref = stage1_images(policy, cond_rows)[..., : traj.final.shape[-2], : traj.final.shape[-1]]
             final_r = reward(traj.final, ref)
             scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
             step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
@@ -575,9 +695,23 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
             # How much the rollouts of one input differ: the signal group advantages are made of.
             rec["group_reward_std"] = float(final_r.reshape(-1, G).std(dim=1, unbiased=False).mean()) if G > 1 else 0.0
+            t_ref = time.time()
+            with autocast:  # the reference's means do not change during the update: once per round
+                ref_means = reference_means(policy, traj, cfg.eta, ref_unet, cfg.lora_rank > 0 and cfg.beta_kl > 0)
+            rec["reward_s"] = round(t_ref - t_reward, 3)  # the rewards of every scored prediction
+            rec["reference_s"] = round(time.time() - t_ref, 3)  # the KL reference's forward passes
         sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
         sft_active = float(sft_w.max()) > 0
         w, sft_w = w[rows], sft_w[rows]
+        if cfg.sft_per_input:  # the SFT term on this process's inputs, once each (not on each rollout)
+            in_rows = procs.rows(cfg.batch_size)
+            sft_lq = torch.stack([pool[i].lq for i in idx.tolist()])[in_rows].to(device)
+            sft_gt, sft_cond = gt_in[in_rows].to(device), cond[in_rows].to(device) if cond is not None else None
+            sft_w = (cfg.lambda_sft * (1 - w_pool[idx]) * has_gt[idx].float())[in_rows].to(device)
+        else:
+            sft_lq, sft_gt, sft_cond = lq, gt, cond_rows
+        if sft_cond is not None and sft_cond.shape[-2:] != sft_gt.shape[-2:]:
+            sft_cond = None  # padded by the rollout: sft_loss conditions the unpadded input itself
 
         t_upd = time.time()
         # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
@@ -597,10 +731,11 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             if rl_active:
                 # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
                 for k in range(K):
-                    with autocast:
+                    with autocast:  # on-policy first epoch: through the rollout's own forward pass
                         loss_k, kl_k, ratio_k, clip_k = policy_losses(
-                            policy, traj, k, adv[k], cfg.eta, cfg.clip_range, ref_unet,
-                            cfg.lora_rank > 0 and cfg.beta_kl > 0)
+                            policy, traj, k, adv[k], cfg.eta, cfg.clip_range,
+                            ref_means[k] if ref_means is not None else None,
+                            traj.out[k] if epoch == 0 and traj.out else None)
                     terms = {"rl": (w * loss_k).mean() / K, "kl": cfg.beta_kl * kl_k.mean() / K}
                     _backward(terms, params, term_grads if split else None)
                     logs["kl"].append(float(kl_k.detach().mean()))
@@ -611,7 +746,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             if sft_active:
                 # SFT loss where a ground truth exists, weighted by 1 - w_i.
                 with autocast:
-                    l_sft = policy.sft_loss(lq, gt, noise, reduce=False)
+                    l_sft = policy.sft_loss(sft_lq, sft_gt, noise, reduce=False, cond=sft_cond)
                 _backward({"sft": (sft_w * l_sft).mean()}, params, term_grads if split else None)
                 logs["loss_sft"].append(float(l_sft.detach().mean()))
             if clip_e:
@@ -630,18 +765,21 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                 if prev_rl_grad is not None and float(cur.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
                     rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(cur, prev_rl_grad, dim=0))
                 prev_rl_grad = cur
-        if cfg.probe_every and (rnd + 1) % cfg.probe_every == 0 and reward is not None:
+        t_probe = time.time()
+        if probe is not None and (rnd + 1) % cfg.probe_every == 0:
             unet.eval()
             with autocast:
-                rec["probe_reward"] = _probe_reward(policy, pool, reward, cfg, device)
+                rec.update(_probe(policy, probe, probe_conds, reward, cfg, device))
+        t_probe = time.time() - t_probe
         means = {k: sum(v) / len(v) for k, v in logs.items() if v}
         if means:
             avg = procs.mean(torch.tensor(list(means.values()), dtype=torch.float64, device=device)).tolist()
             rec.update(dict(zip(means, avg)))
         rec["round_s"] = round(time.time() - t0, 3)
         rec["difficulty_s"] = round(t_diff, 3)
-        rec["rollout_s"] = round(t_upd - t_roll, 3)  # rollouts, decodes and rewards
-        rec["update_s"] = round(time.time() - t_upd, 3)  # the PPO epochs (policy, KL reference, SFT) and steps
+        rec["rollout_s"] = round(t_upd - t_roll, 3)  # rollouts, decodes, rewards and the KL reference's passes
+        rec["update_s"] = round(time.time() - t_upd - t_probe, 3)  # the PPO epochs (policy, SFT) and steps
+        rec["probe_s"] = round(t_probe, 3)
 
         # 5. Validation, logging, checkpoints, stop flag.
         done = rnd + 1
@@ -662,7 +800,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                 # person can watch what training does to one picture.
                 unet.eval()
                 with autocast:
-                    callbacks["on_sample"](done, pool[0].lq, _restore(policy, pool[0].lq[None], cfg.num_steps)[0])
+                    callbacks["on_sample"](done, pool[0].lq, _restore(policy, pool[0].lq[None], cfg.num_steps,
+                                                                        cond=conds[0][None] if conds else None)[0])
             if "on_round" in callbacks:
                 callbacks["on_round"](rec)
             stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False

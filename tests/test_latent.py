@@ -16,7 +16,7 @@ from darl_core.latent import LatentRestorer, SDUpscaleRestorer
 from darl_core.loading import ModelLoadError, load_restorer, save_lora
 from darl_core.lora import adapters_disabled, add_lora, lora_state_dict
 from darl_core.pipeline import RestorationPipeline
-from darl_core.rl import get_rl_preset, policy_losses, train_rl
+from darl_core.rl import get_rl_preset, policy_losses, reference_means, train_rl
 from darl_core.sampler import ddim_step, step_std
 
 
@@ -53,8 +53,9 @@ def test_latent_rollout_log_probs_and_decoded_rewards(fixture: str, request: pyt
                                                             tile_size=None), atol=1e-4, rtol=0)
     # the old policy's log-probabilities are reproduced at the start of an update: ratio 1, KL 0
     add_lora(r.unet, 2, targets="attn")
+    ref_means = reference_means(r, traj, 1.0, None, True)
     for k in range(len(want)):
-        loss, kl, ratio, clipped = policy_losses(r, traj, k, torch.ones(2), 1.0, 1e-4, None, True)
+        loss, kl, ratio, clipped = policy_losses(r, traj, k, torch.ones(2), 1.0, 1e-4, ref_means[k])
         torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
         assert float(kl.detach().abs().max()) < 1e-8 and float(clipped.sum()) == 0
         loss.mean().backward()  # the gradient reaches the adapter only

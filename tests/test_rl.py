@@ -7,7 +7,7 @@ import torch
 
 from darl_core.loading import load_restorer
 from darl_core.pool import build_pool
-from darl_core.rl import RewardMemory, policy_losses, ppo_loss, tiny_test, train_rl
+from darl_core.rl import RewardMemory, policy_losses, ppo_loss, reference_means, tiny_test, train_rl
 
 
 def _cfg(tmp_path: Path, model: Path, **kw: object):
@@ -34,9 +34,9 @@ def test_old_log_probs_reproduced_and_kl_zero_at_reference(tiny_model_dir: Path)
     pipe = load_restorer(tiny_model_dir)
     traj = pipe.rollout(torch.rand(2, 3, 16, 16), 4, eta=1.0, generator=torch.Generator().manual_seed(0))
     assert len(traj.timesteps) == 3 and traj.final.shape == (2, 3, 16, 16)
-    ref = load_restorer(tiny_model_dir).unet
+    ref_means = reference_means(pipe, traj, 1.0, load_restorer(tiny_model_dir).unet, False)
     for k in range(3):
-        loss, kl, ratio, clipped = policy_losses(pipe, traj, k, torch.ones(2), 1.0, 1e-4, ref, False)
+        loss, kl, ratio, clipped = policy_losses(pipe, traj, k, torch.ones(2), 1.0, 1e-4, ref_means[k])
         torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
         assert float(kl.detach().abs().max()) < 1e-8 and float(clipped.sum()) == 0
         assert loss.requires_grad
@@ -161,9 +161,12 @@ def test_group_round_logs_the_diagnostics(tmp_path: Path, tiny_model_dir: Path) 
                stochastic_last=True)
     train_rl(cfg)
     recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert recs[0]["round"] == 0 and {"probe_reward", "probe_psnr", "probe_flat_hf"} <= set(recs[0])  # the start
+    recs = recs[1:]
     for r in recs:
         for k in ("grad_norm_rl", "grad_norm_kl", "grad_norm_sft", "group_reward_std", "approx_kl", "probe_reward",
-                  "pool_w_mean", "pool_w0_share", "pool_w1_share"):
+                  "probe_psnr", "probe_flat_hf", "pool_w_mean", "pool_w0_share", "pool_w1_share", "reward_s",
+                  "reference_s", "probe_s"):
             assert k in r and r[k] == r[k], k  # present and not NaN
         assert len(r["clip_frac_epochs"]) == cfg.epochs and r["grad_norm_rl"] > 0
         assert len(r["reward_steps"]) == cfg.num_steps  # the last step is stochastic: every step is trained
@@ -199,7 +202,8 @@ def test_fast_family_trains_and_snapshots_give_one_pareto_point_each(tmp_path: P
                         stage1=build_stage1("tiny", 0)).save_pretrained(base)
     pipe = load_restorer(base)
     traj = pipe.rollout(torch.rand(2, 3, 16, 16), 3, eta=1.0, generator=torch.Generator().manual_seed(0))
-    loss, kl, ratio, _ = policy_losses(pipe, traj, 0, torch.ones(2), 1.0, 1e-4, load_restorer(base).unet, False)
+    ref_means = reference_means(pipe, traj, 1.0, load_restorer(base).unet, False)
+    loss, kl, ratio, _ = policy_losses(pipe, traj, 0, torch.ones(2), 1.0, 1e-4, ref_means[0])
     torch.testing.assert_close(ratio, torch.ones(2), rtol=0, atol=1e-5)
     run = tmp_path / "run"
     model = train_rl(_cfg(tmp_path, base, lora_rank=4, rounds=2, snapshot_every=1))
@@ -278,7 +282,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
 
     calls = {"n": 0}
 
-    def shrinking(policy, pool, cfg, device, procs=None) -> torch.Tensor:  # every sample 30 % easier per round
+    def shrinking(policy, pool, cfg, device, procs=None, conds=None) -> torch.Tensor:  # every sample 30 % easier per round
         calls["n"] += 1
         return torch.linspace(0.1, 0.4, len(pool)) * 0.7 ** (calls["n"] - 1)
 
@@ -306,3 +310,119 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
         with pytest.raises(SystemExit) as bad:
             cli(["--preset", "tiny_test", flag, "first"])
         assert bad.value.code == 2
+
+
+def _two_stage(tmp_path: Path) -> Path:
+    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+
+    base = tmp_path / "two_stage"
+    RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(base)
+    return base
+
+
+@pytest.mark.slow
+def test_round_shortcuts_train_bit_identically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round's shortcuts change no number: the pool conditioned once (stage 1 is never trained) and the
+    first PPO epoch backpropagating through the rollout's own forward pass give the weights and logs of a
+    run that conditions every input again and repeats the forward pass (KL and SFT terms on)."""
+    from darl_core.pipeline import RestorationPipeline
+
+    base = _two_stage(tmp_path)
+    cfg = _cfg(tmp_path, base, rounds=2, beta_kl=0.1, lambda_sft=1.0, epochs=2, group_size=3)
+    fast = train_rl(replace(cfg, output=str(tmp_path / "fast")))
+    monkeypatch.setattr(RestorationPipeline, "fixed_condition", False)
+    slow = train_rl(replace(cfg, output=str(tmp_path / "slow"), keep_rollout_graph=False))
+    a, b = _weights(fast), _weights(slow)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], _weights(base)[k]) for k in a)  # it did train
+
+    def logged(run: str) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in open(tmp_path / run / "metrics.jsonl")]
+    assert logged("fast") == logged("slow")
+
+
+def test_sft_term_once_per_input(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sft_per_input``: the SFT term sees each of the m inputs once, not each of its G rollouts."""
+    from darl_core.pipeline import RestorationPipeline
+
+    rows: list[int] = []
+    real = RestorationPipeline.sft_loss
+
+    def spy(self: RestorationPipeline, lq: torch.Tensor, *a: object, **k: object) -> torch.Tensor:
+        rows.append(lq.shape[0])
+        return real(self, lq, *a, **k)
+    monkeypatch.setattr(RestorationPipeline, "sft_loss", spy)
+    cfg = _cfg(tmp_path, tiny_model_dir, rounds=1, group_size=3, lambda_sft=1.0, reward="piqe", epochs=1,
+               adaptive_weight=False, uniform_weight=0.5)
+    train_rl(cfg)
+    train_rl(replace(cfg, output=str(tmp_path / "rows"), sft_per_input=False))
+    assert rows == [cfg.batch_size, cfg.batch_size * cfg.group_size]
+
+
+def test_probe_sees_invented_texture(tmp_path: Path) -> None:
+    """What the probe of the earlier darl runs missed: a policy that paints faint texture over its output
+    raises a no-reference reward that likes texture (PIQE) while PSNR falls. The probe restores held-out
+    crops as the app does and reports all three, so the log shows the reward rising for the wrong reason.
+    (The policy here returns its conditioning, set to the degraded crop, then the same plus noise.)"""
+    from darl_core.rewards import create_reward
+    from darl_core.rl import _probe, probe_set
+
+    policy = load_restorer(_two_stage(tmp_path))
+    cfg = replace(tiny_test(), patch=64, probe_crops=4, reward="piqe")
+    probe = probe_set(cfg, 1, [])
+    assert probe[0].shape == (4, 3, 64, 64) and probe[1] is not None
+    conds = probe[0] * 2 - 1
+    reward = create_reward("piqe")
+    g = torch.Generator().manual_seed(0)
+    policy.to_image = lambda x0, cond: (cond + 1) / 2
+    before = _probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
+    policy.to_image = lambda x0, cond: ((cond + 1) / 2 + 0.01 * torch.randn(cond.shape, generator=g)).clamp(0, 1)
+    after = _probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
+    assert after["probe_reward"] > before["probe_reward"] + 5  # the reward says "much better"
+    assert after["probe_psnr"] < before["probe_psnr"] - 0.1  # fidelity says worse
+    assert after["probe_flat_hf"] > 1.3 * before["probe_flat_hf"]  # flat areas got more texture
+
+
+def test_stage1_reference_anchors_without_ground_truth(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``reward_reference="stage1"``: a full-reference reward compares each rollout with stage 1's
+    restoration of its input, so samples without a ground truth are trained too; a model without a
+    stage 1 is refused with the reason."""
+    from darl_core.rl import stage1_images
+
+    base = _two_stage(tmp_path)
+    policy = load_restorer(base)
+    lq = torch.rand(2, 3, 32, 32)
+    cond = policy.conditioning(lq)
+    torch.testing.assert_close(stage1_images(policy, cond), policy.restore_tensor(lq, 0, tile_size=None))
+    items = [{"id": f"s{i}", "lq": str(tmp_path / f"lq{i}.png")} for i in range(2)]  # no ground truths
+    from darl_core.images import tensor_to_pil
+
+    for i, it in enumerate(items):
+        tensor_to_pil(torch.rand(3, 32, 32)).save(it["lq"])
+    (tmp_path / "samples.json").write_text(json.dumps(items))
+    cfg = _cfg(tmp_path, base, rounds=1, reward="psnr", reward_reference="stage1", samples_file=str(tmp_path / "samples.json"),
+               probe_every=1, adaptive_weight=False, uniform_weight=1.0)
+    model = train_rl(cfg)
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert recs[-1]["group_reward_std"] > 0 and recs[-1]["reward"] > 10  # dB against stage 1, per rollout
+    assert any(not torch.equal(_weights(model)[k], _weights(base)[k]) for k in _weights(base))
+    with pytest.raises(ValueError, match="has no stage 1"):
+        train_rl(replace(cfg, base_model=str(tiny_model_dir), output=str(tmp_path / "x")))
+
+
+def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux with glibc the allocator setting applies (and is idempotent); DARL_KEEP_FREED_MEMORY=0 skips it."""
+    import importlib
+    import sys
+
+    import darl_core.allocator as allocator
+
+    try:
+        monkeypatch.setenv("DARL_KEEP_FREED_MEMORY", "0")
+        assert importlib.reload(allocator).keep_freed_memory() is False
+        monkeypatch.delenv("DARL_KEEP_FREED_MEMORY")
+        fresh = importlib.reload(allocator)
+        glibc = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
+        assert fresh.keep_freed_memory() is glibc and fresh.keep_freed_memory() is glibc
+    finally:
+        importlib.reload(allocator)

@@ -346,7 +346,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
             pipe = ctx.pipeline(path)
         except ModelLoadError as e:
             raise UserError(f"{label} model: {e}") from None
-        if int(steps) == 0 and getattr(pipe, "stage1", None) is None:
+        if int(steps) == 0 and not pipe.has_stage1:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
         pipes.append(pipe)
     scales = tuple(network_scale(p) for p in pipes)
@@ -382,7 +382,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
         if out is None:
             t1 = time.perf_counter()
             out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
-            passes = _passes(getattr(pipe, "stage1", None) is not None, int(steps))
+            passes = _passes(pipe.has_stage1, int(steps))
             ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
             if pixels:
                 ctx.keep(key, pipe, out)
