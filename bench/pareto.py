@@ -31,10 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import RANDOM, independent_pairs  # noqa: E402
+from darl_core.evalset import RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
 from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
 from darl_core.rewards import create_reward, get_metric  # noqa: E402
+
+
+KEYS = ("psnr", "ssim", "reward", "other", "flat_hf")  # what is scored per crop
 
 
 def run_points(run: Path) -> list[tuple[int, Path]]:
@@ -55,7 +58,8 @@ def run_points(run: Path) -> list[tuple[int, Path]]:
 
 def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu",
                 eta: float = 0.0) -> dict[tuple[int, str], dict]:
-    """Per (seed, crop): psnr, ssim, reward, other of ``path``'s restorations."""
+    """Per (seed, crop): psnr, ssim, reward (full-reference terms against the truth), other and flat_hf
+    (texture in the crop's flattest areas against the truth's) of ``path``'s restorations."""
     pipe = load_restorer(path).to(device)
     psnr, ssim = get_metric("psnr", device), get_metric("ssim", device)
     out = {}
@@ -65,14 +69,15 @@ def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, d
             x = pipe.restore_tensor(lq[None].to(device), steps, eta=eta, generator=g)
             hq = hq[None].to(device)
             out[(seed, name)] = {"psnr": float(psnr(x, hq)), "ssim": float(ssim(x, hq)),
-                                 "reward": float(reward(x)), "other": float(other(x))}
+                                 "reward": float(reward(x, hq if reward.full_reference else None)),
+                                 "other": float(other(x)), "flat_hf": flat_hf_ratio(x[0].cpu(), hq[0].cpu())}
     return out
 
 
 def aggregate(scores: dict[tuple[int, str], dict], crops: dict[int, list[str]]) -> dict[str, float]:
     """Mean over ``crops`` of each seed, then over seeds."""
     res = {}
-    for key in ("psnr", "ssim", "reward", "other"):
+    for key in KEYS:
         per_seed = [statistics.fmean(scores[(s, c)][key] for c in cs) for s, cs in crops.items()]
         res[key] = statistics.fmean(per_seed)
         res[key + "_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
@@ -92,7 +97,7 @@ def by_method(rows: list[dict]) -> list[dict]:
             for subset in ("all", "hardest"):
                 pts = [r for r in rows if r["method"] == method and r["round"] == rnd and r["subset"] == subset]
                 row: dict = {"method": method, "round": rnd, "subset": subset, "n_runs": len(pts)}
-                for key in ("psnr", "ssim", "reward", "other"):
+                for key in KEYS:
                     vals = [p[key] for p in pts]
                     row[key] = statistics.fmean(vals)
                     row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--per-image", type=int, default=2, help="crops per evaluation photo")
     ap.add_argument("--size", type=int, default=192)
+    ap.add_argument("--rounds", nargs="*", type=int, default=None,
+                    help="only these snapshot rounds of each run (default: every snapshot)")
     ap.add_argument("--max-crops", type=int, default=0, help="at most this many crops per seed (0: all; quick looks)")
     ap.add_argument("--out", type=Path, default=Path("docs/pareto"))
     ap.add_argument("--device", default="cpu")
@@ -160,7 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         label, sep, folder = item.partition("=")
         if not sep:
             ap.error(f"--runs takes label=folder, got {item!r}")
-        runs[label] = run_points(Path(folder))
+        points = run_points(Path(folder))
+        if args.rounds is not None:
+            points = [(r, f) for r, f in points if r in args.rounds]
+            if not points:
+                ap.error(f"{folder}: no snapshot of rounds {args.rounds}")
+        runs[label] = points
     reward, other = create_reward(args.reward, args.device), get_metric(args.other, args.device)
     if other.full_reference:
         ap.error(f"--other must be a no-reference metric, {args.other} is full-reference")
@@ -195,26 +207,26 @@ def main(argv: list[str] | None = None) -> None:
              f"1 - SSIM under the base model. reward = `{args.reward}` (higher is better); {args.other} was not "
              "the reward. Mean over crops, then over seeds (± std over seeds).", "",
              "| run | round | subset | PSNR ↑ | SSIM ↑ | reward ↑ | " + args.other + (" ↓" if other.lower_better else " ↑")
-             + " |", "|---|---:|---|---:|---:|---:|---:|"]
+             + " | flat_hf (→1) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["round"] == 0 and r["run"] != next(iter(runs)):
             continue  # the base model's row once
         lines.append(f"| {r['run'] if r['round'] else 'SFT (base)'} | {r['round']} | {r['subset']} | "
                      f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['reward']:.4f} ± "
-                     f"{r['reward_std']:.4f} | {r['other']:.3f} ± {r['other_std']:.3f} |")
+                     f"{r['reward_std']:.4f} | {r['other']:.3f} ± {r['other_std']:.3f} | {r['flat_hf']:.2f} |")
     agg = by_method(rows)
     if any(a["n_runs"] > 1 for a in agg):
         lo = " (lower is better)" if other.lower_better else ""
         lines += ["", "Per method over its runs (training seeds): mean ± std over runs, and the change from the "
                   f"SFT model (Δ; {args.other}{lo}). *gain > 2 std*: the reward rose by more than twice the "
                   "seed-to-seed std.", "",
-                  "| method | round | subset | runs | PSNR (Δ) | reward (Δ) | " + args.other + " (Δ) | gain > 2 std |",
-                  "|---|---:|---|---:|---:|---:|---:|:---:|"]
+                  "| method | round | subset | runs | PSNR (Δ) | reward (Δ) | " + args.other + " (Δ) | flat_hf (Δ) | "
+                  "gain > 2 std |", "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]
         for a in agg:
             lines.append(f"| {a['method']} | {a['round']} | {a['subset']} | {a['n_runs']} | {a['psnr']:.3f} ± "
                          f"{a['psnr_std']:.3f} ({a['d_psnr']:+.3f}) | {a['reward']:.4f} ± {a['reward_std']:.4f} "
                          f"({a['d_reward']:+.4f}) | {a['other']:.3f} ± {a['other_std']:.3f} ({a['d_other']:+.3f}) | "
-                         f"{'yes' if a['reward_gain_over_2std'] else 'no'} |")
+                         f"{a['flat_hf']:.2f} ({a['d_flat_hf']:+.2f}) | {'yes' if a['reward_gain_over_2std'] else 'no'} |")
         with open(args.out / "by_method.csv", "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(agg[0]))
             wr.writeheader()

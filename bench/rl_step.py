@@ -64,7 +64,8 @@ def run_tree(tree: Path, fields: dict[str, object], rounds: int, threads: int) -
     """``rounds`` rounds with the code in ``tree`` (models are read from this checkout), in a fresh process."""
     fields = {k: (str(ROOT / v) if k == "base_model" else v) for k, v in fields.items()}
     res = subprocess.run([sys.executable, "-c", CHILD, str(tree), json.dumps(fields), str(rounds), str(threads)],
-                         capture_output=True, text=True, cwd=tree, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         capture_output=True, text=True, cwd=tree,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "DARL_IQA_DIR": str(ROOT / "models" / "darl-iqa")})
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("METRICS ")]
     if res.returncode or not lines:
         raise RuntimeError(f"the run in {tree} failed:\n{res.stderr[-3000:]}")
@@ -115,7 +116,7 @@ def compare(args: argparse.Namespace) -> None:
     for k in keys:
         cells = [f"{s[k]:.3f}" if k in s else "–" for s in sums.values()]
         ratio = ""
-        if args.before and k in sums["old"] and k in sums["new"] and sums["new"][k] > 0:
+        if args.before and k in sums["old"] and k in sums["new"] and min(sums["new"][k], sums["old"][k]) > 0.01:
             r = sums["old"][k] / sums["new"][k]
             ratio = f" | {1 / r if k == 'rollouts/s' else r:.2f}x"
         print(f"| {k} | " + " | ".join(cells) + (ratio if args.before else "") + " |")

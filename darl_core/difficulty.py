@@ -1,4 +1,4 @@
-"""Per-sample difficulty and the difficulty-adaptive weight of PAPER.md (step 7).
+"""Per-sample difficulty and the difficulty-adaptive weight of docs/method.md (step 7).
 
 Difficulty of a pair (LQ, GT): the distance between the current model's
 restoration and the ground truth,

@@ -1,6 +1,6 @@
 """The restorer interface: what the sampler, the rewards and the RL trainer need from a model.
 
-PAPER.md's method is plug-and-play: it needs a conditional diffusion model
+The method (docs/method.md) is plug-and-play: it needs a conditional diffusion model
 that can (a) be sampled step by step with DDIM, (b) show the clean image it
 predicts at every step, and (c) be trained with its own diffusion loss. A
 ``Restorer`` says how, for one family of models:

@@ -1,7 +1,7 @@
 """Reward sanity: does a reward prefer a clean photo to the same photo distorted?
 
 A reward for RL must at least order a clean image above its distorted
-versions, or RL will learn the distortion (PAPER.md, "Known pitfalls").
+versions, or RL will learn the distortion (docs/method.md, "Known pitfalls").
 For each clean crop and each distortion below, the pair is *ordered right*
 when the reward of the clean crop is strictly higher:
 

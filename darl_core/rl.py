@@ -1,11 +1,11 @@
-"""Difficulty-adaptive RL fine-tuning with an IQA reward (PAPER.md), and its ablations.
+"""Difficulty-adaptive RL fine-tuning with an IQA reward (docs/method.md), and its ablations.
 
 One round, for a batch of m inputs drawn from the pool:
 
  0. the batch: with ``sampling="weighted"`` (default) m inputs are drawn from
     the *whole* pool with probability ~ ``sampling_floor`` + w_i, so hard
     samples come more often and easy ones still get their SFT share, and
-    samples migrate from RL to SFT as they get easier (PAPER.md step 8,
+    samples migrate from RL to SFT as they get easier (docs/method.md step 8,
     revised); ``"hardest"`` draws uniformly from the hardest
     ``hard_fraction`` (the first design, which froze the curriculum);
  1. G = ``group_size`` rollouts of each input with different noise and the
@@ -33,6 +33,24 @@ One round, for a batch of m inputs drawn from the pool:
  5. w_i from relative difficulty (difficulty.relative_weights), recomputed
     over the whole pool every ``difficulty_every`` rounds with the current
     policy.
+
+Two options of ours against reward hacking and drift (off in the paper's
+presets): ``beta_last`` adds beta_last ||mu - mu_ref||^2 / (2 sigma_last^2)
+for the deterministic last step, which RL otherwise moves only as a side
+effect of the shared weights (``last_step_anchor``); ``reward_reference``
+"stage1" lets full-reference reward terms (a fidelity anchor such as
+``darl_iqa + 10*psnr``) compare each rollout with the model's own stage-1
+restoration, so they work without ground truths (``stage1_images``).
+
+What a round does not repeat (the same computation as computing everything
+afresh: the tests compare the weights bit for bit; ``bench/rl_step.py
+--before REV`` times both): the pool's conditioning (stage 1, never trained)
+is computed once per run; the on-policy first PPO epoch backpropagates
+through the rollout's own forward passes (``keep_rollout_graph``); the KL
+reference's means are computed once per round, not per epoch; on CPUs glibc
+keeps freed memory instead of faulting fresh pages in every step
+(``allocator.py``). One change to the estimator: with ``sft_per_input`` the
+SFT term sees each of the m inputs once (m noise draws, not m x G).
 
 Diagnostics in metrics.jsonl (every ``diag_every`` rounds): the gradient norm
 of the RL, KL and SFT terms on their own (``grad_norm_rl`` / ``_kl`` /
@@ -74,13 +92,14 @@ state is checkpointed, so a resumed run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -99,9 +118,9 @@ from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
 from .sampler import ddim_step
 
-__all__ = ["PRESETS", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
-           "probe_set", "reference_means",
-           "stage1_images", "train_rl"]
+__all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
+           "last_step_anchor", "probe_set",
+           "reference_means", "round_cost", "stage1_images", "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
 
@@ -113,13 +132,17 @@ class RLConfig:
     method: str = "darl"  # label of the ablation this config is (darl, sft, rl_uniform, rl_gt_reward)
     reward: str = "niqe"  # reward spec, see rewards.create_reward (e.g. "niqe", "niqe + 0.02*piqe", "psnr")
     reward_normalize: bool = False  # map each reward term to ~[0, 1] before weighting
-    reward_reference: Literal["gt", "stage1"] = "gt"  # what full-reference reward terms (psnr, ...) compare with: the
-                                # ground truth (samples without one are not rolled out), or the model's own stage-1
-                                # restoration, for every sample (a fidelity anchor without ground truth)
+    reward_reference: Literal["gt", "stage1", "auto"] = "gt"  # what full-reference reward terms (psnr, ...) compare
+                                # with: the ground truth (samples without one are not rolled out), the model's own
+                                # stage-1 restoration for every sample (a fidelity anchor without ground truth), or
+                                # "auto": the ground truth where there is one, else stage 1's restoration
     adaptive_weight: bool = True  # w_i from relative difficulty; False: w_i = uniform_weight
     uniform_weight: float = 1.0  # w for every sample when adaptive_weight is False (1: pure RL, 0: pure SFT)
     lambda_sft: float = 1.0  # weight of the SFT loss (times 1 - w_i)
     beta_kl: float = 0.05  # weight of the KL to the reference policy (0: none)
+    beta_last: float = 0.0  # weight of the anchor of the deterministic last step to the reference: its mean kept
+                            # near the reference's as a KL with sigma_last in place of its zero sigma (0: none)
+    sigma_last: float = 0.05  # the variance floor of that anchor: ||mu - mu_ref||^2 / (2 sigma_last^2)
     num_steps: int = 4  # DDIM steps of a rollout (the last one is deterministic)
     eta: float = 1.0  # DDIM eta of rollouts (> 0: stochastic policy)
     reward_last_k: int = 0  # score the consequences of the last k transitions only (0: all)
@@ -141,7 +164,7 @@ class RLConfig:
     difficulty_every: int = 1  # recompute pool difficulty every N rounds
     q_lo: float = 0.25  # pool quantile mapped to w = 0
     q_hi: float = 0.75  # pool quantile mapped to w = 1
-    w_anchor: Literal["pool", "start"] = "pool"  # quantiles of "pool": the current pool's d (PAPER.md 7; the pool's mean w stays ~0.5 by
+    w_anchor: Literal["pool", "start"] = "pool"  # quantiles of "pool": the current pool's d (docs/method.md 7; the pool's mean w stays ~0.5 by
                             # construction), or "start": the pool's d at the first round, kept, so w falls as samples get easier
     sampling: Literal["weighted", "hardest"] = "weighted"  # "weighted": the batch is drawn from the whole pool with p ~ sampling_floor + w_i;
                                 # "hardest": uniformly from the hardest ``hard_fraction`` (the first design)
@@ -217,13 +240,43 @@ PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_unif
                                               "rl_gt_reward": rl_gt_reward, "tiny_test": tiny_test}
 
 
-# Run sizes: fields applied over a method's preset, so any method can first be tried in minutes.
+# Run sizes: fields applied over a method's preset, so any method can be tried on a CPU.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {},  # the method's own settings (192 px crops, 4 steps, G = 4, 2 PPO epochs, diagnostics)
-    # A quick test: smaller crops, 2 DDIM steps, 2 rollouts per input, one PPO epoch, no extra diagnostic
-    # backward pass; a round of the shipped model on one flagged image takes seconds on 2 CPU cores.
-    "quick": {"patch": 96, "num_steps": 2, "group_size": 2, "epochs": 1, "diag_every": 0},
+    # Minutes on 2 CPU cores: 64-px crops, 2 DDIM steps, G = 4, one PPO epoch, no diagnostics or probe.
+    "quick": {"patch": 64, "num_steps": 2, "group_size": 4, "epochs": 1, "diag_every": 0, "difficulty_every": 5,
+              "probe_every": 0},
+    # The CPU study's setting (docs/results.md 2f): 96-px crops, 2 DDIM steps (the app's), G = 8, one PPO
+    # epoch, diagnostics and the held-out probe every 10 rounds, pool difficulty every 5.
+    "full": {"patch": 96, "num_steps": 2, "group_size": 8, "epochs": 1, "diag_every": 10, "difficulty_every": 5,
+             "probe_every": 10},
+    "paper": {},  # the method's own settings (192 px crops, 4 steps, G = 4, 2 PPO epochs, diagnostics): a GPU's
 }
+# Seconds per unit of ``round_cost`` on this project's 2-core CPU (bench/rl_step.py, 2026-12-07): the launch
+# estimate's prior until the machine has timed a job of its own.
+CPU_SECONDS_PER_UNIT = 2.5e-6
+
+
+def round_cost(cfg: RLConfig, pool_size: int) -> float:
+    """The work of one round in denoiser passes x output pixels, with the difficulty refresh, the probe
+    and the diagnostic pass spread over the rounds they come every: what the time of a round grows with
+    (the app's launch estimate multiplies it by seconds per unit measured on the machine)."""
+    px = float(cfg.patch) ** 2
+    rollouts = cfg.batch_size * cfg.group_size
+    k = max(cfg.num_steps - 1, 0) + int(cfg.stochastic_last)  # trained transitions per rollout
+    rl = cfg.adaptive_weight or cfg.uniform_weight > 0
+    passes = 0.0
+    if rl:
+        passes += rollouts * cfg.num_steps  # the rollouts (the first epoch's forward included)
+        passes += rollouts * k * (1 if cfg.beta_kl > 0 else 0)  # the KL reference
+        passes += rollouts * k * (2 * cfg.epochs - (1 if cfg.keep_rollout_graph else 0))  # backward, later forwards
+        passes += rollouts * 3 * (1 if cfg.beta_last > 0 else 0)  # the last step's anchor
+        passes += rollouts * k * 2 / cfg.diag_every if cfg.diag_every else 0.0
+    sft_rows = cfg.batch_size * (1 if cfg.sft_per_input else cfg.group_size)
+    passes += sft_rows * 3 * cfg.epochs if cfg.lambda_sft > 0 and not (rl and not cfg.adaptive_weight
+                                                                      and cfg.uniform_weight >= 1) else 0.0
+    passes += pool_size * cfg.num_steps / max(cfg.difficulty_every, 1)
+    passes += cfg.probe_crops * cfg.num_steps / cfg.probe_every if cfg.probe_every else 0.0
+    return passes * px
 
 
 def get_rl_preset(name: str) -> RLConfig:
@@ -277,7 +330,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> tor
 # ----------------------------------------------------------------------------- loss
 
 def ppo_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch.Tensor:
-    """PAPER.md, the training step 4, per sample: max(-A rho, -A clip(rho, 1 - eps, 1 + eps))."""
+    """docs/method.md, step 4, per sample: max(-A rho, -A clip(rho, 1 - eps, 1 + eps))."""
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
 
 
@@ -319,6 +372,31 @@ def reference_means(policy: Restorer, traj: Trajectory, eta: float, ref_unet: to
     return means
 
 
+def last_step_anchor(policy: Restorer, traj: Trajectory, ref_unet: torch.nn.Module | None, use_adapters_off: bool,
+                     sigma: float) -> torch.Tensor | None:
+    """Per-sample ||mu - mu_ref||^2 / (2 sigma^2) of the rollout's deterministic last step (with grad), or None
+    when the last step is stochastic (then the KL covers it) or there is no reference.
+
+    RL trains the denoiser through the stochastic transitions only; with few steps that leaves out the
+    last one, which makes the final texture, although it shares every weight: the RL updates move it as a
+    side effect, unchecked. This keeps it near the reference policy at the states the policy visits, like
+    the KL term with a floor ``sigma`` in place of its zero variance."""
+    sched = policy.scheduler
+    t_last = int(sched.timesteps[-1])
+    if not traj.timesteps or traj.timesteps[-1] == t_last or (ref_unet is None and not use_adapters_off):
+        return None
+    x = traj.x_prev[-1]  # the state the last step starts from (every earlier step is stochastic)
+    mean = ddim_step(sched, policy.predict(x, t_last, traj.cond).float(), t_last, x, eta=0.0).mean
+    with torch.no_grad():
+        if use_adapters_off:
+            with adapters_disabled(policy.unet):
+                ref_out = policy.predict(x, t_last, traj.cond).float()
+        else:
+            ref_out = policy.predict(x, t_last, traj.cond, unet=ref_unet).float()
+        ref_mean = ddim_step(sched, ref_out, t_last, x, eta=0.0).mean
+    return ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, x.ndim))) / (2 * sigma**2)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _truncate_log(path: Path, last_round: int) -> None:
@@ -327,12 +405,32 @@ def _truncate_log(path: Path, last_round: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+@contextlib.contextmanager
+def _app_schedule(policy: Restorer) -> Iterator[None]:
+    """The schedule's end as the app samples it (abar = 1 with ``set_alpha_to_one``), also while
+    ``stochastic_last`` rollouts end at abar_0 < 1: what the trainer's restorations measure (difficulty,
+    probe, validation) is what a user gets."""
+    sched = policy.scheduler
+    saved = sched.final_alpha_cumprod
+    sched.final_alpha_cumprod = torch.tensor(1.0) if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+    try:
+        yield
+    finally:
+        sched.final_alpha_cumprod = saved
+
+
 @torch.no_grad()
 def _restore(policy: Restorer, lq: torch.Tensor, steps: int, procs: Processes | None = None,
              chunk: int = 16, cond: torch.Tensor | None = None) -> torch.Tensor:
-    """Deterministic restorations of ``lq`` (fixed noise per chunk: comparable from round to round);
-    with several processes each restores every world-th chunk and all get the whole result.
-    ``cond``: ``lq``'s conditioning computed once (``pool_conditioning``), reused."""
+    """Deterministic restorations of ``lq`` (fixed noise per chunk: comparable from round to round), as
+    the app restores them; with several processes each restores every world-th chunk and all get the
+    whole result. ``cond``: ``lq``'s conditioning computed once (``pool_conditioning``), reused."""
+    with _app_schedule(policy):
+        return _restore_chunks(policy, lq, steps, procs, chunk, cond)
+
+
+def _restore_chunks(policy: Restorer, lq: torch.Tensor, steps: int, procs: Processes | None, chunk: int,
+                    cond: torch.Tensor | None) -> torch.Tensor:
     rank, world = (procs.rank, procs.world) if procs else (0, 1)
 
     def one(i: int) -> torch.Tensor:
@@ -519,7 +617,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ref_unet = None
-    if cfg.beta_kl > 0 and not cfg.lora_rank:
+    if (cfg.beta_kl > 0 or cfg.beta_last > 0) and not cfg.lora_rank:
         ref_unet = copy.deepcopy(unet).eval().requires_grad_(False)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -541,10 +639,11 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0
     reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
     has_gt = torch.tensor([s.gt is not None for s in pool])
-    anchored = reward is not None and reward.full_reference and cfg.reward_reference == "stage1"
+    anchored = reward is not None and reward.full_reference and cfg.reward_reference != "gt"
     if anchored and (not policy.has_stage1 or conds is None):
-        raise ValueError(f"reward_reference 'stage1' needs a two-stage model; {cfg.base_model or 'the default model'} "
-                         "has no stage 1 (use reward_reference 'gt' with ground truths)")
+        raise ValueError(f"reward_reference {cfg.reward_reference!r} needs a two-stage model; "
+                         f"{cfg.base_model or 'the default model'} has no stage 1 (use reward_reference 'gt' with "
+                         "ground truths)")
     needs_gt = (reward is not None and reward.full_reference and not anchored) or not needs_rl
     eligible = has_gt if needs_gt else torch.ones_like(has_gt)
     memory = RewardMemory(cfg.memory_size, cfg.memory_min)
@@ -677,7 +776,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             t_reward = time.time()
             ref = gt if reward.full_reference else None
             if anchored:  # stage 1's restoration of each row's input, cropped as the rollout's result
-                ref = stage1_images(policy, cond_rows)[..., : traj.final.shape[-2], : traj.final.shape[-1]]
+                s1 = stage1_images(policy, cond_rows)[..., : traj.final.shape[-2], : traj.final.shape[-1]]
+                ref = s1 if cfg.reward_reference == "stage1" else torch.where(gt_mask[rows].view(-1, 1, 1, 1), gt, s1)
             final_r = reward(traj.final, ref)
             scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
             step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
@@ -697,7 +797,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             rec["group_reward_std"] = float(final_r.reshape(-1, G).std(dim=1, unbiased=False).mean()) if G > 1 else 0.0
             t_ref = time.time()
             with autocast:  # the reference's means do not change during the update: once per round
-                ref_means = reference_means(policy, traj, cfg.eta, ref_unet, cfg.lora_rank > 0 and cfg.beta_kl > 0)
+                ref_means = reference_means(policy, traj, cfg.eta, ref_unet if cfg.beta_kl > 0 else None,
+                                            cfg.lora_rank > 0 and cfg.beta_kl > 0)
             rec["reward_s"] = round(t_ref - t_reward, 3)  # the rewards of every scored prediction
             rec["reference_s"] = round(time.time() - t_ref, 3)  # the KL reference's forward passes
         sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
@@ -717,8 +818,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
         #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
         unet.train()
-        logs: dict[str, list[float]] = {"kl": [], "ratio": [], "clip_frac": [], "approx_kl": [], "loss_rl": [],
-                                        "loss_sft": [], "grad_norm": []}
+        logs: dict[str, list[float]] = {"kl": [], "kl_last": [], "ratio": [], "clip_frac": [], "approx_kl": [],
+                                        "loss_rl": [], "loss_sft": [], "grad_norm": []}
         # Diagnostics (first epoch): each term's gradient on its own, so one can see which term sets the
         # direction of the update (under Adam a consistent SFT gradient wins over a noisy RL one).
         diag = bool(cfg.diag_every) and (rnd + 1) % cfg.diag_every == 0
@@ -743,6 +844,12 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                     clip_e.append(float(clip_k.mean()))
                     logs["approx_kl"].append(float((ratio_k - 1 - torch.log(ratio_k)).mean()))
                     logs["loss_rl"].append(float((w * loss_k).detach().mean()))
+                if cfg.beta_last > 0:
+                    with autocast:
+                        last = last_step_anchor(policy, traj, ref_unet, cfg.lora_rank > 0, cfg.sigma_last)
+                    if last is not None:
+                        _backward({"last": cfg.beta_last * last.mean()}, params, term_grads if split else None)
+                        logs["kl_last"].append(float(last.detach().mean()))
             if sft_active:
                 # SFT loss where a ground truth exists, weighted by 1 - w_i.
                 with autocast:

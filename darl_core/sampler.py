@@ -1,4 +1,4 @@
-"""DDIM step with the log-probability of the sampled transition (PAPER.md, the training step 1).
+"""DDIM step with the log-probability of the sampled transition (docs/method.md, step 1).
 
 One reverse step of DDIM (Song et al., 2021) written out so that the RL
 trainer can (a) sample a transition x_t -> x_{t-1} and (b) later evaluate the

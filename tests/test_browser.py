@@ -190,8 +190,11 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#curves")).to_contain_text("no job chosen", timeout=30_000)
             assert "#0" not in page.locator("#job-status").inner_text()
             page.locator("#rounds input").fill("2")
-            # the quick run size is the default: a first job takes seconds a round here, not minutes
-            expect(page.locator("#run-size input[value=quick]")).to_be_checked()
+            # the CPU study's setting is the default run size, and the form says what each size costs here
+            expect(page.locator("#run-size input[value=full]")).to_be_checked()
+            expect(page.locator("#launch-estimate")).to_contain_text("quick ≈", timeout=30_000)
+            expect(page.locator("#launch-estimate")).to_contain_text("full ≈")
+            page.locator("#run-size input[value=quick]").check()  # seconds a round here, not minutes
             page.locator("#launch-btn").click()
             expect(page.locator("#launch-msg")).to_contain_text("Job #1 queued", timeout=30_000)
             expect(page.locator("#jobs-table")).to_contain_text("darl (quick)", timeout=30_000)

@@ -234,7 +234,7 @@ def test_pareto_by_method_averages_training_seeds_and_applies_the_two_std_bar() 
 
     def row(run: str, rnd: int, subset: str, reward: float, psnr: float = 28.0) -> dict:
         return {"run": run, "method": run.split("-s")[0], "round": rnd, "subset": subset, "psnr": psnr,
-                "ssim": 0.8, "reward": reward, "other": 6.0}
+                "ssim": 0.8, "reward": reward, "other": 6.0, "flat_hf": 2.0}
 
     rows = [row("darl", 0, "all", 10.0), row("darl", 0, "hardest", 9.0)]
     for run, gain in (("darl", 1.0), ("darl-s1", 1.2), ("darl-s2", 0.8), ("noisy", 1.0), ("noisy-s1", -0.6)):
@@ -275,7 +275,7 @@ def test_rl_diagnostics_reports_which_term_leads(tmp_path: Path) -> None:
 
 def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, tiny_model_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the current pool's quantiles (PAPER.md 7) the pool's mean w is scale-free: a pool that gets
+    """With the current pool's quantiles (docs/method.md, step 7) the pool's mean w is scale-free: a pool that gets
     uniformly easier keeps its w. Anchored at the first round's quantiles, w falls with the difficulty,
     so samples move from RL to SFT; the anchor survives an exact resume."""
     import darl_core.rl as rl
@@ -426,3 +426,45 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch: pytes
         assert fresh.keep_freed_memory() is glibc and fresh.keep_freed_memory() is glibc
     finally:
         importlib.reload(allocator)
+
+
+def test_auto_reference_uses_the_truth_where_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reward_reference="auto"``: rollouts of a sample with a ground truth are scored against it, those of a
+    sample without one against stage 1's restoration; both samples are trained."""
+    from darl_core.images import tensor_to_pil
+    from darl_core.rewards import Reward
+    from darl_core.rl import stage1_images
+
+    base = _two_stage(tmp_path)
+    gt = torch.rand(3, 32, 32)
+    items = []
+    for i in range(2):
+        lq = tmp_path / f"lq{i}.png"
+        tensor_to_pil(torch.rand(3, 32, 32)).save(lq)
+        items.append({"id": f"s{i}", "lq": str(lq)})
+    tensor_to_pil(gt).save(tmp_path / "gt0.png")
+    items[0]["gt"] = str(tmp_path / "gt0.png")
+    (tmp_path / "samples.json").write_text(json.dumps(items))
+    refs: list[torch.Tensor] = []
+    real = Reward.__call__
+
+    def spy(self: Reward, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        refs.append(ref.clone())
+        return real(self, x, ref)
+    monkeypatch.setattr(Reward, "__call__", spy)
+    cfg = _cfg(tmp_path, base, rounds=1, reward="psnr", reward_reference="auto", samples_file=str(tmp_path / "samples.json"),
+               adaptive_weight=False, uniform_weight=1.0, batch_size=2, group_size=2, sampling="hardest", hard_fraction=1.0)
+    train_rl(cfg)
+    from darl_core.pool import build_pool
+
+    pool = {s.id: s for s in build_pool(cfg)}
+    policy = load_restorer(base)
+    s1 = stage1_images(policy, policy.conditioning(pool["s1"].lq[None]))[0]
+    ref = refs[0]
+    matched = {"gt": 0, "stage1": 0}
+    for row in ref:
+        if torch.allclose(row, pool["s0"].gt, atol=1e-6):
+            matched["gt"] += 1
+        elif torch.allclose(row, s1, atol=1e-5):
+            matched["stage1"] += 1
+    assert matched["gt"] + matched["stage1"] == len(ref) and min(matched.values()) > 0

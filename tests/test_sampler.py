@@ -53,7 +53,7 @@ def test_log_prob_is_the_gaussian_density() -> None:
     # scoring a stored transition gives the same number
     again = ddim_step(sched, out, t, x, eta=1.0, prev_sample=s.prev_sample)
     torch.testing.assert_close(again.log_prob, s.log_prob)
-    # sigma follows PAPER.md's formula
+    # sigma follows docs/method.md's formula (step 1)
     ac = sched.alphas_cumprod
     a_t, a_p = float(ac[t]), float(ac[t - 1000 // 4])
     sigma = math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)

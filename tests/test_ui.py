@@ -253,7 +253,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     multi = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1", processes=2)
     # the quick run size: the method's preset with smaller settings, labelled in the jobs table
     quick = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "1", size="quick")
-    assert ctx.store.job(quick).config["patch"] == 96 and ctx.store.job(quick).config["num_steps"] == 2
+    assert ctx.store.job(quick).config["patch"] == 64 and ctx.store.job(quick).config["num_steps"] == 2
     assert [r for r in finetune_tab.list_jobs(ctx) if r[0] == quick][0][3] == "darl (quick)"
     with pytest.raises(UserError, match="run size"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, size="huge")
@@ -763,3 +763,37 @@ def test_the_model_cache_is_keyed_by_the_resolved_folder_and_bounded(tmp_path: P
     ctx.pipeline(spellings[0])  # used again: now the most recent
     ctx.pipeline(str(tiny_ldm_dir))  # a third model: the least recently used (the copy) goes
     assert list(ctx._models) == [str(tiny_model_dir.resolve()), str(tiny_ldm_dir.resolve())]
+
+
+def test_rl_side_says_when_it_is_not_better_than_sft() -> None:
+    """The shipped RL model carries its caveat wherever it is chosen; other models carry none."""
+    from ui.context import SHIPPED_RL, AppContext
+
+    note = AppContext.model_note(str(SHIPPED_RL))
+    assert "not better than SFT" in note and "28.06" in note
+    assert AppContext.model_note(str(SHIPPED_RL.parent / "sft-blind-fast")) == ""
+    assert AppContext.model_note(None) == ""
+
+
+def test_launch_form_states_each_sizes_expected_time(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Before any job ran here the estimate comes from the project's CPU benchmark and says so; once a job
+    has timed rounds on this machine, from those. It grows with the rounds, and full costs more than quick."""
+    assert "flag samples first" in finetune_tab.estimate_text(ctx, "darl", 20)
+    png = (tmp_path / "a.png")
+    _img(png, (64, 64))
+    for seed in range(3):
+        _img(png, (64, 64), seed=seed)
+        ctx.store.flag_upload(png.read_bytes(), 64, 64, reason="test")
+    text = finetune_tab.estimate_text(ctx, "darl", 20)
+    assert text.startswith("Expected time for 20 rounds on 3 samples: quick ≈") and "benchmark" in text
+    mins, _ = finetune_tab.expected_minutes(ctx, "darl", 20, 3)
+    assert mins["quick"] < mins["full"] < mins["paper"]
+    assert finetune_tab.expected_minutes(ctx, "darl", 40, 3)[0]["full"] == pytest.approx(2 * mins["full"])
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "darl_iqa", "darl", 20, size="full")
+    for rnd, secs in ((1, 9.0), (2, 4.0), (3, 4.0), (4, 4.0)):  # the first round warms up
+        ctx.store.add_metrics(job, rnd, {"round_s": secs})
+    mins2, source = finetune_tab.expected_minutes(ctx, "darl", 20, 3)
+    assert source == f"timed on this machine by job #{job}"
+    assert mins2["full"] == pytest.approx(20 * 4.0 / 60)  # the same setting: the job's own round time
+    assert "rounds must be" in finetune_tab.estimate_text(ctx, "darl", -1)

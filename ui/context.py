@@ -280,6 +280,12 @@ class AppContext:
                 seen.add(c.path)
         return out
 
+    @staticmethod
+    def model_note(path: str | None) -> str:
+        """The caveat a shipped model's entry carries (``ShippedModel.note``), shown beside a picker while that
+        model is chosen; empty for other models."""
+        return next((m.note for m in SHIPPED_MODELS if path is not None and str(m.path) == str(path)), "")
+
     def default_models(self) -> tuple[str, str]:
         """(SFT, RL) defaults: the shipped pair, or the promoted checkpoint as the RL side."""
         promoted = [c.path for c in self.store.checkpoints() if c.promoted and Path(c.path).exists()]

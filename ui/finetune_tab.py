@@ -12,23 +12,24 @@ import gradio as gr
 import pandas as pd
 
 from darl_core.rewards import MissingWeightsError, parse_spec
+from darl_core.rl import CPU_SECONDS_PER_UNIT, SIZES, RLConfig, get_rl_preset, round_cost
 from darl_core.rl import PRESETS as RL_PRESETS
-from darl_core.rl import SIZES
 
 from . import fields
 from .context import AppContext, UserError, caller, int_arg, user_errors, user_messages
 
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
-           "compare_colors", "compare_frame"]
+           "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
 CURVES = ("reward", "kl", "val_psnr", "loss_sft", "grad_norm_rl", "grad_norm_sft", "grad_norm_kl", "pool_w_mean",
-          "probe_reward", "group_reward_std")  # the training metrics the plot shows
-# One fixed colour per curve, so a curve keeps its colour from job to job (Tableau 10; grey: placeholder)
+          "probe_reward", "group_reward_std", "probe_psnr", "probe_flat_hf")  # the training metrics the plot shows
+# One fixed colour per curve, so a curve keeps its colour from job to job (Tableau 10 and two more; grey:
+# placeholder)
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac")
+           "#bab0ac", "#17becf", "#8c564b")
 PLACEHOLDER_COLOR = "#9ca3af"
 
 
@@ -80,6 +81,60 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
         config["size"] = size  # shown in the jobs table; not an RLConfig field (the worker drops it)
     config.update(extra or {})
     return ctx.store.create_job(config, ids, user, processes)  # the sample list is frozen here
+
+
+def _effective(preset: str, config: dict[str, Any]) -> RLConfig:
+    """The RLConfig a job of ``preset`` with these stored fields trains with (as the worker builds it)."""
+    known = {k: v for k, v in config.items() if k in RLConfig.__dataclass_fields__}
+    return RLConfig.from_dict(known, get_rl_preset(preset))
+
+
+def seconds_per_unit(ctx: AppContext) -> tuple[float, str]:
+    """Seconds per unit of ``rl.round_cost`` on this machine: measured from the newest job with timed rounds
+    (the median of its rounds after the first), else this project's CPU benchmark; and where it came from."""
+    for j in ctx.store.jobs(limit=20):
+        times = sorted(v for step, name, v in ctx.store.metrics(j.id) if name == "round_s" and step > 1)
+        if len(times) < 2:
+            continue
+        try:
+            cfg = _effective(j.config.get("preset", "darl"), j.config)
+        except ValueError:
+            continue
+        n_pool = len(j.sample_ids) + int(j.config.get("extra_hardest_k", 0))
+        return times[len(times) // 2] / round_cost(cfg, n_pool), f"timed on this machine by job #{j.id}"
+    return CPU_SECONDS_PER_UNIT, "from this project's 2-core CPU benchmark; the first job here will time it"
+
+
+def expected_minutes(ctx: AppContext, preset: str, rounds: int, n_samples: int, hardest_k: int = 0
+                     ) -> tuple[dict[str, float], str]:
+    """Expected minutes of a job of each run size (``rl.SIZES``) on ``n_samples`` flagged samples, and the
+    source of the machine's speed. Same batch as ``launch_job`` uses; the model load and export not counted."""
+    rate, source = seconds_per_unit(ctx)
+    out = {}
+    for size, fields_ in SIZES.items():
+        config = {"batch_size": min(8, max(n_samples + hardest_k, 1)), **fields_}
+        cfg = _effective(preset, config)
+        out[size] = rounds * round_cost(cfg, n_samples + hardest_k) * rate / 60
+    return out, source
+
+
+def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "", hardest_k: Any = 0) -> str:
+    """The launch form's line of expected times, one per run size, for the chosen samples."""
+    try:
+        rounds = int_arg("rounds", rounds, 1, ctx.max_rounds)
+        hardest_k = int_arg("extra hard samples", hardest_k or 0, 0, 256)
+        preset = preset if preset in RL_PRESETS else "darl"
+    except UserError as e:
+        return f"Expected time: {e}"
+    n = len([s for s in (sample_ids or "").replace(" ", "").split(",") if s]) or len(ctx.store.flagged())
+    if n + hardest_k == 0:
+        return "Expected time: flag samples first (none are flagged)."
+    mins, source = expected_minutes(ctx, preset, rounds, n, hardest_k)
+
+    def fmt(m: float) -> str:
+        return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+    parts = " · ".join(f"{size} ≈ {fmt(m)}" for size, m in mins.items())
+    return f"Expected time for {rounds} rounds on {n + hardest_k} samples: {parts} ({source})."
 
 
 def _full_reference(spec: str) -> bool:
@@ -255,10 +310,12 @@ def render(ctx: AppContext) -> dict[str, Any]:
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
             c["reward"] = gr.Textbox("niqe", label="Reward (metric or composite, e.g. niqe + 0.02*piqe)")
             c["preset"] = gr.Dropdown(METHODS, value="darl", label="Method (darl or an ablation)")
-            c["size"] = gr.Radio([("quick test (smaller crops, 2 steps: minutes on a CPU)", "quick"),
-                                  ("full (the method's settings; hours on a CPU, use a GPU)", "full")],
-                                 value="quick", label="Run size", elem_id="run-size")
+            c["size"] = gr.Radio([("quick test (64-px crops, G = 4)", "quick"),
+                                  ("full (the CPU study's setting: 96-px crops, G = 8, probe)", "full"),
+                                  ("paper (the method's own settings: use a GPU)", "paper")],
+                                 value="full", label="Run size", elem_id="run-size")
             c["rounds"] = fields.Number(20, precision=0, label="Rounds", elem_id="rounds")
+            c["estimate"] = gr.Markdown(estimate_text(ctx, "darl", 20), elem_id="launch-estimate")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
             c["hardest_k"] = fields.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
             c["processes"] = fields.Number(1, precision=0, minimum=1, maximum=64,
@@ -316,6 +373,13 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                                   c["processes"], c["size"]],
                       [c["msg"], c["launched"], c["jobs"]], api_name="launch_job").success(
         pick, c["launched"], c["job"], api_visibility="private")
+
+    # The expected time of each run size follows the form (and this machine's newest timed job).
+    estimate_in = [c["preset"], c["rounds"], c["samples"], c["hardest_k"]]
+    for comp in estimate_in:
+        comp.change(lambda *a: estimate_text(ctx, *a), estimate_in, c["estimate"], api_visibility="private",
+                    queue=False)
+    load_event(lambda *a: estimate_text(ctx, *a), estimate_in, c["estimate"], api_visibility="private")
 
     # The page load restores this browser's job (or shows the newest); every choice is saved in the browser.
     load_event(lambda saved: pick(initial_job(ctx, saved)), c["saved_job"], c["job"], api_visibility="private")

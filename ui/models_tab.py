@@ -141,7 +141,10 @@ def render(ctx: AppContext) -> dict[str, Any]:
                               elem_id="models-table")
     gr.Markdown("*evaluation*: the shipped models' cards, all on the independent evaluation set (50 crops of "
                 "17 photos no model trained on, Pillow/JPEG degradations) at 2 steps; a fine-tuned model's "
-                "`heldout_*`: 8 crops of the 4 held-out photos, degraded the same way, at its job's steps.",
+                "`heldout_*`: 8 crops of the 4 held-out photos, degraded the same way, at its job's steps. "
+                "**The shipped RL model `darl-blind` is not better than SFT** (27.61 dB against `sft-blind-fast`'s "
+                "28.66 and the input's 28.06): no RL fine-tune of the default SFT model has passed the bar for "
+                "shipping yet (docs/results.md, section 2f).",
                 elem_id="models-eval-note")
     with gr.Row():
         c["id"] = gr.Dropdown([], value=None, label="Checkpoint", elem_id="ckpt-id")

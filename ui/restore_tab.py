@@ -662,6 +662,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                    elem_id="sft-picker")
             c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
                                   elem_id="rl-picker")
+            c["rl_note"] = gr.Markdown(ctx.model_note(d_rl), elem_id="rl-note")  # what to know about the RL side
             c["steps"] = fields.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps",
                                    info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail "
                                         "and cost fidelity")
@@ -806,6 +807,8 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                 float("nan"), "", "", "")
 
     c["image"].change(cleared, None, results, api_visibility="private", queue=False)
+    # The RL side's caveat (a shipped model's note, e.g. that it is not better than SFT) follows the picker.
+    c["rl"].change(ctx.model_note, c["rl"], c["rl_note"], api_visibility="private", queue=False)
 
     # A file the loader refuses is said at upload and emptied (not shown as a broken image until Restore).
     # A ground truth belongs to the degraded image it was given with (or, given first, to the next one):
