@@ -118,7 +118,7 @@ from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
 from .sampler import ddim_step
 
-__all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
+__all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
            "last_step_anchor", "probe_set",
            "reference_means", "round_cost", "stage1_images", "train_rl"]
 
@@ -189,6 +189,9 @@ class RLConfig:
     probe_every: int = 0  # every N rounds the reward, PSNR and flat-area texture of fixed held-out crops restored as
                           # the app restores them (eta 0, fixed noise): what a held-out check sees (0: never)
     probe_crops: int = 16  # crops of the built-in held-out photos in the probe (degraded by evalset's Pillow recipe)
+    guard_psnr: float = 0.0  # > 0 (with probe_every): export the last probed round whose probe PSNR is within this
+                             # many dB of round 0's, flat_hf not above and reward not below round 0's (0: off)
+    guard_patience: int = 2  # with guard_psnr: stop after this many probes in a row fail the guard
     val_every: int = 10  # validate every N rounds (0: never)
     ckpt_every: int = 10  # checkpoint every N rounds
     snapshot_every: int = 0  # also export the model every N rounds to output/snapshots/round-NNNN, kept (the
@@ -395,6 +398,48 @@ def last_step_anchor(policy: Restorer, traj: Trajectory, ref_unet: torch.nn.Modu
             ref_out = policy.predict(x, t_last, traj.cond, unet=ref_unet).float()
         ref_mean = ddim_step(sched, ref_out, t_last, x, eta=0.0).mean
     return ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, x.ndim))) / (2 * sigma**2)
+
+
+class ProbeGuard:
+    """Keeps the last weights the held-out probe found no worse than the start (``guard_psnr``).
+
+    A probed round passes when its probe PSNR is at least round 0's minus ``psnr_drop`` dB, its
+    ``flat_hf`` is not above round 0's and its reward not below; the trainer exports the last passing
+    round's weights (round 0's, i.e. the base model unchanged, if none passed) and stops after
+    ``patience`` failing probes in a row. So a job cannot hand back a model that the probe saw get
+    worse, and ``guard.json`` in the run folder says which round it exported and why."""
+
+    def __init__(self, psnr_drop: float, patience: int, weights: dict[str, torch.Tensor]):
+        self.psnr_drop, self.patience = psnr_drop, patience
+        self.base: dict[str, float] = {}
+        self.best_round, self.fails = 0, 0
+        self.best = {k: v.detach().cpu().clone() for k, v in weights.items()}  # round 0's until a round passes
+
+    def start(self, rec0: dict[str, Any]) -> None:
+        self.base = {k: float(rec0[k]) for k in ("probe_psnr", "probe_flat_hf", "probe_reward") if k in rec0}
+
+    def passes(self, rec: dict[str, Any]) -> bool:
+        b = self.base
+        return (rec["probe_psnr"] >= b["probe_psnr"] - self.psnr_drop and rec["probe_flat_hf"] <= b["probe_flat_hf"]
+                and ("probe_reward" not in b or rec.get("probe_reward", -math.inf) >= b["probe_reward"]))
+
+    def check(self, rnd: int, rec: dict[str, Any], weights: dict[str, torch.Tensor]) -> bool:
+        """Judge a probed round (``rec`` gets ``guard_ok``); True when training should stop."""
+        ok = self.passes(rec)
+        rec["guard_ok"] = float(ok)
+        if ok:
+            self.best_round, self.fails = rnd, 0
+            self.best = {k: v.detach().cpu().clone() for k, v in weights.items()}
+        else:
+            self.fails += 1
+        return self.fails >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "best_round": self.best_round, "fails": self.fails, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base, self.best_round, self.fails, self.best = (state["base"], state["best_round"], state["fails"],
+                                                             state["best"])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -649,6 +694,10 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     memory = RewardMemory(cfg.memory_size, cfg.memory_min)
     diff: torch.Tensor | None = None
     diff_start: torch.Tensor | None = None  # the pool's difficulty at the first round (w_anchor "start")
+
+    def weights() -> dict[str, torch.Tensor]:
+        return lora_state_dict(unet) if cfg.lora_rank else unet.state_dict()
+    guard = ProbeGuard(cfg.guard_psnr, cfg.guard_patience, weights()) if cfg.guard_psnr > 0 and cfg.probe_every else None
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -662,6 +711,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         memory.load_state_dict(state["memory"])
         diff, start = state["difficulty"], state["round"]
         diff_start = state.get("difficulty_start")  # absent in checkpoints of older versions: the current d
+        if guard is not None and "guard" in state:
+            guard.load_state_dict(state["guard"])
         # A resume is exact only with the same settings: say which ones changed (rounds, wall time, the
         # device and how often to checkpoint may change freely).
         saved = state.get("config", {})
@@ -700,6 +751,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             if probe is not None:
                 rec0.update(_probe(policy, probe, probe_conds, reward, cfg, device))
         metrics_log.write(json.dumps(rec0) + "\n")
+        if guard is not None:
+            guard.start(rec0)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True,
@@ -873,10 +926,13 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                     rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(cur, prev_rl_grad, dim=0))
                 prev_rl_grad = cur
         t_probe = time.time()
+        guard_stop = False
         if probe is not None and (rnd + 1) % cfg.probe_every == 0:
             unet.eval()
             with autocast:
                 rec.update(_probe(policy, probe, probe_conds, reward, cfg, device))
+            if guard is not None:
+                guard_stop = guard.check(rnd + 1, rec, weights())
         t_probe = time.time() - t_probe
         means = {k: sum(v) / len(v) for k, v in logs.items() if v}
         if means:
@@ -913,7 +969,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                 callbacks["on_round"](rec)
             stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
             stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
-            stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists())
+            stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists()) or guard_stop
         stop = procs.any(stop)  # the main process decides; all stop together
         if main and cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == cfg.rounds or stop):
             unet.eval()  # kept models (checkpoints are pruned), one point each on the fidelity-reward plot
@@ -924,7 +980,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                 unet.eval()
                 state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
                          "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
-                         "difficulty_start": diff_start,
+                         "difficulty_start": diff_start, "guard": guard.state_dict() if guard else None,
                          "round": done, "generator": g.get_state(), "config": asdict(cfg)}
                 path = save_checkpoint(out, done, policy.export, state)
                 if "on_checkpoint" in callbacks:
@@ -938,6 +994,15 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
         metrics_log.close()
         diff_log.close()
         unet.eval()
+        if guard is not None and guard.base:
+            if guard.best_round != done:  # later rounds failed the probe: the last one that passed (also on_finish's)
+                (load_lora_state_dict(unet, guard.best) if cfg.lora_rank else unet.load_state_dict(guard.best))
+            why = ("every probed round passed" if guard.best_round == done else
+                   f"later probes were worse than round 0 (PSNR down more than {cfg.guard_psnr} dB, more flat-area "
+                   "texture or a lower reward)" if guard.best_round else
+                   "no probed round passed: the exported model is the base model, unchanged")
+            (out / "guard.json").write_text(json.dumps({"exported_round": guard.best_round, "last_round": done,
+                                                        "base": guard.base, "why": why}, indent=1))
         atomic_dir(final, policy.export)  # the restorer decides the format: full, merged LoRA or adapter folder
     procs.barrier()
     if "on_finish" in callbacks:

@@ -140,6 +140,21 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         store.heartbeat(job.id, log_line="checking the model on held-out photos", worker=me)
         restorer = trained.get("restorer") or load_restorer(model_dir)  # loaded only after a multi-process run
         evaluation = heldout_check(restorer, cfg.num_steps)
+        # ... beside its base model's on the same crops and noise, so the job says whether it got better
+        base_eval = heldout_check(load_restorer(cfg.base_model or DEFAULT_MODEL), cfg.num_steps)
+        if "heldout_psnr" in evaluation and "heldout_psnr" in base_eval:
+            evaluation["heldout_psnr_base"] = base_eval["heldout_psnr"]
+            delta = evaluation["heldout_psnr"] - base_eval["heldout_psnr"]
+            store.heartbeat(job.id, log_line=f"held-out check: PSNR {evaluation['heldout_psnr']:.2f} dB against its "
+                                             f"base's {base_eval['heldout_psnr']:.2f} ({delta:+.2f} dB: "
+                                             f"{'better' if delta > 0.02 else 'worse' if delta < -0.02 else 'no change'})",
+                            worker=me)
+        guard = Path(cfg.output) / "guard.json"
+        if guard.is_file():  # the probe guard handed back an earlier round (or the base model): say so
+            g = json.loads(guard.read_text())
+            evaluation["guard_exported_round"] = float(g["exported_round"])
+            store.heartbeat(job.id, log_line=f"probe guard: the model is round {g['exported_round']} of "
+                                             f"{g['last_round']}: {g['why']}", worker=me)
         evaluation.update({k: float(v) for k, v in last.items()
                            if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))})
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,

@@ -468,3 +468,37 @@ def test_auto_reference_uses_the_truth_where_there_is_one(tmp_path: Path, monkey
         elif torch.allclose(row, s1, atol=1e-5):
             matched["stage1"] += 1
     assert matched["gt"] + matched["stage1"] == len(ref) and min(matched.values()) > 0
+
+
+def test_probe_guard_exports_the_last_round_the_probe_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``guard_psnr``: a probed round that loses PSNR (or gains flat-area texture, or reward) fails; the run stops
+    after ``guard_patience`` failures and exports the last passing round's weights, saying so in guard.json."""
+    import darl_core.rl as rl
+
+    probes = iter([{"probe_psnr": 30.0, "probe_flat_hf": 2.0, "probe_reward": 30.0},  # round 0
+                   {"probe_psnr": 30.0, "probe_flat_hf": 1.9, "probe_reward": 31.0},  # round 1: passes
+                   {"probe_psnr": 29.5, "probe_flat_hf": 1.9, "probe_reward": 33.0},  # round 2: PSNR -0.5 dB
+                   {"probe_psnr": 30.0, "probe_flat_hf": 2.5, "probe_reward": 33.0}])  # round 3: more texture
+    monkeypatch.setattr(rl, "_probe", lambda *a, **k: dict(next(probes)))
+    base = _two_stage(tmp_path)
+    cfg = _cfg(tmp_path, base, rounds=6, probe_every=1, guard_psnr=0.2, guard_patience=2, snapshot_every=1)
+    model = train_rl(cfg)
+    guard = json.loads((tmp_path / "run" / "guard.json").read_text())
+    assert guard["exported_round"] == 1 and guard["last_round"] == 3 and "worse" in guard["why"]
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r.get("guard_ok") for r in recs] == [None, 1.0, 0.0, 0.0]  # stopped after two failures
+    exported, round1 = _weights(model), _weights(tmp_path / "run" / "snapshots" / "round-0001")
+    assert all(torch.equal(exported[k], round1[k]) for k in exported)
+
+
+def test_probe_guard_hands_back_the_base_model_when_no_round_passes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import darl_core.rl as rl
+
+    probes = iter([{"probe_psnr": 30.0, "probe_flat_hf": 2.0}] + [{"probe_psnr": 29.0, "probe_flat_hf": 2.0}] * 3)
+    monkeypatch.setattr(rl, "_probe", lambda *a, **k: dict(next(probes)))
+    base = _two_stage(tmp_path)
+    model = train_rl(_cfg(tmp_path, base, rounds=4, probe_every=1, guard_psnr=0.2, guard_patience=2))
+    assert "base model, unchanged" in json.loads((tmp_path / "run" / "guard.json").read_text())["why"]
+    exported, before = _weights(model), _weights(base)
+    assert all(torch.equal(exported[k], before[k]) for k in before)

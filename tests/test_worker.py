@@ -33,6 +33,23 @@ def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_mod
     child = ckpts[f"job-{job}-darl"]
     assert child.parent_id == ckpts["model"].id and child.job_id == job
     assert (Path(child.path) / "model_index.json").is_file()
+    # the job says whether its model is better than its base on the held-out check, with both numbers
+    assert "held-out check: PSNR" in j.log and "against its base's" in j.log
+    assert child.evaluation["heldout_psnr_base"] > 0 and "heldout_psnr" in child.evaluation
+
+
+def test_a_guarded_job_says_which_round_its_model_is(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """With the probe guard on, the job's log says which round was handed back and why."""
+    store = Store(directory=tmp_path)
+    ids = [store.add_sample(_png(i), 40, 40, gt_png=_png(100 + i)) for i in range(2)]
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 2, "probe_every": 1,
+                            "probe_crops": 2, "guard_psnr": 0.05}, ids, "ann")
+    assert run_worker(store, "w-test", once=True) == 1
+    j = store.job(job)
+    assert j.state == "succeeded", j.error
+    assert "probe guard: the model is round" in j.log
+    child = next(c for c in store.checkpoints() if c.job_id == job)
+    assert "guard_exported_round" in child.evaluation
 
 
 @pytest.mark.slow
