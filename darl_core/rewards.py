@@ -72,6 +72,9 @@ NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0
 # 16 images of 256 px: batched/serial throughput 0.86 for NIQE, 0.85 for PIQE), so Metric loops there.
 SERIAL_ON_CPU = {"niqe", "piqe"}
 
+# Metrics whose score is differentiable in the pixels (``Reward.with_grad``: reward backpropagation).
+DIFFERENTIABLE = frozenset({"darl_iqa", "psnr"})
+
 # Metrics pyiqa computes with no weights file, plus NIQE with our shipped parameters.
 OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
            "nlpd", "mad", "vsi")
@@ -250,6 +253,16 @@ class Metric:
                 out = self.net(x)
         return out.reshape(-1).float().cpu()
 
+    def score_with_grad(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw scores with the gradient kept (``DIFFERENTIABLE`` metrics; the clamp to [0, 1] passes it inside)."""
+        if x.ndim == 3:
+            x = x[None]
+        self.check_size(x)
+        if self.name == "psnr":  # 10 log10(1 / MSE), on the image as it is (pyiqa's converts to uint8 levels first)
+            mse = (x.float() - ref.float().to(x.device)).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            return (-10 * torch.log10(mse)).reshape(-1)
+        return self._score(x, ref)
+
     def oriented(self, raw: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Raw scores turned so that higher is better (and mapped to ~[0, 1] if ``normalize``)."""
         if normalize:
@@ -321,6 +334,14 @@ class Reward:
 
     def from_raw(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(w * m.oriented(raw[m.name], self.normalize) for w, m in self.terms)
+
+    def with_grad(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """The reward with its gradient with respect to ``x`` (reward backpropagation); only for terms whose
+        score is a differentiable function of the pixels (``DIFFERENTIABLE``), else a ValueError naming them."""
+        bad = [m.name for _, m in self.terms if m.name not in DIFFERENTIABLE]
+        if bad:
+            raise ValueError(f"reward terms {bad} have no gradient to backpropagate; use {sorted(DIFFERENTIABLE)}")
+        return self.from_raw({m.name: m.score_with_grad(x, ref) for _, m in self.terms})
 
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         return self.from_raw(self.raw(x, ref))

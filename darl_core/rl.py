@@ -116,11 +116,11 @@ from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_
 from .pool import PoolSample, build_pool, synthetic_pool
 from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
-from .sampler import ddim_step
+from .sampler import ddim_step, step_std
 
 __all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
            "last_step_anchor", "probe_set",
-           "reference_means", "round_cost", "stage1_images", "train_rl"]
+           "reference_means", "round_cost", "sample_with_grad", "stage1_images", "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
 
@@ -146,6 +146,11 @@ class RLConfig:
     num_steps: int = 4  # DDIM steps of a rollout (the last one is deterministic)
     eta: float = 1.0  # DDIM eta of rollouts (> 0: stochastic policy)
     reward_last_k: int = 0  # score the consequences of the last k transitions only (0: all)
+    rl_estimator: Literal["ppo", "backprop"] = "ppo"  # the RL term's gradient: PPO on the rollouts' log-probabilities,
+                                # or the reward's own gradient backpropagated through the sampler (DRaFT-style;
+                                # differentiable rewards only, e.g. darl_iqa + 10*psnr)
+    backprop_steps: int = 1  # with "backprop": the gradient flows through the last this many sampler steps (DRaFT-K)
+    backprop_scale: float = 0.01  # with "backprop": the reward's weight in the loss, against the SFT and KL terms
     rounds: int = 60  # RL rounds (rollout + update)
     batch_size: int = 8  # inputs per round (m)
     patch: int = 192  # side of the training crops (NIQE is reliable from 192 px)
@@ -233,6 +238,17 @@ def rl_gt_reward() -> RLConfig:
     return replace(RLConfig(), method="rl_gt_reward", reward="psnr")
 
 
+def darl_anchored() -> RLConfig:
+    """darl as the CPU study ran it (docs/results.md 2f), with a fidelity anchor and the probe guard: the reward
+    ``darl_iqa + 10*psnr`` against the ground truth where there is one, else stage 1's restoration; lr 3e-6,
+    lambda_sft 0.1; the app's 2 steps, 96-px crops, G = 8, one PPO epoch; the held-out probe every 10 rounds,
+    and the exported model is the last probed round that lost at most 0.1 dB there without adding flat-area
+    texture or losing reward."""
+    return replace(RLConfig(), method="darl_anchored", reward="darl_iqa + 10*psnr", reward_reference="auto",
+                   lr=3e-6, lambda_sft=0.1, num_steps=2, patch=96, group_size=8, epochs=1, diag_every=10,
+                   difficulty_every=5, probe_every=10, guard_psnr=0.1, rounds=80, batch_size=4)
+
+
 def tiny_test() -> RLConfig:
     """Seconds on a CPU with a tiny random model: the tests' config."""
     return replace(RLConfig(), reward="psnr", num_steps=3, rounds=2, batch_size=2, patch=32, pool_size=4,
@@ -240,7 +256,8 @@ def tiny_test() -> RLConfig:
 
 
 PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_uniform": rl_uniform,
-                                              "rl_gt_reward": rl_gt_reward, "tiny_test": tiny_test}
+                                              "rl_gt_reward": rl_gt_reward, "darl_anchored": darl_anchored,
+                                              "tiny_test": tiny_test}
 
 
 # Run sizes: fields applied over a method's preset, so any method can be tried on a CPU.
@@ -268,7 +285,9 @@ def round_cost(cfg: RLConfig, pool_size: int) -> float:
     k = max(cfg.num_steps - 1, 0) + int(cfg.stochastic_last)  # trained transitions per rollout
     rl = cfg.adaptive_weight or cfg.uniform_weight > 0
     passes = 0.0
-    if rl:
+    if rl and cfg.rl_estimator == "backprop":  # per epoch: the sampler, backward through its last steps
+        passes += rollouts * cfg.epochs * (cfg.num_steps + 2 * min(cfg.backprop_steps, cfg.num_steps))
+    elif rl:
         passes += rollouts * cfg.num_steps  # the rollouts (the first epoch's forward included)
         passes += rollouts * k * (1 if cfg.beta_kl > 0 else 0)  # the KL reference
         passes += rollouts * k * (2 * cfg.epochs - (1 if cfg.keep_rollout_graph else 0))  # backward, later forwards
@@ -440,6 +459,21 @@ class ProbeGuard:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base, self.best_round, self.fails, self.best = (state["base"], state["best_round"], state["fails"],
                                                              state["best"])
+
+
+def sample_with_grad(policy: Restorer, lq: torch.Tensor, steps: int, eta: float, noise: Noise,
+                     cond: torch.Tensor | None, grad_steps: int) -> torch.Tensor:
+    """Restorations of ``lq`` whose last ``grad_steps`` sampler steps keep their autograd graph (reward
+    backpropagation, ``rl_estimator="backprop"``; the earlier steps run without, DRaFT-K's truncation)."""
+    with torch.no_grad():
+        cond, x, (h, w) = policy._start(lq, noise, cond)
+    policy.scheduler.set_timesteps(steps)
+    for j, t in enumerate(policy.scheduler.timesteps):
+        with torch.set_grad_enabled(j >= steps - grad_steps):
+            out = policy.predict(x, int(t), cond).float()
+            z = noise.randn(tuple(x.shape)).to(out) if step_std(policy.scheduler, int(t), eta) > 0 else None
+            x = ddim_step(policy.scheduler, out, int(t), x.float(), eta=eta, noise=z).prev_sample
+    return policy.to_image(x, cond)[..., :h, :w].float()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -684,6 +718,12 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     needs_rl = cfg.adaptive_weight or cfg.uniform_weight > 0
     reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
     has_gt = torch.tensor([s.gt is not None for s in pool])
+    if reward is not None and cfg.rl_estimator == "backprop":
+        from .rewards import DIFFERENTIABLE
+
+        if bad := [n for n in reward.metric_names if n not in DIFFERENTIABLE]:
+            raise ValueError(f"rl_estimator 'backprop' needs a differentiable reward; {bad} are not "
+                             f"(differentiable: {sorted(DIFFERENTIABLE)})")
     anchored = reward is not None and reward.full_reference and cfg.reward_reference != "gt"
     if anchored and (not policy.has_stage1 or conds is None):
         raise ValueError(f"reward_reference {cfg.reward_reference!r} needs a two-stage model; "
@@ -818,8 +858,19 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
 
         # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
         rl_active = reward is not None and float(w.max()) > 0
+        rollout_rl = rl_active and cfg.rl_estimator == "ppo"
+        backprop_rl = rl_active and cfg.rl_estimator == "backprop"
+
+        def reward_ref(size: tuple[int, int]) -> torch.Tensor | None:
+            """What the full-reference reward terms compare this process's rows with (cropped to ``size``)."""
+            if not reward.full_reference:
+                return None
+            if not anchored:
+                return gt
+            s1 = stage1_images(policy, cond_rows)[..., : size[0], : size[1]]
+            return s1 if cfg.reward_reference == "stage1" else torch.where(gt_mask[rows].view(-1, 1, 1, 1), gt, s1)
         t_roll = time.time()
-        if rl_active:
+        if rollout_rl:
             with autocast:
                 # Decode only the predictions that will be scored (all steps unless reward_last_k).
                 first = 0 if cfg.reward_last_k <= 0 else max(0, cfg.num_steps - cfg.reward_last_k)
@@ -827,10 +878,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
                                       keep_graph=keep_graph)
             K = len(traj.timesteps)
             t_reward = time.time()
-            ref = gt if reward.full_reference else None
-            if anchored:  # stage 1's restoration of each row's input, cropped as the rollout's result
-                s1 = stage1_images(policy, cond_rows)[..., : traj.final.shape[-2], : traj.final.shape[-1]]
-                ref = s1 if cfg.reward_reference == "stage1" else torch.where(gt_mask[rows].view(-1, 1, 1, 1), gt, s1)
+            ref = reward_ref(tuple(traj.final.shape[-2:]))
             final_r = reward(traj.final, ref)
             scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
             step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
@@ -882,7 +930,19 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
             opt.zero_grad(set_to_none=True)
             split = diag and epoch == 0
             clip_e: list[float] = []
-            if rl_active:
+            if backprop_rl:
+                # The reward's own gradient through the last backprop_steps steps of the sampler (DRaFT-K).
+                with autocast:
+                    img = sample_with_grad(policy, lq, cfg.num_steps, cfg.eta, noise, cond_rows, cfg.backprop_steps)
+                    r_bp = reward.with_grad(img, reward_ref(tuple(img.shape[-2:]))).to(w.device)
+                _backward({"rl": -(w * r_bp).mean() * cfg.backprop_scale}, params, term_grads if split else None)
+                logs["loss_rl"].append(float(-(w * r_bp).detach().mean()))
+                if epoch == 0:
+                    rec["reward"] = float(procs.gather(r_bp.detach()).mean())
+                    if G > 1:
+                        rec["group_reward_std"] = float(procs.gather(r_bp.detach()).reshape(-1, G).std(
+                            dim=1, unbiased=False).mean())
+            if rollout_rl:
                 # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
                 for k in range(K):
                     with autocast:  # on-policy first epoch: through the rollout's own forward pass

@@ -94,6 +94,8 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
                 "--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
+            # the shipped RL side carries its caveat in the page: it is not better than SFT
+            expect(page.locator("#rl-note")).to_contain_text("not better than SFT", timeout=30_000)
             # a file the loader refuses is said at upload, and not left on the page as a broken image
             broken = tmp_path / "broken.png"
             broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
@@ -197,7 +199,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.locator("#run-size input[value=quick]").check()  # seconds a round here, not minutes
             page.locator("#launch-btn").click()
             expect(page.locator("#launch-msg")).to_contain_text("Job #1 queued", timeout=30_000)
-            expect(page.locator("#jobs-table")).to_contain_text("darl (quick)", timeout=30_000)
+            expect(page.locator("#jobs-table")).to_contain_text("darl_anchored (quick)", timeout=30_000)
             expect(page.locator("#job-status")).to_contain_text("100%", timeout=600_000)
             expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=300_000)  # after its check
             expect(page.locator("#job-status")).to_contain_text("s a round")
@@ -228,14 +230,14 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             _expect_lines(page, rounds=3)
             # tables sort from their header menu: by job id ascending, the first job comes first
             header = page.locator("#jobs-table th[data-testid=header-0]")
-            for order, first in (("Sort ascending", "darl (quick)"), ("Sort descending", "sft")):
+            for order, first in (("Sort ascending", "darl_anchored (quick)"), ("Sort descending", "sft")):
                 header.hover()
                 header.locator("button[aria-label='Open cell menu']").click()
                 page.get_by_role("menuitem", name=order).click()
                 expect(page.locator("#jobs-table .virtual-row").first).to_contain_text(first, timeout=10_000)
             # both jobs on one plot
             page.get_by_text("Compare jobs: one curve per job").click()
-            for label in (f"#{other} · sft · niqe", "#1 · darl · niqe"):
+            for label in (f"#{other} · sft · niqe", "#1 · darl_anchored · darl_iqa + 10*psnr"):
                 page.locator("#compare-jobs input").click()
                 page.get_by_role("option", name=label).click()
             page.keyboard.press("Escape")
@@ -257,6 +259,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             page.reload()
             expect(page.locator("#rl-picker input")).to_have_value(re.compile(rf"^{trained.name} \(default RL\)"),
                                                                    timeout=30_000)
+            expect(page.locator("#rl-note")).not_to_contain_text("not better than SFT")  # the caveat is darl-blind's
             page.screenshot(path=str(ARTIFACTS / "6_promoted_is_the_default.png"), full_page=True)
 
             # Delete it (once another model is the default): a question first, then it leaves every picker

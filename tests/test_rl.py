@@ -502,3 +502,29 @@ def test_probe_guard_hands_back_the_base_model_when_no_round_passes(tmp_path: Pa
     assert "base model, unchanged" in json.loads((tmp_path / "run" / "guard.json").read_text())["why"]
     exported, before = _weights(model), _weights(base)
     assert all(torch.equal(exported[k], before[k]) for k in before)
+
+
+def test_reward_backpropagation_trains_through_the_sampler(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``rl_estimator="backprop"``: the RL term is minus the reward, differentiated through the sampler's last
+    steps; the gradient of PSNR moves the weights, the reward is logged; a reward without a gradient is refused
+    before training."""
+    from darl_core.rewards import create_reward
+    from darl_core.rl import sample_with_grad
+
+    policy = load_restorer(tiny_model_dir)
+    lq, gt = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    img = sample_with_grad(policy, lq, 3, 0.0, __import__("darl_core.restorer", fromlist=["Noise"]).Noise(
+        torch.Generator().manual_seed(0)), None, 1)
+    torch.testing.assert_close(img.detach(), policy.restore_tensor(lq, 3, generator=torch.Generator().manual_seed(0),
+                                                                   tile_size=None))  # the restore itself
+    create_reward("psnr").with_grad(img, gt).sum().backward()
+    grads = [p.grad for p in policy.unet.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    cfg = _cfg(tmp_path, tiny_model_dir, rounds=2, rl_estimator="backprop", backprop_steps=2, eta=0.0,
+               adaptive_weight=False, uniform_weight=1.0, beta_kl=0.0)
+    model = train_rl(cfg)
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(r["reward"] == r["reward"] and "loss_rl" in r for r in recs)
+    assert any(not torch.equal(_weights(model)[k], _weights(tiny_model_dir)[k]) for k in _weights(tiny_model_dir))
+    with pytest.raises(ValueError, match="differentiable reward; \\['niqe'\\]"):
+        train_rl(replace(cfg, reward="niqe", output=str(tmp_path / "niqe")))

@@ -70,8 +70,10 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     if not ids:
         raise UserError("there are no flagged samples to train on: flag some in the Restore tab first")
     if preset == "rl_gt_reward" or _full_reference(reward):
-        if not any(flagged[i].gt_path for i in ids):
-            raise UserError("a full-reference reward needs flagged samples with a ground truth")
+        # darl_anchored compares with stage 1's restoration where a sample has no ground truth
+        if not any(flagged[i].gt_path for i in ids) and get_rl_preset(preset).reward_reference == "gt":
+            raise UserError("a full-reference reward needs flagged samples with a ground truth (or the method "
+                            "darl_anchored, which compares with the model's stage-1 restoration without one)")
     config: dict[str, Any] = {"preset": preset, "reward": reward, "rounds": rounds, "base_model": base_model,
                               "batch_size": -(-min(8, len(ids) + hardest_k) // processes) * processes}
     if hardest_k:
@@ -308,14 +310,18 @@ def render(ctx: AppContext) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=1):
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
-            c["reward"] = gr.Textbox("niqe", label="Reward (metric or composite, e.g. niqe + 0.02*piqe)")
-            c["preset"] = gr.Dropdown(METHODS, value="darl", label="Method (darl or an ablation)")
+            c["reward"] = gr.Textbox("darl_iqa + 10*psnr", label="Reward (metric or composite, e.g. darl_iqa + 10*psnr)",
+                                     info="darl_iqa: the project's learned IQA (NIQE and PIQE reward invented texture); "
+                                          "+ 10*psnr: a fidelity anchor (docs/results.md 2f)")
+            c["preset"] = gr.Dropdown(METHODS, value="darl_anchored", label="Method (darl_anchored, darl or an ablation)",
+                                      info="darl_anchored: darl with the fidelity anchor and the probe guard (the job "
+                                           "hands back the last round no worse than its base on held-out crops)")
             c["size"] = gr.Radio([("quick test (64-px crops, G = 4)", "quick"),
                                   ("full (the CPU study's setting: 96-px crops, G = 8, probe)", "full"),
                                   ("paper (the method's own settings: use a GPU)", "paper")],
                                  value="full", label="Run size", elem_id="run-size")
             c["rounds"] = fields.Number(20, precision=0, label="Rounds", elem_id="rounds")
-            c["estimate"] = gr.Markdown(estimate_text(ctx, "darl", 20), elem_id="launch-estimate")
+            c["estimate"] = gr.Markdown(estimate_text(ctx, "darl_anchored", 20), elem_id="launch-estimate")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
             c["hardest_k"] = fields.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
             c["processes"] = fields.Number(1, precision=0, minimum=1, maximum=64,
