@@ -207,6 +207,27 @@ class RLConfig:
     stop_file: str | None = None  # stop (with a checkpoint) once this file exists (multi-process jobs)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
 
+    def __post_init__(self) -> None:
+        """Checks of single values and of fields against each other, before any model loads (a job with a
+        bad config is refused when it is built, naming the values)."""
+        choices = {"advantage": ("group", "memory"), "w_anchor": ("pool", "start"), "sampling": ("weighted", "hardest"),
+                   "reward_reference": ("gt", "stage1", "auto"), "rl_estimator": ("ppo", "backprop")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("group_size", "batch_size", "num_steps", "patch", "backprop_steps", "difficulty_every",
+                     "guard_patience", "probe_crops"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("rounds", "epochs", "lambda_sft", "beta_kl", "beta_last", "lr", "guard_psnr", "eta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if self.advantage == "group" and self.group_size < 2 and self.rl_estimator == "ppo":
+            raise ValueError(f"advantage 'group' needs group_size >= 2, got group_size {self.group_size} (use "
+                             "advantage 'memory' for one rollout per input)")
+        if self.guard_psnr > 0 and not self.probe_every:
+            raise ValueError(f"guard_psnr {self.guard_psnr} needs the probe: set probe_every (it is 0)")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: RLConfig | None = None) -> RLConfig:
         """``base`` (default: the defaults) with the fields ``values`` names replaced; an unknown
@@ -571,8 +592,6 @@ def _choose(d: torch.Tensor, eligible: torch.Tensor, w_pool: torch.Tensor, cfg: 
         p = p if float(p.sum()) > 0 else torch.ones_like(p)
         pick = torch.multinomial(p, cfg.batch_size, replacement=cand.numel() < cfg.batch_size, generator=g)
         return cand[pick]
-    if cfg.sampling != "hardest":
-        raise ValueError(f"sampling must be 'weighted' or 'hardest', got {cfg.sampling!r}")
     order = cand[torch.argsort(d[cand], descending=True, stable=True)]
     top = order[: max(1, math.ceil(cfg.hard_fraction * order.numel()))]
     if top.numel() >= cfg.batch_size:
@@ -798,13 +817,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     bar = tqdm(total=cfg.rounds, initial=start, desc=f"rl ({cfg.method})", unit="round", dynamic_ncols=True,
                disable=not main)
     t_start = time.time()
-    G = cfg.group_size
-    if G < 1 or cfg.advantage not in ("group", "memory"):
-        raise ValueError(f"need group_size >= 1 and advantage 'group' or 'memory', got {G}, {cfg.advantage!r}")
-    if cfg.w_anchor not in ("pool", "start"):
-        raise ValueError(f"w_anchor must be 'pool' or 'start', got {cfg.w_anchor!r}")
-    if cfg.advantage == "group" and G < 2:
-        raise ValueError("advantage 'group' needs group_size >= 2 (use advantage 'memory' for one rollout)")
+    G = cfg.group_size  # (the config's values were checked when it was built: RLConfig.__post_init__)
     rows = procs.rows(cfg.batch_size * G)  # this process's rollouts: batch_size inputs x G each
     noise = Noise(g, procs.rank, procs.world)  # this process's rows of the global batch's noise
     if cfg.stochastic_last:

@@ -528,3 +528,19 @@ def test_reward_backpropagation_trains_through_the_sampler(tmp_path: Path, tiny_
     assert any(not torch.equal(_weights(model)[k], _weights(tiny_model_dir)[k]) for k in _weights(tiny_model_dir))
     with pytest.raises(ValueError, match="differentiable reward; \\['niqe'\\]"):
         train_rl(replace(cfg, reward="niqe", output=str(tmp_path / "niqe")))
+
+
+def test_config_checks_run_when_the_config_is_built() -> None:
+    """Bad values and combinations are refused by RLConfig itself, naming them, before any model loads (a job's
+    stored config goes through the same check)."""
+    from darl_core.rl import RLConfig
+
+    for kw, msg in (({"group_size": 1}, "advantage 'group' needs group_size >= 2, got group_size 1"),
+                    ({"sampling": "random"}, "sampling must be one of weighted, hardest, got 'random'"),
+                    ({"lr": -1e-5}, "lr must not be negative"), ({"guard_psnr": 0.1}, "needs the probe"),
+                    ({"rl_estimator": "reinforce"}, "rl_estimator must be one of ppo, backprop")):
+        with pytest.raises(ValueError, match=msg):
+            RLConfig(**kw)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        RLConfig.from_dict({"batch_size": 0})
+    assert RLConfig(group_size=1, rl_estimator="backprop").group_size == 1  # no advantage to normalise
