@@ -73,7 +73,7 @@ NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0
 SERIAL_ON_CPU = {"niqe", "piqe"}
 
 # Metrics whose score is differentiable in the pixels (``Reward.with_grad``: reward backpropagation).
-DIFFERENTIABLE = frozenset({"darl_iqa", "psnr"})
+DIFFERENTIABLE = frozenset({"darl_iqa", "psnr", "texture_match"})
 
 # Metrics pyiqa computes with no weights file, plus NIQE with our shipped parameters.
 OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
@@ -150,7 +150,8 @@ def _no_network(metric: str) -> Iterator[None]:
 
 
 # Metrics of this project (not pyiqa's): name -> what it is. Metric builds them in _init_own.
-OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.iqa, models/darl-iqa)"}
+OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.iqa, models/darl-iqa)",
+       "texture_match": "full-reference: fine texture matched to the reference's block by block (evalset.texture_match)"}
 
 
 def list_metrics() -> list[str]:
@@ -197,7 +198,16 @@ class Metric:
         self.norm_range = NORM_RANGES.get(name) or _parse_range(rng)
 
     def _init_own(self, name: str, device: str | torch.device) -> None:
-        """darl_iqa: the shipped weights (DARL_IQA_DIR overrides the folder); higher is better."""
+        """darl_iqa: the shipped weights (DARL_IQA_DIR overrides the folder); texture_match: a formula. Both
+        higher is better."""
+        if name == "texture_match":
+            from .evalset import texture_match
+
+            self.name, self.device, self.net = name, torch.device(device), texture_match
+            self.lower_better, self.full_reference, self.min_side = False, True, 16
+            self.meta = ScoreMeta(name, "darl", "block8-sigma1.5")
+            self.norm_range = (-3.0, 0.0)
+            return
         from .iqa import DEFAULT_DIR, load_iqa
 
         folder = Path(os.environ.get("DARL_IQA_DIR") or DEFAULT_DIR)

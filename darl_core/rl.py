@@ -39,7 +39,7 @@ presets): ``beta_last`` adds beta_last ||mu - mu_ref||^2 / (2 sigma_last^2)
 for the deterministic last step, which RL otherwise moves only as a side
 effect of the shared weights (``last_step_anchor``); ``reward_reference``
 "stage1" lets full-reference reward terms (a fidelity anchor such as
-``darl_iqa + 10*psnr``) compare each rollout with the model's own stage-1
+``darl_iqa + 20*psnr``) compare each rollout with the model's own stage-1
 restoration, so they work without ground truths (``stage1_images``).
 
 What a round does not repeat (the same computation as computing everything
@@ -148,7 +148,7 @@ class RLConfig:
     reward_last_k: int = 0  # score the consequences of the last k transitions only (0: all)
     rl_estimator: Literal["ppo", "backprop"] = "ppo"  # the RL term's gradient: PPO on the rollouts' log-probabilities,
                                 # or the reward's own gradient backpropagated through the sampler (DRaFT-style;
-                                # differentiable rewards only, e.g. darl_iqa + 10*psnr)
+                                # differentiable rewards only, e.g. darl_iqa + 20*psnr)
     backprop_steps: int = 1  # with "backprop": the gradient flows through the last this many sampler steps (DRaFT-K)
     backprop_scale: float = 0.01  # with "backprop": the reward's weight in the loss, against the SFT and KL terms
     rounds: int = 60  # RL rounds (rollout + update)
@@ -260,14 +260,15 @@ def rl_gt_reward() -> RLConfig:
 
 
 def darl_anchored() -> RLConfig:
-    """darl as the CPU study ran it (docs/results.md 2f), with a fidelity anchor and the probe guard: the reward
-    ``darl_iqa + 10*psnr`` against the ground truth where there is one, else stage 1's restoration; lr 3e-6,
-    lambda_sft 0.1; the app's 2 steps, 96-px crops, G = 8, one PPO epoch; the held-out probe every 10 rounds,
-    and the exported model is the last probed round that lost at most 0.1 dB there without adding flat-area
-    texture or losing reward."""
-    return replace(RLConfig(), method="darl_anchored", reward="darl_iqa + 10*psnr", reward_reference="auto",
-                   lr=3e-6, lambda_sft=0.1, num_steps=2, patch=96, group_size=8, epochs=1, diag_every=10,
-                   difficulty_every=5, probe_every=10, guard_psnr=0.1, rounds=80, batch_size=4)
+    """darl as it works on a CPU (docs/results.md 2f): the reward ``darl_iqa + 20*psnr`` (a fidelity anchor; against
+    the ground truth where there is one, else stage 1's restoration) backpropagated through both steps of the app's
+    2-step sampler (``rl_estimator="backprop"``) inside the same difficulty-weighted loss with the SFT term
+    (lambda_sft 0.1), lr 3e-6, 96-px crops, batch 8; the held-out probe every 5 rounds, and the exported model is
+    the last probed round that lost at most 0.1 dB there without adding flat-area texture or losing reward."""
+    return replace(RLConfig(), method="darl_anchored", reward="darl_iqa + 20*psnr", reward_reference="auto",
+                   rl_estimator="backprop", backprop_steps=2, eta=0.0, group_size=1, advantage="memory",
+                   lr=3e-6, lambda_sft=0.1, num_steps=2, patch=96, batch_size=8, epochs=1, diag_every=10,
+                   difficulty_every=10, probe_every=5, guard_psnr=0.1, rounds=40)
 
 
 def tiny_test() -> RLConfig:
@@ -283,13 +284,12 @@ PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_unif
 
 # Run sizes: fields applied over a method's preset, so any method can be tried on a CPU.
 SIZES: dict[str, dict[str, Any]] = {
-    # Minutes on 2 CPU cores: 64-px crops, 2 DDIM steps, G = 4, one PPO epoch, no diagnostics or probe.
-    "quick": {"patch": 64, "num_steps": 2, "group_size": 4, "epochs": 1, "diag_every": 0, "difficulty_every": 5,
-              "probe_every": 0},
-    # The CPU study's setting (docs/results.md 2f): 96-px crops, 2 DDIM steps (the app's), G = 8, one PPO
-    # epoch, diagnostics and the held-out probe every 10 rounds, pool difficulty every 5.
-    "full": {"patch": 96, "num_steps": 2, "group_size": 8, "epochs": 1, "diag_every": 10, "difficulty_every": 5,
-             "probe_every": 10},
+    # Minutes on 2 CPU cores: 64-px crops, the app's 2 DDIM steps, one epoch, no diagnostics, probe or guard.
+    "quick": {"patch": 64, "num_steps": 2, "epochs": 1, "diag_every": 0, "difficulty_every": 5, "probe_every": 0,
+              "guard_psnr": 0.0},
+    # The CPU study's setting (docs/results.md 2f): 96-px crops, 2 DDIM steps, one epoch, diagnostics every 10
+    # rounds and the held-out probe every 5 (the guard's), pool difficulty every 5.
+    "full": {"patch": 96, "num_steps": 2, "epochs": 1, "diag_every": 10, "difficulty_every": 5, "probe_every": 5},
     "paper": {},  # the method's own settings (192 px crops, 4 steps, G = 4, 2 PPO epochs, diagnostics): a GPU's
 }
 # Seconds per unit of ``round_cost`` on this project's 2-core CPU (bench/rl_step.py, 2026-12-07): the launch

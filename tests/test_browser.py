@@ -237,7 +237,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
                 expect(page.locator("#jobs-table .virtual-row").first).to_contain_text(first, timeout=10_000)
             # both jobs on one plot
             page.get_by_text("Compare jobs: one curve per job").click()
-            for label in (f"#{other} · sft · niqe", "#1 · darl_anchored · darl_iqa + 10*psnr"):
+            for label in (f"#{other} · sft · niqe", "#1 · darl_anchored · darl_iqa + 20*psnr"):
                 page.locator("#compare-jobs input").click()
                 page.get_by_role("option", name=label).click()
             page.keyboard.press("Escape")

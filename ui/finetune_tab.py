@@ -310,14 +310,14 @@ def render(ctx: AppContext) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=1):
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
-            c["reward"] = gr.Textbox("darl_iqa + 10*psnr", label="Reward (metric or composite, e.g. darl_iqa + 10*psnr)",
+            c["reward"] = gr.Textbox("darl_iqa + 20*psnr", label="Reward (metric or composite, e.g. darl_iqa + 20*psnr)",
                                      info="darl_iqa: the project's learned IQA (NIQE and PIQE reward invented texture); "
-                                          "+ 10*psnr: a fidelity anchor (docs/results.md 2f)")
+                                          "+ 20*psnr: a fidelity anchor (docs/results.md 2f)")
             c["preset"] = gr.Dropdown(METHODS, value="darl_anchored", label="Method (darl_anchored, darl or an ablation)",
                                       info="darl_anchored: darl with the fidelity anchor and the probe guard (the job "
                                            "hands back the last round no worse than its base on held-out crops)")
-            c["size"] = gr.Radio([("quick test (64-px crops, G = 4)", "quick"),
-                                  ("full (the CPU study's setting: 96-px crops, G = 8, probe)", "full"),
+            c["size"] = gr.Radio([("quick test (64-px crops, no probe)", "quick"),
+                                  ("full (the CPU study's setting: 96-px crops, the held-out probe)", "full"),
                                   ("paper (the method's own settings: use a GPU)", "paper")],
                                  value="full", label="Run size", elem_id="run-size")
             c["rounds"] = fields.Number(20, precision=0, label="Rounds", elem_id="rounds")
