@@ -118,8 +118,8 @@ from .restorer import Noise, Restorer, Trajectory
 from .rewards import Reward, create_reward
 from .sampler import ddim_step, step_std
 
-__all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "SIZES", "RewardMemory", "get_rl_preset", "group_advantages", "policy_losses", "ppo_loss",
-           "last_step_anchor", "probe_set",
+__all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "RewardMemory", "SIZES",
+           "get_rl_preset", "group_advantages", "last_step_anchor", "policy_losses", "ppo_loss", "probe_set",
            "reference_means", "round_cost", "sample_with_grad", "stage1_images", "train_rl"]
 
 Callbacks = dict[str, Callable[..., object]]
@@ -284,8 +284,8 @@ PRESETS: dict[str, Callable[[], RLConfig]] = {"darl": darl, "sft": sft, "rl_unif
 
 # Run sizes: fields applied over a method's preset, so any method can be tried on a CPU.
 SIZES: dict[str, dict[str, Any]] = {
-    # Minutes on 2 CPU cores: 64-px crops, the app's 2 DDIM steps, one epoch, no diagnostics, probe or guard.
-    "quick": {"patch": 64, "num_steps": 2, "epochs": 1, "diag_every": 0, "difficulty_every": 5, "probe_every": 0,
+    # The same crops and steps without the probe, the guard or the diagnostics (96 px: NIQE's smallest side).
+    "quick": {"patch": 96, "num_steps": 2, "epochs": 1, "diag_every": 0, "difficulty_every": 5, "probe_every": 0,
               "guard_psnr": 0.0},
     # The CPU study's setting (docs/results.md 2f): 96-px crops, 2 DDIM steps, one epoch, diagnostics every 10
     # rounds and the held-out probe every 5 (the guard's), pool difficulty every 5.
@@ -294,7 +294,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # Seconds per unit of ``round_cost`` on this project's 2-core CPU (bench/rl_step.py, 2026-12-07): the launch
 # estimate's prior until the machine has timed a job of its own.
-CPU_SECONDS_PER_UNIT = 2.5e-6
+CPU_SECONDS_PER_UNIT = 2.8e-6
 
 
 def round_cost(cfg: RLConfig, pool_size: int) -> float:
@@ -756,7 +756,8 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
 
     def weights() -> dict[str, torch.Tensor]:
         return lora_state_dict(unet) if cfg.lora_rank else unet.state_dict()
-    guard = ProbeGuard(cfg.guard_psnr, cfg.guard_patience, weights()) if cfg.guard_psnr > 0 and cfg.probe_every else None
+    guard = (ProbeGuard(cfg.guard_psnr, cfg.guard_patience, weights()) if cfg.guard_psnr > 0 and cfg.probe_every
+             else None)
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:

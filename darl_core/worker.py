@@ -147,7 +147,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
             delta = evaluation["heldout_psnr"] - base_eval["heldout_psnr"]
             store.heartbeat(job.id, log_line=f"held-out check: PSNR {evaluation['heldout_psnr']:.2f} dB against its "
                                              f"base's {base_eval['heldout_psnr']:.2f} ({delta:+.2f} dB: "
-                                             f"{'better' if delta > 0.02 else 'worse' if delta < -0.02 else 'no change'})",
+                                             f"{'better' if delta > 0.02 else 'worse' if delta < -0.02 else 'same'})",
                             worker=me)
         guard = Path(cfg.output) / "guard.json"
         if guard.is_file():  # the probe guard handed back an earlier round (or the base model): say so

@@ -239,7 +239,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe piqe", "darl", 2)
     with pytest.raises(UserError, match="not flagged"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "7")
-    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1,2", "ann")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1,2", "ann", size="paper")
     assert finetune_tab.job_status(ctx, job)["state"] == "queued"
     with_k = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "", "ann", hardest_k=3)
     assert ctx.store.job(with_k).config["extra_hardest_k"] == 3
@@ -253,7 +253,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     multi = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1", processes=2)
     # the quick run size: the method's preset with smaller settings, labelled in the jobs table
     quick = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "1", size="quick")
-    assert ctx.store.job(quick).config["patch"] == 64 and ctx.store.job(quick).config["num_steps"] == 2
+    assert ctx.store.job(quick).config["probe_every"] == 0 and ctx.store.job(quick).config["num_steps"] == 2
     assert [r for r in finetune_tab.list_jobs(ctx) if r[0] == quick][0][3] == "darl (quick)"
     with pytest.raises(UserError, match="run size"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, size="huge")

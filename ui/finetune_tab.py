@@ -315,8 +315,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                           "+ 20*psnr: a fidelity anchor (docs/results.md 2f)")
             c["preset"] = gr.Dropdown(METHODS, value="darl_anchored", label="Method (darl_anchored, darl or an ablation)",
                                       info="darl_anchored: darl with the fidelity anchor and the probe guard (the job "
-                                           "hands back the last round no worse than its base on held-out crops)")
-            c["size"] = gr.Radio([("quick test (64-px crops, no probe)", "quick"),
+                                           "hands back the last round within 0.1 dB of its base on held-out crops, "
+                                           "with no added flat texture)")
+            c["size"] = gr.Radio([("quick test (no probe, guard or diagnostics)", "quick"),
                                   ("full (the CPU study's setting: 96-px crops, the held-out probe)", "full"),
                                   ("paper (the method's own settings: use a GPU)", "paper")],
                                  value="full", label="Run size", elem_id="run-size")
