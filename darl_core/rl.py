@@ -397,6 +397,16 @@ def policy_losses(policy: Restorer, traj: Trajectory, k: int, adv: torch.Tensor,
     return loss, kl, ratio.detach(), clipped
 
 
+def _reference_output(policy: Restorer, x_t: torch.Tensor, t: int, cond: torch.Tensor,
+                      ref_unet: torch.nn.Module | None, use_adapters_off: bool) -> torch.Tensor:
+    """The frozen reference policy's denoiser output: the copied SFT UNet, or the policy's own with its LoRA
+    adapters off."""
+    if use_adapters_off:
+        with adapters_disabled(policy.unet):
+            return policy.predict(x_t, t, cond).float()
+    return policy.predict(x_t, t, cond, unet=ref_unet).float()
+
+
 @torch.no_grad()
 def reference_means(policy: Restorer, traj: Trajectory, eta: float, ref_unet: torch.nn.Module | None,
                     use_adapters_off: bool) -> list[torch.Tensor] | None:
@@ -406,11 +416,7 @@ def reference_means(policy: Restorer, traj: Trajectory, eta: float, ref_unet: to
         return None
     means = []
     for t, x_t, x_prev in zip(traj.timesteps, traj.x_t, traj.x_prev):
-        if use_adapters_off:
-            with adapters_disabled(policy.unet):
-                ref_out = policy.predict(x_t, t, traj.cond).float()
-        else:
-            ref_out = policy.predict(x_t, t, traj.cond, unet=ref_unet).float()
+        ref_out = _reference_output(policy, x_t, t, traj.cond, ref_unet, use_adapters_off)
         means.append(ddim_step(policy.scheduler, ref_out, t, x_t, eta=eta, prev_sample=x_prev).mean)
     return means
 
@@ -431,11 +437,7 @@ def last_step_anchor(policy: Restorer, traj: Trajectory, ref_unet: torch.nn.Modu
     x = traj.x_prev[-1]  # the state the last step starts from (every earlier step is stochastic)
     mean = ddim_step(sched, policy.predict(x, t_last, traj.cond).float(), t_last, x, eta=0.0).mean
     with torch.no_grad():
-        if use_adapters_off:
-            with adapters_disabled(policy.unet):
-                ref_out = policy.predict(x, t_last, traj.cond).float()
-        else:
-            ref_out = policy.predict(x, t_last, traj.cond, unet=ref_unet).float()
+        ref_out = _reference_output(policy, x, t_last, traj.cond, ref_unet, use_adapters_off)
         ref_mean = ddim_step(sched, ref_out, t_last, x, eta=0.0).mean
     return ((mean - ref_mean) ** 2).mean(dim=tuple(range(1, x.ndim))) / (2 * sigma**2)
 

@@ -544,3 +544,17 @@ def test_config_checks_run_when_the_config_is_built() -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         RLConfig.from_dict({"batch_size": 0})
     assert RLConfig(group_size=1, rl_estimator="backprop").group_size == 1  # no advantage to normalise
+
+
+def test_last_step_anchor_is_zero_at_the_reference_and_trains(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``beta_last``: the deterministic last step's mean against the reference's, with a variance floor; zero while
+    the policy is the reference, logged per round with its own gradient norm."""
+    from darl_core.rl import last_step_anchor
+
+    pipe = load_restorer(tiny_model_dir)
+    traj = pipe.rollout(torch.rand(2, 3, 16, 16), 3, eta=1.0, generator=torch.Generator().manual_seed(0))
+    anchor = last_step_anchor(pipe, traj, load_restorer(tiny_model_dir).unet, False, 0.05)
+    assert anchor is not None and anchor.requires_grad and float(anchor.detach().abs().max()) < 1e-8
+    train_rl(_cfg(tmp_path, tiny_model_dir, rounds=2, beta_last=0.5, diag_every=1))
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all("kl_last" in r and "grad_norm_last" in r for r in recs) and recs[-1]["kl_last"] > 0
