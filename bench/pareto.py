@@ -57,9 +57,10 @@ def run_points(run: Path) -> list[tuple[int, Path]]:
 
 
 def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu",
-                eta: float = 0.0) -> dict[tuple[int, str], dict]:
-    """Per (seed, crop): psnr, ssim, reward (full-reference terms against the truth), other and flat_hf
-    (texture in the crop's flattest areas against the truth's) of ``path``'s restorations."""
+                eta: float = 0.0, also: dict | None = None) -> dict[tuple[int, str], dict]:
+    """Per (seed, crop): psnr, ssim, reward (full-reference terms against the truth), other, flat_hf
+    (texture in the crop's flattest areas against the truth's) and each metric of ``also`` (name ->
+    no-reference metric) of ``path``'s restorations."""
     pipe = load_restorer(path).to(device)
     psnr, ssim = get_metric("psnr", device), get_metric("ssim", device)
     out = {}
@@ -70,21 +71,23 @@ def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, d
             hq = hq[None].to(device)
             out[(seed, name)] = {"psnr": float(psnr(x, hq)), "ssim": float(ssim(x, hq)),
                                  "reward": float(reward(x, hq if reward.full_reference else None)),
-                                 "other": float(other(x)), "flat_hf": flat_hf_ratio(x[0].cpu(), hq[0].cpu())}
+                                 "other": float(other(x)), "flat_hf": flat_hf_ratio(x[0].cpu(), hq[0].cpu()),
+                                 **{name: float(m(x)) for name, m in (also or {}).items()}}
     return out
 
 
-def aggregate(scores: dict[tuple[int, str], dict], crops: dict[int, list[str]]) -> dict[str, float]:
+def aggregate(scores: dict[tuple[int, str], dict], crops: dict[int, list[str]],
+              keys: tuple[str, ...] = KEYS) -> dict[str, float]:
     """Mean over ``crops`` of each seed, then over seeds."""
     res = {}
-    for key in KEYS:
+    for key in keys:
         per_seed = [statistics.fmean(scores[(s, c)][key] for c in cs) for s, cs in crops.items()]
         res[key] = statistics.fmean(per_seed)
         res[key + "_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
     return res
 
 
-def by_method(rows: list[dict]) -> list[dict]:
+def by_method(rows: list[dict], keys: tuple[str, ...] = KEYS) -> list[dict]:
     """Per method, round and subset present in every one of its runs (training seeds): the mean and the
     std over those runs of PSNR, SSIM, reward and the other metric, their change from the base model
     (round 0), and whether the reward gain exceeds twice the seed-to-seed std (the RL issue's bar)."""
@@ -97,7 +100,7 @@ def by_method(rows: list[dict]) -> list[dict]:
             for subset in ("all", "hardest"):
                 pts = [r for r in rows if r["method"] == method and r["round"] == rnd and r["subset"] == subset]
                 row: dict = {"method": method, "round": rnd, "subset": subset, "n_runs": len(pts)}
-                for key in KEYS:
+                for key in keys:
                     vals = [p[key] for p in pts]
                     row[key] = statistics.fmean(vals)
                     row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", nargs="+", required=True, help="label=run folder (seeds: method-s1=...)")
     ap.add_argument("--reward", required=True, help="the runs' reward spec, e.g. darl_iqa or 'niqe + 0.1*piqe'")
     ap.add_argument("--other", default="niqe", help="a no-reference metric that was not the reward")
+    ap.add_argument("--also", nargs="*", default=[],
+                    help="more no-reference metrics that were not the reward (scored and tabled, not plotted)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--eta", type=float, default=0.0,
                     help="DDIM eta (0: the app's and evaluation's sampler; 1: the RL rollouts' sampler)")
@@ -174,13 +179,16 @@ def main(argv: list[str] | None = None) -> None:
                 ap.error(f"{folder}: no snapshot of rounds {args.rounds}")
         runs[label] = points
     reward, other = create_reward(args.reward, args.device), get_metric(args.other, args.device)
-    if other.full_reference:
-        ap.error(f"--other must be a no-reference metric, {args.other} is full-reference")
+    also = {name: get_metric(name, args.device) for name in args.also}
+    for name, m in {args.other: other, **also}.items():
+        if m.full_reference:
+            ap.error(f"--other and --also take no-reference metrics, {name} is full-reference")
+    keys = KEYS + tuple(also)
     pairs = {s: independent_pairs(RANDOM, seed=s, size=args.size, per_image=args.per_image) for s in args.seeds}
     if args.max_crops:
         pairs = {s: items[: args.max_crops] for s, items in pairs.items()}
     t0 = time.time()
-    base = score_model(Path(args.base), pairs, args.steps, reward, other, args.device, args.eta)
+    base = score_model(Path(args.base), pairs, args.steps, reward, other, args.device, args.eta, also)
     crops_all = {s: [p[0] for p in items] for s, items in pairs.items()}
     crops_hard = {}
     for s, names in crops_all.items():  # the quarter of crops the base model restores worst (1 - SSIM)
@@ -190,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     for label, points in runs.items():
         method = label.split("-s")[0]
         for rnd, folder in [(0, Path(args.base))] + points:
-            scores = base if rnd == 0 else score_model(folder, pairs, args.steps, reward, other, args.device, args.eta)
+            scores = base if rnd == 0 else score_model(folder, pairs, args.steps, reward, other, args.device,
+                                                       args.eta, also)
             for subset, crops in (("all", crops_all), ("hardest", crops_hard)):
                 rows.append({"run": label, "method": method, "round": rnd, "model": str(folder), "subset": subset,
-                             **aggregate(scores, crops)})
+                             **aggregate(scores, crops, keys)})
             print(f"  {label} round {rnd}: PSNR {rows[-2]['psnr']:.3f}, reward {rows[-2]['reward']:.4f}, "
                   f"{args.other} {rows[-2]['other']:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,26 +215,30 @@ def main(argv: list[str] | None = None) -> None:
              f"hardest quartile = the {len(next(iter(crops_hard.values())))} crops per seed with the highest "
              f"1 - SSIM under the base model. reward = `{args.reward}` (higher is better); {args.other} was not "
              "the reward. Mean over crops, then over seeds (± std over seeds).", "",
-             "| run | round | subset | PSNR ↑ | SSIM ↑ | reward ↑ | " + args.other + (" ↓" if other.lower_better else " ↑")
-             + " | flat_hf (→1) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| run | round | subset | PSNR ↑ | SSIM ↑ | reward ↑ | "
+             + " | ".join(f"{n} {'↓' if m.lower_better else '↑'}" for n, m in {args.other: other, **also}.items())
+             + " | flat_hf (→1) |", "|---|---:|---|---:|---:|---:|" + "---:|" * (len(also) + 2)]
     for r in rows:
         if r["round"] == 0 and r["run"] != next(iter(runs)):
             continue  # the base model's row once
         lines.append(f"| {r['run'] if r['round'] else 'SFT (base)'} | {r['round']} | {r['subset']} | "
                      f"{r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.4f} | {r['reward']:.4f} ± "
-                     f"{r['reward_std']:.4f} | {r['other']:.3f} ± {r['other_std']:.3f} | {r['flat_hf']:.2f} |")
-    agg = by_method(rows)
+                     f"{r['reward_std']:.4f} | {r['other']:.3f} ± {r['other_std']:.3f} | "
+                     + "".join(f"{r[n]:.3f} ± {r[n + '_std']:.3f} | " for n in also) + f"{r['flat_hf']:.2f} |")
+    agg = by_method(rows, keys)
     if any(a["n_runs"] > 1 for a in agg):
         lo = " (lower is better)" if other.lower_better else ""
         lines += ["", "Per method over its runs (training seeds): mean ± std over runs, and the change from the "
                   f"SFT model (Δ; {args.other}{lo}). *gain > 2 std*: the reward rose by more than twice the "
                   "seed-to-seed std.", "",
-                  "| method | round | subset | runs | PSNR (Δ) | reward (Δ) | " + args.other + " (Δ) | flat_hf (Δ) | "
-                  "gain > 2 std |", "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]
+                  "| method | round | subset | runs | PSNR (Δ) | reward (Δ) | " + args.other + " (Δ) | "
+                  + "".join(f"{n} (Δ) | " for n in also) + "flat_hf (Δ) | gain > 2 std |",
+                  "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(also) + "---:|:---:|"]
         for a in agg:
             lines.append(f"| {a['method']} | {a['round']} | {a['subset']} | {a['n_runs']} | {a['psnr']:.3f} ± "
                          f"{a['psnr_std']:.3f} ({a['d_psnr']:+.3f}) | {a['reward']:.4f} ± {a['reward_std']:.4f} "
                          f"({a['d_reward']:+.4f}) | {a['other']:.3f} ± {a['other_std']:.3f} ({a['d_other']:+.3f}) | "
+                         + "".join(f"{a[n]:.3f} ± {a[n + '_std']:.3f} ({a['d_' + n]:+.3f}) | " for n in also) +
                          f"{a['flat_hf']:.2f} ({a['d_flat_hf']:+.2f}) | {'yes' if a['reward_gain_over_2std'] else 'no'} |")
         with open(args.out / "by_method.csv", "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(agg[0]))

@@ -36,7 +36,7 @@ from darl_core.loading import load_restorer  # noqa: E402
 from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
 from darl_core.rewards import get_metric  # noqa: E402
 
-METRICS = ("psnr", "ssim", "niqe", "piqe")
+METRICS = ("psnr", "ssim", "niqe", "piqe", "brisque")
 
 
 def _peers() -> dict[str, object]:
@@ -177,8 +177,8 @@ def table_md(summary: dict, models: dict[str, str], steps: list[int], seeds: lis
     lines = [f"Independent evaluation set ({recipe} Pillow recipe), seeds {seeds}; mean over crops, "
              "then mean ± std over seeds. flat_hf: HF energy in the flattest 10 % vs the ground truth "
              "(1 = as flat). PSNR > input: share of crops where the method beats the input.", "",
-             "| method | PSNR ↑ | SSIM ↑ | NIQE ↓ | PIQE ↓ | flat_hf (→1) | PSNR > input |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| method | PSNR ↑ | SSIM ↑ | NIQE ↓ | PIQE ↓ | BRISQUE ↓ | flat_hf (→1) | PSNR > input |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, d in summary.items():
         def cell(k: str, nd: int) -> str:
             if k not in d:
@@ -187,9 +187,9 @@ def table_md(summary: dict, models: dict[str, str], steps: list[int], seeds: lis
             return f"{v['mean']:.{nd}f} ± {v['std']:.{nd}f}" if len(seeds) > 1 else f"{v['mean']:.{nd}f}"
         share = f"{100 * d['beats_input_psnr']:.0f} %" if "beats_input_psnr" in d else "—"
         lines.append(f"| {m} | {cell('psnr', 2)} | {cell('ssim', 4)} | {cell('niqe', 3)} | {cell('piqe', 2)} | "
-                     f"{cell('flat_hf', 2)} | {share} |")
+                     f"{cell('brisque', 2)} | {cell('flat_hf', 2)} | {share} |")
     lines += ["", "Models: " + ", ".join(f"{k} = `{v}`" for k, v in models.items()) + ". Clean images: the "
-              "ground truths' own NIQE / PIQE.",
+              "ground truths' own NIQE / PIQE / BRISQUE.",
               f"Command: `.venv/bin/python bench/quality.py {' '.join(sys.argv[1:])}`", ""]
     return "\n".join(lines)
 

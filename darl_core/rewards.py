@@ -15,8 +15,9 @@ ranges of ``NORM_RANGES`` (ours, chosen from typical values on natural
 images) or, for other metrics, pyiqa's documented ``score_range``.
 
 Offline. NIQE uses the official pristine-model parameters of Mittal et al.
-(shipped in ``assets/``, see its README), so it never downloads. Metrics that
-need network weights (MUSIQ, CLIPIQA, Q-Align, LPIPS, BRISQUE's SVM, ...)
+and BRISQUE the official LIVE support-vector model of Mittal et al. (both
+shipped in ``assets/``, see its README), so neither downloads. Metrics that
+need network weights (MUSIQ, CLIPIQA, Q-Align, LPIPS, ...)
 load from the pyiqa / torch-hub / Hugging Face caches when the files are
 there; otherwise construction fails at once with ``MissingWeightsError``
 naming the file and how to fetch it. While a metric is built, every network
@@ -57,6 +58,9 @@ __all__ = [
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 NIQE_PARAMS = ASSETS / "niqe_pris_params.mat"
+BRISQUE_PARAMS = ASSETS / "brisque_live_svm.pt"
+# Metrics built from a parameter file we ship (pyiqa's pretrained_model_path) instead of a download.
+SHIPPED_PARAMS = {"niqe": NIQE_PARAMS, "brisque": BRISQUE_PARAMS}
 
 # Smallest side each metric accepts, and the side from which its score means something.
 MIN_SIDE = {"darl_iqa": 32, "niqe": 96, "niqe_matlab": 96, "ilniqe": 96, "brisque": 32, "piqe": 16, "ssim": 11}
@@ -75,8 +79,8 @@ SERIAL_ON_CPU = {"niqe", "piqe"}
 # Metrics whose score is differentiable in the pixels (``Reward.with_grad``: reward backpropagation).
 DIFFERENTIABLE = frozenset({"darl_iqa", "psnr", "texture_match"})
 
-# Metrics pyiqa computes with no weights file, plus NIQE with our shipped parameters.
-OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
+# Metrics pyiqa computes with no weights file, plus NIQE and BRISQUE with our shipped parameters.
+OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "brisque", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
            "nlpd", "mad", "vsi")
 
 
@@ -174,8 +178,8 @@ class Metric:
         if name not in DEFAULT_CONFIGS:
             raise ValueError(f"unknown metric {name!r}; see darl_core.rewards.list_metrics()")
         opts: dict[str, object] = {}
-        if name == "niqe":
-            opts["pretrained_model_path"] = str(NIQE_PARAMS)
+        if name in SHIPPED_PARAMS:
+            opts["pretrained_model_path"] = str(SHIPPED_PARAMS[name])
         self.name = name
         self.device = torch.device(device)
         with _no_network(name):
@@ -190,8 +194,8 @@ class Metric:
         self.full_reference = self.net.metric_mode == "FR"
         self.min_side = MIN_SIDE.get(name, 1)
         cfg = dict(DEFAULT_CONFIGS[name]["metric_opts"], **opts)
-        if name == "niqe":
-            cfg["pretrained_model_path"] = hashlib.sha1(NIQE_PARAMS.read_bytes()).hexdigest()
+        if name in SHIPPED_PARAMS:
+            cfg["pretrained_model_path"] = hashlib.sha1(SHIPPED_PARAMS[name].read_bytes()).hexdigest()
         digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.meta = ScoreMeta(name, pyiqa.__version__, digest)
         rng = DEFAULT_CONFIGS[name].get("score_range")

@@ -16,7 +16,10 @@ from darl_core.rewards import (
 
 CAL = Path(__file__).parent / "data" / "calibration"
 IMAGES = ["I03", "I04", "I06", "I08", "I19"]
-TOLERANCE = {"niqe": 0.06, "piqe": 0.005, "psnr": 0.005, "ssim": 0.005}
+# (relative, absolute). BRISQUE: pyiqa's implementation with the official LIVE model (shipped) is within
+# 0.25 of the MATLAB release on I03-I08 and 7.5 % under it on I19 (66.8 against 72.3).
+TOLERANCE = {"niqe": (0.06, 0.0), "piqe": (0.005, 0.0), "psnr": (0.005, 0.0), "ssim": (0.005, 0.0),
+             "brisque": (0.08, 0.25)}
 
 
 def _official() -> dict[str, dict[str, float]]:
@@ -33,7 +36,8 @@ def test_calibration_against_official_values(metric: str) -> None:
         dist = pil_to_tensor(load_rgb(CAL / f"dist_{name}.png"))[None]
         ref = pil_to_tensor(load_rgb(CAL / f"ref_{name}.png"))[None]
         value = float(m(dist, ref if m.full_reference else None))
-        assert value == pytest.approx(official[name], rel=TOLERANCE[metric]), (metric, name, value)
+        rel, abs_ = TOLERANCE[metric]
+        assert value == pytest.approx(official[name], rel=rel, abs=abs_), (metric, name, value)
 
 
 def test_orientation_and_composites() -> None:

@@ -214,12 +214,15 @@ def test_fast_family_trains_and_snapshots_give_one_pareto_point_each(tmp_path: P
     assert [r for r, _ in pareto.run_points(run)] == [1, 2]
     out = tmp_path / "pareto"
     pareto.main(["--base", str(base), "--runs", f"darl={run}", "--reward", "darl_iqa", "--other", "piqe",
-                 "--seeds", "0", "--per-image", "1", "--size", "48", "--max-crops", "4", "--out", str(out)])
+                 "--also", "brisque", "--seeds", "0", "--per-image", "1", "--size", "48", "--max-crops", "4", "--out", str(out)])
     rows = list(csv.DictReader(open(out / "pareto.csv")))
     assert [(r["round"], r["subset"]) for r in rows] == [("0", "all"), ("0", "hardest"), ("1", "all"),
                                                          ("1", "hardest"), ("2", "all"), ("2", "hardest")]
     # round 0 is the base model: PIQE in its own units (0-100), PSNR of a (poor) restorer
     assert 0 < float(rows[0]["other"]) < 100 and float(rows[0]["psnr"]) > 5
+    # --also: BRISQUE (official LIVE model, shipped) scored per point, in the csv and both tables
+    assert all(-50 < float(r["brisque"]) < 200 for r in rows) and rows[0]["brisque"] != rows[4]["brisque"]
+    assert "brisque ↓" in (out / "pareto.md").read_text()
     assert float(rows[1]["ssim"]) <= float(rows[0]["ssim"])  # the hardest quartile: the base model's worst SSIM
     assert (out / "pareto.png").stat().st_size > 10_000 and "| darl | 2 | all |" in (out / "pareto.md").read_text()
 
@@ -558,3 +561,28 @@ def test_last_step_anchor_is_zero_at_the_reference_and_trains(tmp_path: Path, ti
     train_rl(_cfg(tmp_path, tiny_model_dir, rounds=2, beta_last=0.5, diag_every=1))
     recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert all("kl_last" in r and "grad_norm_last" in r for r in recs) and recs[-1]["kl_last"] > 0
+
+
+def test_judge_check_scores_the_truth_and_restorations_moved_towards_it(tmp_path: Path) -> None:
+    """bench/judge_check.py: a judge's scores of the truth, the SFT output, another model's and the SFT output
+    moved part of the way to the truth; moving towards the truth raises PSNR and lowers flat-area texture."""
+    import sys
+
+    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import judge_check
+
+    base = tmp_path / "fast"
+    RestorationPipeline(build_unet("tiny_fast", 0), make_scheduler(), 0.5,
+                        stage1=build_stage1("tiny", 0)).save_pretrained(base)
+    out = tmp_path / "judges.md"
+    judge_check.main(["--base", str(base), "--models", f"other={base}", "--judges", "piqe", "brisque",
+                      "--towards", "0.5", "--seeds", "0", "--size", "48", "--max-crops", "3", "--out", str(out)])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| image")}
+    assert set(rows) == {"the degraded input", "the ground truth", "SFT", "other", "SFT, 0.5 of the way to the truth"}
+    assert float(rows["SFT, 0.5 of the way to the truth"][1]) > float(rows["SFT"][1]) + 3  # PSNR: 6 dB closer
+    assert float(rows["SFT, 0.5 of the way to the truth"][2]) < float(rows["SFT"][2]) / 2  # flat_hf: 4x less
+    assert rows["the ground truth"][2] == "1.00" and rows["the ground truth"][1] == "—"
+    assert rows["other"][3].endswith("(0 %)")  # the same model is never scored better than itself
