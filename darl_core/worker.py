@@ -44,8 +44,9 @@ from storage import IllegalTransition, Job, JobLost, Store
 from .checkpoint import latest_checkpoint
 from .launch import train_in_processes
 from .evaluate import heldout_check
-from .images import save_tensor
+from .images import load_rgb, pil_to_tensor, save_tensor
 from .loading import DEFAULT_MODEL, load_restorer
+from .payoff import PayoffItem, before_after, heldout_items, payoff_summary
 from .rl import RLConfig, get_rl_preset, train_rl
 
 __all__ = ["job_config", "run_job", "run_worker"]
@@ -68,6 +69,54 @@ def _write_pool(store: Store, job: Job, path: Path) -> None:
         items.append({"id": f"sample-{s.id}", "lq": str(store.path(s.lq_path)),
                       "gt": str(store.path(s.gt_path)) if s.gt_path else None})
     path.write_text(json.dumps(items, indent=1))
+
+
+def compare_job(store: Store, job: Job, cfg: RLConfig, base: Any, new: Any, out: Path, worker: str | None
+                ) -> dict[str, float]:
+    """The finished job's before and after (``payoff``): its samples and its held-out check crops restored by
+    the base and the new model, stored as the job's ``Comparison`` rows and summed up in its log; returns
+    the summary numbers for the checkpoint's evaluation (``samples_d_psnr``, ``heldout_d_reward``, ...).
+    A failure here is logged and leaves the trained model registered."""
+    store.heartbeat(job.id, log_line="before and after: the job's samples and the held-out crops, restored by "
+                                     "the base model and the new one", worker=worker)
+    try:
+        samples = []
+        for sid in job.sample_ids:
+            smp = store.sample(int(sid))
+            gt = pil_to_tensor(load_rgb(store.path(smp.gt_path))) if smp.gt_path else None
+            samples.append(PayoffItem(f"sample {smp.id}", pil_to_tensor(load_rgb(store.path(smp.lq_path))), gt, smp.id))
+        rows, numbers = [], {}
+        for subset, items in (("samples", samples), ("heldout", heldout_items() if base.output_scale == 1 else [])):
+            done = before_after(base, new, items, cfg.num_steps, cfg.reward, out / "compare" / subset,
+                                reference=cfg.reward_reference, seed=cfg.seed)
+            summary = payoff_summary([r["metrics"] for r in done])
+            numbers.update({f"{subset}_{k}": v for k, v in summary.items() if k.startswith("d_")})
+            if done:
+                store.heartbeat(job.id, log_line=f"before and after, {'its' if subset == 'samples' else 'held-out'} "
+                                                 f"{len(done)} {'samples' if subset == 'samples' else 'crops'}: "
+                                                 + summary_line(summary), worker=worker)
+            for r in done:
+                files = {k: (str(p.relative_to(store.dir)) if p is not None else None) for k, p in r["files"].items()}
+                rows.append({"subset": subset, "name": r["name"], "sample_id": r["sample_id"], "lq_path": files["lq"],
+                             "base_path": files["base"], "new_path": files["new"], "gt_path": files["gt"],
+                             "metrics": r["metrics"]})
+        store.set_comparisons(job.id, rows)
+        return numbers
+    except Exception as e:  # noqa: BLE001 - the model is trained and kept; the log says what went wrong
+        store.heartbeat(job.id, log_line=f"before and after failed ({type(e).__name__}: {e}); the model is kept",
+                        worker=worker)
+        return {}
+
+
+def summary_line(summary: dict[str, float]) -> str:
+    """A ``payoff_summary`` in words: base -> new per quantity, the change, and how many improved."""
+    parts = []
+    for key, label, nd in (("reward", "reward", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4),
+                           ("difficulty", "difficulty", 3)):
+        if f"d_{key}" in summary:
+            parts.append(f"{label} {summary[f'{key}_base']:.{nd}f} -> {summary[f'{key}_new']:.{nd}f} "
+                         f"({summary[f'd_{key}']:+.{nd}f}, better on {100 * summary[f'better_{key}']:.0f} %)")
+    return "; ".join(parts) or "no numbers (no ground truth and no reward that can be scored without one)"
 
 
 def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
@@ -141,7 +190,8 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
         restorer = trained.get("restorer") or load_restorer(model_dir)  # loaded only after a multi-process run
         evaluation = heldout_check(restorer, cfg.num_steps)
         # ... beside its base model's on the same crops and noise, so the job says whether it got better
-        base_eval = heldout_check(load_restorer(cfg.base_model or DEFAULT_MODEL), cfg.num_steps)
+        base_restorer = load_restorer(cfg.base_model or DEFAULT_MODEL)
+        base_eval = heldout_check(base_restorer, cfg.num_steps)
         if "heldout_psnr" in evaluation and "heldout_psnr" in base_eval:
             evaluation["heldout_psnr_base"] = base_eval["heldout_psnr"]
             delta = evaluation["heldout_psnr"] - base_eval["heldout_psnr"]
@@ -155,6 +205,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
             evaluation["guard_exported_round"] = float(g["exported_round"])
             store.heartbeat(job.id, log_line=f"probe guard: the model is round {g['exported_round']} of "
                                              f"{g['last_round']}: {g['why']}", worker=me)
+        evaluation.update(compare_job(store, job, cfg, base_restorer, restorer, out, me))
         evaluation.update({k: float(v) for k, v in last.items()
                            if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))})
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,

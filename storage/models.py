@@ -7,6 +7,7 @@ Job         an RL fine-tune job: config, state, progress, heartbeat, frozen samp
 Checkpoint  a model folder, its parent, the job that made it, evaluation numbers, promoted (ids never reused)
 Metric      a (job, step, name, value) training metric
 Event       the audit log: who changed what (tag, cancel, promote, delete; flags record their user themselves)
+Comparison  a finished job's before and after: one image restored by its base model and by its new model
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Checkpoint", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
+__all__ = ["Base", "COMPARISON_SUBSETS", "Checkpoint", "Comparison", "ComparisonSubset", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+ComparisonSubset = Literal["samples", "heldout"]  # a job's own samples, or its held-out check crops
+COMPARISON_SUBSETS: tuple[ComparisonSubset, ...] = ("samples", "heldout")
 DIFFICULTY_KINDS = ("gt", "proxy")  # Flag.difficulty_kind: against a ground truth, or the no-reference proxy
 
 
@@ -136,4 +139,23 @@ class Event(Base):
     action: Mapped[str] = mapped_column(String(32))  # "tag", "untag", "cancel", "promote", "delete"
     target: Mapped[str] = mapped_column(String(64))  # what changed: "sample:3", "job:1", "checkpoint:4"
     detail: Mapped[str] = mapped_column(Text, default="")  # e.g. the tags, the deleted checkpoint's path
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Comparison(Base):
+    __tablename__ = "comparisons"
+    __table_args__ = (Index("ix_comparisons_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    subset: Mapped[str] = mapped_column(String(16))  # a ComparisonSubset
+    name: Mapped[str] = mapped_column(String(128))  # "sample 12", or the held-out crop's name
+    sample_id: Mapped[int | None] = mapped_column(ForeignKey("samples.id", ondelete="SET NULL"))
+    # image files, relative to the data directory: the input, both restorations, the ground truth if any
+    lq_path: Mapped[str] = mapped_column(String(512))
+    base_path: Mapped[str] = mapped_column(String(512))
+    new_path: Mapped[str] = mapped_column(String(512))
+    gt_path: Mapped[str | None] = mapped_column(String(512))
+    # numbers before and after: reward_base/new, psnr_*, ssim_* (with a ground truth), difficulty_*
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

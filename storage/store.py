@@ -32,9 +32,11 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from .db import StoreUnavailable, data_dir, make_engine, migrate
 from .models import (
+    COMPARISON_SUBSETS,
     DIFFICULTY_KINDS,
     JOB_STATES,
     Checkpoint,
+    Comparison,
     Event,
     Flag,
     Job,
@@ -473,6 +475,23 @@ class Store:
         with self.session() as s:
             return [(m.step, m.name, m.value) for m in
                     s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id))]
+
+    # ------------------------------------------------------------------ before and after
+    def set_comparisons(self, job_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Record a finished job's before and after (``Comparison`` fields per row; image paths relative to
+        the data directory). A job compared again (resumed and finished anew) replaces its old rows."""
+        for r in rows:
+            if r.get("subset") not in COMPARISON_SUBSETS:
+                raise ValueError(f"comparison subset {r.get('subset')!r}: one of {COMPARISON_SUBSETS}")
+        with self.session() as s:
+            s.execute(delete(Comparison).where(Comparison.job_id == job_id))
+            s.add_all(Comparison(job_id=job_id, **{k: v for k, v in r.items() if k != "job_id"}) for r in rows)
+
+    def comparisons(self, job_id: int) -> list[Comparison]:
+        """A job's before-and-after rows, its samples first, in the order they were recorded."""
+        with self.session() as s:
+            rows = list(s.scalars(select(Comparison).where(Comparison.job_id == job_id).order_by(Comparison.id)))
+        return sorted(rows, key=lambda r: COMPARISON_SUBSETS.index(r.subset))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ checkpoints
     def register_checkpoint(self, path: str, name: str, parent_id: int | None = None, job_id: int | None = None,

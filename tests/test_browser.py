@@ -7,7 +7,8 @@ upload an image and see the input/SFT and SFT/RL sliders, the difference map, th
 follows a click, the readable score table and "no ground truth given"; flag the sample, find it in
 the hard-samples tab, view it, filter by part of its reason, open it in Restore; launch a quick
 two-round job, watch its progress reach 100 %, its time per round, its curves draw and its
-restored training input; compare two jobs on one plot; click a job row, reload, and find it still
+restored training input, its before and after (drawn, with numbers, again after a reload, one image opened
+in Restore with the base and new models as the two sides); compare two jobs on one plot; click a job row, reload, and find it still
 chosen; promote the trained model and find it the RL default, at once and on a new page load;
 delete it (after a confirmation) and find it gone from the pickers. Screenshots of each stage go
 to test-artifacts/browser/ (the README's come from there).
@@ -55,6 +56,19 @@ def _expect_lines(page: Any, rounds: int, legend: str = "reward", timeout_s: flo
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"the plot drew no curves of {rounds} rounds: paths {paths}, text {text!r}")
+        page.wait_for_timeout(500)
+
+
+def _expect_pictures(page: Any, selector: str, n: int, timeout_s: float = 60) -> None:
+    """Wait until at least ``n`` images under ``selector`` have loaded with pixels (not just their tags)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        drawn = page.locator(f"{selector} img").evaluate_all(
+            "els => els.filter(e => e.complete && e.naturalWidth > 0).length")
+        if drawn >= n:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{selector}: {drawn} pictures drawn, expected at least {n}")
         page.wait_for_timeout(500)
 
 
@@ -208,6 +222,29 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             expect(page.locator("#job-sample img")).to_be_visible(timeout=30_000)
             expect(page.locator("#job-sample-caption")).to_contain_text("after round 2")
             page.screenshot(path=str(ARTIFACTS / "4_job_done.png"), full_page=True)
+            # did it pay off: the job's sample and the held-out crops restored by the base and the new model,
+            # the pictures drawn, the numbers there (the held-out crops have a truth: PSNR)
+            summary = page.locator("#payoff-summary")
+            expect(summary).to_contain_text("did it pay off", timeout=120_000)
+            expect(summary).to_contain_text("the job's own samples, 1:")
+            expect(summary).to_contain_text("held-out crops (photos no model trained on), 8: reward")
+            expect(summary).to_contain_text("PSNR")
+            _expect_pictures(page, "#payoff-gallery", 4)
+            expect(page.locator("#payoff-table")).to_contain_text("sample 1")
+            expect(page.locator("#payoff-table")).to_contain_text("→")
+            page.screenshot(path=str(ARTIFACTS / "4b_before_after.png"), full_page=True)
+            # ... kept in the store: after a reload the page shows it again for the same job
+            page.reload()
+            page.get_by_role("tab", name="Fine-tune").click()
+            expect(page.locator("#job-id input")).to_have_value(re.compile(r"^#1 "), timeout=30_000)
+            expect(page.locator("#payoff-summary")).to_contain_text("the job's own samples, 1:", timeout=60_000)
+            _expect_pictures(page, "#payoff-gallery", 4)
+            # open one in Restore: its input, with the job's base model as the SFT side and its new one as RL
+            page.locator("#payoff-open").click()
+            expect(page.locator("#upload img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#rl-picker input")).to_have_value(re.compile(r"^job-1-darl_anchored"), timeout=30_000)
+            expect(page.locator("#sft-picker input")).to_have_value(re.compile(r"^sft-blind-fast"))
+            page.get_by_role("tab", name="Fine-tune").click()
 
             # A second, finished job (written straight to the store: 3 rounds of curves); click its row
             stop.set()

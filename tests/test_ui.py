@@ -289,6 +289,22 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert finetune_tab.compare_colors(frame) == {f"job #{job} · tiny_test · psnr": finetune_tab.PALETTE[0]}
     with pytest.raises(UserError, match="unknown curve"):
         finetune_tab.compare_frame(ctx, [job], "loss")
+    # its before and after: a summary per set, a row per image (both samples have a truth: PSNR shown), the
+    # gallery's base and new pictures, and "open in Restore" with the job's base and new models as the sides
+    md, table, gallery, choices = finetune_tab.payoff_view(ctx, job)
+    assert "did it pay off" in md and "the job's own samples**, 2:" in md and "held-out crops" in md
+    assert [r[:2] for r in table[:2]] == [["samples", "sample 1"], ["samples", "sample 2"]] and len(table) == 10
+    assert all("→" in r[3] for r in table) and all(r[2] != "—" for r in table)  # psnr reward: scored on every image
+    assert len(gallery) == 20 and gallery[0][1].startswith("sample 1 · base · PSNR") and "· new · PSNR" in gallery[1][1]
+    assert Image.open(gallery[0][0]).size == Image.open(gallery[1][0]).size
+    lq, gt, base, new = finetune_tab.payoff_open(ctx, job, choices[0][1])
+    assert Image.open(lq).size == Image.open(gt).size and base == str(tiny_model_dir)
+    assert new == next(c.path for c in ctx.store.checkpoints() if c.job_id == job)
+    assert "appears here when it finishes" in finetune_tab.payoff_view(ctx, with_k)[0] or \
+        "did not finish" in finetune_tab.payoff_view(ctx, with_k)[0]
+    assert "did not finish training" in finetune_tab.payoff_view(ctx, quick)[0]  # cancelled: nothing invented
+    with pytest.raises(UserError, match="no such image"):
+        finetune_tab.payoff_open(ctx, job, 10_000)
     # the finished model was checked on held-out photos degraded by Pillow/JPEG, and registered with it
     ev = [c for c in ctx.store.checkpoints() if c.job_id == job][0].evaluation
     assert {"heldout_psnr", "heldout_ssim", "heldout_input_psnr"} <= set(ev) and 0 < ev["heldout_ssim"] <= 1

@@ -38,6 +38,42 @@ def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_mod
     assert child.evaluation["heldout_psnr_base"] > 0 and "heldout_psnr" in child.evaluation
 
 
+def test_a_finished_job_stores_its_before_and_after(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The job's own samples (one with a ground truth, one without) and the held-out crops, restored by the
+    base and the new model: images on disk, numbers in the store, the mean change in the log."""
+    from darl_core.images import load_rgb, pil_to_tensor
+    from darl_core.loading import load_restorer
+    from darl_core.payoff import payoff_summary
+
+    store = Store(directory=tmp_path)
+    ids = [store.add_sample(_png(0), 40, 40, gt_png=_png(100)), store.add_sample(_png(1), 40, 40)]
+    job = store.create_job({"preset": "tiny_test", "base_model": str(tiny_model_dir), "rounds": 2,
+                            "reward": "psnr", "reward_reference": "gt"}, ids, "ann")
+    assert run_worker(store, "w-test", once=True) == 1
+    j = store.job(job)
+    assert j.state == "succeeded", j.error
+    rows = store.comparisons(job)
+    assert [(r.subset, r.sample_id) for r in rows[:2]] == [("samples", ids[0]), ("samples", ids[1])]
+    assert len(rows) == 2 + 8 and {r.subset for r in rows[2:]} == {"heldout"}
+    with_gt, without = rows[0].metrics, rows[1].metrics
+    assert {"psnr_base", "psnr_new", "ssim_base", "reward_base", "reward_new"} <= set(with_gt)
+    assert with_gt["difficulty_kind"] == "gt" and abs(with_gt["difficulty_base"] - (1 - with_gt["ssim_base"])) < 1e-5
+    assert "psnr_base" not in without and "reward_base" not in without  # PSNR needs a truth: no numbers invented
+    for r in rows:
+        assert all(store.path(p).is_file() for p in (r.lq_path, r.base_path, r.new_path))
+    assert rows[0].gt_path and rows[1].gt_path is None
+    # the base model's picture is the base model's: restored again with the same noise, it is the same image
+    base = load_restorer(tiny_model_dir)
+    again = base.restore_tensor(pil_to_tensor(load_rgb(store.path(rows[0].lq_path)))[None], 3, eta=0.0,
+                                generator=torch.Generator().manual_seed(0))
+    shown = pil_to_tensor(load_rgb(store.path(rows[0].base_path)))
+    assert (again[0] - shown).abs().max() < 1 / 255 + 1e-6
+    summary = payoff_summary([r.metrics for r in rows[2:]])
+    assert "before and after, held-out 8 crops: reward" in j.log and f"{summary['d_psnr']:+.2f}" in j.log
+    child = next(c for c in store.checkpoints() if c.job_id == job)
+    assert abs(child.evaluation["heldout_d_psnr"] - summary["d_psnr"]) < 1e-9
+
+
 def test_a_guarded_job_says_which_round_its_model_is(tmp_path: Path, tiny_model_dir: Path) -> None:
     """With the probe guard on, the job's log says which round was handed back and why."""
     store = Store(directory=tmp_path)

@@ -69,6 +69,21 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         sc["open"].click(open_in_restore, sc["sample"], [rc["image"], rc["gt"], tabs], api_visibility="private").then(
             None, js="() => window.scrollTo({top: 0})")  # the Restore tab from its top, where the image is
 
+        # "Open in Restore" from a job's before and after: the image, and the job's base and new models as the
+        # two sides, so the Restore tab shows the same comparison at any steps, with zoom and difference map.
+        def open_payoff(job: int | None, comparison: int | None) -> tuple[Any, ...]:
+            try:
+                lq, gt, base, new = finetune_tab.payoff_open(ctx, job, comparison)
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+            choices = ctx.model_choices()
+            return lq, gt, gr.update(choices=choices, value=base), gr.update(choices=choices, value=new), \
+                gr.Tabs(selected="restore")
+
+        fc["payoff_open"].click(open_payoff, [fc["job"], fc["payoff_pick"]],
+                                [rc["image"], rc["gt"], rc["sft"], rc["rl"], tabs], api_visibility="private").then(
+            None, js="() => window.scrollTo({top: 0})")
+
         # Model pickers list every registered checkpoint: refresh them whenever they come into view,
         # so a finished job's model shows up without restarting the server; a page load, a promotion
         # and a deletion also set their values.

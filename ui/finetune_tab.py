@@ -1,4 +1,5 @@
-"""Fine-tune tab: launch RL jobs on flagged samples, watch them live, cancel them.
+"""Fine-tune tab: launch RL jobs on flagged samples, watch them live, cancel them, and see whether a
+finished job paid off (its before and after, kept in the store).
 
 Jobs run in the worker process (``python -m darl_core.worker``, started by the
 run command), not in the web server: closing the browser tab changes nothing.
@@ -20,7 +21,8 @@ from .context import AppContext, UserError, caller, int_arg, user_errors, user_m
 
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
-           "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit"]
+           "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit",
+           "PAYOFF_HEADERS", "payoff_open", "payoff_view"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
@@ -239,6 +241,94 @@ def job_sample(ctx: AppContext, job_id: int | None) -> tuple[str | None, str | N
             f"the job's first training input (left) and its restoration after round {n} (right)")
 
 
+PAYOFF_HEADERS = ["set", "image", "reward: base → new", "PSNR: base → new", "SSIM: base → new",
+                  "difficulty: base → new"]
+SUBSET_WORDS = {"samples": "the job's own samples", "heldout": "held-out crops (photos no model trained on)"}
+GALLERY_MAX = 24  # image pairs the gallery shows (the table lists all)
+
+
+def _pair(m: dict[str, Any], key: str, nd: int) -> str:
+    """"base → new (change)" of one number, or "—" where it was not scored (no ground truth)."""
+    if f"{key}_base" not in m or f"{key}_new" not in m:
+        return "—"
+    b, n = m[f"{key}_base"], m[f"{key}_new"]
+    return f"{b:.{nd}f} → {n:.{nd}f} ({n - b:+.{nd}f})"
+
+
+def _summary_md(subset: str, summary: dict[str, float]) -> str:
+    words = []
+    for key, label, nd in (("reward", "reward", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4),
+                           ("difficulty", "difficulty", 3)):
+        if f"d_{key}" in summary:
+            better = "lower" if key == "difficulty" else "higher"
+            words.append(f"{label} {summary[f'{key}_base']:.{nd}f} → {summary[f'{key}_new']:.{nd}f} "
+                         f"(**{summary[f'd_{key}']:+.{nd}f}**; {better} on {100 * summary[f'better_{key}']:.0f} % "
+                         f"of {int(summary[f'n_{key}'])})")
+    return f"**{SUBSET_WORDS[subset]}**, {int(summary['n'])}: " + (" · ".join(words) or "no numbers "
+                                                                    "(no ground truth, and a reward that needs one)")
+
+
+def payoff_view(ctx: AppContext, job_id: int | None
+                ) -> tuple[str, list[list[Any]], list[tuple[str, str]], list[tuple[str, int]]]:
+    """A job's before and after (``storage.Comparison``, written by the worker when the job finished):
+    a summary per set (the mean change, and on how many images the new model is better), one table row per
+    image, the gallery (base and new restorations side by side, captioned), and the choices of the
+    "open in Restore" picker."""
+    if job_id is None:
+        return "", [], [], []
+    try:
+        job = ctx.store.job(int_arg("job", job_id, 1, 2**31 - 1))
+    except KeyError:
+        raise UserError(f"there is no job #{job_id}") from None
+    rows = ctx.store.comparisons(job.id)
+    if not rows:
+        if job.state in ("queued", "running"):
+            return ((f"Job #{job.id}'s before and after appears here when it finishes: each of its samples and 8 "
+                     "held-out crops restored by the base model and by the new one."), [], [], [])
+        return (f"Job #{job.id} ({job.state}) has no before and after"
+                + (" (see its log)." if job.state == "succeeded" else ": it did not finish training."), [], [], [])
+    from darl_core.payoff import payoff_summary
+
+    lines = [f"### Job #{job.id}: did it pay off?", ("Both models restore each image with the same noise, at the "
+                                                      "job's steps, as the app does. Reward: the job's (`"
+                                                      + str(job.config.get("reward", "")) + "`).")]
+    for subset in SUBSET_WORDS:
+        part = [r.metrics for r in rows if r.subset == subset]
+        if part:
+            lines.append("- " + _summary_md(subset, payoff_summary(part)))
+    table = [[r.subset, r.name, _pair(r.metrics, "reward", 2), _pair(r.metrics, "psnr", 2),
+              _pair(r.metrics, "ssim", 4), _pair(r.metrics, "difficulty", 3)] for r in rows]
+    gallery: list[tuple[str, str]] = []
+    for r in rows[:GALLERY_MAX]:
+        m = r.metrics
+        psnr = (f" · PSNR {m['psnr_base']:.2f}", f" · PSNR {m['psnr_new']:.2f} ({m['psnr_new'] - m['psnr_base']:+.2f})"
+                ) if "psnr_base" in m else ("", "")
+        gallery += [(str(ctx.store.path(r.base_path)), f"{r.name} · base{psnr[0]}"),
+                    (str(ctx.store.path(r.new_path)), f"{r.name} · new{psnr[1]}")]
+    if len(rows) > GALLERY_MAX:
+        lines.append(f"\nThe gallery shows the first {GALLERY_MAX} of {len(rows)} images; the table lists all.")
+    choices = [(f"{r.name} ({r.subset})", r.id) for r in rows]
+    return "\n".join(lines), table, gallery, choices
+
+
+def payoff_open(ctx: AppContext, job_id: int | None, comparison_id: int | None
+                ) -> tuple[str, str | None, str, str]:
+    """What "Open in Restore" puts on the Restore tab for one image of a job's before and after: its input,
+    its ground truth (or None), the job's base model as the SFT side and the job's new model as the RL side."""
+    if job_id is None or comparison_id is None:
+        raise UserError("choose a job and one of its images first")
+    job_id = int_arg("job", job_id, 1, 2**31 - 1)
+    row = next((r for r in ctx.store.comparisons(job_id) if r.id == int(comparison_id)), None)
+    if row is None:
+        raise UserError(f"job #{job_id} has no such image in its before and after")
+    new = next((c for c in ctx.store.checkpoints() if c.job_id == job_id), None)
+    if new is None:
+        raise UserError(f"job #{job_id}'s model is no longer registered (deleted in the Models tab)")
+    base = str(ctx.store.job(job_id).config.get("base_model") or ctx.default_models()[0])
+    return (str(ctx.store.path(row.lq_path)), str(ctx.store.path(row.gt_path)) if row.gt_path else None, base,
+            new.path)
+
+
 COMPARE_PLACEHOLDER = "choose jobs to compare"
 
 
@@ -321,8 +411,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                   ("full (the CPU study's setting: 96-px crops, the held-out probe)", "full"),
                                   ("paper (the method's own settings: use a GPU)", "paper")],
                                  value="full", label="Run size", elem_id="run-size")
-            c["rounds"] = fields.Number(20, precision=0, label="Rounds", elem_id="rounds")
-            c["estimate"] = gr.Markdown(estimate_text(ctx, "darl_anchored", 20), elem_id="launch-estimate")
+            c["rounds"] = fields.Number(40, precision=0, label="Rounds", elem_id="rounds")
+            c["estimate"] = gr.Markdown(estimate_text(ctx, "darl_anchored", 40), elem_id="launch-estimate")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
             c["hardest_k"] = fields.Number(0, precision=0, label="Plus the k hardest of the built-in synthetic pool")
             c["processes"] = fields.Number(1, precision=0, minimum=1, maximum=64,
@@ -352,6 +442,17 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                            height=200, format="png", elem_id="job-sample")
             c["sample_md"] = gr.Markdown(elem_id="job-sample-caption")
             c["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True)
+            with gr.Accordion("Before and after: did the job pay off?", open=True, elem_id="payoff-box"):
+                c["payoff_md"] = gr.Markdown(elem_id="payoff-summary")
+                c["payoff_gallery"] = gr.Gallery(label="base model (left) and new model (right), image by image",
+                                                 columns=4, height=320, format="png", elem_id="payoff-gallery")
+                c["payoff_table"] = gr.Dataframe(headers=PAYOFF_HEADERS, interactive=False, elem_id="payoff-table",
+                                                 label="Every image (change in brackets)")
+                with gr.Row():
+                    c["payoff_pick"] = gr.Dropdown([], value=None, label="Image", elem_id="payoff-pick")
+                    c["payoff_open"] = gr.Button("Open in Restore (base model as SFT, new model as RL)",
+                                                 elem_id="payoff-open")
+            c["shown_state"] = gr.State(None)  # "job:state" last shown: the before and after follows a change
             with gr.Accordion("Compare jobs: one curve per job", open=False):
                 with gr.Row():
                     c["compare"] = gr.Dropdown([], value=[], multiselect=True, label="Jobs", elem_id="compare-jobs")
@@ -405,23 +506,34 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         frame = plot_frame(ctx, None)
         idle = plot(frame, "choose a job: launch one or click a row of the table")
         if job is None:
-            return list_jobs(ctx), "", idle, "", curve_colors(frame), None, None, ""
+            return list_jobs(ctx), "", idle, "", curve_colors(frame), None, None, "", None
         try:
             st = job_status(ctx, job)
         except UserError as e:
-            return list_jobs(ctx), str(e), idle, "", curve_colors(frame), None, None, ""
+            return list_jobs(ctx), str(e), idle, "", curve_colors(frame), None, None, "", None
         text = status_text(st)
         frame = plot_frame(ctx, job)
         title = f"job #{st['job']} ({st['config'].get('preset', '')})"
-        return list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame), *job_sample(ctx, job)
+        return (list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame), *job_sample(ctx, job),
+                f"{st['job']}:{st['state']}")
 
     # Data first, then the colour map: a new set of curves changes the map, and the plot redraws from
     # scratch with the data it now holds (a change of both at once would redraw from the old data).
     outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"], c["sample_lq"], c["sample_out"],
-               c["sample_md"]]
+               c["sample_md"], c["shown_state"]]
     for trigger in (c["timer"].tick, c["job"].change):
         trigger(on_tick, c["job"], outputs, api_visibility="private", show_progress="hidden").then(
             lambda colors: gr.update(color_map=colors), c["plot_colors"], c["plot"], api_visibility="private")
+
+    # The before and after: drawn when the job shown changes or reaches another state (it finished), not
+    # every tick (its pictures would be sent again every 2 s).
+    @user_errors
+    def on_payoff(job):  # noqa: ANN001
+        md, table, gallery, choices = payoff_view(ctx, job)
+        return md, gallery, table, gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    c["shown_state"].change(on_payoff, c["job"], [c["payoff_md"], c["payoff_gallery"], c["payoff_table"],
+                                                  c["payoff_pick"]], api_visibility="private")
 
     @user_errors
     def on_compare(jobs, metric):  # noqa: ANN001
