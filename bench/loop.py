@@ -168,7 +168,8 @@ def report(kind: str, gains: dict[str, float], results: list[dict[str, Any]], ar
         s = [r[key] for r in results]
         lines.append(f"| {key} | {int(s[0]['n'])} | {_ms([x['d_psnr'] for x in s if 'd_psnr' in x], 3)} | "
                      f"{_ms([x['d_ssim'] for x in s if 'd_ssim' in x], 4)} | "
-                     f"{_ms([x['d_reward'] for x in s if 'd_reward' in x], 3)} | "
+                     f"{_ms([x.get('d_reward', x.get('d_reward_stage1')) for x in s if 'd_reward' in x or 'd_reward_stage1' in x], 3)}"
+                     f"{' (vs stage 1)' if any('d_reward_stage1' in x for x in s) else ''} | "
                      f"{_ms([x['d_niqe'] for x in s if 'd_niqe' in x], 3)} | "
                      f"{_ms([x['d_brisque'] for x in s if 'd_brisque' in x], 3)} |")
     same = [r["same kind, unflagged"] for r in results]

@@ -29,9 +29,13 @@ from .images import save_tensor
 from .restorer import Restorer
 from .rewards import MIN_SIDE, create_reward, get_metric
 
-__all__ = ["PayoffItem", "before_after", "heldout_items", "payoff_summary"]
+__all__ = ["SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_items", "payoff_summary"]
 
 MAX_SIDE = 384  # larger images are compared on their centre crop of this side
+# What a summary reports, in order: (key of payoff_summary, its name in the job log and the app, decimals).
+SUMMARY_TERMS = (("reward", "reward", 2), ("reward_stage1", "reward against stage 1 (no truth)", 2),
+                 ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("difficulty", "difficulty (1 - SSIM)", 3),
+                 ("difficulty_proxy", "difficulty (no-reference proxy)", 3))
 
 
 @dataclass
@@ -64,9 +68,10 @@ def before_after(base: Restorer, new: Restorer, items: list[PayoffItem], steps: 
                  out_dir: Path, reference: Literal["gt", "stage1", "auto"] = "gt", seed: int = 0,
                  max_side: int = MAX_SIDE, judges: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One row per item: ``name``, ``sample_id``, the files written under ``out_dir`` (``lq``, ``base``,
-    ``new``, ``gt`` or None) and ``metrics`` (``reward_base`` / ``reward_new`` where the reward can be
-    scored, ``psnr_*`` and ``ssim_*`` with a ground truth, ``difficulty_*`` and ``difficulty_kind``, and
-    ``{judge}_base`` / ``{judge}_new`` for each no-reference metric of ``judges``)."""
+    ``new``, ``gt`` or None) and ``metrics``: ``reward_base`` / ``reward_new`` (``reward_stage1_*`` when its
+    full-reference terms compared with stage 1 for want of a truth: another scale), ``psnr_*`` and ``ssim_*``
+    with a ground truth, ``difficulty_*`` (1 - SSIM) or ``difficulty_proxy_*`` (the no-reference proxy) and
+    ``difficulty_kind``, and ``{judge}_base`` / ``{judge}_new`` for each no-reference metric of ``judges``."""
     r = create_reward(reward)
     nr = {name: get_metric(name) for name in judges}
     psnr, ssim = get_metric("psnr"), get_metric("ssim")
@@ -80,13 +85,15 @@ def before_after(base: Restorer, new: Restorer, items: list[PayoffItem], steps: 
         for label, model in (("base", base), ("new", new)):
             g = torch.Generator().manual_seed(seed * 100_000 + i)  # the same noise for both models
             outs[label] = model.restore_tensor(lq, steps, eta=0.0, generator=g).cpu().float().clamp(0, 1)
-        ref = gt
+        ref, against = gt, "gt" if r.full_reference else None
         if ref is None and r.full_reference and reference != "gt" and getattr(base, "has_stage1", False):
-            ref = base.restore_tensor(lq, 0).cpu().float()  # the trainer's anchor without a truth: stage 1
+            ref, against = base.restore_tensor(lq, 0).cpu().float(), "stage1"  # the trainer's anchor without a truth
         m: dict[str, Any] = {}
+        # A reward against stage 1's restoration is not comparable with one against a truth: its own key.
+        rkey = "reward_stage1" if against == "stage1" else "reward"
         if ref is not None or not r.full_reference:
             for label, x in outs.items():
-                m[f"reward_{label}"] = float(r(x, ref))
+                m[f"{rkey}_{label}"] = float(r(x, ref))
         small = min(outs["base"].shape[-2:]) < MIN_SIDE.get("niqe", 1)
         for label, x in outs.items():
             for name, metric in nr.items():
@@ -95,8 +102,8 @@ def before_after(base: Restorer, new: Restorer, items: list[PayoffItem], steps: 
                 m[f"psnr_{label}"] = float(psnr(x, gt))
                 m[f"ssim_{label}"] = float(ssim(x, gt))
                 m[f"difficulty_{label}"] = float(difficulty(x, gt)[0])
-            elif not small:
-                m[f"difficulty_{label}"] = float(difficulty_no_reference(x)[0])
+            elif not small:  # the no-reference proxy: another scale, its own key (never averaged with 1 - SSIM)
+                m[f"difficulty_proxy_{label}"] = float(difficulty_no_reference(x)[0])
         if gt is not None and scale == 1:
             m["psnr_input"] = float(psnr(lq, gt))
         m["difficulty_kind"] = "gt" if gt is not None else ("proxy" if not small else None)
@@ -118,8 +125,8 @@ def payoff_summary(metrics: list[dict[str, Any]], judges: tuple[str, ...] = ()) 
     share of rows the new model improves (``better_psnr``: higher reward / PSNR / SSIM, lower difficulty,
     each judge in its own direction)."""
     out: dict[str, float] = {"n": float(len(metrics))}
-    lower = {"difficulty"} | {j for j in judges if get_metric(j).lower_better}
-    for key in ("reward", "psnr", "ssim", "difficulty", *judges):
+    lower = {"difficulty", "difficulty_proxy"} | {j for j in judges if get_metric(j).lower_better}
+    for key in ("reward", "reward_stage1", "psnr", "ssim", "difficulty", "difficulty_proxy", *judges):
         pairs = [(m[f"{key}_base"], m[f"{key}_new"]) for m in metrics if f"{key}_base" in m and f"{key}_new" in m]
         if not pairs:
             continue

@@ -46,10 +46,10 @@ from .launch import train_in_processes
 from .evaluate import heldout_check
 from .images import load_rgb, pil_to_tensor, save_tensor
 from .loading import DEFAULT_MODEL, load_restorer
-from .payoff import PayoffItem, before_after, heldout_items, payoff_summary
+from .payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_items, payoff_summary
 from .rl import RLConfig, get_rl_preset, train_rl
 
-__all__ = ["job_config", "run_job", "run_worker"]
+__all__ = ["compare_job", "job_config", "run_job", "run_worker", "summary_line"]
 
 
 def job_config(job: Job, out_dir: Path, samples_file: Path) -> RLConfig:
@@ -111,11 +111,11 @@ def compare_job(store: Store, job: Job, cfg: RLConfig, base: Any, new: Any, out:
 def summary_line(summary: dict[str, float]) -> str:
     """A ``payoff_summary`` in words: base -> new per quantity, the change, and how many improved."""
     parts = []
-    for key, label, nd in (("reward", "reward", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4),
-                           ("difficulty", "difficulty", 3)):
+    for key, label, nd in SUMMARY_TERMS:
         if f"d_{key}" in summary:
             parts.append(f"{label} {summary[f'{key}_base']:.{nd}f} -> {summary[f'{key}_new']:.{nd}f} "
-                         f"({summary[f'd_{key}']:+.{nd}f}, better on {100 * summary[f'better_{key}']:.0f} %)")
+                         f"({summary[f'd_{key}']:+.{nd}f}, better on {100 * summary[f'better_{key}']:.0f} % "
+                         f"of {int(summary[f'n_{key}'])})")
     return "; ".join(parts) or "no numbers (no ground truth and no reward that can be scored without one)"
 
 

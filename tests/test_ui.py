@@ -17,7 +17,7 @@ from sqlalchemy import text
 from darl_core.difficulty import difficulty, difficulty_no_reference
 from darl_core.images import pil_to_tensor
 from darl_core.worker import run_worker
-from storage import Store
+from storage import Job, Store
 from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
 
 
@@ -295,7 +295,11 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert "did it pay off" in md and "the job's own samples**, 2:" in md and "held-out crops" in md
     assert [r[:2] for r in table[:2]] == [["samples", "sample 1"], ["samples", "sample 2"]] and len(table) == 10
     assert all("→" in r[3] for r in table) and all(r[2] != "—" for r in table)  # psnr reward: scored on every image
-    assert len(gallery) == 20 and gallery[0][1].startswith("sample 1 · base · PSNR") and "· new · PSNR" in gallery[1][1]
+    assert len(gallery) == 20 and gallery[0][1] == "sample 1 · base" and gallery[1][1].startswith("sample 1 · new ")
+    assert gallery[1][1].endswith(" dB")  # the new side's caption: its PSNR change
+    # a click on a picture (two tiles per image) chooses that image for "Open in Restore"
+    assert finetune_tab.payoff_pick_from_gallery(ctx, job, 3) == choices[1][1]
+    assert finetune_tab.payoff_pick_from_gallery(ctx, job, 99) is None
     assert Image.open(gallery[0][0]).size == Image.open(gallery[1][0]).size
     lq, gt, base, new = finetune_tab.payoff_open(ctx, job, choices[0][1])
     assert Image.open(lq).size == Image.open(gt).size and base == str(tiny_model_dir)
@@ -305,6 +309,11 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert "did not finish training" in finetune_tab.payoff_view(ctx, quick)[0]  # cancelled: nothing invented
     with pytest.raises(UserError, match="no such image"):
         finetune_tab.payoff_open(ctx, job, 10_000)
+    with pytest.raises(UserError, match="has no before and after to open"):
+        finetune_tab.payoff_open(ctx, quick, None)
+    with pytest.raises(UserError, match="Image picker"):
+        finetune_tab.payoff_open(ctx, job, None)
+    assert "Choose a job above" in finetune_tab.payoff_view(ctx, None)[0]
     # the finished model was checked on held-out photos degraded by Pillow/JPEG, and registered with it
     ev = [c for c in ctx.store.checkpoints() if c.job_id == job][0].evaluation
     assert {"heldout_psnr", "heldout_ssim", "heldout_input_psnr"} <= set(ev) and 0 < ev["heldout_ssim"] <= 1
@@ -804,12 +813,23 @@ def test_launch_form_states_each_sizes_expected_time(ctx: AppContext, tmp_path: 
     assert text.startswith("Expected time for 20 rounds on 3 samples: quick ≈") and "benchmark" in text
     mins, _ = finetune_tab.expected_minutes(ctx, "darl", 20, 3)
     assert mins["quick"] < mins["full"] < mins["paper"]
-    assert finetune_tab.expected_minutes(ctx, "darl", 40, 3)[0]["full"] == pytest.approx(2 * mins["full"])
+    end = finetune_tab.finish_minutes(ctx, 3)  # the job's end: (3 samples + 8 held-out crops) x the prior per image
+    assert end == pytest.approx(11 * finetune_tab.FINISH_SECONDS_PER_IMAGE / 60)
+    assert finetune_tab.expected_minutes(ctx, "darl", 40, 3)[0]["full"] - end == pytest.approx(2 * (mins["full"] - end))
     ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
     job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "darl_iqa", "darl", 20, size="full")
     for rnd, secs in ((1, 9.0), (2, 4.0), (3, 4.0), (4, 4.0)):  # the first round warms up
         ctx.store.add_metrics(job, rnd, {"round_s": secs})
     mins2, source = finetune_tab.expected_minutes(ctx, "darl", 20, 3)
     assert source == f"timed on this machine by job #{job}"
-    assert mins2["full"] == pytest.approx(20 * 4.0 / 60)  # the same setting: the job's own round time
+    assert mins2["full"] == pytest.approx(20 * 4.0 / 60 + end)  # the same setting: the job's own round time
+    # once a job has finished here, its end is timed too: wall time minus its rounds, per compared image
+    from datetime import timedelta
+
+    assert ctx.store.claim_job("w").id == job
+    ctx.store.transition(job, "succeeded", worker="w")
+    with ctx.store.session() as s:
+        j = s.get(Job, job)
+        j.finished_at = j.started_at + timedelta(seconds=21.0 + 22.0)  # 21 s of rounds, then 22 s for 11 images
+    assert finetune_tab.finish_minutes(ctx, 3) == pytest.approx(22.0 / 60)
     assert "rounds must be" in finetune_tab.estimate_text(ctx, "darl", -1)

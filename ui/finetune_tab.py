@@ -22,7 +22,7 @@ from .context import AppContext, UserError, caller, int_arg, user_errors, user_m
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
            "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit",
-           "PAYOFF_HEADERS", "payoff_open", "payoff_view"]
+           "PAYOFF_HEADERS", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
@@ -109,16 +109,37 @@ def seconds_per_unit(ctx: AppContext) -> tuple[float, str]:
     return CPU_SECONDS_PER_UNIT, "from this project's 2-core CPU benchmark; the first job here will time it"
 
 
+# Seconds per image of a job's end (model load, the held-out check, the before and after of its samples and of the
+# 8 held-out crops) on this project's 2-core CPU: bench/loop.py's jobs, 2026-12-08 (20 s for 32 samples + 8 crops).
+FINISH_SECONDS_PER_IMAGE = 0.5
+HELDOUT_CROPS = 8  # the before and after's held-out crops (payoff.heldout_items)
+
+
+def finish_minutes(ctx: AppContext, n_samples: int) -> float:
+    """Expected minutes of a job's end for ``n_samples`` samples: from the newest finished job here (its wall
+    time minus its rounds, per compared image), else ``FINISH_SECONDS_PER_IMAGE``."""
+    per_image = FINISH_SECONDS_PER_IMAGE
+    for j in ctx.store.jobs(limit=20):
+        rounds = [v for _, name, v in ctx.store.metrics(j.id) if name == "round_s"]
+        if j.state == "succeeded" and j.started_at and j.finished_at and rounds:
+            end = (j.finished_at - j.started_at).total_seconds() - sum(rounds)
+            per_image = max(end, 0.0) / (len(j.sample_ids) + HELDOUT_CROPS)
+            break
+    return per_image * (n_samples + HELDOUT_CROPS) / 60
+
+
 def expected_minutes(ctx: AppContext, preset: str, rounds: int, n_samples: int, hardest_k: int = 0
                      ) -> tuple[dict[str, float], str]:
     """Expected minutes of a job of each run size (``rl.SIZES``) on ``n_samples`` flagged samples, and the
-    source of the machine's speed. Same batch as ``launch_job`` uses; the model load and export not counted."""
+    source of the machine's speed. Same batch as ``launch_job`` uses; the rounds, then the job's end
+    (``finish_minutes``: the held-out check and the before and after)."""
     rate, source = seconds_per_unit(ctx)
+    end = finish_minutes(ctx, n_samples)
     out = {}
     for size, fields_ in SIZES.items():
         config = {"batch_size": min(8, max(n_samples + hardest_k, 1)), **fields_}
         cfg = _effective(preset, config)
-        out[size] = rounds * round_cost(cfg, n_samples + hardest_k) * rate / 60
+        out[size] = rounds * round_cost(cfg, n_samples + hardest_k) * rate / 60 + end
     return out, source
 
 
@@ -136,7 +157,7 @@ def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "
     mins, source = expected_minutes(ctx, preset, rounds, n, hardest_k)
 
     def fmt(m: float) -> str:
-        return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+        return f"{m:.1f} min" if m < 10 else f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
     parts = " · ".join(f"{size} ≈ {fmt(m)}" for size, m in mins.items())
     return f"Expected time for {rounds} rounds on {n + hardest_k} samples: {parts} ({source})."
 
@@ -241,26 +262,31 @@ def job_sample(ctx: AppContext, job_id: int | None) -> tuple[str | None, str | N
             f"the job's first training input (left) and its restoration after round {n} (right)")
 
 
-PAYOFF_HEADERS = ["set", "image", "reward: base → new", "PSNR: base → new", "SSIM: base → new",
-                  "difficulty: base → new"]
+PAYOFF_HEADERS = ["set", "image", "reward", "PSNR", "SSIM", "difficulty"]  # each cell: base → new (change)
 SUBSET_WORDS = {"samples": "the job's own samples", "heldout": "held-out crops (photos no model trained on)"}
 GALLERY_MAX = 24  # image pairs the gallery shows (the table lists all)
 
 
-def _pair(m: dict[str, Any], key: str, nd: int) -> str:
-    """"base → new (change)" of one number, or "—" where it was not scored (no ground truth)."""
+def _pair(m: dict[str, Any], key: str, nd: int, alt: tuple[str, str] | None = None) -> str:
+    """"base → new (change)" of one number, or "—" where it was not scored (no ground truth); ``alt``: (key,
+    tag) of the same quantity measured another way, shown with its tag when ``key`` is absent."""
+    tag = ""
+    if f"{key}_base" not in m and alt is not None and f"{alt[0]}_base" in m:
+        key, tag = alt[0], f" {alt[1]}"
     if f"{key}_base" not in m or f"{key}_new" not in m:
         return "—"
     b, n = m[f"{key}_base"], m[f"{key}_new"]
-    return f"{b:.{nd}f} → {n:.{nd}f} ({n - b:+.{nd}f})"
+    return f"{b:.{nd}f} → {n:.{nd}f} ({n - b:+.{nd}f}){tag}"
 
 
 def _summary_md(subset: str, summary: dict[str, float]) -> str:
+    from darl_core.payoff import SUMMARY_TERMS
+
     words = []
-    for key, label, nd in (("reward", "reward", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4),
-                           ("difficulty", "difficulty", 3)):
+    for key, label, nd in SUMMARY_TERMS:
         if f"d_{key}" in summary:
-            better = "lower" if key == "difficulty" else "higher"
+            label = label.replace(" - ", " − ")
+            better = "lower" if key.startswith("difficulty") else "higher"
             words.append(f"{label} {summary[f'{key}_base']:.{nd}f} → {summary[f'{key}_new']:.{nd}f} "
                          f"(**{summary[f'd_{key}']:+.{nd}f}**; {better} on {100 * summary[f'better_{key}']:.0f} % "
                          f"of {int(summary[f'n_{key}'])})")
@@ -275,7 +301,8 @@ def payoff_view(ctx: AppContext, job_id: int | None
     image, the gallery (base and new restorations side by side, captioned), and the choices of the
     "open in Restore" picker."""
     if job_id is None:
-        return "", [], [], []
+        return (("Choose a job above: when it has finished, this shows each of its samples and 8 held-out crops "
+                 "restored by its base model and by its new one, with the numbers."), [], [], [])
     try:
         job = ctx.store.job(int_arg("job", job_id, 1, 2**31 - 1))
     except KeyError:
@@ -296,15 +323,15 @@ def payoff_view(ctx: AppContext, job_id: int | None
         part = [r.metrics for r in rows if r.subset == subset]
         if part:
             lines.append("- " + _summary_md(subset, payoff_summary(part)))
-    table = [[r.subset, r.name, _pair(r.metrics, "reward", 2), _pair(r.metrics, "psnr", 2),
-              _pair(r.metrics, "ssim", 4), _pair(r.metrics, "difficulty", 3)] for r in rows]
+    table = [[r.subset, r.name, _pair(r.metrics, "reward", 1, ("reward_stage1", "vs stage 1")),
+              _pair(r.metrics, "psnr", 2), _pair(r.metrics, "ssim", 3),
+              _pair(r.metrics, "difficulty", 3, ("difficulty_proxy", "proxy"))] for r in rows]
     gallery: list[tuple[str, str]] = []
-    for r in rows[:GALLERY_MAX]:
+    for r in rows[:GALLERY_MAX]:  # short captions: the tiles show about 25 characters
         m = r.metrics
-        psnr = (f" · PSNR {m['psnr_base']:.2f}", f" · PSNR {m['psnr_new']:.2f} ({m['psnr_new'] - m['psnr_base']:+.2f})"
-                ) if "psnr_base" in m else ("", "")
-        gallery += [(str(ctx.store.path(r.base_path)), f"{r.name} · base{psnr[0]}"),
-                    (str(ctx.store.path(r.new_path)), f"{r.name} · new{psnr[1]}")]
+        change = f" {m['psnr_new'] - m['psnr_base']:+.2f} dB" if "psnr_base" in m else ""
+        gallery += [(str(ctx.store.path(r.base_path)), f"{r.name} · base"),
+                    (str(ctx.store.path(r.new_path)), f"{r.name} · new{change}")]
     if len(rows) > GALLERY_MAX:
         lines.append(f"\nThe gallery shows the first {GALLERY_MAX} of {len(rows)} images; the table lists all.")
     choices = [(f"{r.name} ({r.subset})", r.id) for r in rows]
@@ -315,10 +342,15 @@ def payoff_open(ctx: AppContext, job_id: int | None, comparison_id: int | None
                 ) -> tuple[str, str | None, str, str]:
     """What "Open in Restore" puts on the Restore tab for one image of a job's before and after: its input,
     its ground truth (or None), the job's base model as the SFT side and the job's new model as the RL side."""
-    if job_id is None or comparison_id is None:
-        raise UserError("choose a job and one of its images first")
+    if job_id is None:
+        raise UserError("choose a finished job first")
     job_id = int_arg("job", job_id, 1, 2**31 - 1)
-    row = next((r for r in ctx.store.comparisons(job_id) if r.id == int(comparison_id)), None)
+    rows = ctx.store.comparisons(job_id)
+    if not rows:
+        raise UserError(f"job #{job_id} has no before and after to open (it has not finished training)")
+    if comparison_id is None:
+        raise UserError("choose one of the job's images in the Image picker (or click its picture) first")
+    row = next((r for r in rows if r.id == int(comparison_id)), None)
     if row is None:
         raise UserError(f"job #{job_id} has no such image in its before and after")
     new = next((c for c in ctx.store.checkpoints() if c.job_id == job_id), None)
@@ -327,6 +359,15 @@ def payoff_open(ctx: AppContext, job_id: int | None, comparison_id: int | None
     base = str(ctx.store.job(job_id).config.get("base_model") or ctx.default_models()[0])
     return (str(ctx.store.path(row.lq_path)), str(ctx.store.path(row.gt_path)) if row.gt_path else None, base,
             new.path)
+
+
+def payoff_pick_from_gallery(ctx: AppContext, job_id: int | None, index: int | None) -> int | None:
+    """The comparison a click on the gallery's tile ``index`` means (two tiles per image: base, new)."""
+    if job_id is None or index is None:
+        return None
+    rows = ctx.store.comparisons(int_arg("job", job_id, 1, 2**31 - 1))[:GALLERY_MAX]
+    i = int(index) // 2
+    return rows[i].id if 0 <= i < len(rows) else None
 
 
 COMPARE_PLACEHOLDER = "choose jobs to compare"
@@ -447,7 +488,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
                 c["payoff_gallery"] = gr.Gallery(label="base model (left) and new model (right), image by image",
                                                  columns=4, height=320, format="png", elem_id="payoff-gallery")
                 c["payoff_table"] = gr.Dataframe(headers=PAYOFF_HEADERS, interactive=False, elem_id="payoff-table",
-                                                 label="Every image (change in brackets)")
+                                                 wrap=True, column_widths=["10%", "14%", "21%", "19%", "17%", "19%"],
+                                                 label="Every image: base → new (change in brackets)")
                 with gr.Row():
                     c["payoff_pick"] = gr.Dropdown([], value=None, label="Image", elem_id="payoff-pick")
                     c["payoff_open"] = gr.Button("Open in Restore (base model as SFT, new model as RL)",
@@ -534,6 +576,12 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     c["shown_state"].change(on_payoff, c["job"], [c["payoff_md"], c["payoff_gallery"], c["payoff_table"],
                                                   c["payoff_pick"]], api_visibility="private")
+
+    def on_tile(job, evt: gr.SelectData):  # noqa: ANN001 - a clicked picture chooses its image for "Open in Restore"
+        picked = payoff_pick_from_gallery(ctx, job, evt.index)
+        return gr.update() if picked is None else picked
+
+    c["payoff_gallery"].select(on_tile, c["job"], c["payoff_pick"], api_visibility="private")
 
     @user_errors
     def on_compare(jobs, metric):  # noqa: ANN001
