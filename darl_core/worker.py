@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +234,21 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
 
 
 def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float = 2.0,
-               stale_after_s: float = 120.0, requeue_stale: bool = True) -> int:
-    """Claim and run jobs; returns how many ran (``once``: at most one)."""
+               stale_after_s: float = 120.0, requeue_stale: bool = True, recover_every_s: float | None = None,
+               should_stop: Callable[[], bool] | None = None) -> int:
+    """Claim and run jobs; returns how many ran (``once``: at most one; ``should_stop``: until it says so).
+
+    Stale jobs (a dead worker's: heartbeat older than ``stale_after_s``) are taken back at start and then
+    every ``recover_every_s`` seconds (half the stale timeout by default) while this worker polls, so a job
+    whose worker died is resumed without waiting for a restart."""
+    every = stale_after_s / 2 if recover_every_s is None else recover_every_s
     store.recover_stale(stale_after_s, requeue_stale)
+    last_recovery = time.monotonic()
     ran = 0
-    while True:
+    while should_stop is None or not should_stop():
+        if time.monotonic() - last_recovery >= every:
+            store.recover_stale(stale_after_s, requeue_stale)
+            last_recovery = time.monotonic()
         job = store.claim_job(worker_id)
         if job is None:
             if once:
@@ -248,6 +259,7 @@ def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float =
         ran += 1
         if once:
             return ran
+    return ran
 
 
 def main(argv: list[str] | None = None) -> None:

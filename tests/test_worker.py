@@ -129,3 +129,42 @@ def test_worker_trains_a_job_with_two_processes(tmp_path: Path, tiny_model_dir: 
     assert "rl_config.json" in {p.name for p in out.iterdir()} and (out / "train.log").is_file()
     child = {c.name: c for c in store.checkpoints()}[f"job-{job}-darl"]
     assert (Path(child.path) / "model_index.json").is_file()
+
+
+def test_stale_jobs_are_taken_back_while_the_worker_polls_not_only_at_start(tmp_path: Path) -> None:
+    """A job whose worker dies while this worker is already polling is re-queued within the recovery period
+    (here 0.2 s), without restarting anything."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from storage import Job
+
+    store = Store(directory=tmp_path)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(store, "alive"), daemon=True,
+                              kwargs={"poll_s": 0.05, "stale_after_s": 60.0, "recover_every_s": 0.2,
+                                      "should_stop": stop.is_set})
+    # a queued job the polling worker must not take: claimed first by a worker that then dies
+    sid = store.add_sample(_png(0), 40, 40)
+    job = store.create_job({"preset": "no_such_preset"}, [sid], "ann")
+    assert store.claim_job("dead").id == job
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert store.job(job).state == "running" and store.job(job).worker == "dead"  # fresh: left alone
+        with store.session() as s:  # the dead worker's heartbeat ages past the stale timeout
+            j = s.get(Job, job)
+            j.heartbeat = j.heartbeat - timedelta(seconds=120)
+        deadline = time.monotonic() + 10
+        while store.job(job).worker == "dead" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # taken back and run again by the live worker (its bad preset fails it, with the reason)
+        while store.job(job).state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.job(job).worker == "alive" and store.job(job).state == "failed"
+        assert "no_such_preset" in (store.job(job).error or "")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()  # should_stop ends the loop
