@@ -241,6 +241,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "7")
     job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "1,2", "ann", size="paper")
     assert finetune_tab.job_status(ctx, job)["state"] == "queued"
+    assert "waiting for a worker to take it" in finetune_tab.status_text(finetune_tab.job_status(ctx, job))
     with_k = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "tiny_test", 2, "", "ann", hardest_k=3)
     assert ctx.store.job(with_k).config["extra_hardest_k"] == 3
     with pytest.raises(UserError, match="processes"):
@@ -257,6 +258,16 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     assert [r for r in finetune_tab.list_jobs(ctx) if r[0] == quick][0][3] == "darl (quick)"
     with pytest.raises(UserError, match="run size"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, size="huge")
+    # a queued job says what it waits for: the jobs ahead of it, and a running one that is stopping
+    assert finetune_tab.job_status(ctx, with_k)["waiting_for"] == f"waiting for 1 queued job before it (#{job})"
+    assert ctx.store.claim_job("w0").id == job
+    with ctx.store.session() as s:  # a cancel the running worker has not acted on yet
+        s.get(Job, job).cancel_requested = True
+    assert f"job #{job}, which is stopping (cancel requested)" in finetune_tab.status_text(
+        finetune_tab.job_status(ctx, quick))
+    with ctx.store.session() as s:  # undo the claim and the cancel: the job is run below
+        j = s.get(Job, job)
+        j.state, j.worker, j.cancel_requested, j.started_at = "queued", None, False, None
     ctx.store.request_cancel(quick)
     # while a job runs: its time per round and the time left; before its first round, no guess
     running = {"job": 9, "state": "running", "progress": 0.25, "error": None, "seconds_per_round": 12.0,

@@ -22,7 +22,7 @@ from .context import AppContext, UserError, caller, int_arg, user_errors, user_m
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
            "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit",
-           "PAYOFF_HEADERS", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view"]
+           "PAYOFF_HEADERS", "waiting_for", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
@@ -192,7 +192,24 @@ def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
     if per_round is not None and j.state == "running":
         left = per_round * max(rounds - round(j.progress * rounds), 0)
     return {"job": j.id, "state": j.state, "progress": j.progress, "log": j.log, "error": j.error,
-            "config": j.config, "seconds_per_round": per_round, "seconds_left": left}
+            "config": j.config, "seconds_per_round": per_round, "seconds_left": left,
+            "waiting_for": waiting_for(ctx, j.id) if j.state == "queued" else None}
+
+
+def waiting_for(ctx: AppContext, job_id: int) -> str:
+    """Why a queued job has not started: the jobs ahead of it (running, stopping after a cancel, or queued
+    before it), or no worker having taken anything yet."""
+    jobs = ctx.store.jobs(limit=500)
+    running = sorted((j for j in jobs if j.state == "running"), key=lambda j: j.id)
+    ahead = [j.id for j in jobs if j.state == "queued" and j.id < job_id]
+    parts = [f"job #{j.id}, which is {'stopping (cancel requested)' if j.cancel_requested else 'running'} "
+             f"({100 * j.progress:.0f}%)" for j in running]
+    if ahead:
+        parts.append(f"{len(ahead)} queued job{'s' if len(ahead) > 1 else ''} before it (#{', #'.join(map(str, sorted(ahead)))})")
+    if parts:
+        return "waiting for " + " and ".join(parts)
+    return ("waiting for a worker to take it (the run command starts one; without it, start "
+            "`python -m darl_core.worker`)")
 
 
 def status_text(st: dict[str, Any]) -> str:
@@ -207,6 +224,8 @@ def status_text(st: dict[str, Any]) -> str:
         text += f" · about {left / 60:.0f} min left" if left >= 90 else f" · about {left:.0f} s left"
     elif st["state"] == "running":
         text += " · time left: after the first round"
+    if st.get("waiting_for"):
+        text += f" · {st['waiting_for']}"
     if st["error"]:
         text += f"\n\n```\n{st['error'][-800:]}\n```"
     return text
