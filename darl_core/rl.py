@@ -125,6 +125,10 @@ __all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "RewardM
 Callbacks = dict[str, Callable[..., object]]
 
 
+class _StopInRound(Exception):
+    """Raised inside a round when ``should_stop`` says so (caught by ``train_rl``)."""
+
+
 @dataclass
 class RLConfig:
     output: str = "runs/rl"  # folder for checkpoints, metrics.jsonl, difficulty.jsonl and the final model
@@ -833,239 +837,256 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     # The rollout keeps its graphs for the first PPO epoch (not with gradient checkpointing, which acts in
     # training mode only, so the rollout's eval-mode graph would hold every activation).
     keep_graph = cfg.keep_rollout_graph and cfg.epochs > 0 and not cfg.gradient_checkpointing
-    for rnd in range(start, cfg.rounds):
-        t0 = time.time()
-        unet.eval()
-        # 1. Difficulty of every pool sample under the current policy, and the batch from the hardest part.
-        if diff is None or rnd % cfg.difficulty_every == 0:
-            with autocast:
-                diff = _pool_difficulty(policy, pool, cfg, device, procs, conds)
-        t_diff = time.time() - t0
-        if diff_start is None:
-            diff_start = diff.clone()
-        # The weights of the whole pool (the curriculum): w near 1 for the hardest, near 0 for the easiest,
-        # relative to the current pool or (w_anchor "start") to where the pool started, so that w falls
-        # as the policy gets better at the pool.
-        finite = diff[has_gt]
-        ref = diff_start[has_gt] if cfg.w_anchor == "start" else finite
-        if cfg.adaptive_weight:
-            w_pool = relative_weights(diff.clamp(max=1e9), ref if ref.numel() else None,
-                                      cfg.q_lo, cfg.q_hi, has_gt)
-        else:
-            w_pool = torch.full((len(pool),), float(cfg.uniform_weight))
-        idx = _choose(diff, eligible, w_pool, cfg, g)
-        ids = [pool[i].id for i in idx.tolist()]
-        # G rollouts of each input, consecutive (the advantage's groups); this process keeps its rows.
-        lq = torch.stack([pool[i].lq for i in idx.tolist()]).repeat_interleave(G, 0)[rows].to(device)
-        gt_mask = has_gt[idx].repeat_interleave(G).to(device)
-        gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
-        gt_in = gt
-        gt = gt.repeat_interleave(G, 0)[rows].to(device)
-        cond = torch.stack([conds[i] for i in idx.tolist()]) if conds is not None else None
-        cond_rows = cond.repeat_interleave(G, 0)[rows].to(device) if cond is not None else None
-        w = w_pool[idx].repeat_interleave(G).to(device)
-        rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
-                                  "d_mean": float(finite.mean()) if finite.numel() else None,
-                                  "pool_w_mean": float(w_pool.mean()),
-                                  "pool_w0_share": float((w_pool <= 0).float().mean()),
-                                  "pool_w1_share": float((w_pool >= 1).float().mean())}
-        if main:
-            diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
-                                       "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
-                                       "batch": ids, "w": w_pool[idx].tolist()}) + "\n")
+    # A cancel (``should_stop``) is also checked inside a round, between its phases and PPO transitions, so a
+    # job stops within seconds rather than at the end of a long round (one process: with several, all stop
+    # together at the round's end). A round cut short is not logged, checkpointed or counted.
+    def stop_now() -> None:
+        if procs.world == 1 and "should_stop" in callbacks and callbacks["should_stop"]():
+            raise _StopInRound
 
-        # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
-        rl_active = reward is not None and float(w.max()) > 0
-        rollout_rl = rl_active and cfg.rl_estimator == "ppo"
-        backprop_rl = rl_active and cfg.rl_estimator == "backprop"
-
-        def reward_ref(size: tuple[int, int]) -> torch.Tensor | None:
-            """What the full-reference reward terms compare this process's rows with (cropped to ``size``)."""
-            if not reward.full_reference:
-                return None
-            if not anchored:
-                return gt
-            s1 = stage1_images(policy, cond_rows)[..., : size[0], : size[1]]
-            return s1 if cfg.reward_reference == "stage1" else torch.where(gt_mask[rows].view(-1, 1, 1, 1), gt, s1)
-        t_roll = time.time()
-        if rollout_rl:
-            with autocast:
-                # Decode only the predictions that will be scored (all steps unless reward_last_k).
-                first = 0 if cfg.reward_last_k <= 0 else max(0, cfg.num_steps - cfg.reward_last_k)
-                traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise, decode_from=first, cond=cond_rows,
-                                      keep_graph=keep_graph)
-            K = len(traj.timesteps)
-            t_reward = time.time()
-            ref = reward_ref(tuple(traj.final.shape[-2:]))
-            final_r = reward(traj.final, ref)
-            scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
-            step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
-                          traj.step_index[k] + 1 < len(traj.pred_image) - 1 else final_r) for k in range(K)}
-            # 3. Advantages against each input's own reward history at that step (all processes'
-            #    rewards, so every process keeps the same memory).
-            final_r = procs.gather(final_r)
-            step_r = {k: procs.gather(v) for k, v in step_r.items()}
-            if cfg.advantage == "group":
-                adv = {k: group_advantages(step_r[k], G, cfg.adv_clip)[rows] for k in range(K)}
+    done = start
+    try:
+        for rnd in range(start, cfg.rounds):
+            t0 = time.time()
+            unet.eval()
+            # 1. Difficulty of every pool sample under the current policy, and the batch from the hardest part.
+            if diff is None or rnd % cfg.difficulty_every == 0:
+                with autocast:
+                    diff = _pool_difficulty(policy, pool, cfg, device, procs, conds)
+            t_diff = time.time() - t0
+            stop_now()
+            if diff_start is None:
+                diff_start = diff.clone()
+            # The weights of the whole pool (the curriculum): w near 1 for the hardest, near 0 for the easiest,
+            # relative to the current pool or (w_anchor "start") to where the pool started, so that w falls
+            # as the policy gets better at the pool.
+            finite = diff[has_gt]
+            ref = diff_start[has_gt] if cfg.w_anchor == "start" else finite
+            if cfg.adaptive_weight:
+                w_pool = relative_weights(diff.clamp(max=1e9), ref if ref.numel() else None,
+                                          cfg.q_lo, cfg.q_hi, has_gt)
             else:
-                adv = {k: memory.advantages([f"{i}@{k}" for i in ids for _ in range(G)], step_r[k],
-                                            cfg.adv_clip)[rows] for k in range(K)}
-            rec["reward"] = float(final_r.mean())
-            rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
-            # How much the rollouts of one input differ: the signal group advantages are made of.
-            rec["group_reward_std"] = float(final_r.reshape(-1, G).std(dim=1, unbiased=False).mean()) if G > 1 else 0.0
-            t_ref = time.time()
-            with autocast:  # the reference's means do not change during the update: once per round
-                ref_means = reference_means(policy, traj, cfg.eta, ref_unet if cfg.beta_kl > 0 else None,
-                                            cfg.lora_rank > 0 and cfg.beta_kl > 0)
-            rec["reward_s"] = round(t_ref - t_reward, 3)  # the rewards of every scored prediction
-            rec["reference_s"] = round(time.time() - t_ref, 3)  # the KL reference's forward passes
-        sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
-        sft_active = float(sft_w.max()) > 0
-        w, sft_w = w[rows], sft_w[rows]
-        if cfg.sft_per_input:  # the SFT term on this process's inputs, once each (not on each rollout)
-            in_rows = procs.rows(cfg.batch_size)
-            sft_lq = torch.stack([pool[i].lq for i in idx.tolist()])[in_rows].to(device)
-            sft_gt, sft_cond = gt_in[in_rows].to(device), cond[in_rows].to(device) if cond is not None else None
-            sft_w = (cfg.lambda_sft * (1 - w_pool[idx]) * has_gt[idx].float())[in_rows].to(device)
-        else:
-            sft_lq, sft_gt, sft_cond = lq, gt, cond_rows
-        if sft_cond is not None and sft_cond.shape[-2:] != sft_gt.shape[-2:]:
-            sft_cond = None  # padded by the rollout: sft_loss conditions the unpadded input itself
-
-        t_upd = time.time()
-        # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
-        #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
-        unet.train()
-        logs: dict[str, list[float]] = {"kl": [], "kl_last": [], "ratio": [], "clip_frac": [], "approx_kl": [],
-                                        "loss_rl": [], "loss_sft": [], "grad_norm": []}
-        # Diagnostics (first epoch): each term's gradient on its own, so one can see which term sets the
-        # direction of the update (under Adam a consistent SFT gradient wins over a noisy RL one).
-        diag = bool(cfg.diag_every) and (rnd + 1) % cfg.diag_every == 0
-        term_grads: dict[str, list[torch.Tensor]] = {}
-        clip_epochs: list[float] = []
-        for epoch in range(cfg.epochs if (rl_active or sft_active) else 0):
-            opt.zero_grad(set_to_none=True)
-            split = diag and epoch == 0
-            clip_e: list[float] = []
-            if backprop_rl:
-                # The reward's own gradient through the last backprop_steps steps of the sampler (DRaFT-K).
-                with autocast:
-                    img = sample_with_grad(policy, lq, cfg.num_steps, cfg.eta, noise, cond_rows, cfg.backprop_steps)
-                    r_bp = reward.with_grad(img, reward_ref(tuple(img.shape[-2:]))).to(w.device)
-                _backward({"rl": -(w * r_bp).mean() * cfg.backprop_scale}, params, term_grads if split else None)
-                logs["loss_rl"].append(float(-(w * r_bp).detach().mean()))
-                if epoch == 0:
-                    rec["reward"] = float(procs.gather(r_bp.detach()).mean())
-                    if G > 1:
-                        rec["group_reward_std"] = float(procs.gather(r_bp.detach()).reshape(-1, G).std(
-                            dim=1, unbiased=False).mean())
-            if rollout_rl:
-                # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
-                for k in range(K):
-                    with autocast:  # on-policy first epoch: through the rollout's own forward pass
-                        loss_k, kl_k, ratio_k, clip_k = policy_losses(
-                            policy, traj, k, adv[k], cfg.eta, cfg.clip_range,
-                            ref_means[k] if ref_means is not None else None,
-                            traj.out[k] if epoch == 0 and traj.out else None)
-                    terms = {"rl": (w * loss_k).mean() / K, "kl": cfg.beta_kl * kl_k.mean() / K}
-                    _backward(terms, params, term_grads if split else None)
-                    logs["kl"].append(float(kl_k.detach().mean()))
-                    logs["ratio"].append(float(ratio_k.mean()))
-                    clip_e.append(float(clip_k.mean()))
-                    logs["approx_kl"].append(float((ratio_k - 1 - torch.log(ratio_k)).mean()))
-                    logs["loss_rl"].append(float((w * loss_k).detach().mean()))
-                if cfg.beta_last > 0:
-                    with autocast:
-                        last = last_step_anchor(policy, traj, ref_unet, cfg.lora_rank > 0, cfg.sigma_last)
-                    if last is not None:
-                        _backward({"last": cfg.beta_last * last.mean()}, params, term_grads if split else None)
-                        logs["kl_last"].append(float(last.detach().mean()))
-            if sft_active:
-                # SFT loss where a ground truth exists, weighted by 1 - w_i.
-                with autocast:
-                    l_sft = policy.sft_loss(sft_lq, sft_gt, noise, reduce=False, cond=sft_cond)
-                _backward({"sft": (sft_w * l_sft).mean()}, params, term_grads if split else None)
-                logs["loss_sft"].append(float(l_sft.detach().mean()))
-            if clip_e:
-                clip_epochs.append(sum(clip_e) / len(clip_e))
-                logs["clip_frac"] += clip_e
-            procs.average_gradients(params)
-            logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
-            opt.step()
-        if clip_epochs:
-            rec["clip_frac_epochs"] = clip_epochs
-        for name, gs in term_grads.items():
-            flat = torch.cat([x.flatten() for x in gs]).float()
-            rec[f"grad_norm_{name}"] = float(flat.norm())
-            if name == "rl":
-                cur = flat.detach().cpu()  # kept on the CPU between rounds (GPU memory, one device)
-                if prev_rl_grad is not None and float(cur.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
-                    rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(cur, prev_rl_grad, dim=0))
-                prev_rl_grad = cur
-        t_probe = time.time()
-        guard_stop = False
-        if probe is not None and (rnd + 1) % cfg.probe_every == 0:
-            unet.eval()
-            with autocast:
-                rec.update(_probe(policy, probe, probe_conds, reward, cfg, device))
-            if guard is not None:
-                guard_stop = guard.check(rnd + 1, rec, weights())
-        t_probe = time.time() - t_probe
-        means = {k: sum(v) / len(v) for k, v in logs.items() if v}
-        if means:
-            avg = procs.mean(torch.tensor(list(means.values()), dtype=torch.float64, device=device)).tolist()
-            rec.update(dict(zip(means, avg)))
-        rec["round_s"] = round(time.time() - t0, 3)
-        rec["difficulty_s"] = round(t_diff, 3)
-        rec["rollout_s"] = round(t_upd - t_roll, 3)  # rollouts, decodes, rewards and the KL reference's passes
-        rec["update_s"] = round(time.time() - t_upd - t_probe, 3)  # the PPO epochs (policy, SFT) and steps
-        rec["probe_s"] = round(t_probe, 3)
-
-        # 5. Validation, logging, checkpoints, stop flag.
-        done = rnd + 1
-        if val is not None and done % cfg.val_every == 0:
-            unet.eval()
-            with autocast:
-                rec.update(_validate(policy, val, reward, cfg, device))
-        stop = False
-        if main:
-            metrics_log.write(json.dumps(rec) + "\n")
-            metrics_log.flush()
-            diff_log.flush()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
-                             and isinstance(v, float)})
-            if "on_sample" in callbacks:
-                # The same pool input every round, restored as the app restores (eta = 0, fixed noise), so a
-                # person can watch what training does to one picture.
-                unet.eval()
-                with autocast:
-                    callbacks["on_sample"](done, pool[0].lq, _restore(policy, pool[0].lq[None], cfg.num_steps,
-                                                                        cond=conds[0][None] if conds else None)[0])
-            if "on_round" in callbacks:
-                callbacks["on_round"](rec)
-            stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
-            stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
-            stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists()) or guard_stop
-        stop = procs.any(stop)  # the main process decides; all stop together
-        if main and cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == cfg.rounds or stop):
-            unet.eval()  # kept models (checkpoints are pruned), one point each on the fidelity-reward plot
-            atomic_dir(out / "snapshots" / f"round-{done:04d}", policy.export)
-        if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
-            # Everything an exact resume needs, beside the exported model (written atomically).
+                w_pool = torch.full((len(pool),), float(cfg.uniform_weight))
+            idx = _choose(diff, eligible, w_pool, cfg, g)
+            ids = [pool[i].id for i in idx.tolist()]
+            # G rollouts of each input, consecutive (the advantage's groups); this process keeps its rows.
+            lq = torch.stack([pool[i].lq for i in idx.tolist()]).repeat_interleave(G, 0)[rows].to(device)
+            gt_mask = has_gt[idx].repeat_interleave(G).to(device)
+            gt = torch.stack([pool[i].gt if pool[i].gt is not None else pool[i].lq for i in idx.tolist()])
+            gt_in = gt
+            gt = gt.repeat_interleave(G, 0)[rows].to(device)
+            cond = torch.stack([conds[i] for i in idx.tolist()]) if conds is not None else None
+            cond_rows = cond.repeat_interleave(G, 0)[rows].to(device) if cond is not None else None
+            w = w_pool[idx].repeat_interleave(G).to(device)
+            rec: dict[str, object] = {"round": rnd + 1, "w_mean": float(w.mean()),
+                                      "d_mean": float(finite.mean()) if finite.numel() else None,
+                                      "pool_w_mean": float(w_pool.mean()),
+                                      "pool_w0_share": float((w_pool <= 0).float().mean()),
+                                      "pool_w1_share": float((w_pool >= 1).float().mean())}
             if main:
+                diff_log.write(json.dumps({"round": rnd + 1, "ids": [s.id for s in pool],
+                                           "difficulty": [None if math.isinf(v) else v for v in diff.tolist()],
+                                           "batch": ids, "w": w_pool[idx].tolist()}) + "\n")
+
+            # 2. Rollouts with the policy frozen as theta_old, and the reward of each transition's consequence.
+            rl_active = reward is not None and float(w.max()) > 0
+            rollout_rl = rl_active and cfg.rl_estimator == "ppo"
+            backprop_rl = rl_active and cfg.rl_estimator == "backprop"
+
+            def reward_ref(size: tuple[int, int]) -> torch.Tensor | None:
+                """What the full-reference reward terms compare this process's rows with (cropped to ``size``)."""
+                if not reward.full_reference:
+                    return None
+                if not anchored:
+                    return gt
+                s1 = stage1_images(policy, cond_rows)[..., : size[0], : size[1]]
+                return s1 if cfg.reward_reference == "stage1" else torch.where(gt_mask[rows].view(-1, 1, 1, 1), gt, s1)
+            t_roll = time.time()
+            if rollout_rl:
+                with autocast:
+                    # Decode only the predictions that will be scored (all steps unless reward_last_k).
+                    first = 0 if cfg.reward_last_k <= 0 else max(0, cfg.num_steps - cfg.reward_last_k)
+                    traj = policy.rollout(lq, cfg.num_steps, cfg.eta, noise, decode_from=first, cond=cond_rows,
+                                          keep_graph=keep_graph)
+                K = len(traj.timesteps)
+                t_reward = time.time()
+                ref = reward_ref(tuple(traj.final.shape[-2:]))
+                final_r = reward(traj.final, ref)
+                scored = range(K) if cfg.reward_last_k <= 0 else range(max(0, K - cfg.reward_last_k), K)
+                step_r = {k: (reward(traj.pred_image[traj.step_index[k] + 1], ref) if k in scored and
+                              traj.step_index[k] + 1 < len(traj.pred_image) - 1 else final_r) for k in range(K)}
+                # 3. Advantages against each input's own reward history at that step (all processes'
+                #    rewards, so every process keeps the same memory).
+                final_r = procs.gather(final_r)
+                step_r = {k: procs.gather(v) for k, v in step_r.items()}
+                if cfg.advantage == "group":
+                    adv = {k: group_advantages(step_r[k], G, cfg.adv_clip)[rows] for k in range(K)}
+                else:
+                    adv = {k: memory.advantages([f"{i}@{k}" for i in ids for _ in range(G)], step_r[k],
+                                                cfg.adv_clip)[rows] for k in range(K)}
+                rec["reward"] = float(final_r.mean())
+                rec["reward_steps"] = [float(step_r[k].mean()) for k in range(K)]
+                # How much the rollouts of one input differ: the signal group advantages are made of.
+                rec["group_reward_std"] = float(final_r.reshape(-1, G).std(dim=1, unbiased=False).mean()) if G > 1 else 0.0
+                t_ref = time.time()
+                with autocast:  # the reference's means do not change during the update: once per round
+                    ref_means = reference_means(policy, traj, cfg.eta, ref_unet if cfg.beta_kl > 0 else None,
+                                                cfg.lora_rank > 0 and cfg.beta_kl > 0)
+                rec["reward_s"] = round(t_ref - t_reward, 3)  # the rewards of every scored prediction
+                rec["reference_s"] = round(time.time() - t_ref, 3)  # the KL reference's forward passes
+            stop_now()
+            sft_w = cfg.lambda_sft * (1 - w) * gt_mask.float()
+            sft_active = float(sft_w.max()) > 0
+            w, sft_w = w[rows], sft_w[rows]
+            if cfg.sft_per_input:  # the SFT term on this process's inputs, once each (not on each rollout)
+                in_rows = procs.rows(cfg.batch_size)
+                sft_lq = torch.stack([pool[i].lq for i in idx.tolist()])[in_rows].to(device)
+                sft_gt, sft_cond = gt_in[in_rows].to(device), cond[in_rows].to(device) if cond is not None else None
+                sft_w = (cfg.lambda_sft * (1 - w_pool[idx]) * has_gt[idx].float())[in_rows].to(device)
+            else:
+                sft_lq, sft_gt, sft_cond = lq, gt, cond_rows
+            if sft_cond is not None and sft_cond.shape[-2:] != sft_gt.shape[-2:]:
+                sft_cond = None  # padded by the rollout: sft_loss conditions the unpadded input itself
+
+            t_upd = time.time()
+            # 4. Updates: each epoch is one optimiser step over all transitions (so from the second
+            #    epoch on the ratio leaves 1 and the PPO clip matters) plus the SFT term.
+            unet.train()
+            logs: dict[str, list[float]] = {"kl": [], "kl_last": [], "ratio": [], "clip_frac": [], "approx_kl": [],
+                                            "loss_rl": [], "loss_sft": [], "grad_norm": []}
+            # Diagnostics (first epoch): each term's gradient on its own, so one can see which term sets the
+            # direction of the update (under Adam a consistent SFT gradient wins over a noisy RL one).
+            diag = bool(cfg.diag_every) and (rnd + 1) % cfg.diag_every == 0
+            term_grads: dict[str, list[torch.Tensor]] = {}
+            clip_epochs: list[float] = []
+            for epoch in range(cfg.epochs if (rl_active or sft_active) else 0):
+                stop_now()
+                opt.zero_grad(set_to_none=True)
+                split = diag and epoch == 0
+                clip_e: list[float] = []
+                if backprop_rl:
+                    # The reward's own gradient through the last backprop_steps steps of the sampler (DRaFT-K).
+                    with autocast:
+                        img = sample_with_grad(policy, lq, cfg.num_steps, cfg.eta, noise, cond_rows, cfg.backprop_steps)
+                        r_bp = reward.with_grad(img, reward_ref(tuple(img.shape[-2:]))).to(w.device)
+                    _backward({"rl": -(w * r_bp).mean() * cfg.backprop_scale}, params, term_grads if split else None)
+                    logs["loss_rl"].append(float(-(w * r_bp).detach().mean()))
+                    if epoch == 0:
+                        rec["reward"] = float(procs.gather(r_bp.detach()).mean())
+                        if G > 1:
+                            rec["group_reward_std"] = float(procs.gather(r_bp.detach()).reshape(-1, G).std(
+                                dim=1, unbiased=False).mean())
+                if rollout_rl:
+                    # PPO-clipped policy loss and KL, one transition at a time (memory), averaged over t.
+                    for k in range(K):
+                        stop_now()
+                        with autocast:  # on-policy first epoch: through the rollout's own forward pass
+                            loss_k, kl_k, ratio_k, clip_k = policy_losses(
+                                policy, traj, k, adv[k], cfg.eta, cfg.clip_range,
+                                ref_means[k] if ref_means is not None else None,
+                                traj.out[k] if epoch == 0 and traj.out else None)
+                        terms = {"rl": (w * loss_k).mean() / K, "kl": cfg.beta_kl * kl_k.mean() / K}
+                        _backward(terms, params, term_grads if split else None)
+                        logs["kl"].append(float(kl_k.detach().mean()))
+                        logs["ratio"].append(float(ratio_k.mean()))
+                        clip_e.append(float(clip_k.mean()))
+                        logs["approx_kl"].append(float((ratio_k - 1 - torch.log(ratio_k)).mean()))
+                        logs["loss_rl"].append(float((w * loss_k).detach().mean()))
+                    if cfg.beta_last > 0:
+                        with autocast:
+                            last = last_step_anchor(policy, traj, ref_unet, cfg.lora_rank > 0, cfg.sigma_last)
+                        if last is not None:
+                            _backward({"last": cfg.beta_last * last.mean()}, params, term_grads if split else None)
+                            logs["kl_last"].append(float(last.detach().mean()))
+                if sft_active:
+                    # SFT loss where a ground truth exists, weighted by 1 - w_i.
+                    with autocast:
+                        l_sft = policy.sft_loss(sft_lq, sft_gt, noise, reduce=False, cond=sft_cond)
+                    _backward({"sft": (sft_w * l_sft).mean()}, params, term_grads if split else None)
+                    logs["loss_sft"].append(float(l_sft.detach().mean()))
+                if clip_e:
+                    clip_epochs.append(sum(clip_e) / len(clip_e))
+                    logs["clip_frac"] += clip_e
+                procs.average_gradients(params)
+                logs["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+                opt.step()
+            if clip_epochs:
+                rec["clip_frac_epochs"] = clip_epochs
+            for name, gs in term_grads.items():
+                flat = torch.cat([x.flatten() for x in gs]).float()
+                rec[f"grad_norm_{name}"] = float(flat.norm())
+                if name == "rl":
+                    cur = flat.detach().cpu()  # kept on the CPU between rounds (GPU memory, one device)
+                    if prev_rl_grad is not None and float(cur.norm()) > 0 and float(prev_rl_grad.norm()) > 0:
+                        rec["rl_grad_cos_prev"] = float(torch.nn.functional.cosine_similarity(cur, prev_rl_grad, dim=0))
+                    prev_rl_grad = cur
+            stop_now()
+            t_probe = time.time()
+            guard_stop = False
+            if probe is not None and (rnd + 1) % cfg.probe_every == 0:
                 unet.eval()
-                state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
-                         "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
-                         "difficulty_start": diff_start, "guard": guard.state_dict() if guard else None,
-                         "round": done, "generator": g.get_state(), "config": asdict(cfg)}
-                path = save_checkpoint(out, done, policy.export, state)
-                if "on_checkpoint" in callbacks:
-                    callbacks["on_checkpoint"](path, rec)
-            procs.barrier()
-        if stop:
-            break
+                with autocast:
+                    rec.update(_probe(policy, probe, probe_conds, reward, cfg, device))
+                if guard is not None:
+                    guard_stop = guard.check(rnd + 1, rec, weights())
+            t_probe = time.time() - t_probe
+            means = {k: sum(v) / len(v) for k, v in logs.items() if v}
+            if means:
+                avg = procs.mean(torch.tensor(list(means.values()), dtype=torch.float64, device=device)).tolist()
+                rec.update(dict(zip(means, avg)))
+            rec["round_s"] = round(time.time() - t0, 3)
+            rec["difficulty_s"] = round(t_diff, 3)
+            rec["rollout_s"] = round(t_upd - t_roll, 3)  # rollouts, decodes, rewards and the KL reference's passes
+            rec["update_s"] = round(time.time() - t_upd - t_probe, 3)  # the PPO epochs (policy, SFT) and steps
+            rec["probe_s"] = round(t_probe, 3)
+
+            # 5. Validation, logging, checkpoints, stop flag.
+            done = rnd + 1
+            if val is not None and done % cfg.val_every == 0:
+                unet.eval()
+                with autocast:
+                    rec.update(_validate(policy, val, reward, cfg, device))
+            stop = False
+            if main:
+                metrics_log.write(json.dumps(rec) + "\n")
+                metrics_log.flush()
+                diff_log.flush()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("reward", "kl", "val_psnr")
+                                 and isinstance(v, float)})
+                if "on_sample" in callbacks:
+                    # The same pool input every round, restored as the app restores (eta = 0, fixed noise), so a
+                    # person can watch what training does to one picture.
+                    unet.eval()
+                    with autocast:
+                        callbacks["on_sample"](done, pool[0].lq, _restore(policy, pool[0].lq[None], cfg.num_steps,
+                                                                            cond=conds[0][None] if conds else None)[0])
+                if "on_round" in callbacks:
+                    callbacks["on_round"](rec)
+                stop = bool(callbacks["should_stop"]()) if "should_stop" in callbacks else False
+                stop = stop or (cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes)
+                stop = stop or (cfg.stop_file is not None and Path(cfg.stop_file).exists()) or guard_stop
+            stop = procs.any(stop)  # the main process decides; all stop together
+            if main and cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == cfg.rounds or stop):
+                unet.eval()  # kept models (checkpoints are pruned), one point each on the fidelity-reward plot
+                atomic_dir(out / "snapshots" / f"round-{done:04d}", policy.export)
+            if done % cfg.ckpt_every == 0 or done == cfg.rounds or stop:
+                # Everything an exact resume needs, beside the exported model (written atomically).
+                if main:
+                    unet.eval()
+                    state = {"unet": lora_state_dict(unet) if cfg.lora_rank else unet.state_dict(),
+                             "opt": opt.state_dict(), "memory": memory.state_dict(), "difficulty": diff,
+                             "difficulty_start": diff_start, "guard": guard.state_dict() if guard else None,
+                             "round": done, "generator": g.get_state(), "config": asdict(cfg)}
+                    path = save_checkpoint(out, done, policy.export, state)
+                    if "on_checkpoint" in callbacks:
+                        callbacks["on_checkpoint"](path, rec)
+                procs.barrier()
+            if stop:
+                break
+    except _StopInRound:
+        if main:
+            (out / "stopped.json").write_text(json.dumps({"stopped_in_round": done + 1, "last_complete_round": done}))
     bar.close()
     final = out / "model"
     if main:

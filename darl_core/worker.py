@@ -120,7 +120,7 @@ def summary_line(summary: dict[str, float]) -> str:
     return "; ".join(parts) or "no numbers (no ground truth and no reward that can be scored without one)"
 
 
-def run_job(store: Store, job: Job, heartbeat_s: float = 10.0) -> None:
+def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
     """Train one claimed job to a terminal state (succeeded, failed or cancelled)."""
     out = store.dir / "jobs" / str(job.id)
     out.mkdir(parents=True, exist_ok=True)

@@ -586,3 +586,27 @@ def test_judge_check_scores_the_truth_and_restorations_moved_towards_it(tmp_path
     assert float(rows["SFT, 0.5 of the way to the truth"][2]) < float(rows["SFT"][2]) / 2  # flat_hf: 4x less
     assert rows["the ground truth"][2] == "1.00" and rows["the ground truth"][1] == "—"
     assert rows["other"][3].endswith("(0 %)")  # the same model is never scored better than itself
+
+
+def test_a_cancel_stops_training_inside_a_long_round(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``should_stop`` is checked between a round's phases and PPO steps: a round of many epochs (here
+    about 10 s uncut) stops within a second of the cancel, unlogged, and says so in stopped.json."""
+    import time
+
+    uncut = time.time()
+    train_rl(_cfg(tmp_path / "timed", tiny_model_dir, rounds=1, epochs=40))
+    per_epoch = (time.time() - uncut) / 40
+    epochs = max(40, int(10 / max(per_epoch, 1e-3)))  # a round of about 10 s
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        if not asked:
+            asked.append(time.time() + 0.5)  # the user cancels half a second into the run
+        return time.time() >= asked[0]
+
+    train_rl(_cfg(tmp_path, tiny_model_dir, rounds=3, epochs=epochs), callbacks={"should_stop": should_stop})
+    took = time.time() - asked[0]
+    assert took < 2.0, f"stopped {took:.1f} s after the cancel (a round is about {epochs * per_epoch:.0f} s)"
+    run = tmp_path / "run"
+    assert json.loads((run / "stopped.json").read_text()) == {"stopped_in_round": 1, "last_complete_round": 0}
+    assert not [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if '"round": 1' in ln]

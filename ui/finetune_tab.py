@@ -451,7 +451,7 @@ def cancel_job(ctx: AppContext, job_id: int | None, user: str = "anonymous") -> 
         raise UserError(f"job #{job_id} already {state}")
     ctx.require_owner(user, f"job:{job_id}", f"job #{job_id}")
     ctx.store.request_cancel(job_id, user)
-    return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'it stops at the end of its current round, with a checkpoint'})."
+    return f"Cancel requested for job #{int(job_id)} ({'cancelled' if state == 'queued' else 'it stops within seconds; a multi-process job at the end of its round'})."
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
