@@ -164,6 +164,8 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     # what the form sends when untouched: no filter at all (the unestimated sample #2 stays)
     assert len(samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX)[1]) == 2
     assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, 0.35)[1]] == [1]
+    assert samples_tab.D_MAX == 1.0  # the form's default bound is on the 0 .. 1 scale it filters
+    assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, 0.25)[1]] == []  # 0.3 > 0.25
     # the reason filter: any part of the reason, any case
     assert [row[0] for row in samples_tab.list_flagged(ctx, reason="BLUR")[1]] == [2]
     assert samples_tab.list_flagged(ctx, reason="%")[1] == []  # a LIKE wildcard is a plain character here

@@ -23,7 +23,9 @@ from .restore_tab import REASONS, restore, score_table
 __all__ = ["HEADERS", "KINDS", "export_zip", "list_flagged", "listen", "render", "restore_sample", "sample_choices",
            "sample_files", "sample_from_caption", "sample_from_row", "tag_samples", "unflag", "unflag_many"]
 
-D_MAX = 2.0  # difficulty (1 - SSIM) lies in [0, 2]; a bound at or past it filters nothing
+# Both measures read 0 (easy) .. 1 (hard): the proxy by construction, 1 - SSIM in practice (above 1 only for a
+# negative SSIM, an image unrelated to its truth). The upper bound's default; a bound at or past it filters nothing.
+D_MAX = 1.0
 # Two difficulties that are not comparable: never one unmarked column, and the bounds apply to one kind.
 KINDS = {"gt": "ground truth (1 − SSIM)", "proxy": "no-reference proxy (NIQE)"}
 HEADERS = ["sample", "task", "reason", "tags", "difficulty (0 easy … 1 hard)", "difficulty measured by", "user",
@@ -212,7 +214,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                   label="Reason contains", info="any case; type your own words and press Enter")
         c["days"] = fields.Number(0, label="Flagged in the last N days (0: all)")
         c["d_min"] = fields.Number(0.0, label="Difficulty ≥")
-        c["d_max"] = fields.Number(D_MAX, label="Difficulty ≤")
+        c["d_max"] = fields.Number(D_MAX, label="Difficulty ≤ (0 easy .. 1 hard; 1: no bound)")
         c["kind"] = gr.Radio([(v, k) for k, v in KINDS.items()], value="gt", label="Difficulty bounds compare",
                              info="the two measures differ: bounds keep only samples measured this way")
         c["tag"] = gr.Textbox(label="Tag", info="samples with this tag (Enter)", elem_id="tag-filter")
