@@ -66,6 +66,13 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert "rough: this restoration is under 192 px a side" in r2.difficulty_text
     # the proxy reuses the table's NIQE of the SFT restoration: the same value as computing it afresh
     assert r2.difficulty == pytest.approx(float(difficulty_no_reference(pil_to_tensor(r2.sft)[None])), abs=1e-6)
+    # ... and already at upload, naming the size it must have (the page clears it with this message)
+    wrong = _img(tmp_path / "g2.png", (50, 50))
+    said = restore_tab.ground_truth_problem(ctx, lq, wrong)
+    w, h = Image.open(lq).size
+    assert said == (f"the ground truth must have the input's size {w}x{h}, or an integer multiple of it for "
+                    f"super-resolution (x4: {4 * w}x{4 * h}); got 50x50")
+    assert restore_tab.ground_truth_problem(ctx, lq, gt) is None and restore_tab.ground_truth_problem(ctx, None, wrong) is None
     # a ground truth of the wrong size is refused before a model runs, not after the restorations
     stages = restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64,
                                         gt_path=_img(tmp_path / "g2.png", (50, 50)))

@@ -31,7 +31,7 @@ from .upload import ImageUpload
 
 __all__ = ["METRIC_INFO", "RestoreResult", "RestoreStopped", "SCORE_HEADERS", "compare_views", "difference_map",
            "difficulty_text", "estimate_seconds", "zoom_strip",
-           "example_images", "flag", "gt_scale", "large_image_warning", "listen", "render", "restore", "restore_batch",
+           "example_images", "flag", "ground_truth_problem", "gt_scale", "gt_size_problem", "large_image_warning", "listen", "render", "restore", "restore_batch",
            "rough_scores", "score", "small_image_warning", "score_table", "stale_ground_truth", "upload_problem"]
 
 MAX_NOTE = 2000  # characters of a flag's note
@@ -543,6 +543,27 @@ def gt_scale(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> int | None:
     return k if 1 <= k <= 8 and gt_size == (k * lq_size[0], k * lq_size[1]) else None
 
 
+def gt_size_problem(lq_size: tuple[int, int], gt_size: tuple[int, int]) -> str | None:
+    """Why a ground truth of ``gt_size`` cannot go with an input of ``lq_size`` (naming the size it must have),
+    or None when it can (``gt_scale``)."""
+    if gt_scale(lq_size, gt_size) is not None:
+        return None
+    w, h = lq_size
+    return (f"the ground truth must have the input's size {w}x{h}, or an integer multiple of it for "
+            f"super-resolution (x4: {4 * w}x{4 * h}); got {gt_size[0]}x{gt_size[1]}")
+
+
+def ground_truth_problem(ctx: AppContext, image: str | None, gt: str | None) -> str | None:
+    """At upload: why ``gt`` cannot be the ground truth of the uploaded ``image`` (its size), or None (also
+    when either is missing or unreadable: those are said by ``upload_problem``)."""
+    if not image or not gt:
+        return None
+    try:
+        return gt_size_problem(ctx.open_upload(image).size, ctx.open_upload(gt, "ground truth").size)
+    except UserError:
+        return None
+
+
 def took(r: RestoreResult) -> str:
     """How long the restorations took, and which were reused from an earlier identical request."""
     if not r.reused:
@@ -580,10 +601,8 @@ def flag(ctx: AppContext, image_path: str, reason: str, note: str = "", gt_path:
         raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
     lq = to_rgb(ctx.open_upload(image_path))[0]
     gt = to_rgb(ctx.open_upload(gt_path, "ground truth"))[0] if gt_path else None
-    if gt is not None and gt_scale(lq.size, gt.size) is None:
-        raise UserError(f"the ground truth must have the input's size {lq.size[0]}x{lq.size[1]}, or an "
-                        f"integer multiple of it for super-resolution (x4: {4 * lq.size[0]}x{4 * lq.size[1]}); "
-                        f"got {gt.size[0]}x{gt.size[1]}")
+    if gt is not None and (problem := gt_size_problem(lq.size, gt.size)):
+        raise UserError(problem)
     try:
         d = None if difficulty_value is None else float(difficulty_value)
     except (TypeError, ValueError):
@@ -821,6 +840,9 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         if stale:
             gr.Info("The ground truth was cleared: it was given with the previous image. Upload the one that "
                     "belongs to this image.", duration=15)
+        elif not problem and (size := ground_truth_problem(ctx, path, gt)):  # given first, for this image
+            gr.Warning(f"The ground truth was cleared: {size}. Upload one of that size.", duration=20)
+            stale = True
         return (None if problem else gr.skip(), None if stale else gr.skip(),
                 path if gt and not (stale or problem) else "")
 
@@ -831,6 +853,9 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         problem = upload_problem(ctx, gt, "ground truth")
         if problem:
             gr.Warning(f"Not usable: {problem}", duration=20)
+            return None, ""
+        if size := ground_truth_problem(ctx, image, gt):  # refused now, not at Restore
+            gr.Warning(f"Not usable: {size}.", duration=20)
             return None, ""
         return gr.skip(), image or ""
 
