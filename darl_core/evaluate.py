@@ -112,16 +112,14 @@ def heldout_check(restorer: Restorer, steps: int, crops: int = 8, size: int = 12
     (``evalset``, random strengths): mean PSNR and SSIM of its restorations and of the inputs, over
     ``crops`` crops of the built-in held-out photos. What the worker registers with a finished job's
     model. x1 restorers only (the pairs are restoration pairs); others get an empty dict."""
-    from .data import builtin_image
-    from .evalset import independent_pairs
+    from .payoff import heldout_items
 
     if restorer.output_scale != 1:
         return {}
-    photos = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]
-    pairs = independent_pairs(seed=seed, size=size, per_image=max(1, -(-crops // len(photos))), images=photos)[:crops]
     psnr, ssim = get_metric("psnr"), get_metric("ssim")
     out = {"heldout_psnr": [], "heldout_ssim": [], "heldout_input_psnr": []}
-    for i, (_, lq, hq, _) in enumerate(pairs):
+    for i, it in enumerate(heldout_items(crops, size, seed)):
+        lq, hq = it.lq, it.gt
         restored = restorer.restore_tensor(lq[None], steps, generator=torch.Generator().manual_seed(i)).cpu()
         out["heldout_psnr"].append(float(psnr(restored, hq[None])))
         out["heldout_ssim"].append(float(ssim(restored, hq[None])))

@@ -29,7 +29,7 @@ from .images import save_tensor
 from .restorer import Restorer
 from .rewards import MIN_SIDE, create_reward, get_metric
 
-__all__ = ["SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_items", "payoff_summary"]
+__all__ = ["SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_evaluation", "heldout_items", "payoff_summary"]
 
 MAX_SIDE = 384  # larger images are compared on their centre crop of this side
 # What a summary reports, in order: (key of payoff_summary, its name in the job log and the app, decimals).
@@ -137,3 +137,14 @@ def payoff_summary(metrics: list[dict[str, Any]], judges: tuple[str, ...] = ()) 
         out[f"n_{key}"] = float(len(pairs))
         out[f"better_{key}"] = sum(sign * (n - b) > 0 for b, n in pairs) / len(pairs)
     return out
+
+
+def heldout_evaluation(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """``evaluate.heldout_check``'s numbers of the new model, and its base's PSNR, from the held-out crops'
+    before and after (the same crops and noise with ``seed`` 0): they need no second restore."""
+    if not metrics or any("psnr_new" not in m for m in metrics):
+        return {}
+    return {"heldout_psnr": statistics.fmean(m["psnr_new"] for m in metrics),
+            "heldout_ssim": statistics.fmean(m["ssim_new"] for m in metrics),
+            "heldout_input_psnr": statistics.fmean(m["psnr_input"] for m in metrics),
+            "heldout_psnr_base": statistics.fmean(m["psnr_base"] for m in metrics)}

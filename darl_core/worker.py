@@ -47,7 +47,7 @@ from .launch import train_in_processes
 from .evaluate import heldout_check
 from .images import load_rgb, pil_to_tensor, save_tensor
 from .loading import DEFAULT_MODEL, load_restorer
-from .payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_items, payoff_summary
+from .payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_evaluation, heldout_items, payoff_summary
 from .rl import RLConfig, get_rl_preset, train_rl
 
 __all__ = ["compare_job", "job_config", "run_job", "run_worker", "summary_line"]
@@ -73,11 +73,12 @@ def _write_pool(store: Store, job: Job, path: Path) -> None:
 
 
 def compare_job(store: Store, job: Job, cfg: RLConfig, base: Any, new: Any, out: Path, worker: str | None
-                ) -> dict[str, float]:
+                ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The finished job's before and after (``payoff``): its samples and its held-out check crops restored by
     the base and the new model, stored as the job's ``Comparison`` rows and summed up in its log; returns
-    the summary numbers for the checkpoint's evaluation (``samples_d_psnr``, ``heldout_d_reward``, ...).
-    A failure here is logged and leaves the trained model registered."""
+    the summary numbers for the checkpoint's evaluation (``samples_d_psnr``, ``heldout_d_reward``, ...) and
+    the held-out crops' metrics (the held-out check's own crops and noise). A failure here is logged and
+    leaves the trained model registered."""
     store.heartbeat(job.id, log_line="before and after: the job's samples and the held-out crops, restored by "
                                      "the base model and the new one", worker=worker)
     try:
@@ -86,10 +87,13 @@ def compare_job(store: Store, job: Job, cfg: RLConfig, base: Any, new: Any, out:
             smp = store.sample(int(sid))
             gt = pil_to_tensor(load_rgb(store.path(smp.gt_path))) if smp.gt_path else None
             samples.append(PayoffItem(f"sample {smp.id}", pil_to_tensor(load_rgb(store.path(smp.lq_path))), gt, smp.id))
-        rows, numbers = [], {}
-        for subset, items in (("samples", samples), ("heldout", heldout_items() if base.output_scale == 1 else [])):
+        rows, numbers, heldout = [], {}, []
+        for subset, items, seed in (("samples", samples, cfg.seed),  # held-out: the held-out check's noise
+                                    ("heldout", heldout_items() if base.output_scale == 1 else [], 0)):
             done = before_after(base, new, items, cfg.num_steps, cfg.reward, out / "compare" / subset,
-                                reference=cfg.reward_reference, seed=cfg.seed)
+                                reference=cfg.reward_reference, seed=seed)
+            if subset == "heldout":
+                heldout = [r["metrics"] for r in done]
             summary = payoff_summary([r["metrics"] for r in done])
             numbers.update({f"{subset}_{k}": v for k, v in summary.items() if k.startswith("d_")})
             if done:
@@ -102,11 +106,11 @@ def compare_job(store: Store, job: Job, cfg: RLConfig, base: Any, new: Any, out:
                              "base_path": files["base"], "new_path": files["new"], "gt_path": files["gt"],
                              "metrics": r["metrics"]})
         store.set_comparisons(job.id, rows)
-        return numbers
+        return numbers, heldout
     except Exception as e:  # noqa: BLE001 - the model is trained and kept; the log says what went wrong
         store.heartbeat(job.id, log_line=f"before and after failed ({type(e).__name__}: {e}); the model is kept",
                         worker=worker)
-        return {}
+        return {}, []
 
 
 def summary_line(summary: dict[str, float]) -> str:
@@ -189,15 +193,21 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
         # last training numbers.
         store.heartbeat(job.id, log_line="checking the model on held-out photos", worker=me)
         restorer = trained.get("restorer") or load_restorer(model_dir)  # loaded only after a multi-process run
-        evaluation = heldout_check(restorer, cfg.num_steps)
-        # ... beside its base model's on the same crops and noise, so the job says whether it got better
         base_restorer = load_restorer(cfg.base_model or DEFAULT_MODEL)
-        base_eval = heldout_check(base_restorer, cfg.num_steps)
-        if "heldout_psnr" in evaluation and "heldout_psnr" in base_eval:
-            evaluation["heldout_psnr_base"] = base_eval["heldout_psnr"]
-            delta = evaluation["heldout_psnr"] - base_eval["heldout_psnr"]
+        # Its before and after: the job's samples and the held-out check's crops, by the base and the new model;
+        # the held-out numbers come from the latter (restored once), beside the base's on the same crops and
+        # noise, so the job says whether it got better.
+        compared, heldout = compare_job(store, job, cfg, base_restorer, restorer, out, me)
+        evaluation = heldout_evaluation(heldout)
+        if not evaluation:  # no before and after (it failed): the quick check by itself
+            evaluation = heldout_check(restorer, cfg.num_steps)
+            base_eval = heldout_check(base_restorer, cfg.num_steps)
+            if "heldout_psnr" in evaluation and "heldout_psnr" in base_eval:
+                evaluation["heldout_psnr_base"] = base_eval["heldout_psnr"]
+        if "heldout_psnr_base" in evaluation:
+            delta = evaluation["heldout_psnr"] - evaluation["heldout_psnr_base"]
             store.heartbeat(job.id, log_line=f"held-out check: PSNR {evaluation['heldout_psnr']:.2f} dB against its "
-                                             f"base's {base_eval['heldout_psnr']:.2f} ({delta:+.2f} dB: "
+                                             f"base's {evaluation['heldout_psnr_base']:.2f} ({delta:+.2f} dB: "
                                              f"{'better' if delta > 0.02 else 'worse' if delta < -0.02 else 'same'})",
                             worker=me)
         guard = Path(cfg.output) / "guard.json"
@@ -206,7 +216,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
             evaluation["guard_exported_round"] = float(g["exported_round"])
             store.heartbeat(job.id, log_line=f"probe guard: the model is round {g['exported_round']} of "
                                              f"{g['last_round']}: {g['why']}", worker=me)
-        evaluation.update(compare_job(store, job, cfg, base_restorer, restorer, out, me))
+        evaluation.update(compared)
         evaluation.update({k: float(v) for k, v in last.items()
                            if (k.startswith("val_") or k in ("reward", "d_mean")) and isinstance(v, (int, float))})
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
