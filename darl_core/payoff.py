@@ -29,9 +29,10 @@ from .images import save_tensor
 from .restorer import Restorer
 from .rewards import MIN_SIDE, create_reward, get_metric
 
-__all__ = ["SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_evaluation", "heldout_items", "payoff_summary"]
+__all__ = ["HELDOUT_CROPS", "SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_evaluation", "heldout_items", "payoff_summary"]
 
 MAX_SIDE = 384  # larger images are compared on their centre crop of this side
+HELDOUT_CROPS = 8  # the held-out check's crops (evaluate.heldout_check's default too)
 # What a summary reports, in order: (key of payoff_summary, its name in the job log and the app, decimals).
 SUMMARY_TERMS = (("reward", "reward", 2), ("reward_stage1", "reward against stage 1 (no truth)", 2),
                  ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("difficulty", "difficulty (1 - SSIM)", 3),
@@ -53,7 +54,7 @@ def _centre(x: torch.Tensor, side: int, scale: int = 1) -> torch.Tensor:
     return x[..., top * scale:(top + min(h, side)) * scale, left * scale:(left + min(w, side)) * scale]
 
 
-def heldout_items(crops: int = 8, size: int = 128, seed: int = 0) -> list[PayoffItem]:
+def heldout_items(crops: int = HELDOUT_CROPS, size: int = 128, seed: int = 0) -> list[PayoffItem]:
     """The held-out check's crops (``evaluate.heldout_check``: the built-in held-out photos, degraded by
     the independent Pillow / JPEG recipe), with their ground truths."""
     from .data import HELDOUT_IMAGES, builtin_image

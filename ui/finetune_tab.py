@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from darl_core.payoff import HELDOUT_CROPS
 from darl_core.rewards import MissingWeightsError, parse_spec
 from darl_core.rl import CPU_SECONDS_PER_UNIT, SIZES, RLConfig, get_rl_preset, round_cost
 from darl_core.rl import PRESETS as RL_PRESETS
@@ -112,7 +113,6 @@ def seconds_per_unit(ctx: AppContext) -> tuple[float, str]:
 # Seconds per image of a job's end (model load, the held-out check, the before and after of its samples and of the
 # 8 held-out crops) on this project's 2-core CPU: bench/loop.py's jobs, 2026-12-08 (20 s for 32 samples + 8 crops).
 FINISH_SECONDS_PER_IMAGE = 0.5
-HELDOUT_CROPS = 8  # the before and after's held-out crops (payoff.heldout_items)
 
 
 def finish_minutes(ctx: AppContext, n_samples: int) -> float:
