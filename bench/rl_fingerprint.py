@@ -1,7 +1,8 @@
 """Fingerprints of tiny RL runs, to check that a refactoring changed nothing.
 
 Runs the ``tiny_test`` preset on tiny seeded models (pixel full fine-tuning, pixel LoRA, pixel
-``memory`` advantages with KL and validation, Stable Diffusion x4 LoRA) and prints, per run, the
+``memory`` advantages with KL and validation, reward backpropagation with diagnostics, a two-stage model
+with the stage-1 anchor, probe, guard, last-step anchor and stochastic last step, Stable Diffusion x4 LoRA) and prints, per run, the
 SHA-256 of the exported weights and of metrics.jsonl with its timing fields removed. Run it before
 and after a change; identical lines mean bit-identical training. The values depend on the CPU's
 floating-point kernels, so compare runs on the same machine only (they are not a test).
@@ -28,10 +29,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 torch.set_num_threads(2)
 
-from darl_core.pipeline import RestorationPipeline, build_unet, make_scheduler  # noqa: E402
+from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler  # noqa: E402
 from darl_core.rl import tiny_test, train_rl  # noqa: E402
 
-TIMING = ("round_s", "difficulty_s", "rollout_s", "update_s")
 
 
 def _digest(model: Path, run: Path) -> tuple[str, str]:
@@ -42,7 +42,7 @@ def _digest(model: Path, run: Path) -> tuple[str, str]:
             h.update(v.float().numpy().tobytes())
     m = hashlib.sha256()
     for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        rec = {k: v for k, v in json.loads(line).items() if not k.endswith("_s")}  # timings (round_s, ...) vary
         m.update(json.dumps(rec, sort_keys=True).encode())
     return h.hexdigest()[:16], m.hexdigest()[:16]
 
@@ -51,6 +51,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="darl-fp-"))
     pixel = root / "pixel"
     RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), residual_scale=0.5).save_pretrained(pixel)
+    two = root / "two_stage"  # with a stage 1: the stage-1 anchored reward
+    RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)
+                        ).save_pretrained(two)
     from darl_core.testing import random_sd_upscaler
 
     sd = root / "sd"
@@ -60,6 +63,12 @@ def main() -> None:
         "pixel_lora": replace(tiny_test(), base_model=str(pixel), lora_rank=4, reward="ssim"),
         "pixel_memory_kl_val": replace(tiny_test(), base_model=str(pixel), advantage="memory", beta_kl=0.1,
                                        val_every=1, sampling="hardest", rounds=3),
+        "pixel_backprop_diag": replace(tiny_test(), base_model=str(pixel), rl_estimator="backprop", backprop_steps=2,
+                                       eta=0.0, diag_every=1, w_anchor="start", rounds=3),
+        "two_stage_anchor_probe": replace(tiny_test(), base_model=str(two), reward="psnr", reward_reference="auto",
+                                          probe_every=1, guard_psnr=5.0, beta_last=0.1, stochastic_last=True,
+                                          keep_rollout_graph=False, sft_per_input=False, reward_last_k=1,
+                                          snapshot_every=1, rounds=3, difficulty_every=2),
         "sd_lora": replace(tiny_test(), base_model=str(sd), lora_rank=4, task="sr4", patch=32, num_steps=2),
     }
     for name, cfg in runs.items():
