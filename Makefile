@@ -40,4 +40,4 @@ bench-setup: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 
 photos: setup
-	$(PY) -m darl_core.photos fetch
+	$(PY) -m darl_core.data.photos fetch

@@ -29,7 +29,7 @@ import threading
 
 from starlette.middleware import Middleware
 
-from darl_core.loading import SHIPPED_MODELS, card_evaluation
+from darl_core.models.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import CSS, AppContext, build_app
 from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users
@@ -89,7 +89,7 @@ class Supervisor:
 
 
 def start_worker() -> Supervisor:
-    sup = Supervisor([sys.executable, "-m", "darl_core.worker"])
+    sup = Supervisor([sys.executable, "-m", "darl_core.jobs.worker"])
     atexit.register(sup.stop)
     # SIGTERM (a service manager, `kill`) ends the app like Ctrl-C does: through atexit, so the worker stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

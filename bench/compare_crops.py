@@ -3,7 +3,7 @@
     .venv/bin/python bench/compare_crops.py --models sft=models/sft-blind-fast bp=runs/bp_b/snapshots/round-0040 \\
         --crops 0 3 6 9 --out docs/rl_study_cpu/crops_backprop.png
 
-Crops of the independent evaluation set (``darl_core.evalset``, seed 0, 192 px), restored at ``--steps`` with
+Crops of the independent evaluation set (``darl_core.evaluation.evalset``, seed 0, 192 px), restored at ``--steps`` with
 the same noise for every model (eta 0); from each, the centre ``--zoom-size`` pixels enlarged ``--zoom`` times
 (nearest neighbour, so every pixel shows). Columns: the degraded input, each model, the ground truth.
 """
@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import RANDOM, independent_pairs  # noqa: E402
-from darl_core.images import tensor_to_pil  # noqa: E402
-from darl_core.loading import load_restorer  # noqa: E402
+from darl_core.evaluation.evalset import RANDOM, independent_pairs  # noqa: E402
+from darl_core.data.images import tensor_to_pil  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

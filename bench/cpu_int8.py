@@ -13,7 +13,7 @@ the layout the CLI uses (``set_precision("auto")``):
 
 1. each convolution shape alone, fp32 against int8 (median of ``--repeats``);
 2. the whole denoiser's forward pass at ``side`` x ``side`` (median of ``--repeats``);
-3. the default 2-step restoration of the validation crops (``darl_core.data.validation_set``, not the
+3. the default 2-step restoration of the validation crops (``darl_core.data.clean.validation_set``, not the
    evaluation set): PSNR against the ground truth, and PSNR of int8 against fp32.
 
 It is a measurement, not a shipped mode: nothing in darl_core quantises.
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_speed import median_time  # noqa: E402
 
-from darl_core.data import validation_set  # noqa: E402
-from darl_core.loading import load_restorer  # noqa: E402
-from darl_core.rewards import get_metric  # noqa: E402
+from darl_core.data.clean import validation_set  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.rewards.registry import get_metric  # noqa: E402
 
 
 class Int8Conv(torch.nn.Module):

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpu_speed import median_time  # noqa: E402  (bench/, on the path when run as a script)
-from darl_core.loading import load_restorer  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
 
 
 def cpu_mhz() -> float | None:

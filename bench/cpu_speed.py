@@ -40,14 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data import builtin_image  # noqa: E402
-from darl_core.degrade import degrade, get_preset  # noqa: E402
-from darl_core.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
-from darl_core.loading import DEFAULT_MODEL, load_restorer  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, STAGE1_CACHE  # noqa: E402
-from darl_core import tiling  # noqa: E402
-from darl_core.restorer import cpu_bf16_supported  # noqa: E402
-from darl_core.tiling import STRETCH  # noqa: E402
+from darl_core.data.clean import builtin_image  # noqa: E402
+from darl_core.data.degrade import degrade, get_preset  # noqa: E402
+from darl_core.data.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer  # noqa: E402
+from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE, STAGE1_CACHE  # noqa: E402
+from darl_core.models import tiling  # noqa: E402
+from darl_core.models.restorer import cpu_bf16_supported  # noqa: E402
+from darl_core.models.tiling import STRETCH  # noqa: E402
 
 
 def median_time(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
@@ -65,7 +65,7 @@ def forward_table(repeats: int, bf16_rows: bool = True) -> list[dict[str, object
     rows = []
     pipe = load_restorer(DEFAULT_MODEL)
     u = pipe.unshuffle  # the ``fast`` denoiser sees 256x256 as 128x128 with 4x the channels
-    from darl_core.pipeline import build_unet
+    from darl_core.models.pipeline import build_unet
 
     nets = [("sft-blind stage 1", pipe.stage1, 3, 256),
             ("sft-blind denoiser", pipe.unet, pipe.unet.config.in_channels, 256 // u)]
@@ -96,7 +96,7 @@ def forward_table(repeats: int, bf16_rows: bool = True) -> list[dict[str, object
 
 def train_table(repeats: int) -> list[dict[str, object]]:
     """One optimiser step (forward, backward, AdamW) of each network at its CPU training shape."""
-    from darl_core.pipeline import build_stage1
+    from darl_core.models.pipeline import build_stage1
 
     shipped = load_restorer(DEFAULT_MODEL)
     denoiser = type(shipped.unet).from_config(shipped.unet.config)  # the shipped architecture, fresh weights
@@ -157,7 +157,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
     im = tensor_to_pil(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0])
     res: dict[str, object] = {}
 
-    def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.restore` does, minus imports
+    def cli(after: bool, tile: int | None) -> None:  # what `python -m darl_core.cli.restore` does, minus imports
         STAGE1_CACHE.clear()
         tiling.STRETCH = STRETCH if after else 0.0  # before: tiles of exactly the tile size
         pipe = load_restorer((after_model or DEFAULT_MODEL) if after else (before_model or DEFAULT_MODEL))

@@ -7,7 +7,7 @@ the difference comes from: the student at the first step and the teacher at the 
 way round (2 steps). On 2026-11-28 this showed the fast student's speckle comes from its last step:
 teacher 2.12, student 3.24, student-then-teacher 2.02, teacher-then-student 3.33.
 
-The crops are ``darl_core.data.validation_set`` (192-px crops of the training photos, degraded with
+The crops are ``darl_core.data.clean.validation_set`` (192-px crops of the training photos, degraded with
 the ``realistic`` preset at a seed training never draws): a check to steer training by, so that the
 independent evaluation set (bench/quality.py) stays a test.
 
@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from darl_core.evalset import flat_hf_ratio  # noqa: E402
+from darl_core.evaluation.evalset import flat_hf_ratio  # noqa: E402
 
-from darl_core.data import validation_set  # noqa: E402
-from darl_core.loading import load_restorer  # noqa: E402
-from darl_core.restorer import Noise, Restorer  # noqa: E402
-from darl_core.rewards import get_metric  # noqa: E402
-from darl_core.sampler import _x0_eps  # noqa: E402
+from darl_core.data.clean import validation_set  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.models.restorer import Noise, Restorer  # noqa: E402
+from darl_core.rewards.registry import get_metric  # noqa: E402
+from darl_core.models.sampler import _x0_eps  # noqa: E402
 
 
 FLIPS_2 = ((), (-1,))  # identity, horizontal flip (dims of a flip)

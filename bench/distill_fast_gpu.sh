@@ -21,7 +21,7 @@ if [ ! -d "$INIT/stage1" ]; then  # .gpu/fast travels without its stage 1: sft-b
   rm -rf "$WORK/init" && cp -r "$INIT" "$WORK/init" && cp -r "$TEACHER/stage1" "$WORK/init/" && INIT=$WORK/init
 fi
 source bench/gpu_env.sh
-test -f "$DARL_PHOTOS_DIR/index.json" || { echo "$DARL_PHOTOS_DIR missing: run python -m darl_core.photos fetch" >&2; exit 2; }
+test -f "$DARL_PHOTOS_DIR/index.json" || { echo "$DARL_PHOTOS_DIR missing: run python -m darl_core.data.photos fetch" >&2; exit 2; }
 PY=python3; [ -x .venv/bin/python ] && [ "$DEVICE" = cpu ] && PY=.venv/bin/python
 EXTRA=(); CHECK=()
 if [ "$DEVICE" = cpu ]; then
@@ -30,7 +30,7 @@ if [ "$DEVICE" = cpu ]; then
 fi
 SECONDS=0
 # shellcheck disable=SC2086
-$PY -m darl_core.train_sft --preset gpu_stage2_distill --init-from "$INIT" --distill-from "$TEACHER" \
+$PY -m darl_core.cli.train_sft --preset gpu_stage2_distill --init-from "$INIT" --distill-from "$TEACHER" \
   --output "$WORK/fast" --max-minutes "$MINUTES" "${EXTRA[@]}" $ARGS 2>&1 | tr '\r' '\n' \
   | awk 'NR % 100 == 1 || /written|Error|error/' | tee "$OUT/distill.log"
 echo "training done at ${SECONDS} s" | tee -a "$OUT/distill.log"

@@ -8,7 +8,7 @@ the way towards the truth (x + a (truth - x): strictly more faithful, less textu
 A judge that scores the truth, or a restoration moved towards it, *worse* than the SFT output rewards a
 model for moving away from the truth: it cannot confirm a fine-tune that is more faithful and cleaner in
 flat areas (the RL issue's point 4 asks for both and for such a judge to improve). Crops: the independent
-evaluation set (``darl_core.evalset``, the Pillow / numpy / libjpeg recipe), as bench/pareto.py scores them.
+evaluation set (``darl_core.evaluation.evalset``, the Pillow / numpy / libjpeg recipe), as bench/pareto.py scores them.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import RANDOM, flat_hf_ratio, independent_pairs
-from darl_core.loading import DEFAULT_MODEL, load_restorer
-from darl_core.pipeline import DEFAULT_STEPS
-from darl_core.rewards import get_metric
+from darl_core.evaluation.evalset import RANDOM, flat_hf_ratio, independent_pairs
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer
+from darl_core.models.pipeline import DEFAULT_STEPS
+from darl_core.rewards.registry import get_metric
 
 
 def main(argv: list[str] | None = None) -> None:

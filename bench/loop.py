@@ -5,12 +5,12 @@ and measure whether the new model is better where the old one failed.
     .venv/bin/python bench/loop.py --seeds 0 1 2 --no-gt --out docs/loop_nogt   # the paper's case
 
 1. The kind: each candidate degradation (``KINDS``: fixed Pillow / numpy / libjpeg recipes, the
-   independent implementation of ``darl_core.evalset``) is applied to crops of training photos, and the
+   independent implementation of ``darl_core.evaluation.evalset``) is applied to crops of training photos, and the
    default model restores them; the kind it gains least on (PSNR over the input) is the one flagged.
 2. Per seed, in a fresh data folder: ``--samples`` crops of training photos, degraded by that kind, are
    flagged through ``ui.restore_tab.flag`` (with their ground truths unless ``--no-gt``), a job is
    launched through ``ui.finetune_tab.launch_job`` with the Fine-tune tab's defaults (method, reward,
-   run size; ``--rounds``), and the worker runs it (``darl_core.worker.run_worker``, in this process).
+   run size; ``--rounds``), and the worker runs it (``darl_core.jobs.worker.run_worker``, in this process).
 3. Base against new: on the flagged samples (the job's own before and after, as the tab shows it), on
    crops of the *evaluation* photos degraded by the same kind (never flagged, never trained on), and on
    the general independent set (``evalset.RANDOM``); PSNR, SSIM, the job's reward and two no-reference
@@ -38,14 +38,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core import photos
-from darl_core.evalset import RANDOM, PillowRecipe, independent_pairs, pillow_degrade
-from darl_core.images import pil_to_tensor
-from darl_core.loading import DEFAULT_MODEL, load_restorer
-from darl_core.payoff import PayoffItem, before_after, payoff_summary
-from darl_core.pipeline import DEFAULT_STEPS
-from darl_core.rewards import get_metric
-from darl_core.worker import run_worker
+from darl_core.data import photos
+from darl_core.evaluation.evalset import RANDOM, PillowRecipe, independent_pairs, pillow_degrade
+from darl_core.data.images import pil_to_tensor
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer
+from darl_core.evaluation.payoff import PayoffItem, before_after, payoff_summary
+from darl_core.models.pipeline import DEFAULT_STEPS
+from darl_core.rewards.registry import get_metric
+from darl_core.jobs.worker import run_worker
 from storage import Store
 from ui import finetune_tab, restore_tab
 from ui.context import AppContext
@@ -68,7 +68,7 @@ def train_crops(recipe: PillowRecipe, n: int, size: int, seed: int, offset: int 
     an order drawn from ``seed``; ``offset`` skips that many photos (disjoint sets for one seed)."""
     ims = photos.train_images()
     if not ims:
-        raise SystemExit("no training photos: run `make photos` (python -m darl_core.photos fetch) first")
+        raise SystemExit("no training photos: run `make photos` (python -m darl_core.data.photos fetch) first")
     rng = np.random.default_rng([seed, 7])
     order = rng.permutation(len(ims))[offset:]
     out = []

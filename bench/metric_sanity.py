@@ -2,7 +2,7 @@
 
     python bench/metric_sanity.py [--metrics niqe,piqe] [--tasks blind,denoise,deblur,jpeg]
 
-On the built-in held-out crops (darl_core.data.heldout_pairs, seed 0) prints,
+On the built-in held-out crops (darl_core.data.clean.heldout_pairs, seed 0) prints,
 per task and metric: mean score of degraded and clean images and the share
 of pairs where the degraded one scores worse ("ranked right").
 """
@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data import heldout_pairs  # noqa: E402
-from darl_core.degrade import get_preset  # noqa: E402
-from darl_core.rewards import get_metric  # noqa: E402
+from darl_core.data.clean import heldout_pairs  # noqa: E402
+from darl_core.data.degrade import get_preset  # noqa: E402
+from darl_core.rewards.registry import get_metric  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
         --reward darl_iqa --other niqe --seeds 0 1 --per-image 2 --out docs/pareto
 
 Each run folder's ``snapshots/round-NNNN`` (``RLConfig.snapshot_every``; without snapshots, its final
-``model/``) is restored on the independent evaluation set (``darl_core.evalset``: photos no model
+``model/``) is restored on the independent evaluation set (``darl_core.evaluation.evalset``: photos no model
 trained on, degraded by Pillow / numpy / libjpeg) at ``--steps`` DDIM steps (``--eta``, 0 by default; the same noise
 per crop for every model), and the base SFT model is round 0 of every run. Per point: PSNR, SSIM, the
 reward (a reward spec, oriented so that higher is better) and ``--other``, a no-reference metric that
@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
-from darl_core.loading import load_restorer  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
-from darl_core.rewards import create_reward, get_metric  # noqa: E402
+from darl_core.evaluation.evalset import RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
+from darl_core.rewards.registry import create_reward, get_metric  # noqa: E402
 
 
 KEYS = ("psnr", "ssim", "reward", "other", "flat_hf")  # what is scored per crop

@@ -1,6 +1,6 @@
 """The peer table: our restorers against the input, classical denoisers and the regression stage,
-on the independent evaluation set (darl_core.evalset: photos no model trained on, degraded by
-Pillow / numpy / the real JPEG codec, not by darl_core.degrade).
+on the independent evaluation set (darl_core.evaluation.evalset: photos no model trained on, degraded by
+Pillow / numpy / the real JPEG codec, not by darl_core.data.degrade).
 
     .venv/bin/python bench/quality.py --out docs/quality                 # 3 seeds, all rows
     .venv/bin/python bench/quality.py --seeds 0 --steps 1 4 --per-image 1 --out /tmp/q   # quick look
@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evalset import OUTSIDE, RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
-from darl_core.loading import load_restorer  # noqa: E402
-from darl_core.pipeline import DEFAULT_STEPS  # noqa: E402
-from darl_core.rewards import get_metric  # noqa: E402
+from darl_core.evaluation.evalset import OUTSIDE, RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
+from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
+from darl_core.rewards.registry import get_metric  # noqa: E402
 
 METRICS = ("psnr", "ssim", "niqe", "piqe", "brisque")
 

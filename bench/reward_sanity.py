@@ -1,5 +1,5 @@
 """Reward sanity table: for each reward spec, the share of clean crops it scores above the same crop
-distorted (noise, blur, JPEG 30, over-sharpening) and above a restorer's own output (darl_core.reward_check).
+distorted (noise, blur, JPEG 30, over-sharpening) and above a restorer's own output (darl_core.rewards.check).
 
     .venv/bin/python bench/reward_sanity.py --specs niqe piqe "niqe + 0.1*piqe" --model models/sft-blind \
         --crops 24 --out docs/reward_sanity.md
@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core import photos
-from darl_core.data import TRAIN_IMAGES, builtin_image
-from darl_core.images import pil_to_tensor
-from darl_core.loading import load_restorer
-from darl_core.reward_check import is_check_photo, reward_sanity
-from darl_core.rewards import create_reward
+from darl_core.data import photos
+from darl_core.data.clean import TRAIN_IMAGES, builtin_image
+from darl_core.data.images import pil_to_tensor
+from darl_core.models.loading import load_restorer
+from darl_core.rewards.check import is_check_photo, reward_sanity
+from darl_core.rewards.registry import create_reward
 
 
 def crops(n: int, size: int = 192) -> list[torch.Tensor]:

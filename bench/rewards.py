@@ -1,7 +1,7 @@
 """Reward scoring throughput on this CPU: images per second, batched versus one by one.
 
 Times pyiqa's own batched call against a loop of single images (this is
-what decided darl_core.rewards.SERIAL_ON_CPU), and the Metric wrapper.
+what decided darl_core.rewards.registry.SERIAL_ON_CPU), and the Metric wrapper.
 
     python bench/rewards.py [--metrics niqe,piqe] [--n 16] [--size 256] [--repeats 3]
 """
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.rewards import get_metric  # noqa: E402
+from darl_core.rewards.registry import get_metric  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ for seed in $SEEDS; do
     dir="$RUNS/$m"; [ "$seed" = 0 ] || dir="$RUNS/$m-s$seed"
     rw=""; [ -z "$REWARD" ] || [ "$m" = rl_gt_reward ] || [ "$m" = sft ] || rw="--reward $REWARD"
     echo "== $m seed $seed $rw"
-    /usr/bin/time -f "$m seed $seed wall %e s" $PY -m darl_core.train_rl --preset $m --seed "$seed" --output "$dir" $COMMON $rw 2>&1 \
+    /usr/bin/time -f "$m seed $seed wall %e s" $PY -m darl_core.cli.train_rl --preset $m --seed "$seed" --output "$dir" $COMMON $rw 2>&1 \
       | grep -v "it/s\]\|round/s\]\|s/round\]" | tail -n 3
   done
 done
@@ -31,7 +31,7 @@ for d in "$RUNS"/*/; do
   m=$(basename "$d"); mkdir -p "$OUT/logs/$m" && cp "$d/metrics.jsonl" "$d/difficulty.jsonl" "$d/config.json" "$OUT/logs/$m/"
 done
 [ "$EVAL" = 1 ] || exit 0
-$PY -m darl_core.evaluate --out "$OUT" \
+$PY -m darl_core.evaluation.evaluate --out "$OUT" \
   --models sft="$BASE" sft_more="$RUNS/sft/model" rl_uniform="$RUNS/rl_uniform/model" \
            rl_gt_reward="$RUNS/rl_gt_reward/model" darl="$RUNS/darl/model" \
   --runs sft="$RUNS/sft" rl_uniform="$RUNS/rl_uniform" rl_gt_reward="$RUNS/rl_gt_reward" darl="$RUNS/darl" \

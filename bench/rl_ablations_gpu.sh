@@ -18,7 +18,7 @@ if [ -d .gpu/iqa ]; then export DARL_IQA_DIR=${DARL_IQA_DIR:-.gpu/iqa}; fi
 if [ -f .gpu/photos/index.json ]; then export DARL_PHOTOS_DIR=${DARL_PHOTOS_DIR:-.gpu/photos}; fi
 mkdir -p "$OUT" "$RUNS"
 [ "$DEVICE" = cpu ] || source bench/gpu_env.sh
-python3 -c "import torch; from darl_core.rewards import create_reward; print('reward ok', create_reward('$REWARD', '$DEVICE')(torch.rand(1, 3, 192, 192, device='$DEVICE')))"
+python3 -c "import torch; from darl_core.rewards.registry import create_reward; print('reward ok', create_reward('$REWARD', '$DEVICE')(torch.rand(1, 3, 192, 192, device='$DEVICE')))"
 COMMON="--rounds $ROUNDS --batch-size $BATCH --group-size $GROUP --pool-size $POOL --patch $PATCH --task $TASK
   --base-model $BASE --lr 3e-5 --val-every 0 --ckpt-every 1000 --snapshot-every $SNAP --probe-every $SNAP
   --device $DEVICE --max-minutes $MINUTES $EXTRA"
@@ -28,7 +28,7 @@ for seed in $SEEDS; do
   for m in $PRESETS; do
     r=$REWARD; [ "$m" = rl_gt_reward ] && r=psnr
     # shellcheck disable=SC2086
-    python3 -m darl_core.train_rl --preset "$m" --reward "$r" --seed "$seed" --output "$RUNS/$m-s$seed" $COMMON \
+    python3 -m darl_core.cli.train_rl --preset "$m" --reward "$r" --seed "$seed" --output "$RUNS/$m-s$seed" $COMMON \
       > "$RUNS/$m-s$seed.log" 2>&1 &
     runs+=("$m-s$seed=$RUNS/$m-s$seed")
   done

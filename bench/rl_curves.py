@@ -3,7 +3,7 @@
     .venv/bin/python bench/rl_curves.py runs/study/darl runs/study/darl-s1 runs/study/darl-s2 \\
         runs/study/sft runs/study/sft-s1 ... --out docs/rl_study_cpu/curves.png
 
-Reads each run's ``metrics.jsonl`` (``darl_core.train_rl`` with ``probe_every`` > 0: the fixed held-out
+Reads each run's ``metrics.jsonl`` (``darl_core.cli.train_rl`` with ``probe_every`` > 0: the fixed held-out
 crops restored as the app restores them, at round 0 and every N rounds) and draws one panel per probe
 metric (``probe_reward``, ``probe_psnr``, ``probe_flat_hf``), each as the change from the run's own round 0:
 one line per method (runs named ``method``, ``method-s1``, ... are its seeds), the mean over seeds with a

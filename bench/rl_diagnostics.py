@@ -3,7 +3,7 @@
     .venv/bin/python bench/rl_diagnostics.py runs/eq_cpu/darl runs/eq_cpu/darl-s1 runs/eq_cpu/rl_uniform \\
         --out docs/equal_budget_cpu/diagnostics.md
 
-Reads each run's ``metrics.jsonl`` (written by ``darl_core.train_rl`` with ``diag_every`` > 0) and prints,
+Reads each run's ``metrics.jsonl`` (written by ``darl_core.cli.train_rl`` with ``diag_every`` > 0) and prints,
 per run and then per method (runs named ``method``, ``method-s1``, ... are seeds of one method), the
 median over rounds of the gradient norm of the RL, SFT and KL terms (each with its weight in the loss),
 the RL:SFT ratio of those medians, the median cosine of a round's RL gradient with the previous round's

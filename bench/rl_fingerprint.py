@@ -29,8 +29,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 torch.set_num_threads(2)
 
-from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler  # noqa: E402
-from darl_core.rl import tiny_test, train_rl  # noqa: E402
+from darl_core.models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler  # noqa: E402
+from darl_core.train.rl import tiny_test, train_rl  # noqa: E402
 
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     two = root / "two_stage"  # with a stage 1: the stage-1 anchored reward
     RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)
                         ).save_pretrained(two)
-    from darl_core.testing import random_sd_upscaler
+    from darl_core.models.testing import random_sd_upscaler
 
     sd = root / "sd"
     random_sd_upscaler("tiny", seed=0, workdir=root / "clip").save_pretrained(sd)

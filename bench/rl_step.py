@@ -6,7 +6,7 @@
     python bench/rl_step.py --compare-bf16         # fp32 and bf16 runs from the same seed
 
 Each tree runs ``--rounds`` darl rounds in a fresh process (the allocator setting of
-``darl_core.allocator`` is per process), at the setting of the issue that asked for cheaper rounds
+``darl_core.train.allocator`` is per process), at the setting of the issue that asked for cheaper rounds
 (``--setting issue``: ``sft-blind-fast``, the ``darl_iqa`` reward, a ``realistic`` pool of 32 crops
 of 96 px, batch 4 x G = 8 rollouts, 2 DDIM steps, one PPO epoch, lambda_sft 0.1, no extra diagnostic
 pass, pool difficulty every 5 rounds, no probe). With ``--before`` the two trees alternate
@@ -52,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(int(sys.argv[4]))
-from darl_core.rl import darl, train_rl
+from darl_core.train.rl import darl, train_rl
 with tempfile.TemporaryDirectory() as tmp:
     fields = json.loads(sys.argv[2])
     train_rl(replace(darl(), output=tmp, ckpt_every=100000, rounds=int(sys.argv[3]), device="cpu", **fields))
@@ -123,9 +123,9 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def bare_compute(batch: int, steps: int, patch: int, epochs: int, repeats: int) -> float:
-    from darl_core.loading import load_restorer
+    from darl_core.models.loading import load_restorer
 
-    from darl_core.pipeline import unshuffle_factor
+    from darl_core.models.pipeline import unshuffle_factor
 
     unet = load_restorer("models/sft-blind-fast", "cpu").unet
     x = torch.nn.functional.pixel_unshuffle(torch.randn(batch, 6, patch, patch), unshuffle_factor(unet))
@@ -146,7 +146,7 @@ def bare_compute(batch: int, steps: int, patch: int, epochs: int, repeats: int) 
 
 
 def bare(args: argparse.Namespace) -> None:
-    from darl_core.rl import darl, train_rl
+    from darl_core.train.rl import darl, train_rl
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(darl(), output=tmp, rounds=args.rounds, ckpt_every=10_000, device="cpu",
@@ -162,8 +162,8 @@ def bare(args: argparse.Namespace) -> None:
 
 def compare_bf16(args: argparse.Namespace) -> None:
     """fp32 and bf16 runs from the same seed: do reward and losses follow, and what is the speed-up?"""
-    from darl_core.restorer import cpu_bf16_supported
-    from darl_core.rl import darl, train_rl
+    from darl_core.models.restorer import cpu_bf16_supported
+    from darl_core.train.rl import darl, train_rl
 
     def one(bf16: bool) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:

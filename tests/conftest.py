@@ -17,8 +17,8 @@ torch.set_num_threads(2)
 
 from helpers import free_port  # noqa: E402
 
-from darl_core.pipeline import RestorationPipeline  # noqa: E402
-from darl_core.testing import tiny_pixel_pipeline  # noqa: E402
+from darl_core.models.pipeline import RestorationPipeline  # noqa: E402
+from darl_core.models.testing import tiny_pixel_pipeline  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -39,7 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random StableDiffusionUpscalePipeline (channels 32/32/64), saved in diffusers format."""
-    from darl_core.testing import random_sd_upscaler
+    from darl_core.models.testing import random_sd_upscaler
 
     root = tmp_path_factory.mktemp("tiny_sd")
     random_sd_upscaler("tiny", seed=0, workdir=root / "clip").save_pretrained(root / "model")
@@ -49,7 +49,7 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LDMSuperResolutionPipeline (VQ-VAE x4, UNet2DModel on [x_t, LQ]), saved."""
-    from darl_core.testing import random_ldm_sr
+    from darl_core.models.testing import random_ldm_sr
 
     path = tmp_path_factory.mktemp("tiny_ldm") / "model"
     random_ldm_sr(seed=0).save_pretrained(path)

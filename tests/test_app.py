@@ -30,7 +30,7 @@ def _workers(pid: int) -> list[psutil.Process]:
     out = []
     for c in psutil.Process(pid).children():
         try:
-            if "darl_core.worker" in " ".join(c.cmdline()):
+            if "darl_core.jobs.worker" in " ".join(c.cmdline()):
                 out.append(c)
         except (psutil.ZombieProcess, psutil.NoSuchProcess):
             pass

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from helpers import free_port
 
-from darl_core.worker import run_worker
+from darl_core.jobs.worker import run_worker
 from storage import Store
 from ui import CSS, AppContext, build_app, restore_tab
 

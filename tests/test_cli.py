@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from darl_core.cli import field_comments
-from darl_core.rl import RLConfig, get_rl_preset
-from darl_core.train_sft import SFTConfig
+from darl_core.cli.config_args import field_comments
+from darl_core.train.rl import RLConfig, get_rl_preset
+from darl_core.train.sft import SFTConfig
 
 
 @pytest.mark.parametrize("cls", [RLConfig, SFTConfig])
@@ -20,7 +20,7 @@ def test_every_config_field_has_its_comment_as_help(cls: type, capsys: pytest.Ca
     assert all(comments.get(f.name) for f in fields(cls)), [f.name for f in fields(cls) if not comments.get(f.name)]
     # a comment continued on the next line is joined to its field
     assert "batch statistics while short" in field_comments(RLConfig)["advantage"]
-    cli = importlib.import_module("darl_core.train_rl" if cls is RLConfig else "darl_core.train_sft")
+    cli = importlib.import_module("darl_core.cli.train_rl" if cls is RLConfig else "darl_core.cli.train_sft")
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -35,7 +35,7 @@ def test_one_unknown_field_check_for_jobs_and_config_files(tmp_path: Path, capsy
         RLConfig.from_dict({"roundz": 3})
     (tmp_path / "c.json").write_text(json.dumps({"roundz": 3}))
     with pytest.raises(SystemExit):
-        importlib.import_module("darl_core.train_rl").main(["--config", str(tmp_path / "c.json")])
+        importlib.import_module("darl_core.cli.train_rl").main(["--config", str(tmp_path / "c.json")])
     assert "unknown config fields ['roundz']" in capsys.readouterr().err
 
 
@@ -43,7 +43,7 @@ def test_a_field_that_takes_several_values_takes_them_on_the_command_line() -> N
     """``--distill-trajectory 2 2 4`` gives a tuple; one value stays a plain int; other fields are untouched."""
     import argparse
 
-    from darl_core.cli import add_config_args, config_from_args
+    from darl_core.cli.config_args import add_config_args, config_from_args
     ap = argparse.ArgumentParser()
     add_config_args(ap, SFTConfig)
     several = config_from_args(SFTConfig(), ap.parse_args(["--distill-trajectory", "2", "2", "4", "--lr", "1e-4"]))

@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from darl_core.data import builtin_image
-from darl_core.degrade import PRESETS, degrade, get_preset, jpeg_compress, main
-from darl_core.images import pil_to_tensor
-from darl_core.rewards import get_metric
+from darl_core.data.clean import builtin_image
+from darl_core.data.degrade import PRESETS, degrade, get_preset, jpeg_compress, main
+from darl_core.data.images import pil_to_tensor
+from darl_core.rewards.registry import get_metric
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_jpeg_matches_pillow_codec() -> None:
 def test_cli_degrades_a_folder(tmp_path, hq: torch.Tensor) -> None:
     src, dst = tmp_path / "hq", tmp_path / "lq"
     src.mkdir()
-    from darl_core.images import save_tensor
+    from darl_core.data.images import save_tensor
 
     for i in range(2):
         save_tensor(hq[i], src / f"im{i}.png")

@@ -2,8 +2,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darl_core.difficulty import difficulty, difficulty_no_reference, relative_weights
-from darl_core.rewards import get_metric
+from darl_core.rewards.difficulty import difficulty, difficulty_no_reference, relative_weights
+from darl_core.rewards.registry import get_metric
 
 finite = st.floats(min_value=0.0, max_value=2.0, allow_nan=False, width=32)
 
@@ -58,8 +58,8 @@ def test_difficulty_is_one_minus_ssim_and_grows_with_damage() -> None:
 
 def test_no_reference_proxy_ranks_damage() -> None:
     """A clean photo is easier (lower proxy difficulty) than the same photo blurred and noised."""
-    from darl_core.data import builtin_image
-    from darl_core.images import pil_to_tensor
+    from darl_core.data.clean import builtin_image
+    from darl_core.data.images import pil_to_tensor
 
     clean = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]
     blurred = torch.nn.functional.avg_pool2d(clean, 5, 1, 2)

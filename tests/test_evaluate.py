@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.evaluate import evaluate, main
-from darl_core.images import tensor_to_pil
+from darl_core.evaluation.evaluate import evaluate, main
+from darl_core.data.images import tensor_to_pil
 
 
 def _pairs(root: Path, scale: int, n: int = 4, side: int = 96) -> Path:
@@ -53,10 +53,10 @@ def test_x4_model_on_x4_pairs_and_a_clear_error_on_x1_pairs(tmp_path: Path, tiny
 
 
 def test_heldout_check_scores_restorations_and_inputs_of_the_pillow_pairs(tiny_pipe) -> None:  # noqa: ANN001
-    from darl_core.data import HELDOUT_IMAGES, builtin_image
-    from darl_core.evalset import independent_pairs
-    from darl_core.evaluate import heldout_check
-    from darl_core.rewards import get_metric
+    from darl_core.data.clean import HELDOUT_IMAGES, builtin_image
+    from darl_core.evaluation.evalset import independent_pairs
+    from darl_core.evaluation.evaluate import heldout_check
+    from darl_core.rewards.registry import get_metric
 
     got = heldout_check(tiny_pipe, steps=1, crops=2, size=64)
     pairs = independent_pairs(size=64, per_image=1, images=[(n, builtin_image(n)) for n in HELDOUT_IMAGES])[:2]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from darl_core.images import ImageError, load_image, load_rgb, to_rgb
+from darl_core.data.images import ImageError, load_image, load_rgb, to_rgb
 
 
 def _png(im: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:

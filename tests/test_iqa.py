@@ -1,4 +1,4 @@
-"""darl_iqa: the learned no-reference IQA network (darl_core.iqa) and its place in the reward registry."""
+"""darl_iqa: the learned no-reference IQA network (darl_core.rewards.iqa) and its place in the reward registry."""
 
 import json
 from dataclasses import replace
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.data import TRAIN_IMAGES, builtin_image
-from darl_core.images import pil_to_tensor
-from darl_core.iqa import (
+from darl_core.data.clean import TRAIN_IMAGES, builtin_image
+from darl_core.data.images import pil_to_tensor
+from darl_core.rewards.iqa import (
     DEFAULT_DIR,
     FAMILIES,
     UNORDERED,
@@ -19,8 +19,8 @@ from darl_core.iqa import (
     tiny_test,
     train_iqa,
 )
-from darl_core.reward_check import is_check_photo
-from darl_core.rewards import Metric, MissingWeightsError, create_reward, list_metrics
+from darl_core.rewards.check import is_check_photo
+from darl_core.rewards.registry import Metric, MissingWeightsError, create_reward, list_metrics
 
 
 def test_every_family_distorts_more_at_higher_strength() -> None:
@@ -36,7 +36,7 @@ def test_every_family_distorts_more_at_higher_strength() -> None:
 
 
 def test_mild_and_strong_share_their_draws_and_oversharpen_radius_varies() -> None:
-    from darl_core import iqa
+    from darl_core.rewards import iqa
 
     ims = [(pil_to_tensor(builtin_image("astronaut.png")) * 255).round().to(torch.uint8)]
     cfg = replace(tiny_test(), patch=64, batch_size=6)
@@ -63,10 +63,10 @@ def test_tiny_training_saves_what_loads_and_logs_accuracy(tmp_path: Path) -> Non
 
 
 def test_training_never_sees_the_check_photos(monkeypatch: pytest.MonkeyPatch) -> None:
-    from darl_core import iqa
+    from darl_core.rewards import iqa
 
     seen = []
-    monkeypatch.setattr("darl_core.data.builtin_image", lambda n: seen.append(n) or builtin_image(n))
+    monkeypatch.setattr("darl_core.data.clean.builtin_image", lambda n: seen.append(n) or builtin_image(n))
     iqa._clean_photos(replace(IQAConfig(), photos=False, patch=32))
     checks = [n for i, n in enumerate(TRAIN_IMAGES) if is_check_photo(i)]
     assert checks and seen and not set(checks) & set(seen)
@@ -101,17 +101,17 @@ def test_registry_resolves_darl_iqa_higher_is_better(tmp_path: Path, monkeypatch
 
 def test_missing_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARL_IQA_DIR", str(tmp_path / "nothing"))
-    with pytest.raises(MissingWeightsError, match="python -m darl_core.iqa train"):
+    with pytest.raises(MissingWeightsError, match="python -m darl_core.rewards.iqa train"):
         Metric("darl_iqa")
 
 
 @pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="no shipped darl_iqa weights")
 def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
     # The shipped network on the built-in held-out photos (never trained on), against the distortions
-    # of the reward sanity check (darl_core.reward_check). Measured for the stage-2 and stage-3 weights alike: noise5,
+    # of the reward sanity check (darl_core.rewards.check). Measured for the stage-2 and stage-3 weights alike: noise5,
     # noise10 8/8, oversharpen 7/8, jpeg30 6/8, blur 5/8 (the model card's numbers). Random weights order
     # about half; the test holds the shipped network to better than chance everywhere and to 80 % overall.
-    from darl_core.reward_check import DISTORTIONS, distort
+    from darl_core.rewards.check import DISTORTIONS, distort
 
     m = load_iqa()
     clean = []
@@ -129,7 +129,7 @@ def test_shipped_weights_order_distortions_on_held_out_photos() -> None:
 
 
 def test_restorer_outputs_as_hard_negatives_and_init_from(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from darl_core import iqa
+    from darl_core.rewards import iqa
 
     cfg = replace(tiny_test(), output=str(tmp_path / "a"), families=("noise",), restorer=str(tiny_model_dir),
                   bank_size=3)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from darl_core.latent import LatentRestorer, SDUpscaleRestorer
-from darl_core.loading import ModelLoadError, load_restorer, save_lora
-from darl_core.lora import adapters_disabled, add_lora, lora_state_dict
-from darl_core.pipeline import RestorationPipeline
-from darl_core.rl import get_rl_preset, policy_losses, reference_means, train_rl
-from darl_core.sampler import ddim_step, step_std
+from darl_core.models.latent import LatentRestorer, SDUpscaleRestorer
+from darl_core.models.loading import ModelLoadError, load_restorer, save_lora
+from darl_core.models.lora import adapters_disabled, add_lora, lora_state_dict
+from darl_core.models.pipeline import RestorationPipeline
+from darl_core.train.rl import get_rl_preset, policy_losses, reference_means, train_rl
+from darl_core.models.sampler import ddim_step, step_std
 
 
 def test_ddim_step_matches_diffusers_on_the_upscaler_schedule() -> None:
@@ -174,7 +174,7 @@ def test_unsupported_pipeline_class_is_named(tmp_path: Path, tiny_model_dir: Pat
 def test_restore_cli_on_an_upscaler(tmp_path: Path, tiny_sd_dir: Path) -> None:
     from PIL import Image
 
-    from darl_core.restore import main
+    from darl_core.cli.restore import main
 
     Image.new("RGB", (20, 12), (120, 60, 30)).save(tmp_path / "in.png")
     args = [str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model", str(tiny_sd_dir), "--steps", "2"]

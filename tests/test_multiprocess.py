@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import free_port
 
-from darl_core.launch import launch_command
-from darl_core.loading import load_restorer
+from darl_core.jobs.launch import launch_command
+from darl_core.models.loading import load_restorer
 
 HERE = Path(__file__).parent
 

@@ -1,12 +1,12 @@
-"""darl_core.payoff: a job's before and after keeps numbers of different scales apart."""
+"""darl_core.evaluation.payoff: a job's before and after keeps numbers of different scales apart."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from darl_core.loading import load_restorer
-from darl_core.payoff import PayoffItem, before_after, payoff_summary
+from darl_core.models.loading import load_restorer
+from darl_core.evaluation.payoff import PayoffItem, before_after, payoff_summary
 
 
 def test_summary_never_averages_measures_of_different_scales() -> None:
@@ -25,7 +25,7 @@ def test_summary_never_averages_measures_of_different_scales() -> None:
 def test_without_a_truth_the_reward_is_keyed_by_its_reference(tmp_path: Path) -> None:
     """A full-reference reward with the stage-1 anchor (no truth) goes under reward_stage1_*; with a truth under
     reward_*; with reference 'gt' and no truth it is not scored at all. PSNR and 1 - SSIM need the truth."""
-    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+    from darl_core.models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
 
     RestorationPipeline(build_unet("tiny_fast", 0), make_scheduler(), 0.5,
                         stage1=build_stage1("tiny", 0)).save_pretrained(tmp_path / "m")

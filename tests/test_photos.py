@@ -7,7 +7,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from darl_core import photos
+from darl_core.data import photos
 
 
 def _rcc(files: dict[str, bytes], compress: set[str]) -> bytes:

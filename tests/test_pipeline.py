@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from darl_core.data import builtin_image
-from darl_core.degrade import degrade, get_preset
-from darl_core.images import pil_to_tensor, tensor_to_pil
-from darl_core.loading import DEFAULT_MODEL, ModelLoadError, load_restorer
-from darl_core.pipeline import RestorationPipeline, build_unet, make_scheduler
-from darl_core.rewards import get_metric
-from darl_core.tiling import STRETCH, tile_layout, tile_starts, tiled_apply
+from darl_core.data.clean import builtin_image
+from darl_core.data.degrade import degrade, get_preset
+from darl_core.data.images import pil_to_tensor, tensor_to_pil
+from darl_core.models.loading import DEFAULT_MODEL, ModelLoadError, load_restorer
+from darl_core.models.pipeline import RestorationPipeline, build_unet, make_scheduler
+from darl_core.rewards.registry import get_metric
+from darl_core.models.tiling import STRETCH, tile_layout, tile_starts, tiled_apply
 
 
 def test_tile_starts_cover_the_image() -> None:
@@ -141,7 +141,7 @@ def test_tiny_pipeline_expected_slice() -> None:
 
 
 def test_restore_reports_every_tile_and_stops_when_told() -> None:
-    from darl_core.pipeline import build_stage1
+    from darl_core.models.pipeline import build_stage1
 
     pipe = RestorationPipeline(build_unet("tiny", seed=0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 1))
     lq = torch.rand(1, 3, 40, 40)

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import darl_core.restorer as restorer_mod
-from darl_core.evaluate import _pairs
-from darl_core.latent import LatentRestorer
-from darl_core.loading import DEFAULT_MODEL, load_restorer
-from darl_core.pipeline import (
+import darl_core.models.restorer as restorer_mod
+from darl_core.evaluation.evaluate import _pairs
+from darl_core.models.latent import LatentRestorer
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer
+from darl_core.models.pipeline import (
     RestorationPipeline,
     build_stage1,
     build_unet,
     make_scheduler,
 )
-from darl_core.restore import main as restore_main
-from darl_core.rewards import get_metric
+from darl_core.cli.restore import main as restore_main
+from darl_core.rewards.registry import get_metric
 
 
 def _two_stage() -> RestorationPipeline:
@@ -121,7 +121,7 @@ def test_short_rl_run_in_bf16_follows_fp32(tmp_path, tiny_model_dir) -> None:
     import json
     from dataclasses import replace
 
-    from darl_core.rl import tiny_test, train_rl
+    from darl_core.train.rl import tiny_test, train_rl
 
     runs = {}
     for bf16 in (False, True):

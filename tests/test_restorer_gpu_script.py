@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from darl_core.loading import load_restorer
+from darl_core.models.loading import load_restorer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.images import load_rgb, pil_to_tensor
-from darl_core.rewards import (
+from darl_core.data.images import load_rgb, pil_to_tensor
+from darl_core.rewards.registry import (
     Metric,
     MissingWeightsError,
     create_reward,
@@ -83,8 +83,8 @@ def test_too_small_inputs_are_rejected_or_flagged() -> None:
 
 @pytest.mark.parametrize("task", ["blind", "denoise", "jpeg"])
 def test_offline_metrics_rank_degraded_below_clean_on_average(task: str) -> None:
-    from darl_core.data import heldout_pairs
-    from darl_core.degrade import get_preset
+    from darl_core.data.clean import heldout_pairs
+    from darl_core.data.degrade import get_preset
 
     pairs = heldout_pairs(get_preset(task), seed=0)
     lq, hq = torch.stack([p[1] for p in pairs]), torch.stack([p[2] for p in pairs])
@@ -110,7 +110,7 @@ def test_metric_build_refuses_the_network_only_in_its_own_thread() -> None:
     import socket
     import threading
 
-    from darl_core.rewards import MissingWeightsError, _no_network
+    from darl_core.rewards.registry import MissingWeightsError, _no_network
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

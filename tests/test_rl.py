@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.loading import load_restorer
-from darl_core.pool import build_pool
-from darl_core.rl import RewardMemory, policy_losses, ppo_loss, reference_means, tiny_test, train_rl
+from darl_core.models.loading import load_restorer
+from darl_core.data.pool import build_pool
+from darl_core.train.rl import RewardMemory, policy_losses, ppo_loss, reference_means, tiny_test, train_rl
 
 
 def _cfg(tmp_path: Path, model: Path, **kw: object):
@@ -98,7 +98,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, tiny_mo
 
 @pytest.mark.slow
 def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from darl_core.images import save_tensor
+    from darl_core.data.images import save_tensor
 
     items = []
     for i in range(3):
@@ -129,7 +129,7 @@ def test_lora_darl_round_and_pool_from_samples_file(tmp_path: Path, tiny_model_d
 
 
 def test_group_advantages_compare_rollouts_of_one_input() -> None:
-    from darl_core.rl import group_advantages
+    from darl_core.train.rl import group_advantages
 
     r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])  # two inputs, 3 rollouts each
     a = group_advantages(r, 3, clip=5.0)
@@ -139,7 +139,7 @@ def test_group_advantages_compare_rollouts_of_one_input() -> None:
 
 
 def test_weighted_sampling_draws_hard_samples_more_and_easy_ones_too() -> None:
-    from darl_core.rl import _choose
+    from darl_core.train.rl import _choose
 
     cfg = replace(tiny_test(), batch_size=2, sampling="weighted", sampling_floor=0.25)
     d = torch.linspace(0, 1, 8)
@@ -192,7 +192,7 @@ def test_fast_family_trains_and_snapshots_give_one_pareto_point_each(tmp_path: P
     import csv
     import sys
 
-    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+    from darl_core.models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import pareto
@@ -281,7 +281,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
     """With the current pool's quantiles (docs/method.md, step 7) the pool's mean w is scale-free: a pool that gets
     uniformly easier keeps its w. Anchored at the first round's quantiles, w falls with the difficulty,
     so samples move from RL to SFT; the anchor survives an exact resume."""
-    import darl_core.rl as rl
+    import darl_core.train.rl as rl
 
     calls = {"n": 0}
 
@@ -307,7 +307,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
                  resume=True)
     with pytest.raises(ValueError, match="w_anchor"):
         train_rl(replace(_cfg(tmp_path, tiny_model_dir), w_anchor="first"))  # type: ignore[arg-type]
-    from darl_core.train_rl import main as cli
+    from darl_core.cli.train_rl import main as cli
 
     for flag in ("--w-anchor", "--sampling", "--advantage"):  # the command line refuses a bad word before loading
         with pytest.raises(SystemExit) as bad:
@@ -316,7 +316,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
 
 
 def _two_stage(tmp_path: Path) -> Path:
-    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+    from darl_core.models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
 
     base = tmp_path / "two_stage"
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(base)
@@ -328,7 +328,7 @@ def test_round_shortcuts_train_bit_identically(tmp_path: Path, monkeypatch: pyte
     """The round's shortcuts change no number: the pool conditioned once (stage 1 is never trained) and the
     first PPO epoch backpropagating through the rollout's own forward pass give the weights and logs of a
     run that conditions every input again and repeats the forward pass (KL and SFT terms on)."""
-    from darl_core.pipeline import RestorationPipeline
+    from darl_core.models.pipeline import RestorationPipeline
 
     base = _two_stage(tmp_path)
     cfg = _cfg(tmp_path, base, rounds=2, beta_kl=0.1, lambda_sft=1.0, epochs=2, group_size=3)
@@ -346,7 +346,7 @@ def test_round_shortcuts_train_bit_identically(tmp_path: Path, monkeypatch: pyte
 
 def test_sft_term_once_per_input(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``sft_per_input``: the SFT term sees each of the m inputs once, not each of its G rollouts."""
-    from darl_core.pipeline import RestorationPipeline
+    from darl_core.models.pipeline import RestorationPipeline
 
     rows: list[int] = []
     real = RestorationPipeline.sft_loss
@@ -367,8 +367,8 @@ def test_probe_sees_invented_texture(tmp_path: Path) -> None:
     raises a no-reference reward that likes texture (PIQE) while PSNR falls. The probe restores held-out
     crops as the app does and reports all three, so the log shows the reward rising for the wrong reason.
     (The policy here returns its conditioning, set to the degraded crop, then the same plus noise.)"""
-    from darl_core.rewards import create_reward
-    from darl_core.rl import _probe, probe_set
+    from darl_core.rewards.registry import create_reward
+    from darl_core.train.rl import _probe, probe_set
 
     policy = load_restorer(_two_stage(tmp_path))
     cfg = replace(tiny_test(), patch=64, probe_crops=4, reward="piqe")
@@ -390,7 +390,7 @@ def test_stage1_reference_anchors_without_ground_truth(tmp_path: Path, tiny_mode
     """``reward_reference="stage1"``: a full-reference reward compares each rollout with stage 1's
     restoration of its input, so samples without a ground truth are trained too; a model without a
     stage 1 is refused with the reason."""
-    from darl_core.rl import stage1_images
+    from darl_core.train.rl import stage1_images
 
     base = _two_stage(tmp_path)
     policy = load_restorer(base)
@@ -398,7 +398,7 @@ def test_stage1_reference_anchors_without_ground_truth(tmp_path: Path, tiny_mode
     cond = policy.conditioning(lq)
     torch.testing.assert_close(stage1_images(policy, cond), policy.restore_tensor(lq, 0, tile_size=None))
     items = [{"id": f"s{i}", "lq": str(tmp_path / f"lq{i}.png")} for i in range(2)]  # no ground truths
-    from darl_core.images import tensor_to_pil
+    from darl_core.data.images import tensor_to_pil
 
     for i, it in enumerate(items):
         tensor_to_pil(torch.rand(3, 32, 32)).save(it["lq"])
@@ -418,7 +418,7 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch: pytes
     import importlib
     import sys
 
-    import darl_core.allocator as allocator
+    import darl_core.train.allocator as allocator
 
     try:
         monkeypatch.setenv("DARL_KEEP_FREED_MEMORY", "0")
@@ -434,9 +434,9 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch: pytes
 def test_auto_reference_uses_the_truth_where_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``reward_reference="auto"``: rollouts of a sample with a ground truth are scored against it, those of a
     sample without one against stage 1's restoration; both samples are trained."""
-    from darl_core.images import tensor_to_pil
-    from darl_core.rewards import Reward
-    from darl_core.rl import stage1_images
+    from darl_core.data.images import tensor_to_pil
+    from darl_core.rewards.registry import Reward
+    from darl_core.train.rl import stage1_images
 
     base = _two_stage(tmp_path)
     gt = torch.rand(3, 32, 32)
@@ -458,7 +458,7 @@ def test_auto_reference_uses_the_truth_where_there_is_one(tmp_path: Path, monkey
     cfg = _cfg(tmp_path, base, rounds=1, reward="psnr", reward_reference="auto", samples_file=str(tmp_path / "samples.json"),
                adaptive_weight=False, uniform_weight=1.0, batch_size=2, group_size=2, sampling="hardest", hard_fraction=1.0)
     train_rl(cfg)
-    from darl_core.pool import build_pool
+    from darl_core.data.pool import build_pool
 
     pool = {s.id: s for s in build_pool(cfg)}
     policy = load_restorer(base)
@@ -476,7 +476,7 @@ def test_auto_reference_uses_the_truth_where_there_is_one(tmp_path: Path, monkey
 def test_probe_guard_exports_the_last_round_the_probe_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``guard_psnr``: a probed round that loses PSNR (or gains flat-area texture, or reward) fails; the run stops
     after ``guard_patience`` failures and exports the last passing round's weights, saying so in guard.json."""
-    import darl_core.rl as rl
+    import darl_core.train.rl as rl
 
     probes = iter([{"probe_psnr": 30.0, "probe_flat_hf": 2.0, "probe_reward": 30.0},  # round 0
                    {"probe_psnr": 30.0, "probe_flat_hf": 1.9, "probe_reward": 31.0},  # round 1: passes
@@ -496,7 +496,7 @@ def test_probe_guard_exports_the_last_round_the_probe_passed(tmp_path: Path, mon
 
 def test_probe_guard_hands_back_the_base_model_when_no_round_passes(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import darl_core.rl as rl
+    import darl_core.train.rl as rl
 
     probes = iter([{"probe_psnr": 30.0, "probe_flat_hf": 2.0}] + [{"probe_psnr": 29.0, "probe_flat_hf": 2.0}] * 3)
     monkeypatch.setattr(rl, "_probe", lambda *a, **k: dict(next(probes)))
@@ -511,12 +511,12 @@ def test_reward_backpropagation_trains_through_the_sampler(tmp_path: Path, tiny_
     """``rl_estimator="backprop"``: the RL term is minus the reward, differentiated through the sampler's last
     steps; the gradient of PSNR moves the weights, the reward is logged; a reward without a gradient is refused
     before training."""
-    from darl_core.rewards import create_reward
-    from darl_core.rl import sample_with_grad
+    from darl_core.rewards.registry import create_reward
+    from darl_core.train.rl import sample_with_grad
 
     policy = load_restorer(tiny_model_dir)
     lq, gt = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    img = sample_with_grad(policy, lq, 3, 0.0, __import__("darl_core.restorer", fromlist=["Noise"]).Noise(
+    img = sample_with_grad(policy, lq, 3, 0.0, __import__("darl_core.models.restorer", fromlist=["Noise"]).Noise(
         torch.Generator().manual_seed(0)), None, 1)
     torch.testing.assert_close(img.detach(), policy.restore_tensor(lq, 3, generator=torch.Generator().manual_seed(0),
                                                                    tile_size=None))  # the restore itself
@@ -536,7 +536,7 @@ def test_reward_backpropagation_trains_through_the_sampler(tmp_path: Path, tiny_
 def test_config_checks_run_when_the_config_is_built() -> None:
     """Bad values and combinations are refused by RLConfig itself, naming them, before any model loads (a job's
     stored config goes through the same check)."""
-    from darl_core.rl import RLConfig
+    from darl_core.train.rl import RLConfig
 
     for kw, msg in (({"group_size": 1}, "advantage 'group' needs group_size >= 2, got group_size 1"),
                     ({"sampling": "random"}, "sampling must be one of weighted, hardest, got 'random'"),
@@ -552,7 +552,7 @@ def test_config_checks_run_when_the_config_is_built() -> None:
 def test_last_step_anchor_is_zero_at_the_reference_and_trains(tmp_path: Path, tiny_model_dir: Path) -> None:
     """``beta_last``: the deterministic last step's mean against the reference's, with a variance floor; zero while
     the policy is the reference, logged per round with its own gradient norm."""
-    from darl_core.rl import last_step_anchor
+    from darl_core.train.rl import last_step_anchor
 
     pipe = load_restorer(tiny_model_dir)
     traj = pipe.rollout(torch.rand(2, 3, 16, 16), 3, eta=1.0, generator=torch.Generator().manual_seed(0))
@@ -568,7 +568,7 @@ def test_judge_check_scores_the_truth_and_restorations_moved_towards_it(tmp_path
     moved part of the way to the truth; moving towards the truth raises PSNR and lowers flat-area texture."""
     import sys
 
-    from darl_core.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+    from darl_core.models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import judge_check

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from darl_core.pipeline import build_unet, make_scheduler
-from darl_core.sampler import ddim_step
+from darl_core.models.pipeline import build_unet, make_scheduler
+from darl_core.models.sampler import ddim_step
 
 
 def _schedulers() -> list[DDIMScheduler]:

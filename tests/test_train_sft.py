@@ -3,9 +3,10 @@ from dataclasses import replace
 
 import torch
 
-from darl_core.checkpoint import latest_checkpoint
-from darl_core.loading import load_restorer
-from darl_core.train_sft import main, tiny_test, train_sft
+from darl_core.train.checkpoint import latest_checkpoint
+from darl_core.models.loading import load_restorer
+from darl_core.cli.train_sft import main
+from darl_core.train.sft import tiny_test, train_sft
 
 
 def test_tiny_sft_run_checkpoints_and_exports(tmp_path) -> None:
@@ -43,10 +44,10 @@ def test_schedule_timesteps_train_only_where_few_step_sampling_looks(tmp_path) -
 
     import torch
 
-    from darl_core.pipeline import make_scheduler
-    from darl_core.restorer import schedule_timesteps
-    from darl_core.testing import tiny_pixel_pipeline
-    from darl_core.train_sft import tiny_test, train_sft
+    from darl_core.models.pipeline import make_scheduler
+    from darl_core.models.restorer import schedule_timesteps
+    from darl_core.models.testing import tiny_pixel_pipeline
+    from darl_core.train.sft import tiny_test, train_sft
 
     sched = make_scheduler()
     ts = schedule_timesteps(sched)

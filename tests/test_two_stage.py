@@ -13,18 +13,18 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from darl_core.degrade import degrade, get_preset, jpeg_compress, pillow_jpeg
-from darl_core.evalset import OUTSIDE, RANDOM, independent_pairs, pillow_degrade
-from darl_core.images import pil_to_tensor
-from darl_core.loading import load_restorer
-from darl_core.pipeline import (
+from darl_core.data.degrade import degrade, get_preset, jpeg_compress, pillow_jpeg
+from darl_core.evaluation.evalset import OUTSIDE, RANDOM, independent_pairs, pillow_degrade
+from darl_core.data.images import pil_to_tensor
+from darl_core.models.loading import load_restorer
+from darl_core.models.pipeline import (
     RestorationPipeline,
     build_stage1,
     build_unet,
     make_scheduler,
 )
-from darl_core.restorer import Noise, laplacian
-from darl_core.train_sft import tiny_test, train_sft
+from darl_core.models.restorer import Noise, laplacian
+from darl_core.train.sft import tiny_test, train_sft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -76,9 +76,9 @@ def test_stage1_tiles_agree_with_the_whole_image() -> None:
 
 
 def test_self_ensemble_is_exactly_equivariant_and_for_stage1_only(tmp_path) -> None:
-    from darl_core.pipeline import STAGE1_CACHE
-    from darl_core.restore import main as restore_main
-    from darl_core.restorer import DIHEDRAL, dihedral
+    from darl_core.models.pipeline import STAGE1_CACHE
+    from darl_core.cli.restore import main as restore_main
+    from darl_core.models.restorer import DIHEDRAL, dihedral
 
     x = torch.rand(2, 3, 20, 28)  # not square: rotations swap height and width
     for rot, flip in DIHEDRAL:
@@ -421,8 +421,8 @@ def test_flat_hf_ratio_sees_speckle_in_flat_areas() -> None:
 
 
 def test_reward_sanity_counts_pairs_ordered_right() -> None:
-    from darl_core.data import builtin_image
-    from darl_core.reward_check import DISTORTIONS, reward_sanity
+    from darl_core.data.clean import builtin_image
+    from darl_core.rewards.check import DISTORTIONS, reward_sanity
 
     x = pil_to_tensor(builtin_image("astronaut.png"))
     clean = [x[:, 100:164, 100:164], x[:, 300:364, 200:264], x[:, 10:74, 400:464]]
@@ -444,9 +444,9 @@ def test_shipped_model_is_a_restorer_on_independent_degradations() -> None:
     # The 4 built-in held-out photos degraded by Pillow (not our code), at the fidelity setting
     # (stage 1 alone): the shipped model must beat its input (measured: +0.78 dB mean, 7 of 8 crops;
     # on the whole 17-photo evaluation set +1.32 dB, docs/quality).
-    from darl_core.data import HELDOUT_IMAGES, builtin_image
-    from darl_core.loading import DEFAULT_MODEL
-    from darl_core.rewards import get_metric
+    from darl_core.data.clean import HELDOUT_IMAGES, builtin_image
+    from darl_core.models.loading import DEFAULT_MODEL
+    from darl_core.rewards.registry import get_metric
 
     pipe = load_restorer(DEFAULT_MODEL)
     assert pipe.stage1 is not None

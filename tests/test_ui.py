@@ -14,9 +14,9 @@ from helpers import free_port, record
 from PIL import Image
 from sqlalchemy import text
 
-from darl_core.difficulty import difficulty, difficulty_no_reference
-from darl_core.images import pil_to_tensor
-from darl_core.worker import run_worker
+from darl_core.rewards.difficulty import difficulty, difficulty_no_reference
+from darl_core.data.images import pil_to_tensor
+from darl_core.jobs.worker import run_worker
 from storage import Job, Store
 from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
 
@@ -130,7 +130,7 @@ def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext
     r = restore_tab.restore(ctx, lq, "blind", str(tiny_sd_dir), str(tiny_sd_dir), steps=2, tile=64)
     assert r.sft.size == (96, 96)
     # steps 0 = stage 1 alone: a two-stage model restores, a single-stage one gets a message
-    from darl_core.pipeline import (
+    from darl_core.models.pipeline import (
         RestorationPipeline,
         build_stage1,
         build_unet,
@@ -519,7 +519,7 @@ def test_login_records_the_user_on_flags(tmp_path: Path) -> None:
 def test_shipped_chains_register_parent_first_whatever_the_listing_order(ctx: AppContext, tmp_path,
                                                                         monkeypatch) -> None:
     import app
-    from darl_core.loading import ShippedModel
+    from darl_core.models.loading import ShippedModel
 
     chain = (ShippedModel("c", tmp_path / "c", "c", parent="b"), ShippedModel("b", tmp_path / "b", "b", parent="a"),
              ShippedModel("a", tmp_path / "a", "a"))
@@ -766,7 +766,7 @@ def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Pa
 
 
 def test_examples_are_held_out_photos_degraded_by_pillow(tmp_path: Path) -> None:
-    from darl_core.data import TRAIN_IMAGES
+    from darl_core.data.clean import TRAIN_IMAGES
 
     paths = restore_tab.example_images(tmp_path / "ex")
     assert len(paths) == 3 and not set(restore_tab.EXAMPLES) & set(TRAIN_IMAGES)

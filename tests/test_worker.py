@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from darl_core.images import tensor_to_pil
-from darl_core.worker import run_worker
+from darl_core.data.images import tensor_to_pil
+from darl_core.jobs.worker import run_worker
 from storage import Store
 
 
@@ -41,9 +41,9 @@ def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_mod
 def test_a_finished_job_stores_its_before_and_after(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The job's own samples (one with a ground truth, one without) and the held-out crops, restored by the
     base and the new model: images on disk, numbers in the store, the mean change in the log."""
-    from darl_core.images import load_rgb, pil_to_tensor
-    from darl_core.loading import load_restorer
-    from darl_core.payoff import payoff_summary
+    from darl_core.data.images import load_rgb, pil_to_tensor
+    from darl_core.models.loading import load_restorer
+    from darl_core.evaluation.payoff import payoff_summary
 
     store = Store(directory=tmp_path)
     ids = [store.add_sample(_png(0), 40, 40, gt_png=_png(100)), store.add_sample(_png(1), 40, 40)]

@@ -22,8 +22,8 @@ import torch
 from helpers import record
 from test_worker import _png
 
-from darl_core.checkpoint import latest_checkpoint
-from darl_core.loading import load_restorer
+from darl_core.train.checkpoint import latest_checkpoint
+from darl_core.models.loading import load_restorer
 from storage import Store
 from storage.db import migrate
 
@@ -39,7 +39,7 @@ def _start_worker(data: Path, url: str | None, worker_id: str | None = None, onc
     if url:
         env["DARL_DATABASE_URL"] = url
     mode = (["--worker-id", worker_id] if worker_id else []) + (["--once"] if once else ["--poll", "0.2"])
-    return subprocess.Popen([sys.executable, "-m", "darl_core.worker", "--stale-after", str(stale_after), *mode],
+    return subprocess.Popen([sys.executable, "-m", "darl_core.jobs.worker", "--stale-after", str(stale_after), *mode],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 

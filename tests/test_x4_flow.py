@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from darl_core.pool import build_pool
-from darl_core.rl import RLConfig
+from darl_core.data.pool import build_pool
+from darl_core.train.rl import RLConfig
 from storage import Store
 from ui import AppContext, UserError
 from ui.restore_tab import flag, gt_scale, restore

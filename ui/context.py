@@ -18,17 +18,17 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from darl_core.images import IMAGE_SUFFIXES, ImageError, load_image
-from darl_core.loading import DEFAULT_MODEL, SHIPPED_MODELS, load_restorer
-from darl_core.pipeline import RestorationPipeline
-from darl_core.restorer import Precision
+from darl_core.data.images import IMAGE_SUFFIXES, ImageError, load_image
+from darl_core.models.loading import DEFAULT_MODEL, SHIPPED_MODELS, load_restorer
+from darl_core.models.pipeline import RestorationPipeline
+from darl_core.models.restorer import Precision
 from storage import Store
 
 __all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_messages", "user_warnings"]
 
 T = TypeVar("T")
 
-# The models that come with the app (darl_core.loading names them), by path: always in the pickers,
+# The models that come with the app (darl_core.models.loading names them), by path: always in the pickers,
 # registered again at every start.
 SHIPPED: dict[str, str] = {str(m.path): m.label for m in SHIPPED_MODELS}
 SHIPPED_RL = next(m.path for m in SHIPPED_MODELS if m.name == "darl-blind")  # the RL side's default

@@ -1,7 +1,7 @@
 """Fine-tune tab: launch RL jobs on flagged samples, watch them live, cancel them, and see whether a
 finished job paid off (its before and after, kept in the store).
 
-Jobs run in the worker process (``python -m darl_core.worker``, started by the
+Jobs run in the worker process (``python -m darl_core.jobs.worker``, started by the
 run command), not in the web server: closing the browser tab changes nothing.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darl_core.payoff import HELDOUT_CROPS
-from darl_core.rewards import MissingWeightsError, parse_spec
-from darl_core.rl import CPU_SECONDS_PER_UNIT, SIZES, RLConfig, get_rl_preset, round_cost
-from darl_core.rl import PRESETS as RL_PRESETS
+from darl_core.evaluation.payoff import HELDOUT_CROPS
+from darl_core.rewards.registry import MissingWeightsError, parse_spec
+from darl_core.train.rl import CPU_SECONDS_PER_UNIT, SIZES, RLConfig, get_rl_preset, round_cost
+from darl_core.train.rl import PRESETS as RL_PRESETS
 
 from . import fields
 from .context import AppContext, UserError, caller, int_arg, user_errors, user_messages
@@ -163,7 +163,7 @@ def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "
 
 
 def _full_reference(spec: str) -> bool:
-    from darl_core.rewards import get_metric
+    from darl_core.rewards.registry import get_metric
 
     try:
         return any(get_metric(name).full_reference for _, name in parse_spec(spec))
@@ -209,7 +209,7 @@ def waiting_for(ctx: AppContext, job_id: int) -> str:
     if parts:
         return "waiting for " + " and ".join(parts)
     return ("waiting for a worker to take it (the run command starts one; without it, start "
-            "`python -m darl_core.worker`)")
+            "`python -m darl_core.jobs.worker`)")
 
 
 def status_text(st: dict[str, Any]) -> str:
@@ -299,7 +299,7 @@ def _pair(m: dict[str, Any], key: str, nd: int, alt: tuple[str, str] | None = No
 
 
 def _summary_md(subset: str, summary: dict[str, float]) -> str:
-    from darl_core.payoff import SUMMARY_TERMS
+    from darl_core.evaluation.payoff import SUMMARY_TERMS
 
     words = []
     for key, label, nd in SUMMARY_TERMS:
@@ -333,7 +333,7 @@ def payoff_view(ctx: AppContext, job_id: int | None
                      "held-out crops restored by the base model and by the new one."), [], [], [])
         return (f"Job #{job.id} ({job.state}) has no before and after"
                 + (" (see its log)." if job.state == "succeeded" else ": it did not finish training."), [], [], [])
-    from darl_core.payoff import payoff_summary
+    from darl_core.evaluation.payoff import payoff_summary
 
     lines = [f"### Job #{job.id}: did it pay off?", ("Both models restore each image with the same noise, at the "
                                                       "job's steps, as the app does. Reward: the job's (`"

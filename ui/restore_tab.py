@@ -17,12 +17,12 @@ import torch
 from gradio.data_classes import FileData
 from PIL import Image
 
-from darl_core.degrade import PRESETS
-from darl_core.difficulty import difficulty, difficulty_no_reference
-from darl_core.images import pil_to_tensor, to_rgb
-from darl_core.loading import ModelLoadError
-from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
-from darl_core.rewards import RELIABLE_SIDE, MissingWeightsError, get_metric
+from darl_core.data.degrade import PRESETS
+from darl_core.rewards.difficulty import difficulty, difficulty_no_reference
+from darl_core.data.images import pil_to_tensor, to_rgb
+from darl_core.models.loading import ModelLoadError
+from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
+from darl_core.rewards.registry import RELIABLE_SIDE, MissingWeightsError, get_metric
 from storage import DiskFull
 
 from . import fields
@@ -195,7 +195,7 @@ def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] =
     of ``scales`` (how much larger than the input each one's network runs: 4 for a pixel-space x4 model,
     1 for a latent one), ``steps`` steps plus stage 1, and tiles of ``tile`` pixels overlapping by
     ``overlap``: the pixels every network pass computes, the overlaps counted, and how many tiles."""
-    from darl_core.tiling import tile_layout
+    from darl_core.models.tiling import tile_layout
 
     mpp, tiles = 0.0, 0
     for s in scales:
@@ -635,8 +635,8 @@ def example_images(folder: Path) -> list[str]:
     our training degradations. The photos come with scikit-image (BSD-3-Clause; see its data/README)."""
     import numpy as np
 
-    from darl_core.data import builtin_image
-    from darl_core.evalset import OUTSIDE, pillow_degrade
+    from darl_core.data.clean import builtin_image
+    from darl_core.evaluation.evalset import OUTSIDE, pillow_degrade
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

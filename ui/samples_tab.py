@@ -11,8 +11,8 @@ from typing import Any
 
 import gradio as gr
 
-from darl_core.degrade import PRESETS
-from darl_core.pipeline import DEFAULT_STEPS
+from darl_core.data.degrade import PRESETS
+from darl_core.models.pipeline import DEFAULT_STEPS
 from storage import FlaggedRow
 from storage.models import utcnow
 

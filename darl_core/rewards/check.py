@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .images import jpeg_roundtrip, pil_to_tensor, tensor_to_pil
+from ..data.images import jpeg_roundtrip, pil_to_tensor, tensor_to_pil
 
 __all__ = ["CHECK_EVERY", "DISTORTIONS", "distort", "is_check_photo", "reward_sanity"]
 
@@ -70,7 +70,7 @@ def reward_sanity(reward: Callable[..., torch.Tensor], clean: list[torch.Tensor]
     ``restorer``, the ``restored`` row compares the clean crop with the restorer's output
     (``steps`` DDIM steps) for a copy degraded by the ``realistic`` preset.
     """
-    from .degrade import degrade, get_preset
+    from ..data.degrade import degrade, get_preset
 
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in DISTORTIONS}
     if restorer is not None:

@@ -1,6 +1,6 @@
 """The independent evaluation set: held-out photos degraded by Pillow and numpy, not by our code.
 
-A model trained on ``darl_core.degrade`` and judged on pairs made by the same
+A model trained on ``darl_core.data.degrade`` and judged on pairs made by the same
 code can learn that code's fingerprints (its kernels, its JPEG model) and
 look better than it is. These pairs are made by another implementation:
 
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from .data import HELDOUT_IMAGES, builtin_image
-from .images import jpeg_roundtrip, pil_to_tensor
+from ..data.clean import HELDOUT_IMAGES, builtin_image
+from ..data.images import jpeg_roundtrip, pil_to_tensor
 
 __all__ = ["OUTSIDE", "PillowRecipe", "RANDOM", "eval_photos", "flat_hf_ratio", "independent_pairs", "pillow_degrade"]
 
@@ -76,8 +76,8 @@ def pillow_degrade(im: Image.Image, recipe: PillowRecipe, rng: np.random.Generat
 
 def eval_photos() -> list[tuple[str, Image.Image]]:
     """(name, RGB image) of every evaluation photo: the built-in held-out ones and the corpus's
-    evaluation share when the corpus has been fetched (``python -m darl_core.photos fetch``)."""
-    from . import photos
+    evaluation share when the corpus has been fetched (``python -m darl_core.data.photos fetch``)."""
+    from ..data import photos
 
     out = [(name.rsplit(".", 1)[0], builtin_image(name)) for name in HELDOUT_IMAGES]
     out += photos.eval_images()

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .data import PatchSampler, folder_images
+from .clean import PatchSampler, folder_images
 from .degrade import degrade, get_preset
 from .images import load_rgb, pil_to_tensor
 
 if TYPE_CHECKING:
-    from .rl import RLConfig
+    from ..train.rl import RLConfig
 
 __all__ = ["PoolSample", "build_pool", "synthetic_pool"]
 

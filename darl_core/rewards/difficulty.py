@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .rewards import get_metric
+from .registry import get_metric
 
 __all__ = ["difficulty", "difficulty_no_reference", "relative_weights"]
 

@@ -29,7 +29,7 @@ from .restorer import Restorer
 __all__ = ["DEFAULT_MODEL", "FAMILIES", "ModelLoadError", "SHIPPED_MODELS", "ShippedModel", "card_evaluation",
            "load_lora_folder", "load_pipeline", "load_restorer", "save_lora"]
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = MODELS_DIR / "sft-blind-fast"  # the default SFT restorer: what a restore uses when no model is named
 FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "sd_upscale",
             "LDMSuperResolutionPipeline": "ldm_sr"}  # pipeline class -> restorer family

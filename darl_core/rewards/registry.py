@@ -56,7 +56,7 @@ __all__ = [
     "parse_spec",
 ]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 NIQE_PARAMS = ASSETS / "niqe_pris_params.mat"
 BRISQUE_PARAMS = ASSETS / "brisque_live_svm.pt"
 # Metrics built from a parameter file we ship (pyiqa's pretrained_model_path) instead of a download.
@@ -154,7 +154,7 @@ def _no_network(metric: str) -> Iterator[None]:
 
 
 # Metrics of this project (not pyiqa's): name -> what it is. Metric builds them in _init_own.
-OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.iqa, models/darl-iqa)",
+OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.rewards.iqa, models/darl-iqa)",
        "texture_match": "full-reference: fine texture matched to the reference's block by block (evalset.texture_match)"}
 
 
@@ -176,7 +176,7 @@ class Metric:
             self._init_own(name, device)
             return
         if name not in DEFAULT_CONFIGS:
-            raise ValueError(f"unknown metric {name!r}; see darl_core.rewards.list_metrics()")
+            raise ValueError(f"unknown metric {name!r}; see darl_core.rewards.registry.list_metrics()")
         opts: dict[str, object] = {}
         if name in SHIPPED_PARAMS:
             opts["pretrained_model_path"] = str(SHIPPED_PARAMS[name])
@@ -205,7 +205,7 @@ class Metric:
         """darl_iqa: the shipped weights (DARL_IQA_DIR overrides the folder); texture_match: a formula. Both
         higher is better."""
         if name == "texture_match":
-            from .evalset import texture_match
+            from ..evaluation.evalset import texture_match
 
             self.name, self.device, self.net = name, torch.device(device), texture_match
             self.lower_better, self.full_reference, self.min_side = False, True, 16

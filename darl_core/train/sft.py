@@ -1,8 +1,8 @@
 """Supervised fine-tuning (SFT) of the restorer on synthetic (LQ, HQ) pairs.
 
-    python -m darl_core.train_sft --preset cpu --output runs/sft
-    python -m darl_core.train_sft --preset gpu --output runs/sft --hq-folder ~/DIV2K/train
-    python -m darl_core.train_sft --output runs/sft --resume      # continue from runs/sft/latest
+    python -m darl_core.cli.train_sft --preset cpu --output runs/sft
+    python -m darl_core.cli.train_sft --preset gpu --output runs/sft --hq-folder ~/DIV2K/train
+    python -m darl_core.cli.train_sft --output runs/sft --resume      # continue from runs/sft/latest
 
 The loss is the v-prediction MSE of the residual diffusion (see pipeline.py):
 for a random timestep t and noise n, x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) n
@@ -15,8 +15,8 @@ regression UNet with an L1 loss on the image (the denoiser is carried along
 untouched); ``--stage diffusion`` (the default) trains the denoiser on the
 residual around the frozen stage 1's output. The shipped model:
 
-    python -m darl_core.train_sft --preset cpu_stage1 --init-from models/sft-blind-v1 --output runs/s1
-    python -m darl_core.train_sft --preset cpu_stage2 --init-from runs/s1/model --output runs/s2
+    python -m darl_core.cli.train_sft --preset cpu_stage1 --init-from models/sft-blind-v1 --output runs/s1
+    python -m darl_core.cli.train_sft --preset cpu_stage2 --init-from runs/s1/model --output runs/s2
 
 ``distill_from`` trains a denoiser against another one's outputs instead of the true velocity
 (same x_t, t and stage-1 condition): a cheaper architecture learns the shipped one's behaviour
@@ -34,7 +34,6 @@ of the plain input. The held-out photos are kept for evaluation alone.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -47,12 +46,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
-from .data import PatchSampler, validation_set
-from .degrade import degrade, get_preset
+from ..data.clean import PatchSampler, validation_set
+from ..data.degrade import degrade, get_preset
 from .distributed import resolve_device
-from .loading import load_restorer
-from .pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
-from .restorer import schedule_timesteps
+from ..models.loading import load_restorer
+from ..models.pipeline import RestorationPipeline, build_stage1, build_unet, make_scheduler
+from ..models.restorer import schedule_timesteps
 
 __all__ = ["SFTConfig", "train_sft", "PRESETS"]
 
@@ -60,7 +59,7 @@ __all__ = ["SFTConfig", "train_sft", "PRESETS"]
 @dataclass
 class SFTConfig:
     output: str = "runs/sft"  # folder for checkpoints, metrics.jsonl and the final model
-    task: str = "blind"  # degradation preset (darl_core.degrade.PRESETS)
+    task: str = "blind"  # degradation preset (darl_core.data.degrade.PRESETS)
     unet_size: str = "small"  # denoiser architecture for a fresh model (tiny, small, fast, tiny_fast; pipeline.build_unet)
     stage: str = "diffusion"  # "regression": train stage 1 (L1); "diffusion": train the denoiser
     stage1_size: str = "small"  # architecture of a fresh stage 1 (tiny, small)
@@ -77,8 +76,8 @@ class SFTConfig:
     distill_hf_weight: float = 0.0  # with distill_from: extra weight on the error's high frequencies
                                     # (restorer.sft_loss hf_weight; against speckle in flat areas), 0: plain MSE
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
-    builtin: bool = True  # use the built-in training photos (see darl_core.data)
-    photos: bool = False  # add the package photo corpus (darl_core.photos; fetched beforehand)
+    builtin: bool = True  # use the built-in training photos (see darl_core.data.clean)
+    photos: bool = False  # add the package photo corpus (darl_core.data.photos; fetched beforehand)
     dead_leaves: int = 40  # procedural dead-leaves images per data stream
     patch: int = 128  # side of the training patches
     batch_size: int = 16  # patches per step
@@ -229,7 +228,7 @@ def lr_at(cfg: SFTConfig, step: int, elapsed_s: float) -> float:
 
 @torch.no_grad()
 def validate(pipe: RestorationPipeline, lq: torch.Tensor, hq: torch.Tensor, steps: int) -> dict[str, float]:
-    from .rewards import get_metric
+    from ..rewards.registry import get_metric
 
     out = torch.cat([pipe.restore_tensor(lq[i : i + 1], steps, generator=torch.Generator().manual_seed(i))
                      for i in range(lq.shape[0])])
@@ -316,7 +315,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
     val_lq, val_hq = validation_set(cfg.task, cfg.val_crops, cfg.builtin)
     log = open(out / "metrics.jsonl", "a")
     if step == 0 and cfg.val_every:
-        from .rewards import get_metric
+        from ..rewards.registry import get_metric
         base = {"step": 0, "input_psnr": float(get_metric("psnr")(val_lq, val_hq).mean()),
                 "input_ssim": float(get_metric("ssim")(val_lq, val_hq).mean())}
         log.write(json.dumps(base) + "\n")
@@ -376,19 +375,3 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
     if cfg.export_fp16:
         export.to(torch.float16)
     return atomic_dir(out / "model", lambda p: export.save_pretrained(p))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from .cli import add_config_args, config_from_args
-
-    ap = argparse.ArgumentParser(description="SFT of the DARL restorer on synthetic degradations.")
-    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    ap.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest")
-    add_config_args(ap, SFTConfig)
-    args = ap.parse_args(argv)
-    path = train_sft(config_from_args(PRESETS[args.preset](), args), resume=args.resume)
-    print(f"model written to {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import torch
 
-from .difficulty import difficulty, difficulty_no_reference
-from .images import save_tensor
-from .restorer import Restorer
-from .rewards import MIN_SIDE, create_reward, get_metric
+from ..rewards.difficulty import difficulty, difficulty_no_reference
+from ..data.images import save_tensor
+from ..models.restorer import Restorer
+from ..rewards.registry import MIN_SIDE, create_reward, get_metric
 
 __all__ = ["HELDOUT_CROPS", "SUMMARY_TERMS", "PayoffItem", "before_after", "heldout_evaluation", "heldout_items", "payoff_summary"]
 
@@ -57,7 +57,7 @@ def _centre(x: torch.Tensor, side: int, scale: int = 1) -> torch.Tensor:
 def heldout_items(crops: int = HELDOUT_CROPS, size: int = 128, seed: int = 0) -> list[PayoffItem]:
     """The held-out check's crops (``evaluate.heldout_check``: the built-in held-out photos, degraded by
     the independent Pillow / JPEG recipe), with their ground truths."""
-    from .data import HELDOUT_IMAGES, builtin_image
+    from ..data.clean import HELDOUT_IMAGES, builtin_image
     from .evalset import independent_pairs
 
     photos = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]

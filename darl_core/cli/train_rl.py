@@ -1,13 +1,13 @@
-"""CLI of the RL fine-tuning (see darl_core.rl for the method).
+"""CLI of the RL fine-tuning (see darl_core.train.rl for the method).
 
-    python -m darl_core.train_rl --preset darl --base-model models/sft-blind --output runs/darl
-    python -m darl_core.train_rl --preset rl_uniform --output runs/rl_uniform
-    python -m darl_core.train_rl --preset darl --output runs/darl --resume
-    python -m darl_core.train_rl --preset darl --samples-file flagged.json   # the app's hard samples
+    python -m darl_core.cli.train_rl --preset darl --base-model models/sft-blind --output runs/darl
+    python -m darl_core.cli.train_rl --preset rl_uniform --output runs/rl_uniform
+    python -m darl_core.cli.train_rl --preset darl --output runs/darl --resume
+    python -m darl_core.cli.train_rl --preset darl --samples-file flagged.json   # the app's hard samples
 
 Several processes (one per GPU; gloo on CPUs) through accelerate:
 
-    accelerate launch --multi_gpu --num_processes 4 -m darl_core.train_rl --preset darl \\
+    accelerate launch --multi_gpu --num_processes 4 -m darl_core.cli.train_rl --preset darl \\
         --base-model stabilityai/stable-diffusion-x4-upscaler --task sr4 --lora-rank 16 --output runs/sdx4
 """
 
@@ -17,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import add_config_args, config_from_args
-from .rl import PRESETS, RLConfig, train_rl
+from .config_args import add_config_args, config_from_args
+from ..train.rl import PRESETS, RLConfig, train_rl
 
 __all__ = ["main"]
 

@@ -27,7 +27,7 @@ Operations (each optional, with a probability in the config):
 Every strength (blur width, scale, noise level, quality) is drawn per sample.
 The result is always rounded to 8-bit levels, as a real LQ image file is.
 
-CLI: ``python -m darl_core.degrade IN_DIR OUT_DIR --preset blind --seed 0``.
+CLI: ``python -m darl_core.data.degrade IN_DIR OUT_DIR --preset blind --seed 0``.
 """
 
 from __future__ import annotations

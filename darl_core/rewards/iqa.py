@@ -12,7 +12,7 @@ Families (each with a continuous strength, several applied together for the ``re
 Gaussian and Poisson noise, Gaussian blur, down-and-up resizing, JPEG (the torch model and the real
 codec), over-sharpening (unsharp mask), speckle (band-limited noise: the invented texture of an
 over-eager diffusion restorer), colour blotches (low-frequency colour noise: its "watercolour"
-patches), and ``darl_core.degrade``'s ``realistic`` preset against the clean crop.
+patches), and ``darl_core.data.degrade``'s ``realistic`` preset against the clean crop.
 
 Scores are relative: they compare versions of the *same* content, which is what an RL reward with
 group-normalised advantages needs (every rollout of a group restores the same input). Across
@@ -21,8 +21,8 @@ different images the scale has no meaning, like NIQE's.
 The photos ``reward_check.is_check_photo`` sets aside (1 in 8 of the training share) are never
 used here: ``bench/reward_sanity.py`` judges every reward on them.
 
-    python -m darl_core.iqa train --minutes 30 --output models/darl-iqa     # the shipped weights
-    python -m darl_core.iqa score IMAGE [IMAGE ...]                         # higher is better
+    python -m darl_core.rewards.iqa train --minutes 30 --output models/darl-iqa     # the shipped weights
+    python -m darl_core.rewards.iqa score IMAGE [IMAGE ...]                         # higher is better
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch import nn
 
 __all__ = ["DEFAULT_DIR", "FAMILIES", "IQAConfig", "TinyIQA", "apply_family", "load_iqa", "train_iqa"]
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "models" / "darl-iqa"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "models" / "darl-iqa"
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _resize(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tenso
 
 
 def _jpeg(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    from .degrade import jpeg_compress, pillow_jpeg
+    from ..data.degrade import jpeg_compress, pillow_jpeg
 
     q = (90 - 80 * s).round().long()  # quality 90 .. 10
     real = torch.rand(x.shape[0], generator=g) < 0.5
@@ -184,7 +184,7 @@ def _blotches(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Ten
 
 
 def _realistic(x: torch.Tensor, s: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    from .degrade import degrade, get_preset
+    from ..data.degrade import degrade, get_preset
 
     cfg = get_preset("realistic")
     # Strength scales the preset's ranges; the draws inside stay random per image.
@@ -210,13 +210,13 @@ def apply_family(name: str, x: torch.Tensor, strength: torch.Tensor, g: torch.Ge
 
 def _clean_photos(cfg: IQAConfig) -> list[torch.Tensor]:
     """uint8 (3, H, W) tensors of the training photos minus the check photos."""
-    from .data import TRAIN_IMAGES, builtin_image
-    from .images import pil_to_tensor
-    from .reward_check import is_check_photo
+    from ..data.clean import TRAIN_IMAGES, builtin_image
+    from ..data.images import pil_to_tensor
+    from .check import is_check_photo
 
     ims = []
     if cfg.photos:
-        from . import photos
+        from ..data import photos
 
         ims += [im for i, (_, im) in enumerate(photos.train_images()) if not is_check_photo(i)]
     if cfg.builtin or not ims:
@@ -264,8 +264,8 @@ def _restored_bank(ims: list[torch.Tensor], cfg: IQAConfig, g: torch.Generator) 
     A restorer that invents texture (speckle in flat areas) is what a reward must not prefer to the
     clean photo; its own outputs are the hardest negatives there are. Made once, before training.
     """
-    from .degrade import degrade, get_preset
-    from .loading import load_restorer
+    from ..data.degrade import degrade, get_preset
+    from ..models.loading import load_restorer
 
     pipe = load_restorer(cfg.restorer)
     clean = _crops(ims, cfg.bank_size, cfg, g)
@@ -414,7 +414,7 @@ def load_iqa(folder: str | Path | None = None, device: str | torch.device = "cpu
 
     folder = Path(folder) if folder is not None else DEFAULT_DIR
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no darl_iqa weights in {folder} (train them: python -m darl_core.iqa train)")
+        raise FileNotFoundError(f"no darl_iqa weights in {folder} (train them: python -m darl_core.rewards.iqa train)")
     info = json.loads((folder / "config.json").read_text())
     net = TinyIQA(int(info["width"]))
     net.load_state_dict(load_file(folder / "model.safetensors"))
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = replace(cfg, **{key: val})
         print(f"written to {train_iqa(cfg)}")
     else:
-        from .images import load_image, pil_to_tensor
+        from ..data.images import load_image, pil_to_tensor
 
         net = load_iqa(a.model)
         for p in a.images:

@@ -1,7 +1,7 @@
 """Background job worker: claims queued fine-tune jobs from the store and runs the RL trainer.
 
-    python -m darl_core.worker                 # loop forever (the run command starts one)
-    python -m darl_core.worker --once          # run at most one job, then exit
+    python -m darl_core.jobs.worker                 # loop forever (the run command starts one)
+    python -m darl_core.jobs.worker --once          # run at most one job, then exit
 
 A job with ``processes`` > 1 trains through ``accelerate launch`` with that many
 processes (one per GPU; ``launch.train_in_processes``, which knows nothing of the
@@ -42,13 +42,13 @@ from typing import Any
 
 from storage import IllegalTransition, Job, JobLost, Store
 
-from .checkpoint import latest_checkpoint
+from ..train.checkpoint import latest_checkpoint
 from .launch import train_in_processes
-from .evaluate import heldout_check
-from .images import load_rgb, pil_to_tensor, save_tensor
-from .loading import DEFAULT_MODEL, load_restorer
-from .payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_evaluation, heldout_items, payoff_summary
-from .rl import RLConfig, get_rl_preset, train_rl
+from ..evaluation.evaluate import heldout_check
+from ..data.images import load_rgb, pil_to_tensor, save_tensor
+from ..models.loading import DEFAULT_MODEL, load_restorer
+from ..evaluation.payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_evaluation, heldout_items, payoff_summary
+from ..train.rl import RLConfig, get_rl_preset, train_rl
 
 __all__ = ["compare_job", "job_config", "run_job", "run_worker", "summary_line"]
 

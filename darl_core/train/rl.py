@@ -74,7 +74,7 @@ Diffusion x4 upscaler, LDM super-resolution): it only calls ``rollout``,
 ``predict``, ``sft_loss`` and ``restore_tensor``. LoRA (``lora_rank > 0``)
 keeps no second model: the reference is the UNet with its adapters off.
 
-Several processes (``accelerate launch -m darl_core.train_rl ...``): every
+Several processes (``accelerate launch -m darl_core.cli.train_rl ...``): every
 process holds the whole pool and the same generator, so all choose the same
 batch; each rolls out and trains its slice of it (with the noise a single
 process would draw for those rows), rewards and difficulty are gathered so
@@ -108,15 +108,15 @@ import torch
 
 from .allocator import keep_freed_memory
 from .checkpoint import atomic_dir, latest_checkpoint, save_checkpoint
-from .data import validation_set
-from .difficulty import difficulty, relative_weights
+from ..data.clean import validation_set
+from ..rewards.difficulty import difficulty, relative_weights
 from .distributed import Processes
-from .loading import load_restorer
-from .lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict
-from .pool import PoolSample, build_pool, synthetic_pool
-from .restorer import Noise, Restorer, Trajectory
-from .rewards import Reward, create_reward
-from .sampler import ddim_step, step_std
+from ..models.loading import load_restorer
+from ..models.lora import adapters_disabled, add_lora, load_lora_state_dict, lora_state_dict
+from ..data.pool import PoolSample, build_pool, synthetic_pool
+from ..models.restorer import Noise, Restorer, Trajectory
+from ..rewards.registry import Reward, create_reward
+from ..models.sampler import ddim_step, step_std
 
 __all__ = ["CPU_SECONDS_PER_UNIT", "PRESETS", "ProbeGuard", "RLConfig", "RewardMemory", "SIZES",
            "get_rl_preset", "group_advantages", "last_step_anchor", "policy_losses", "ppo_loss", "probe_set",
@@ -633,8 +633,8 @@ def probe_set(cfg: RLConfig, scale: int, pool: list[PoolSample]) -> tuple[torch.
     photos, degraded by ``evalset``'s Pillow and JPEG recipe (not the training degradations), at the
     training patch size; for x4 models (no such pairs) the pool's first inputs."""
     if scale == 1:
-        from .data import HELDOUT_IMAGES, builtin_image
-        from .evalset import independent_pairs
+        from ..data.clean import HELDOUT_IMAGES, builtin_image
+        from ..evaluation.evalset import independent_pairs
 
         photos = [(n, builtin_image(n)) for n in HELDOUT_IMAGES]
         per = max(1, -(-cfg.probe_crops // len(photos)))
@@ -661,8 +661,8 @@ def _probe(policy: Restorer, probe: tuple[torch.Tensor, torch.Tensor | None], co
     noise every time), so the curve shows the policy and not which batch was drawn, and sees what a
     held-out check sees: the reward, and with ground truths PSNR and ``flat_hf`` (texture in the flattest
     areas against the truth's: invented texture raises it while a no-reference reward may rise too)."""
-    from .evalset import flat_hf_ratio
-    from .rewards import get_metric
+    from ..evaluation.evalset import flat_hf_ratio
+    from ..rewards.registry import get_metric
 
     lq, gt = probe
     out = _restore(policy, lq, cfg.num_steps, cond=conds)
@@ -681,7 +681,7 @@ def _probe(policy: Restorer, probe: tuple[torch.Tensor, torch.Tensor | None], co
 @torch.no_grad()
 def _validate(policy: Restorer, val: tuple[torch.Tensor, torch.Tensor], reward: Reward | None,
               cfg: RLConfig, device: torch.device) -> dict[str, float]:
-    from .rewards import get_metric
+    from ..rewards.registry import get_metric
 
     lq, hq = val
     out = _restore(policy, lq, cfg.num_steps).to(device)
@@ -746,7 +746,7 @@ def train_rl(cfg: RLConfig, pool: list[PoolSample] | None = None, resume: bool =
     reward = create_reward(cfg.reward, device, cfg.reward_normalize) if needs_rl else None
     has_gt = torch.tensor([s.gt is not None for s in pool])
     if reward is not None and cfg.rl_estimator == "backprop":
-        from .rewards import DIFFERENTIABLE
+        from ..rewards.registry import DIFFERENTIABLE
 
         if bad := [n for n in reward.metric_names if n not in DIFFERENTIABLE]:
             raise ValueError(f"rl_estimator 'backprop' needs a differentiable reward; {bad} are not "

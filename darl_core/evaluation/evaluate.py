@@ -1,6 +1,6 @@
 """Evaluate restorers on held-out pairs: a markdown + CSV table and training plots.
 
-    python -m darl_core.evaluate --models sft=models/sft-blind darl=models/darl-blind \\
+    python -m darl_core.evaluation.evaluate --models sft=models/sft-blind darl=models/darl-blind \\
         --reward niqe --nr-metric piqe --out docs/results
 
 Rows: the degraded input (bicubic-upsampled to the GT's size for x4
@@ -8,7 +8,7 @@ pairs), then each model (any family ``load_restorer`` loads). Columns: PSNR, SSI
 metric and a no-reference metric that was not the reward, over the whole
 held-out set and over its hardest quartile, where "hardest" is ranked by the
 difficulty (1 - SSIM) of the *first* model's restorations (the SFT model by
-convention). The default data are the built-in held-out photos (darl_core.data),
+convention). The default data are the built-in held-out photos (darl_core.data.clean),
 degraded with ``--task`` at ``--seed``; ``--data DIR`` takes a folder with lq/
 and gt/ instead.
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import HELDOUT_IMAGES, folder_images, heldout_pairs
-from .degrade import get_preset
-from .images import pil_to_tensor
-from .loading import ModelLoadError, load_restorer
-from .restorer import Precision, Restorer
-from .rewards import get_metric
+from ..data.clean import HELDOUT_IMAGES, folder_images, heldout_pairs
+from ..data.degrade import get_preset
+from ..data.images import pil_to_tensor
+from ..models.loading import ModelLoadError, load_restorer
+from ..models.restorer import Precision, Restorer
+from ..rewards.registry import get_metric
 
 __all__ = ["evaluate", "heldout_check", "main"]
 

@@ -136,12 +136,12 @@ class PatchSampler:
             bank += [pil_to_tensor(im) for _, im in folder_images(folder, patch)]
         if builtin:
             bank += [pil_to_tensor(builtin_image(n)) for n in TRAIN_IMAGES]
-        if photos:  # the package corpus's training share (darl_core.photos)
+        if photos:  # the package corpus's training share (darl_core.data.photos)
             from . import photos as corpus
 
             found = corpus.train_images()
             if not found:
-                raise FileNotFoundError(f"no photo corpus in {corpus.photos_dir()}: run `python -m darl_core.photos fetch`"
+                raise FileNotFoundError(f"no photo corpus in {corpus.photos_dir()}: run `python -m darl_core.data.photos fetch`"
                                         " (or set DARL_PHOTOS_DIR), or train without --photos")
             bank += [pil_to_tensor(im) for _, im in found]
         rng = np.random.default_rng(seed)

@@ -1,8 +1,8 @@
 """Restore one image or a folder of images.
 
-    python -m darl_core.restore IN.png OUT.png [--model PATH_OR_ID] [--steps N] [--seed 0]
-    python -m darl_core.restore IN_DIR OUT_DIR --model models/darl-blind
-    python -m darl_core.restore IN.png OUT.png --steps 0 --self-ensemble   # the most faithful setting
+    python -m darl_core.cli.restore IN.png OUT.png [--model PATH_OR_ID] [--steps N] [--seed 0]
+    python -m darl_core.cli.restore IN_DIR OUT_DIR --model models/darl-blind
+    python -m darl_core.cli.restore IN.png OUT.png --steps 0 --self-ensemble   # the most faithful setting
 
 The default model is the shipped SFT model (models/sft-blind-fast; models/sft-blind is its
 slower teacher). Outputs keep
@@ -19,9 +19,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import IMAGE_SUFFIXES, ImageError, load_image
-from .loading import ModelLoadError, load_restorer
-from .pipeline import DEFAULT_STEPS, DEFAULT_TILE
+from ..data.images import IMAGE_SUFFIXES, ImageError, load_image
+from ..models.loading import ModelLoadError, load_restorer
+from ..models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 
 
 def _target(out: Path) -> Path:

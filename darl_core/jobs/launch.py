@@ -1,4 +1,4 @@
-"""Starting the training processes of a multi-GPU job: ``accelerate launch`` of ``darl_core.train_rl``.
+"""Starting the training processes of a multi-GPU job: ``accelerate launch`` of ``darl_core.cli.train_rl``.
 
 Storage-free: the worker (``worker.run_job``) gives it a config, a round callback and a cancel
 flag. The launched processes train ``cfg`` together (see ``distributed``); the main one writes
@@ -21,8 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import latest_checkpoint
-from .rl import RLConfig
+from ..train.checkpoint import latest_checkpoint
+from ..train.rl import RLConfig
 
 __all__ = ["launch_command", "train_in_processes"]
 
@@ -31,7 +31,7 @@ def launch_command(config_file: str | Path, processes: int, port: int, resume: b
     """The ``accelerate launch`` command line that trains ``config_file`` with ``processes`` processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), "-m", "darl_core.train_rl", "--config", str(config_file)]
+           "--main_process_port", str(port), "-m", "darl_core.cli.train_rl", "--config", str(config_file)]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -65,7 +65,7 @@ def train_in_processes(cfg: RLConfig, processes: int, resume: bool, on_round: Ca
     conf.write_text(json.dumps(asdict(cfg), indent=2))
     ckpt = latest_checkpoint(out) if resume else None
     reported = int(ckpt.name.rsplit("-", 1)[-1]) if ckpt is not None else 0
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     metrics = out / "metrics.jsonl"
     offset = 0  # bytes of the log already read: each poll reads only what is new

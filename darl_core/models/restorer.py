@@ -42,7 +42,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import pil_to_tensor, tensor_to_pil, to_rgb
+from ..data.images import pil_to_tensor, tensor_to_pil, to_rgb
 from .sampler import ddim_step, step_std
 from .tiling import tile_hook
 
