@@ -46,9 +46,10 @@ def test_a_field_that_takes_several_values_takes_them_on_the_command_line() -> N
     from darl_core.cli.config_args import add_config_args, config_from_args
     ap = argparse.ArgumentParser()
     add_config_args(ap, SFTConfig)
-    several = config_from_args(SFTConfig(), ap.parse_args(["--distill-trajectory", "2", "2", "4", "--lr", "1e-4"]))
+    teacher = SFTConfig(distill_from="teacher")  # (distill_trajectory needs one)
+    several = config_from_args(teacher, ap.parse_args(["--distill-trajectory", "2", "2", "4", "--lr", "1e-4"]))
     assert several.distill_trajectory == (2, 2, 4) and several.lr == 1e-4
-    assert config_from_args(SFTConfig(), ap.parse_args(["--distill-trajectory", "2"])).distill_trajectory == 2
+    assert config_from_args(teacher, ap.parse_args(["--distill-trajectory", "2"])).distill_trajectory == 2
     assert config_from_args(SFTConfig(), ap.parse_args([])) == SFTConfig()
     with pytest.raises(SystemExit):
         ap.parse_args(["--distill-trajectory", "two"])

@@ -289,7 +289,7 @@ def test_w_anchored_at_the_start_falls_as_the_pool_gets_easier(tmp_path: Path, t
         calls["n"] += 1
         return torch.linspace(0.1, 0.4, len(pool)) * 0.7 ** (calls["n"] - 1)
 
-    monkeypatch.setattr(rl, "_pool_difficulty", shrinking)
+    monkeypatch.setattr(rl, "pool_difficulty", shrinking)
     means = {}
     for anchor in ("pool", "start"):
         calls["n"] = 0
@@ -368,7 +368,7 @@ def test_probe_sees_invented_texture(tmp_path: Path) -> None:
     crops as the app does and reports all three, so the log shows the reward rising for the wrong reason.
     (The policy here returns its conditioning, set to the degraded crop, then the same plus noise.)"""
     from darl_core.rewards.registry import create_reward
-    from darl_core.train.rl import _probe, probe_set
+    from darl_core.train.rl_probe import probe_set, run_probe
 
     policy = load_restorer(_two_stage(tmp_path))
     cfg = replace(tiny_test(), patch=64, probe_crops=4, reward="piqe")
@@ -378,9 +378,9 @@ def test_probe_sees_invented_texture(tmp_path: Path) -> None:
     reward = create_reward("piqe")
     g = torch.Generator().manual_seed(0)
     policy.to_image = lambda x0, cond: (cond + 1) / 2
-    before = _probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
+    before = run_probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
     policy.to_image = lambda x0, cond: ((cond + 1) / 2 + 0.01 * torch.randn(cond.shape, generator=g)).clamp(0, 1)
-    after = _probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
+    after = run_probe(policy, probe, conds, reward, cfg, torch.device("cpu"))
     assert after["probe_reward"] > before["probe_reward"] + 5  # the reward says "much better"
     assert after["probe_psnr"] < before["probe_psnr"] - 0.1  # fidelity says worse
     assert after["probe_flat_hf"] > 1.3 * before["probe_flat_hf"]  # flat areas got more texture
@@ -482,7 +482,7 @@ def test_probe_guard_exports_the_last_round_the_probe_passed(tmp_path: Path, mon
                    {"probe_psnr": 30.0, "probe_flat_hf": 1.9, "probe_reward": 31.0},  # round 1: passes
                    {"probe_psnr": 29.5, "probe_flat_hf": 1.9, "probe_reward": 33.0},  # round 2: PSNR -0.5 dB
                    {"probe_psnr": 30.0, "probe_flat_hf": 2.5, "probe_reward": 33.0}])  # round 3: more texture
-    monkeypatch.setattr(rl, "_probe", lambda *a, **k: dict(next(probes)))
+    monkeypatch.setattr(rl, "run_probe", lambda *a, **k: dict(next(probes)))
     base = _two_stage(tmp_path)
     cfg = _cfg(tmp_path, base, rounds=6, probe_every=1, guard_psnr=0.2, guard_patience=2, snapshot_every=1)
     model = train_rl(cfg)
@@ -499,7 +499,7 @@ def test_probe_guard_hands_back_the_base_model_when_no_round_passes(tmp_path: Pa
     import darl_core.train.rl as rl
 
     probes = iter([{"probe_psnr": 30.0, "probe_flat_hf": 2.0}] + [{"probe_psnr": 29.0, "probe_flat_hf": 2.0}] * 3)
-    monkeypatch.setattr(rl, "_probe", lambda *a, **k: dict(next(probes)))
+    monkeypatch.setattr(rl, "run_probe", lambda *a, **k: dict(next(probes)))
     base = _two_stage(tmp_path)
     model = train_rl(_cfg(tmp_path, base, rounds=4, probe_every=1, guard_psnr=0.2, guard_patience=2))
     assert "base model, unchanged" in json.loads((tmp_path / "run" / "guard.json").read_text())["why"]
@@ -546,7 +546,11 @@ def test_config_checks_run_when_the_config_is_built() -> None:
             RLConfig(**kw)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         RLConfig.from_dict({"batch_size": 0})
-    assert RLConfig(group_size=1, rl_estimator="backprop").group_size == 1  # no advantage to normalise
+    assert RLConfig(group_size=1, rl_estimator="backprop", reward="psnr").group_size == 1  # no advantage to normalise
+    with pytest.raises(ValueError, match=r"differentiable reward; \['niqe'\] are not"):  # the reward spec, too
+        RLConfig(rl_estimator="backprop", reward="psnr + niqe")
+    with pytest.raises(ValueError, match="cannot parse reward spec"):
+        RLConfig(reward="niqe piqe")
 
 
 def test_last_step_anchor_is_zero_at_the_reference_and_trains(tmp_path: Path, tiny_model_dir: Path) -> None:

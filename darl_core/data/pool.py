@@ -20,7 +20,7 @@ from .degrade import degrade, get_preset
 from .images import load_rgb, pil_to_tensor
 
 if TYPE_CHECKING:
-    from ..train.rl import RLConfig
+    from ..train.rl_config import RLConfig
 
 __all__ = ["PoolSample", "build_pool", "synthetic_pool"]
 

@@ -40,6 +40,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -58,13 +59,20 @@ __all__ = ["SFTConfig", "train_sft", "PRESETS"]
 
 @dataclass
 class SFTConfig:
+    # --- Where, which stage, which model
     output: str = "runs/sft"  # folder for checkpoints, metrics.jsonl and the final model
+    stage: Literal["regression", "diffusion"] = "diffusion"  # "regression": train stage 1 (L1); "diffusion": the denoiser
     task: str = "blind"  # degradation preset (darl_core.data.degrade.PRESETS)
-    unet_size: str = "small"  # denoiser architecture for a fresh model (tiny, small, fast, tiny_fast; pipeline.build_unet)
-    stage: str = "diffusion"  # "regression": train stage 1 (L1); "diffusion": train the denoiser
-    stage1_size: str = "small"  # architecture of a fresh stage 1 (tiny, small)
     init_from: str | None = None  # start from this model folder / Hub id instead of a fresh UNet
+    unet_size: str = "small"  # denoiser architecture for a fresh model (tiny, small, fast, tiny_fast; pipeline.build_unet)
+    stage1_size: str = "small"  # architecture of a fresh stage 1 (tiny, small)
     new_denoiser: bool = False  # with init_from: keep its stage 1, start a fresh denoiser of unet_size
+    residual_scale: float = 0.5  # x0 = (HQ - LQ) * 2 / residual_scale, see pipeline.py
+    device: str = "auto"  # cpu, cuda, or auto
+    bf16: bool = False  # bf16 autocast for the forward/backward (CUDA, or CPUs with bf16 support)
+    seed: int = 0  # seeds the model init and the data stream
+
+    # --- Distillation from a teacher denoiser
     distill_from: str | None = None  # stage "diffusion": regress onto this model's denoiser output (a teacher
                                      # trained on the same stage 1) instead of the true velocity
     distill_trajectory: int | tuple[int, ...] = 0  # with distill_from: a share of the samples at the states of
@@ -75,32 +83,64 @@ class SFTConfig:
                                           # last step (where a student's speckle is made), the rest uniform
     distill_hf_weight: float = 0.0  # with distill_from: extra weight on the error's high frequencies
                                     # (restorer.sft_loss hf_weight; against speckle in flat areas), 0: plain MSE
+
+    # --- Data
     hq_folder: str | None = None  # a folder of your own HQ images, added to the training set
     builtin: bool = True  # use the built-in training photos (see darl_core.data.clean)
     photos: bool = False  # add the package photo corpus (darl_core.data.photos; fetched beforehand)
     dead_leaves: int = 40  # procedural dead-leaves images per data stream
     patch: int = 128  # side of the training patches
+    num_workers: int = 0  # data-loader processes (0: in the training process)
+    data_on_device: bool = False  # degrade on the training device (loaders only crop HQ patches)
+
+    # --- Optimisation
     batch_size: int = 16  # patches per step
     steps: int = 20_000  # optimisation steps in total
     lr: float = 2e-4  # peak AdamW learning rate
     warmup: int = 500  # linear warm-up steps, then cosine decay to 10%
     ema_decay: float = 0.999  # EMA decay of the exported weights
     grad_clip: float = 1.0  # global gradient-norm clip
-    residual_scale: float = 0.5  # x0 = (HQ - LQ) * 2 / residual_scale, see pipeline.py
-    train_timesteps: str = "all"  # "all": t uniform over the 1000; "schedule": only the timesteps 1/2/4/10-step
+    train_timesteps: Literal["all", "schedule"] = "all"  # "all": t uniform over the 1000; "schedule": only the timesteps 1/2/4/10-step
                                   # DDIM visits (restorer.schedule_timesteps), all the budget where sampling looks
+
+    # --- Validation, checkpoints, export
     val_every: int = 1000  # validate every N steps (0: never)
     val_steps: int = 10  # DDIM steps of the validation restores
     val_crops: int = 8  # validation crops (192 px)
     ckpt_every: int = 1000  # checkpoint every N steps
     keep_checkpoints: int = 2  # older checkpoints are deleted
-    num_workers: int = 0  # data-loader processes (0: in the training process)
-    data_on_device: bool = False  # degrade on the training device (loaders only crop HQ patches)
-    seed: int = 0  # seeds the model init and the data stream
-    device: str = "auto"  # cpu, cuda, or auto
-    bf16: bool = False  # bf16 autocast for the forward/backward (CUDA, or CPUs with bf16 support)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     export_fp16: bool = False  # store the exported model in float16 (half the size; loads as float32)
+
+    def __post_init__(self) -> None:
+        """Every value and cross-field check, when the config is built (the CLI refuses a bad one before
+        any model loads, naming the values)."""
+        for name, allowed in (("stage", ("regression", "diffusion")), ("train_timesteps", ("all", "schedule"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("patch", "batch_size", "steps", "val_crops", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("lr", "warmup", "grad_clip", "val_every", "val_steps", "dead_leaves", "num_workers",
+                     "distill_hf_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.new_denoiser and self.stage == "regression":
+            raise ValueError("new_denoiser applies to stage 'diffusion' (a fresh denoiser on a trained stage 1), "
+                             "not to stage 'regression'")
+        if self.distill_from and self.stage == "regression":
+            raise ValueError("distill_from applies to stage 'diffusion' (a denoiser taught by another denoiser), "
+                             "not to stage 'regression'")
+        if not self.distill_from and (self.distill_trajectory or self.distill_hf_weight):
+            raise ValueError(f"distill_trajectory ({self.distill_trajectory}) and distill_hf_weight "
+                             f"({self.distill_hf_weight}) need distill_from (a teacher to say what to predict)")
+        if not 0 <= self.distill_trajectory_last <= 1:
+            raise ValueError(f"distill_trajectory_last must be in [0, 1], got {self.distill_trajectory_last}")
+        if not 0 < self.distill_trajectory_fraction <= 1:
+            raise ValueError(f"distill_trajectory_fraction must be in (0, 1], got {self.distill_trajectory_fraction}")
+
 
 
 def cpu() -> SFTConfig:
@@ -236,49 +276,37 @@ def validate(pipe: RestorationPipeline, lq: torch.Tensor, hq: torch.Tensor, step
     return {"val_psnr": float(psnr(out, hq).mean()), "val_ssim": float(ssim(out, hq).mean())}
 
 
-def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callable[..., None]] | None = None
-              ) -> Path:
-    """Train; returns the folder of the exported final model (``output/model``)."""
-    if cfg.stage not in ("regression", "diffusion"):
-        raise ValueError(f"stage must be 'regression' or 'diffusion', got {cfg.stage!r}")
-    if cfg.train_timesteps not in ("all", "schedule"):
-        raise ValueError(f"train_timesteps must be 'all' or 'schedule', got {cfg.train_timesteps!r}")
-    callbacks = callbacks or {}
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    regression = cfg.stage == "regression"
+@dataclass
+class _Stage:
+    """What one SFT stage trains: ``net`` (stage 1 or the denoiser) inside ``pipe``, its EMA copy, and
+    ``export``, the model the EMA weights are exported as (the other network carried along unchanged)."""
 
-    # Model: fresh, or from a pretrained restorer. One network trains (stage 1 or the denoiser);
-    # the other stays as it is. The EMA copy of the trained one is what gets exported.
+    pipe: RestorationPipeline  # the model being trained
+    net: torch.nn.Module  # the network this stage trains
+    ema: torch.nn.Module  # its exponential moving average (what checkpoints and the export hold)
+    export: RestorationPipeline  # the exported model: the EMA network with the untouched other one
+    teacher: torch.nn.Module | None  # distill_from's denoiser (stage "diffusion"), or None
+
+
+def _build_stage(cfg: SFTConfig, device: torch.device) -> _Stage:
+    """The model, fresh or from ``init_from``, and the stage's network (the stage switch's first half)."""
+    regression = cfg.stage == "regression"
     if cfg.init_from:
         pipe = load_restorer(cfg.init_from)
     else:
         pipe = RestorationPipeline(build_unet(cfg.unet_size, cfg.seed), make_scheduler(), cfg.residual_scale)
     if cfg.new_denoiser:
-        if regression:
-            raise ValueError("new_denoiser applies to stage 'diffusion' (a fresh denoiser on a trained stage 1)")
         pipe.register_modules(unet=build_unet(cfg.unet_size, cfg.seed))
     if regression and pipe.stage1 is None:
         pipe.stage1 = build_stage1(cfg.stage1_size, cfg.seed)
     teacher = None
     if cfg.distill_from:
-        if regression:
-            raise ValueError("distill_from applies to stage 'diffusion' (a denoiser taught by another denoiser)")
         tpipe = load_restorer(cfg.distill_from)
         kinds = (tpipe.scheduler.config.prediction_type, pipe.scheduler.config.prediction_type)
         if kinds[0] != kinds[1] or tpipe.config.residual_scale != pipe.config.residual_scale:
             raise ValueError(f"the teacher {cfg.distill_from!r} predicts {kinds[0]} at residual scale "
                              f"{tpipe.config.residual_scale}, the student {kinds[1]} at {pipe.config.residual_scale}")
         teacher = tpipe.unet.float().to(device).eval().requires_grad_(False)
-    elif cfg.distill_trajectory or cfg.distill_hf_weight:
-        raise ValueError("distill_trajectory and distill_hf_weight need distill_from (a teacher to say what to "
-                         "predict)")
-    if not 0 <= cfg.distill_trajectory_last <= 1:
-        raise ValueError(f"distill_trajectory_last must be in [0, 1], got {cfg.distill_trajectory_last}")
-    if not 0 < cfg.distill_trajectory_fraction <= 1:
-        raise ValueError(f"distill_trajectory_fraction must be in (0, 1], got {cfg.distill_trajectory_fraction}")
     pipe.to(device)
     net = (pipe.stage1 if regression else pipe.unet).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -289,20 +317,58 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
         stage1 = pipe.stage1.eval().requires_grad_(False) if pipe.stage1 is not None else None
         export = RestorationPipeline(ema, pipe.scheduler, pipe.config.residual_scale, pipe.config.upscale,
                                      stage1=stage1)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
-    train_t = schedule_timesteps(pipe.scheduler) if cfg.train_timesteps == "schedule" else None
-    step = 0
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        # Resume: weights, EMA, optimiser, LR schedule and RNG state of the last complete checkpoint.
-        state = torch.load(ckpt / "train_state.pt", map_location=device, weights_only=False)
-        net.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return _Stage(pipe, net, ema, export, teacher)
 
+
+def _stage_loss(cfg: SFTConfig, st: _Stage, lq: torch.Tensor, hq: torch.Tensor,
+                train_t: torch.Tensor | None) -> torch.Tensor:
+    """The stage's loss (the stage switch's second half)."""
+    if cfg.stage == "regression":  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
+        return (st.pipe.regress(lq, tile_size=None, net=st.net).float() - (2 * hq - 1)).abs().mean()
+    # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
+    return st.pipe.sft_loss(lq, hq, timesteps=train_t, teacher=st.teacher, trajectory_steps=cfg.distill_trajectory,
+                            trajectory_fraction=cfg.distill_trajectory_fraction,
+                            trajectory_last=cfg.distill_trajectory_last, hf_weight=cfg.distill_hf_weight)
+
+
+def _resume(out: Path, st: _Stage, opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """Weights, EMA, optimiser and RNG state of the last complete checkpoint; the step it was taken at."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return 0
+    state = torch.load(ckpt / "train_state.pt", map_location=device, weights_only=False)
+    st.net.load_state_dict(state["unet"])
+    st.ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _ema_update(st: _Stage, step: int, decay_max: float) -> None:
+    """EMA with a warm-up so early checkpoints are not dominated by the random init."""
+    decay = min(decay_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(st.ema.parameters(), st.net.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callable[..., None]] | None = None
+              ) -> Path:
+    """Train; returns the folder of the exported final model (``output/model``). The config was checked
+    when it was built (``SFTConfig.__post_init__``)."""
+    callbacks = callbacks or {}
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    # 1. The model and what this stage trains (stage 1 or the denoiser); the other stays as it is.
+    st = _build_stage(cfg, device)
+    opt = torch.optim.AdamW(st.net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    train_t = schedule_timesteps(st.pipe.scheduler) if cfg.train_timesteps == "schedule" else None
+    # 2. Resume.
+    step = _resume(out, st, opt, device) if resume else 0
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    # 3. Data: a stream of (LQ, HQ) pairs (or HQ patches degraded on the device), and the validation crops.
     loader = iter(torch.utils.data.DataLoader(PairStream(cfg, step), batch_size=None,
                                               num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                                               persistent_workers=cfg.num_workers > 0,
@@ -321,11 +387,12 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
         log.write(json.dumps(base) + "\n")
 
     def checkpoint() -> None:
-        save_checkpoint(out, step, lambda p: export.save_pretrained(p),
-                        {"unet": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        save_checkpoint(out, step, lambda p: st.export.save_pretrained(p),
+                        {"unet": st.net.state_dict(), "ema": st.ema.state_dict(), "opt": opt.state_dict(),
                          "rng": torch.get_rng_state(), "step": step,
                          "config": asdict(cfg)}, keep=cfg.keep_checkpoints)
 
+    # 4. Steps: loss, optimiser, EMA; validation, log, checkpoint, stop.
     t_start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"sft ({cfg.stage})", unit="step", dynamic_ncols=True)
     while step < cfg.steps:
@@ -335,29 +402,18 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
         hq = hq.to(device, non_blocking=True)
         lq = degrade(hq, task, device_gen, noise_gen) if lq is None else lq.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            if regression:  # L1 on the image: the fidelity stage (L1 keeps edges sharper than L2)
-                loss = (pipe.regress(lq, tile_size=None, net=net).float() - (2 * hq - 1)).abs().mean()
-            else:  # v-prediction MSE (restorer.Restorer.sft_loss) around the frozen stage 1
-                loss = pipe.sft_loss(lq, hq, timesteps=train_t, teacher=teacher,
-                                     trajectory_steps=cfg.distill_trajectory,
-                                     trajectory_fraction=cfg.distill_trajectory_fraction,
-                                     trajectory_last=cfg.distill_trajectory_last,
-                                     hf_weight=cfg.distill_hf_weight)
+            loss = _stage_loss(cfg, st, lq, hq, train_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(st.net.parameters(), cfg.grad_clip)
         opt.step()
-        # EMA with a warm-up so early checkpoints are not dominated by the random init.
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
+        _ema_update(st, step, cfg.ema_decay)
         step += 1
         bar.update(1)
         rec = {"step": step, "loss": float(loss.detach()), "grad_norm": float(gnorm), "lr": opt.param_groups[0]["lr"],
                "elapsed_s": round(time.time() - t_start, 1)}
         if cfg.val_every and step % cfg.val_every == 0:
-            rec.update(validate(export, val_lq, val_hq, cfg.val_steps))
+            rec.update(validate(st.export, val_lq, val_hq, cfg.val_steps))
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['val_psnr']:.2f}")
         if step % 50 == 0 or "val_psnr" in rec:
             log.write(json.dumps(rec) + "\n")
@@ -373,5 +429,5 @@ def train_sft(cfg: SFTConfig, resume: bool = False, callbacks: dict[str, Callabl
     bar.close()
     log.close()
     if cfg.export_fp16:
-        export.to(torch.float16)
-    return atomic_dir(out / "model", lambda p: export.save_pretrained(p))
+        st.export.to(torch.float16)
+    return atomic_dir(out / "model", lambda p: st.export.save_pretrained(p))
