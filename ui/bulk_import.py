@@ -68,7 +68,7 @@ class ImportReport:
             head = "**Imported nothing.**"
         if not self.skipped:
             return head + " Nothing was skipped."
-        lines = [head, f"**Skipped {len(self.skipped)}:**"]
+        lines = [head + "\n", f"**Skipped {len(self.skipped)}:**"]
         for why in WHY:
             items = [(n, d) for n, w, d in self.skipped if w == why]
             if items:

@@ -588,7 +588,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
     return c
 
 
-def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
+def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any = None) -> None:
+    """The tab's events; ``shown_event`` (the tab coming into view) brings the expected times up to date with
+    samples flagged or imported since the page loaded."""
     def pick(job: int | float | None) -> dict[str, Any]:
         return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
 
@@ -613,7 +615,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     for comp in estimate_in:
         comp.change(estimates, estimate_in, [c["estimate"], c["size"]], api_visibility="private", queue=False)
-    load_event(estimates, estimate_in, [c["estimate"], c["size"]], api_visibility="private")
+    for event in (load_event, shown_event) if shown_event is not None else (load_event,):
+        event(estimates, estimate_in, [c["estimate"], c["size"]], api_visibility="private")
     c["base"].change(lambda path: model_label(ctx, path), c["base"], c["base_label"], api_visibility="private",
                      queue=False)
 
