@@ -8,6 +8,7 @@ Checkpoint  a model folder, its parent, the job that made it, evaluation numbers
 Metric      a (job, step, name, value) training metric
 Event       the audit log: who changed what (tag, cancel, promote, delete; flags record their user themselves)
 Comparison  a finished job's before and after: one image restored by its base model and by its new model
+SampleScore one model's scores on a sample (PSNR, SSIM with a ground truth; NIQE), newest per model shown
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "COMPARISON_SUBSETS", "Checkpoint", "Comparison", "ComparisonSubset", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "utcnow"]
+__all__ = ["Base", "COMPARISON_SUBSETS", "Checkpoint", "Comparison", "ComparisonSubset", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "SampleScore", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -76,6 +77,7 @@ class Flag(Base):
     # what ``difficulty`` measures: "gt" (1 - SSIM against the ground truth, 0 easy .. 2) or "proxy"
     # (1 - normalised NIQE, no reference, 0 easy .. 1 hard); None for flags older than migration 0004
     difficulty_kind: Mapped[str | None] = mapped_column(String(16))
+    undoes: Mapped[int | None] = mapped_column(Integer)  # appended by an undo: the id of the event it undoes (0010)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     sample: Mapped[Sample] = relationship(back_populates="flags")
@@ -158,4 +160,19 @@ class Comparison(Base):
     gt_path: Mapped[str | None] = mapped_column(String(512))
     # numbers before and after: reward_base/new, psnr_*, ssim_* (with a ground truth), difficulty_*
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SampleScore(Base):
+    __tablename__ = "sample_scores"
+    __table_args__ = (Index("ix_sample_scores_sample", "sample_id", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(512))  # the model folder's path, as the pickers and checkpoints name it
+    psnr: Mapped[float | None] = mapped_column(Float)  # dB against the ground truth (None without one)
+    ssim: Mapped[float | None] = mapped_column(Float)  # against the ground truth (None without one)
+    niqe: Mapped[float | None] = mapped_column(Float)  # no reference, lower is better
+    steps: Mapped[int | None] = mapped_column(Integer)  # the restore's diffusion steps
+    user: Mapped[str] = mapped_column(String(128), default="anonymous")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

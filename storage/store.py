@@ -43,10 +43,11 @@ from .models import (
     JobState,
     Metric,
     Sample,
+    SampleScore,
     utcnow,
 )
 
-__all__ = ["DiskFull", "FlaggedRow", "IllegalTransition", "JobLost", "Store", "TRANSITIONS"]
+__all__ = ["DiskFull", "FlaggedRow", "IllegalTransition", "JobLost", "ModelScore", "Store", "TRANSITIONS"]
 
 UNFLAG_ALL = "unflag-all"  # the reason of an unflag event that withdraws every user's flag on the sample
 
@@ -83,6 +84,17 @@ class FlaggedRow:
     height: int
     difficulty_kind: str | None = None  # "gt", "proxy", or None (unknown: flagged before migration 0004)
     tags: tuple[str, ...] = ()  # the sample's tags, sorted
+
+
+@dataclass
+class ModelScore:
+    """One model's newest scores on a sample (``Store.model_scores``)."""
+    model: str  # the model folder's path (a job's new model: its checkpoint's path, or "job:N" before it is registered)
+    psnr: float | None  # dB against the ground truth; None without one
+    ssim: float | None
+    niqe: float | None  # no reference, lower is better
+    at: datetime
+    source: str  # "restore" (restored from the app) or "job:N" (that job's before and after)
 
 
 def _tag(text: str) -> str:
@@ -227,6 +239,12 @@ class Store:
                 self._drop_unreferenced(created)
             raise
 
+    def find_sample(self, lq_png: bytes) -> int | None:
+        """The id of the Sample with exactly these LQ bytes (as ``flag_upload`` stores them), or None."""
+        digest = hashlib.sha256(lq_png).hexdigest()
+        with self.session() as s:
+            return s.scalar(select(Sample.id).where(Sample.content_hash == digest))
+
     def sample(self, sample_id: int) -> Sample:
         with self.session() as s:
             obj = s.get(Sample, sample_id)
@@ -250,6 +268,14 @@ class Store:
             s.add(f)
             s.flush()
             return f.id
+
+    def last_difficulty(self, sample_id: int) -> tuple[float | None, str | None]:
+        """(difficulty, kind) of the newest flag event on the sample that carries one, or (None, None)."""
+        with self.session() as s:
+            row = s.execute(select(Flag.difficulty, Flag.difficulty_kind).where(
+                Flag.sample_id == sample_id, Flag.flagged.is_(True), Flag.difficulty.is_not(None))
+                .order_by(Flag.id.desc()).limit(1)).first()
+        return (row[0], row[1]) if row else (None, None)
 
     def unflag(self, sample_id: int, user: str = "anonymous", everyone: bool = False) -> int:
         """Withdraw ``user``'s flag on a sample (another user's flag on the same image stands), or with
@@ -298,6 +324,92 @@ class Store:
                                sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height,
                                f.difficulty_kind, tuple(t for t in (sm.tags or "").split(",") if t))
                     for f, sm in s.execute(q).all()]
+
+    # ------------------------------------------------------------------ undo
+    def undo_last(self, user: str) -> tuple[Flag, list[Flag]] | None:
+        """Undo ``user``'s newest flag or unflag event that no undo has undone yet (each undo goes one further
+        back): a flag is withdrawn (or the user's earlier flag on the sample stands again), an unflag brings back
+        the flags it withdrew. Only appends events, each naming the event it undoes (``Flag.undoes``), plus an
+        "undo" audit event. Returns (the undone event, the events appended), or None when there is nothing."""
+        with self.session() as s:
+            done = select(Flag.undoes).where(Flag.undoes.is_not(None))
+            last = s.scalars(select(Flag).where(Flag.user == user, Flag.undoes.is_(None), Flag.id.not_in(done))
+                             .order_by(Flag.id.desc()).limit(1)).first()
+            if last is None:
+                return None
+            # the flags standing on the sample just before ``last``
+            before = [f for f in s.scalars(select(Flag).where(Flag.sample_id == last.sample_id, Flag.id < last.id)
+                                           .order_by(Flag.id))]
+            standing: dict[str, Flag] = {}
+            for f in before:
+                if f.flagged:
+                    standing[f.user] = f
+                elif f.reason == UNFLAG_ALL:
+                    standing.clear()
+                else:
+                    standing.pop(f.user, None)
+            now = utcnow()
+            if last.flagged:
+                prior = standing.get(last.user)
+                again = [prior] if prior is not None else []
+                new = [Flag(sample_id=last.sample_id, flagged=False, user=last.user, reason="unflag", note="",
+                            undoes=last.id, created_at=now)] if prior is None else []
+            else:
+                again = list(standing.values()) if last.reason == UNFLAG_ALL else \
+                    [f for u, f in standing.items() if u == last.user]
+                new = []
+            new += [Flag(sample_id=f.sample_id, flagged=True, user=f.user, reason=f.reason, note=f.note,
+                         difficulty=f.difficulty, difficulty_kind=f.difficulty_kind, undoes=last.id, created_at=now)
+                    for f in again]
+            if not new:  # an unflag that withdrew nothing: its undo is an event too, so the next undo goes further
+                new = [Flag(sample_id=last.sample_id, flagged=False, user=last.user, reason="unflag", note="",
+                            undoes=last.id, created_at=now)]
+            s.add_all(new)
+            s.add(Event(user=user, action="undo", target=f"sample:{last.sample_id}",
+                        detail=f"{'flag' if last.flagged else 'unflag'} event #{last.id}", created_at=now))
+            s.flush()
+            return last, new
+
+    # ------------------------------------------------------------------ each model's scores
+    def add_scores(self, sample_id: int, model: str, psnr: float | None = None, ssim: float | None = None,
+                   niqe: float | None = None, steps: int | None = None, user: str = "anonymous") -> None:
+        """Record one model's scores on a sample (the newest per model is the one shown)."""
+        with self.session() as s:
+            if s.get(Sample, sample_id) is None:
+                raise KeyError(f"no sample {sample_id}")
+            s.add(SampleScore(sample_id=sample_id, model=str(model), psnr=psnr, ssim=ssim, niqe=niqe, steps=steps,
+                              user=user, created_at=utcnow()))
+
+    def model_scores(self, sample_ids: Sequence[int] | None = None) -> dict[int, dict[str, ModelScore]]:
+        """sample id -> model -> its newest scores on that sample: restores recorded with ``add_scores``, and
+        every finished job's before and after (its base model and its new one, from ``comparisons``)."""
+        out: dict[int, dict[str, ModelScore]] = {}
+
+        def keep(sid: int, score: ModelScore) -> None:
+            old = out.setdefault(sid, {}).get(score.model)
+            if old is None or score.at >= old.at:
+                out[sid][score.model] = score
+
+        with self.session() as s:
+            q = select(SampleScore)
+            c = select(Comparison, Job).join(Job, Job.id == Comparison.job_id).where(
+                Comparison.subset == "samples", Comparison.sample_id.is_not(None))
+            if sample_ids is not None:
+                q = q.where(SampleScore.sample_id.in_(list(sample_ids)))
+                c = c.where(Comparison.sample_id.in_(list(sample_ids)))
+            for r in s.scalars(q.order_by(SampleScore.id)):
+                keep(r.sample_id, ModelScore(r.model, r.psnr, r.ssim, r.niqe, r.created_at, "restore"))
+            rows = s.execute(c.order_by(Comparison.id)).all()
+            made = dict(s.execute(select(Checkpoint.job_id, Checkpoint.path).where(
+                Checkpoint.job_id.in_({j.id for _, j in rows}))).all()) if rows else {}
+            for cmp, job in rows:
+                m = cmp.metrics or {}
+                sides = (("base", job.config.get("base_model")), ("new", made.get(job.id, f"job:{job.id}")))
+                for side, model in sides:
+                    values = [m.get(f"{k}_{side}") for k in ("psnr", "ssim", "niqe")]
+                    if model and any(v is not None for v in values):
+                        keep(cmp.sample_id, ModelScore(str(model), *values, cmp.created_at, f"job:{job.id}"))
+        return out
 
     # ------------------------------------------------------------------ tags
     def tag(self, sample_ids: Sequence[int], add: Sequence[str] = (), remove: Sequence[str] = (),

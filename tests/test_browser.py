@@ -36,23 +36,22 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _curves(page: Any) -> list[str]:
-    """The SVG paths of the lines the training-curves plot has drawn (vega's line marks)."""
+    """The SVG paths of the lines the training-curves panels have drawn (vega's line marks; one panel a metric)."""
     return page.locator("#curves svg .mark-line path").evaluate_all("els => els.map(e => e.getAttribute('d') || '')")
 
 
 def _expect_lines(page: Any, rounds: int, legend: str = "reward", timeout_s: float = 60) -> None:
-    """Wait until the plot has drawn at least two curves through ``rounds`` points each (a line path
-    "M x,y L x,y ..." has one "L" per point after the first) with ``legend`` in its legend, and the
-    legend inside the plot's box (not clipped off below it)."""
+    """Wait until at least two panels have drawn their curve through ``rounds`` points (a line path "M x,y L x,y
+    ..." has one "L" per point after the first), each panel with its own axes, and ``legend`` (a panel's
+    title) in the plot's text."""
     deadline = time.monotonic() + timeout_s
     while True:
         paths = _curves(page)
         drawn = [d for d in paths if d.count("L") >= rounds - 1 and "NaN" not in d]
         text = page.locator("#curves").inner_text()
-        labels = page.locator("#curves svg .role-legend-label text")
-        label, block = labels.first.bounding_box() if labels.count() else None, page.locator("#curves").bounding_box()
-        shown = label is not None and block is not None and label["y"] + label["height"] <= block["y"] + block["height"]
-        if len(drawn) >= 2 and legend in text and "Infinity" not in text and shown:
+        axes = page.locator("#curves .curve-panel").evaluate_all(
+            "els => els.filter(e => e.offsetParent !== null).map(e => e.querySelectorAll('svg .role-axis').length)")
+        if len(drawn) >= 2 and legend in text and "Infinity" not in text and sum(a >= 2 for a in axes) >= 2:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"the plot drew no curves of {rounds} rounds: paths {paths}, text {text!r}")

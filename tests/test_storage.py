@@ -251,19 +251,19 @@ def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path:
 
     url = f"sqlite:///{tmp_path / 'darl.db'}"
     assert main(["current", "--url", url]) == 0  # --url before or after the command
-    assert "at base (empty); newest 0008 (run `python -m storage migrate`)" in capsys.readouterr().out
-    assert main(["--url", url, "migrate"]) == 0 and "base -> 0008" in capsys.readouterr().out
+    assert "at base (empty); newest 0010 (run `python -m storage migrate`)" in capsys.readouterr().out
+    assert main(["--url", url, "migrate"]) == 0 and "base -> 0010" in capsys.readouterr().out
     assert main(["--url", url, "history"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln[:7] for ln in lines[:8]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
-                                           "* 0008 "]
+    assert [ln[:7] for ln in lines[:9]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
+                                           "* 0008 ", "* 0010 "]
     assert "Drop the ``scores`` table" in lines[4]
     assert main(["migrate", "-2", "--url", url]) == 2  # a downgrade drops data: it asks first
     assert "add --yes" in capsys.readouterr().err
-    assert main(["migrate", "-2", "--url", url, "--yes"]) == 0 and "0008 -> 0006" in capsys.readouterr().out
+    assert main(["migrate", "-2", "--url", url, "--yes"]) == 0 and "0010 -> 0007" in capsys.readouterr().out
     assert main(["--url", url, "migrate", "zzz"]) == 2 and "unknown revision 'zzz'" in capsys.readouterr().err
     main(["--url", url, "history"])
-    assert capsys.readouterr().out.splitlines()[6].startswith("  0007")  # no longer applied
+    assert capsys.readouterr().out.splitlines()[7].startswith("  0008")  # no longer applied
     assert main(["--url", "postgresql+psycopg://nobody@127.0.0.1:1/darl", "current"]) == 1
     assert "is unreachable" in capsys.readouterr().err
 

@@ -55,7 +55,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         fc["saved_job"].render()  # browser storage: outside the tabs, so it is read before the page load event
         restore_tab.listen(ctx, rc)
         samples_tab.listen(ctx, sc, samples_t.select)
-        finetune_tab.listen(ctx, fc, demo.load)
+        finetune_tab.listen(ctx, fc, demo.load, finetune_t.select)
         model_events = models_tab.listen(ctx, mc, models_t.select)
 
         # "Open in Restore": the sample's input (and ground truth) go to the Restore tab, which comes to the front.

@@ -23,7 +23,8 @@ from .context import AppContext, UserError, caller, int_arg, user_errors, user_m
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
            "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit",
-           "PAYOFF_HEADERS", "waiting_for", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view"]
+           "PAYOFF_HEADERS", "waiting_for", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view",
+           "SIZE_LABELS", "curve_panels", "curves_title", "model_label", "size_choices"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
 METHODS = [m for m in RL_PRESETS if m != "tiny_test"]
@@ -34,6 +35,15 @@ CURVES = ("reward", "kl", "val_psnr", "loss_sft", "grad_norm_rl", "grad_norm_sft
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac", "#17becf", "#8c564b")
 PLACEHOLDER_COLOR = "#9ca3af"
+# What each curve is, above its own panel (each panel has its own y axis: the metrics' scales differ by orders)
+CURVE_TITLES = {"reward": "reward", "kl": "KL to the base", "val_psnr": "validation PSNR, dB", "loss_sft": "SFT loss",
+                "grad_norm_rl": "gradient norm: RL term", "grad_norm_sft": "gradient norm: SFT term",
+                "grad_norm_kl": "gradient norm: KL term", "pool_w_mean": "pool's mean RL weight w",
+                "probe_reward": "probe reward (held-out crops)", "group_reward_std": "reward spread in a group",
+                "probe_psnr": "probe PSNR, dB (held-out crops)", "probe_flat_hf": "probe flat-area texture"}
+SIZE_LABELS = {"quick": "quick test (no probe, guard or diagnostics)",
+               "full": "full (the CPU study's setting: 96-px crops, the held-out probe)",
+               "paper": "paper (the method's own settings: use a GPU)"}
 
 
 def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, rounds: int,
@@ -143,8 +153,13 @@ def expected_minutes(ctx: AppContext, preset: str, rounds: int, n_samples: int, 
     return out, source
 
 
-def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "", hardest_k: Any = 0) -> str:
-    """The launch form's line of expected times, one per run size, for the chosen samples."""
+def _minutes(m: float) -> str:
+    return f"{m:.1f} min" if m < 10 else f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+
+
+def _estimate(ctx: AppContext, preset: str, rounds: Any, sample_ids: str, hardest_k: Any
+              ) -> tuple[int, int, dict[str, float], str] | str:
+    """(rounds, samples, minutes by run size, source), or the line saying why there is no estimate."""
     try:
         rounds = int_arg("rounds", rounds, 1, ctx.max_rounds)
         hardest_k = int_arg("extra hard samples", hardest_k or 0, 0, 256)
@@ -155,11 +170,26 @@ def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "
     if n + hardest_k == 0:
         return "Expected time: flag samples first (none are flagged)."
     mins, source = expected_minutes(ctx, preset, rounds, n, hardest_k)
+    return rounds, n + hardest_k, mins, source
 
-    def fmt(m: float) -> str:
-        return f"{m:.1f} min" if m < 10 else f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
-    parts = " · ".join(f"{size} ≈ {fmt(m)}" for size, m in mins.items())
-    return f"Expected time for {rounds} rounds on {n + hardest_k} samples: {parts} ({source})."
+
+def estimate_text(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "", hardest_k: Any = 0) -> str:
+    """The launch form's line of expected times, one per run size, for the chosen samples."""
+    est = _estimate(ctx, preset, rounds, sample_ids, hardest_k)
+    if isinstance(est, str):
+        return est
+    rounds, n, mins, source = est
+    parts = " · ".join(f"{size} ≈ {_minutes(m)}" for size, m in mins.items())
+    return f"Expected time for {rounds} rounds on {n} samples: {parts} ({source})."
+
+
+def size_choices(ctx: AppContext, preset: str, rounds: Any, sample_ids: str = "", hardest_k: Any = 0
+                 ) -> list[tuple[str, str]]:
+    """The run-size picker's choices, each with its expected time for the chosen samples and rounds (the plain
+    labels when there is no estimate: nothing flagged, or rounds out of range)."""
+    est = _estimate(ctx, preset, rounds, sample_ids, hardest_k)
+    mins = {} if isinstance(est, str) else est[2]
+    return [(f"{label} · ≈ {_minutes(mins[k])}" if k in mins else label, k) for k, label in SIZE_LABELS.items()]
 
 
 def _full_reference(spec: str) -> bool:
@@ -256,6 +286,24 @@ def plot_frame(ctx: AppContext, job_id: int | None) -> pd.DataFrame:
         return curves
     label = "no job chosen" if job_id is None else f"job #{int(job_id)}: no round yet"
     return _frame([(0, 0.0, label)])
+
+
+def curve_panels(ctx: AppContext, job_id: int | None) -> dict[str, pd.DataFrame]:
+    """One frame per training metric the job has logged (of ``CURVES``, in that order): each drawn in a panel of
+    its own, with its own y axis (a reward near -5 and a KL near 0.01 share no useful scale)."""
+    curves = job_curves(ctx, job_id)
+    return {m: curves[curves["metric"] == m].reset_index(drop=True) for m in CURVES if (curves["metric"] == m).any()}
+
+
+def curves_title(ctx: AppContext, job_id: int | None) -> str:
+    """The line above the panels: whose curves, or why there are none."""
+    if job_id is None:
+        return "**Training curves** · no job chosen: launch one or click a row of the table"
+    job = ctx.store.job(int(job_id))
+    if not curve_panels(ctx, job_id):
+        return f"**Training curves** · job #{job.id}: no round yet"
+    return (f"**Training curves** · job #{job.id} ({job.config.get('preset', '')}) · one panel per metric, each on "
+            f"its own scale")
 
 
 def curve_colors(frame: pd.DataFrame) -> dict[str, str]:
@@ -441,6 +489,15 @@ def job_from_row(row: list[Any] | None) -> int | None:
         return None
 
 
+def model_label(ctx: AppContext, path: str | None) -> str:
+    """The picker's whole label of a model (a narrow dropdown cuts it): its name, then its numbers beside it."""
+    label = next((lbl for lbl, p in ctx.model_choices() if p == path), None)
+    if label is None:
+        return "" if not path else f"{path} (not one of the app's models)"
+    name, _, numbers = label.partition(" — ")
+    return f"**{name}**" + (f" · {numbers.replace(', ', ' · ')}" if numbers else "")
+
+
 def cancel_job(ctx: AppContext, job_id: int | None, user: str = "anonymous") -> str:
     """Cancel a queued or running job (its owner's or an admin's, when users log in)."""
     if job_id is None:
@@ -459,7 +516,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
     choices = ctx.model_choices()
     with gr.Row():
         with gr.Column(scale=1):
-            c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True)
+            c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True,
+                                    elem_id="base-picker")
+            c["base_label"] = gr.Markdown(model_label(ctx, choices[0][1]), elem_id="base-label")  # the whole label
             c["reward"] = gr.Textbox("darl_iqa + 20*psnr", label="Reward (metric or composite, e.g. darl_iqa + 20*psnr)",
                                      info="darl_iqa: the project's learned IQA (NIQE and PIQE reward invented texture); "
                                           "+ 20*psnr: a fidelity anchor (docs/results.md 2f)")
@@ -467,10 +526,8 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                       info="darl_anchored: darl with the fidelity anchor and the probe guard (the job "
                                            "hands back the last round within 0.1 dB of its base on held-out crops, "
                                            "with no added flat texture)")
-            c["size"] = gr.Radio([("quick test (no probe, guard or diagnostics)", "quick"),
-                                  ("full (the CPU study's setting: 96-px crops, the held-out probe)", "full"),
-                                  ("paper (the method's own settings: use a GPU)", "paper")],
-                                 value="full", label="Run size", elem_id="run-size")
+            c["size"] = gr.Radio(size_choices(ctx, "darl_anchored", 40), value="full", elem_id="run-size",
+                                 label="Run size (each with its expected time for the chosen samples and rounds)")
             c["rounds"] = fields.Number(40, precision=0, label="Rounds", elem_id="rounds")
             c["estimate"] = gr.Markdown(estimate_text(ctx, "darl_anchored", 40), elem_id="launch-estimate")
             c["samples"] = gr.Textbox("", label="Sample ids (empty: all flagged)")
@@ -491,10 +548,15 @@ def render(ctx: AppContext) -> dict[str, Any]:
             # rendered by build_app outside the tabs: mounted (and read from localStorage) before the page load
             c["saved_job"] = gr.BrowserState(None, storage_key="darl-finetune-job", render=False)
             c["status"] = gr.Markdown(elem_id="job-status")
-            first = plot_frame(ctx, None)  # never created empty: see plot_frame
-            c["plot"] = gr.LinePlot(first, x="round", y="value", color="metric", elem_id="curves",
-                                    label="Training curves · no job chosen", color_map=curve_colors(first))
-            c["plot_colors"] = gr.State(curve_colors(first))
+            # One small panel per metric, each with its own y axis; hidden until the job has logged that metric.
+            # Never created empty (see plot_frame): each starts with a point of its own metric.
+            with gr.Column(elem_id="curves"):
+                c["curves_md"] = gr.Markdown(curves_title(ctx, None), elem_id="curves-title")
+                with gr.Row(equal_height=True):
+                    c["panels"] = {m: gr.LinePlot(_frame([(0, 0.0, m)]), x="round", y="value", label=CURVE_TITLES[m],
+                                                  visible=False, height=170, min_width=260, scale=1, y_title=m,
+                                                  elem_id=f"curve-{m}", elem_classes=["curve-panel"])
+                                   for m in CURVES}
             with gr.Row(equal_height=True):
                 c["sample_lq"] = gr.Image(label="training input", type="filepath", interactive=False, height=200,
                                           format="png", elem_id="job-sample-input")
@@ -526,7 +588,9 @@ def render(ctx: AppContext) -> dict[str, Any]:
     return c
 
 
-def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
+def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any = None) -> None:
+    """The tab's events; ``shown_event`` (the tab coming into view) brings the expected times up to date with
+    samples flagged or imported since the page loaded."""
     def pick(job: int | float | None) -> dict[str, Any]:
         return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
 
@@ -545,10 +609,16 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     # The expected time of each run size follows the form (and this machine's newest timed job).
     estimate_in = [c["preset"], c["rounds"], c["samples"], c["hardest_k"]]
+
+    def estimates(*a: Any) -> tuple[str, dict[str, Any]]:
+        return estimate_text(ctx, *a), gr.update(choices=size_choices(ctx, *a))
+
     for comp in estimate_in:
-        comp.change(lambda *a: estimate_text(ctx, *a), estimate_in, c["estimate"], api_visibility="private",
-                    queue=False)
-    load_event(lambda *a: estimate_text(ctx, *a), estimate_in, c["estimate"], api_visibility="private")
+        comp.change(estimates, estimate_in, [c["estimate"], c["size"]], api_visibility="private", queue=False)
+    for event in (load_event, shown_event) if shown_event is not None else (load_event,):
+        event(estimates, estimate_in, [c["estimate"], c["size"]], api_visibility="private")
+    c["base"].change(lambda path: model_label(ctx, path), c["base"], c["base_label"], api_visibility="private",
+                     queue=False)
 
     # The page load restores this browser's job (or shows the newest); every choice is saved in the browser.
     load_event(lambda saved: pick(initial_job(ctx, saved)), c["saved_job"], c["job"], api_visibility="private")
@@ -560,31 +630,28 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     c["jobs"].select(on_row, None, c["job"], api_visibility="private")
 
-    def plot(frame: pd.DataFrame, title: str) -> dict[str, Any]:
-        return gr.update(value=frame, label=f"Training curves · {title}")
+    panels = list(c["panels"].values())
+
+    def drawn(job: int | None) -> list[Any]:
+        """Each metric's panel: its curve, shown, or hidden when the job has not logged that metric."""
+        frames = curve_panels(ctx, job) if job is not None else {}
+        return [gr.update(value=frames[m], visible=True) if m in frames else gr.update(visible=False)
+                for m in c["panels"]]
 
     def on_tick(job):  # noqa: ANN001
-        frame = plot_frame(ctx, None)
-        idle = plot(frame, "choose a job: launch one or click a row of the table")
         if job is None:
-            return list_jobs(ctx), "", idle, "", curve_colors(frame), None, None, "", None
+            return list_jobs(ctx), "", curves_title(ctx, None), "", None, None, "", None, *drawn(None)
         try:
             st = job_status(ctx, job)
         except UserError as e:
-            return list_jobs(ctx), str(e), idle, "", curve_colors(frame), None, None, "", None
-        text = status_text(st)
-        frame = plot_frame(ctx, job)
-        title = f"job #{st['job']} ({st['config'].get('preset', '')})"
-        return (list_jobs(ctx), text, plot(frame, title), st["log"], curve_colors(frame), *job_sample(ctx, job),
-                f"{st['job']}:{st['state']}")
+            return list_jobs(ctx), str(e), curves_title(ctx, None), "", None, None, "", None, *drawn(None)
+        return (list_jobs(ctx), status_text(st), curves_title(ctx, job), st["log"], *job_sample(ctx, job),
+                f"{st['job']}:{st['state']}", *drawn(job))
 
-    # Data first, then the colour map: a new set of curves changes the map, and the plot redraws from
-    # scratch with the data it now holds (a change of both at once would redraw from the old data).
-    outputs = [c["jobs"], c["status"], c["plot"], c["log"], c["plot_colors"], c["sample_lq"], c["sample_out"],
-               c["sample_md"], c["shown_state"]]
+    outputs = [c["jobs"], c["status"], c["curves_md"], c["log"], c["sample_lq"], c["sample_out"], c["sample_md"],
+               c["shown_state"], *panels]
     for trigger in (c["timer"].tick, c["job"].change):
-        trigger(on_tick, c["job"], outputs, api_visibility="private", show_progress="hidden").then(
-            lambda colors: gr.update(color_map=colors), c["plot_colors"], c["plot"], api_visibility="private")
+        trigger(on_tick, c["job"], outputs, api_visibility="private", show_progress="hidden")
 
     # The before and after: drawn when the job shown changes or reaches another state (it finished), not
     # every tick (its pictures would be sent again every 2 s).
