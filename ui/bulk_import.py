@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from darl_core.images import IMAGE_SUFFIXES, to_rgb
+from darl_core.data.images import IMAGE_SUFFIXES, to_rgb
 
 from .context import AppContext, UserError, png_bytes
 from .restore_tab import RestoreResult, flag, gt_size_problem, image_key, restore, work
@@ -158,7 +158,7 @@ def import_pairs(ctx: AppContext, paths: list[str] | None, reason: str = "import
     """Flag every input / ground-truth pair of the uploaded files and zips (``CONVENTION``) in one step.
     Each is checked and stored by ``restore_tab.flag``; a pair that cannot be is skipped with the reason
     (unreadable, too large, size mismatch, no pair, duplicate, ...), never the whole import."""
-    from darl_core.pipeline import DEFAULT_STEPS, DEFAULT_TILE
+    from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 
     if not paths:
         raise UserError("choose the files to import: a zip, or the images themselves (" + CONVENTION + ")")
