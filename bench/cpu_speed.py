@@ -125,7 +125,7 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
              after_models: tuple[str, str] | None = None) -> dict[str, float]:
     from storage import Store
     from ui.context import SHIPPED_RL, AppContext
-    from ui.restore_tab import restore
+    from ui.restore_service import restore
 
     tmp = Path(tempfile.mkdtemp(prefix="darl-speed-"))
     hq = pil_to_tensor(builtin_image("coffee.png"))[None, :, :256, :256]

@@ -8,7 +8,7 @@ and measure whether the new model is better where the old one failed.
    independent implementation of ``darl_core.evaluation.evalset``) is applied to crops of training photos, and the
    default model restores them; the kind it gains least on (PSNR over the input) is the one flagged.
 2. Per seed, in a fresh data folder: ``--samples`` crops of training photos, degraded by that kind, are
-   flagged through ``ui.restore_tab.flag`` (with their ground truths unless ``--no-gt``), a job is
+   flagged through ``ui.restore_service.flag`` (with their ground truths unless ``--no-gt``), a job is
    launched through ``ui.finetune_tab.launch_job`` with the Fine-tune tab's defaults (method, reward,
    run size; ``--rounds``), and the worker runs it (``darl_core.jobs.worker.run_worker``, in this process).
 3. Base against new: on the flagged samples (the job's own before and after, as the tab shows it), on
@@ -39,15 +39,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from darl_core.data import photos
-from darl_core.evaluation.evalset import RANDOM, PillowRecipe, independent_pairs, pillow_degrade
 from darl_core.data.images import pil_to_tensor
-from darl_core.models.loading import DEFAULT_MODEL, load_restorer
+from darl_core.evaluation.evalset import (
+    RANDOM,
+    PillowRecipe,
+    independent_pairs,
+    pillow_degrade,
+)
 from darl_core.evaluation.payoff import PayoffItem, before_after, payoff_summary
+from darl_core.jobs.worker import run_worker
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer
 from darl_core.models.pipeline import DEFAULT_STEPS
 from darl_core.rewards.registry import get_metric
-from darl_core.jobs.worker import run_worker
 from storage import Store
-from ui import finetune_tab, restore_tab
+from ui import finetune_tab, restore_service
 from ui.context import AppContext
 
 # Candidate kinds of hard sample: one strong degradation each (libjpeg at quality 95 where JPEG is not the kind).
@@ -110,7 +115,7 @@ def run_seed(kind: str, seed: int, args: argparse.Namespace, work: Path) -> dict
         lq_path, gt_path = uploads / f"{k:03d}_lq.png", uploads / f"{k:03d}_gt.png"
         lq.save(lq_path)
         hq.save(gt_path)
-        restore_tab.flag(ctx, str(lq_path), "artifacts", note=f"{kind} {name}", user="loop",
+        restore_service.flag(ctx, str(lq_path), "artifacts", note=f"{kind} {name}", user="loop",
                          gt_path=None if args.no_gt else str(gt_path))
     base_model = str(Path(args.base).resolve())
     ctx.store.register_checkpoint(base_model, Path(base_model).name)

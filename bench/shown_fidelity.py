@@ -61,7 +61,8 @@ def encode(im: Image.Image, fmt: str, opts: dict[str, object]) -> tuple[bytes, f
 def main() -> None:
     from storage import Store
     from ui import AppContext
-    from ui.restore_tab import compare_views, restore
+    from ui.compare import compare_views
+    from ui.restore_service import restore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", default="coffee.png", help="a built-in photo (its top-left 256x256, degraded)")

@@ -28,7 +28,7 @@ from helpers import free_port
 
 from darl_core.jobs.worker import run_worker
 from storage import Store
-from ui import CSS, AppContext, build_app, restore_tab
+from ui import CSS, AppContext, build_app, restore_service
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -99,7 +99,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
-    image = restore_tab.example_images(tmp_path / "examples")[0]  # a held-out photo, degraded by Pillow and JPEG
+    image = restore_service.example_images(tmp_path / "examples")[0]  # a held-out photo, degraded by Pillow and JPEG
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -112,7 +112,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             # a file the loader refuses is said at upload, and not left on the page as a broken image
             broken = tmp_path / "broken.png"
             broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
-            others = restore_tab.example_images(tmp_path / "examples")
+            others = restore_service.example_images(tmp_path / "examples")
             page.locator("#gt-upload input[type=file]").set_input_files(others[2])  # a ground truth first
             expect(page.locator("#gt-upload img")).to_have_count(1, timeout=30_000)
             page.locator("#upload input[type=file]").set_input_files(str(broken))

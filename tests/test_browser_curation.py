@@ -20,7 +20,7 @@ from helpers import free_port
 from PIL import Image
 
 from storage import Store
-from ui import CSS, AppContext, build_app, restore_tab
+from ui import CSS, AppContext, build_app, restore_service
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,7 +36,7 @@ def _pairs_zip(tmp_path: Path) -> Path:
     """Three crops of held-out photos degraded by Pillow and JPEG, with their clean crops, in lq/ and gt/ (noise
     added, the most to the first imported: sorted by the worst score it comes first, not last as by age); and a
     ground truth without its input."""
-    examples = restore_tab.example_images(tmp_path / "examples")  # 256 px degraded crops
+    examples = restore_service.example_images(tmp_path / "examples")  # 256 px degraded crops
     z = tmp_path / "pairs.zip"
     with zipfile.ZipFile(z, "w") as f:
         for i, path in enumerate(examples):

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from storage import Store
-from ui import AppContext, UserError, bulk_import, finetune_tab, restore_tab, samples_tab
+from ui import (
+    AppContext,
+    UserError,
+    bulk_import,
+    finetune_tab,
+    restore_service,
+    samples_tab,
+)
 
 
 @pytest.fixture
@@ -41,7 +48,7 @@ def test_pairs_are_matched_by_folder_or_by_suffix() -> None:
 
 
 def test_bulk_import_flags_the_pairs_and_names_each_skipped_file_with_why(ctx: AppContext, tmp_path: Path) -> None:
-    restore_tab.flag(ctx, _file(tmp_path / "old.png", 7), "artifacts")  # already flagged: a duplicate
+    restore_service.flag(ctx, _file(tmp_path / "old.png", 7), "artifacts")  # already flagged: a duplicate
     z = tmp_path / "pairs.zip"
     with zipfile.ZipFile(z, "w") as f:
         f.writestr("lq/a.png", _png(1))
@@ -128,9 +135,9 @@ def test_undo_takes_back_the_last_flag_or_unflag_and_keeps_both_in_the_history(c
     assert samples_tab.undo(ctx, "ann") == ("Nothing to undo: you have no flag or unflag left that was not undone.",
                                             None)
     a = _file(tmp_path / "a.png", 1)
-    restore_tab.flag(ctx, a, "artifacts", user="ann", difficulty_value=0.4, difficulty_kind="gt")
-    restore_tab.flag(ctx, a, "blur left", user="ann")  # her second flag replaces the first
-    restore_tab.flag(ctx, a, "noise left", user="bob")
+    restore_service.flag(ctx, a, "artifacts", user="ann", difficulty_value=0.4, difficulty_kind="gt")
+    restore_service.flag(ctx, a, "blur left", user="ann")  # her second flag replaces the first
+    restore_service.flag(ctx, a, "noise left", user="bob")
     samples_tab.unflag(ctx, 1, "ann")  # without login: withdraws every flag on it
     assert ctx.store.flagged() == []
     msg, sid = samples_tab.undo(ctx, "ann")  # the unflag: both flags stand again
@@ -157,7 +164,7 @@ def test_undo_takes_back_the_last_flag_or_unflag_and_keeps_both_in_the_history(c
 
 def test_review_goes_through_the_listed_samples_flagging_and_unflagging(ctx: AppContext, tmp_path: Path) -> None:
     for s in range(3):
-        restore_tab.flag(ctx, _file(tmp_path / f"{s}.png", s), "imported", difficulty_value=0.1 * s,
+        restore_service.flag(ctx, _file(tmp_path / f"{s}.png", s), "imported", difficulty_value=0.1 * s,
                          difficulty_kind="gt")
     queue = [r[0] for r in samples_tab.flagged_view(ctx).rows]
     assert queue == [3, 2, 1]
@@ -176,7 +183,7 @@ def test_review_goes_through_the_listed_samples_flagging_and_unflagging(ctx: App
 
 
 def test_the_export_line_is_new_each_time_and_says_what_was_exported(ctx: AppContext, tmp_path: Path) -> None:
-    restore_tab.flag(ctx, _file(tmp_path / "a.png", 1), "artifacts")
+    restore_service.flag(ctx, _file(tmp_path / "a.png", 1), "artifacts")
     path = samples_tab.export_zip(ctx)
     line = samples_tab.export_message(path)
     assert line.startswith("Exported 1 samples at ") and "hard_samples.zip" in line

@@ -25,7 +25,14 @@ from PIL import Image
 from sqlalchemy import text
 
 from storage import Store
-from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
+from ui import (
+    AppContext,
+    UserError,
+    finetune_tab,
+    models_tab,
+    restore_service,
+    samples_tab,
+)
 from ui.server import LoginThrottle, guard, is_loopback, parse_users
 from ui.upload import ImageUpload
 
@@ -53,30 +60,30 @@ def _rows(store: Store) -> tuple[int, int, int, int]:
 def test_every_handler_names_its_bad_argument(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
     img = _png(tmp_path / "a.png")
     ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
-    restore_tab.flag(ctx, img, "artifacts")
+    restore_service.flag(ctx, img, "artifacts")
     m = str(tiny_model_dir)
     nan, inf = float("nan"), float("inf")
     cases: list[tuple[str, Any, str]] = [
-        ("restore steps text", lambda: restore_tab.restore(ctx, img, steps="abc"), "steps"),
-        ("restore steps NaN", lambda: restore_tab.restore(ctx, img, steps=nan), "steps"),
-        ("restore steps 51", lambda: restore_tab.restore(ctx, img, steps=51), "steps"),
-        ("restore seed NaN", lambda: restore_tab.restore(ctx, img, seed=nan), "seed"),
-        ("restore seed inf", lambda: restore_tab.restore(ctx, img, seed=inf), "seed"),
-        ("restore seed 1e30", lambda: restore_tab.restore(ctx, img, seed=10**30), "seed"),
-        ("restore seed -1", lambda: restore_tab.restore(ctx, img, seed=-1), "seed"),
-        ("restore tile text", lambda: restore_tab.restore(ctx, img, tile="x"), "tile size"),
-        ("restore tile 65", lambda: restore_tab.restore(ctx, img, tile=72 + 1), "tile size"),
-        ("restore task None", lambda: restore_tab.restore(ctx, img, task=None), "task"),
-        ("restore task list", lambda: restore_tab.restore(ctx, img, task=["blind"]), "task"),
-        ("restore image int", lambda: restore_tab.restore(ctx, 12), "image"),
-        ("restore image dict", lambda: restore_tab.restore(ctx, {"path": "/etc/passwd"}), "image"),
-        ("restore image missing", lambda: restore_tab.restore(ctx, str(tmp_path / "none.png")), "none.png"),
-        ("score metrics None", lambda: restore_tab.score(ctx, img, None), "metrics"),
-        ("flag reason list", lambda: restore_tab.flag(ctx, img, ["x"]), "reason"),
-        ("flag note int", lambda: restore_tab.flag(ctx, img, "artifacts", note=5), "note"),
-        ("flag note 10 MB", lambda: restore_tab.flag(ctx, img, "artifacts", note="x" * 10_000_000), "note"),
-        ("flag task None", lambda: restore_tab.flag(ctx, img, "artifacts", task=None), "task"),
-        ("flag difficulty text", lambda: restore_tab.flag(ctx, img, "artifacts", difficulty_value="hard"),
+        ("restore steps text", lambda: restore_service.restore(ctx, img, steps="abc"), "steps"),
+        ("restore steps NaN", lambda: restore_service.restore(ctx, img, steps=nan), "steps"),
+        ("restore steps 51", lambda: restore_service.restore(ctx, img, steps=51), "steps"),
+        ("restore seed NaN", lambda: restore_service.restore(ctx, img, seed=nan), "seed"),
+        ("restore seed inf", lambda: restore_service.restore(ctx, img, seed=inf), "seed"),
+        ("restore seed 1e30", lambda: restore_service.restore(ctx, img, seed=10**30), "seed"),
+        ("restore seed -1", lambda: restore_service.restore(ctx, img, seed=-1), "seed"),
+        ("restore tile text", lambda: restore_service.restore(ctx, img, tile="x"), "tile size"),
+        ("restore tile 65", lambda: restore_service.restore(ctx, img, tile=72 + 1), "tile size"),
+        ("restore task None", lambda: restore_service.restore(ctx, img, task=None), "task"),
+        ("restore task list", lambda: restore_service.restore(ctx, img, task=["blind"]), "task"),
+        ("restore image int", lambda: restore_service.restore(ctx, 12), "image"),
+        ("restore image dict", lambda: restore_service.restore(ctx, {"path": "/etc/passwd"}), "image"),
+        ("restore image missing", lambda: restore_service.restore(ctx, str(tmp_path / "none.png")), "none.png"),
+        ("score metrics None", lambda: restore_service.score(ctx, img, None), "metrics"),
+        ("flag reason list", lambda: restore_service.flag(ctx, img, ["x"]), "reason"),
+        ("flag note int", lambda: restore_service.flag(ctx, img, "artifacts", note=5), "note"),
+        ("flag note 10 MB", lambda: restore_service.flag(ctx, img, "artifacts", note="x" * 10_000_000), "note"),
+        ("flag task None", lambda: restore_service.flag(ctx, img, "artifacts", task=None), "task"),
+        ("flag difficulty text", lambda: restore_service.flag(ctx, img, "artifacts", difficulty_value="hard"),
          "difficulty"),
         ("job id text", lambda: finetune_tab.job_status(ctx, "abc"), "job"),
         ("job id 1.5", lambda: finetune_tab.job_status(ctx, 1.5), "job"),
@@ -133,7 +140,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     Image.fromarray(np.full((40, 48), 32896, dtype=np.uint16)).save(grey16)
     assert Image.open(grey16).mode == "I;16"
     assert _upload(grey16) == str(grey16)
-    msg = restore_tab.flag(ctx, _upload(grey16), "artifacts")
+    msg = restore_service.flag(ctx, _upload(grey16), "artifacts")
     stored = np.asarray(Image.open(ctx.store.flagged()[0].lq_path), dtype=np.float64)
     assert "#1" in msg and abs(stored.mean() - 128.0) < 0.5, stored.mean()
 
@@ -153,7 +160,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
         tried += 1
         before = _rows(ctx.store)
         with pytest.raises(UserError, match="judged by its content"):
-            restore_tab.flag(ctx, _upload(path), "artifacts")
+            restore_service.flag(ctx, _upload(path), "artifacts")
         assert _rows(ctx.store) == before
         refused += 1
     assert tried >= 10, tried
@@ -164,7 +171,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     assert bomb.stat().st_size < 2_000_000
     t0 = time.perf_counter()
     with pytest.raises(UserError, match="image is 144,000,000 pixels; the limit is 16,000,000"):
-        restore_tab.flag(ctx, _upload(bomb), "artifacts")
+        restore_service.flag(ctx, _upload(bomb), "artifacts")
     assert time.perf_counter() - t0 < 1.0
 
     # A JPEG whose EXIF block is garbage: decoded (orientation ignored) or refused with a message.
@@ -172,7 +179,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     rgb.save(jpg, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff" + bytes(40))
     (tmp_path / "exif.jpg").write_bytes(jpg.getvalue())
     try:
-        restore_tab.flag(ctx, _upload(tmp_path / "exif.jpg"), "artifacts")
+        restore_service.flag(ctx, _upload(tmp_path / "exif.jpg"), "artifacts")
     except UserError as e:
         assert "exif.jpg" in str(e)
 
@@ -191,9 +198,9 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
 
 def test_a_difficulty_measured_on_another_image_is_not_stored(ctx: AppContext, tmp_path: Path) -> None:
     a, b = _png(tmp_path / "a.png", seed=1), _png(tmp_path / "b.png", seed=2)
-    key_a = restore_tab.image_key(Image.open(a))
-    restore_tab.flag(ctx, b, "artifacts", difficulty_value=0.8, difficulty_kind="proxy", measured_on=key_a)
-    restore_tab.flag(ctx, a, "artifacts", difficulty_value=0.7, difficulty_kind="proxy", measured_on=key_a)
+    key_a = restore_service.image_key(Image.open(a))
+    restore_service.flag(ctx, b, "artifacts", difficulty_value=0.8, difficulty_kind="proxy", measured_on=key_a)
+    restore_service.flag(ctx, a, "artifacts", difficulty_value=0.7, difficulty_kind="proxy", measured_on=key_a)
     assert {r.sample_id: r.difficulty for r in ctx.store.flagged()} == {1: None, 2: 0.7}  # b: 1, a: 2
 
 
@@ -201,7 +208,7 @@ def test_a_uniform_image_is_said_before_the_restore(ctx: AppContext, tmp_path: P
     flat = tmp_path / "flat.png"
     Image.new("RGB", (200, 200), (90, 90, 90)).save(flat)
     said: list[str] = []
-    r = restore_tab.restore(ctx, str(flat), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+    r = restore_service.restore(ctx, str(flat), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
                             progress=lambda f, s: said.append(f"progress {s}"), warn=lambda w: said.append(w))
     assert "uniform" in said[0]  # before any progress of the restore
     assert any("n/a" in str(cell) and "uniform" in str(cell) for row in r.scores for cell in row)
@@ -213,10 +220,10 @@ def test_an_image_too_small_for_niqe_is_said_in_the_app_not_only_the_log(ctx: Ap
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(small)
     said: list[str] = []
-    restore_tab.restore(ctx, str(small), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+    restore_service.restore(ctx, str(small), sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
                         progress=lambda f, s: None, warn=said.append)
     assert [w for w in said if "160x120: NIQE is unreliable below 192 px" in w]
-    assert restore_tab.small_image_warning(Image.new("RGB", (120, 160)), ("piqe",)) is None  # PIQE has no such limit
+    assert restore_service.small_image_warning(Image.new("RGB", (120, 160)), ("piqe",)) is None  # PIQE has no such limit
 
 
 # ----------------------------------------------------------------------------- budgets and cancellation
@@ -225,23 +232,23 @@ def test_an_image_too_small_for_niqe_is_said_in_the_app_not_only_the_log(ctx: Ap
 def test_one_request_has_a_work_budget(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
     # The report's request: 16 MP at 50 steps with tiles of 64 (~15,400 tiles per pass) is refused at once.
     with pytest.raises(UserError, match="megapixel-passes"):
-        restore_tab.check_budget(ctx, (4000, 4000), 50, 64)
-    restore_tab.check_budget(ctx, (512, 512), 8, 256)  # the app's usual request passes
+        restore_service.check_budget(ctx, (4000, 4000), 50, 64)
+    restore_service.check_budget(ctx, (512, 512), 8, 256)  # the app's usual request passes
     # a pixel-space x4 model diffuses at 4x the input's size: 16 times the pixels (more with the overlaps)
-    assert restore_tab.work((256, 256), 8, 256, (4, 4))[0] >= 16 * restore_tab.work((256, 256), 8, 256)[0]
+    assert restore_service.work((256, 256), 8, 256, (4, 4))[0] >= 16 * restore_service.work((256, 256), 8, 256)[0]
     with pytest.raises(UserError, match="megapixel-passes"):
-        restore_tab.check_budget(ctx, (1000, 1000), 20, 256, (4, 4))
-    restore_tab.check_budget(ctx, (1000, 1000), 20, 256, (1, 1))
+        restore_service.check_budget(ctx, (1000, 1000), 20, 256, (4, 4))
+    restore_service.check_budget(ctx, (1000, 1000), 20, 256, (1, 1))
     ctx.max_work = 0.5
     big = _png(tmp_path / "big.png", (256, 256))
     t0 = time.perf_counter()
     with pytest.raises(UserError, match="one request may do at most"):
-        restore_tab.restore(ctx, big, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=50)
+        restore_service.restore(ctx, big, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=50)
     assert time.perf_counter() - t0 < 2.0 and not ctx._models  # refused before any model was loaded
     # A batch shares one budget: images past it are skipped with the reason.
     ctx.max_work = 0.1
     paths = [_png(tmp_path / f"b{i}.png", (96, 96), seed=i) for i in range(3)]
-    rows, _, _ = restore_tab.restore_batch(ctx, paths, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir),
+    rows, _, _ = restore_service.restore_batch(ctx, paths, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir),
                                            steps=2, tile=64)
     assert rows[0][1].startswith("ok") and all("budget" in r[1] for r in rows[1:]), rows
     assert "(0.1 megapixel-passes; this image adds 0.098 to 0.098)" in rows[1][1]  # small budgets still read as numbers
@@ -256,8 +263,8 @@ def test_a_stopped_session_ends_its_restore_between_steps(ctx: AppContext, tmp_p
         tiles.append(s)
         if len(tiles) == 3:
             assert ctx.stop_session("session-1")  # what the cancel route and a closed page do
-    with pytest.raises(restore_tab.RestoreStopped):
-        restore_tab.restore(ctx, _png(tmp_path / "s.png", (160, 160)), sft_model=str(tiny_model_dir),
+    with pytest.raises(restore_service.RestoreStopped):
+        restore_service.restore(ctx, _png(tmp_path / "s.png", (160, 160)), sft_model=str(tiny_model_dir),
                             rl_model=str(tiny_model_dir), steps=20, tile=64, progress=progress, stop=stop)
     assert len(tiles) <= 5  # it stopped at the next tile, not after 2 x 20 steps x 9 tiles
     assert not ctx.stop_session("nobody")
@@ -306,7 +313,7 @@ def test_logins_are_throttled() -> None:
 def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
     ctx.auth, ctx.admins = True, frozenset({"root"})
     ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
-    restore_tab.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
+    restore_service.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
     job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "ann")
     made = ctx.store.register_checkpoint(str(tmp_path / "made"), "made", job_id=job)
     shipped = ctx.store.register_checkpoint(str(tmp_path / "hand"), "hand")  # no job: nobody's
@@ -320,7 +327,7 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
         models_tab.promote(ctx, shipped, "ann")
     # bob flags the same image (same bytes, so the same sample): his flag is his own; withdrawing it leaves
     # ann's standing, the sample stays flagged and stays ann's (it used to hand the sample over to him)
-    assert "#1" in restore_tab.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
+    assert "#1" in restore_service.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
     assert ctx.store.owners("sample:1") == {"ann", "bob"}
     assert "stays flagged by ann" in samples_tab.unflag(ctx, 1, "bob")
     assert ctx.store.owners("sample:1") == {"ann"} and [r.sample_id for r in ctx.store.flagged()] == [1]
@@ -374,7 +381,7 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
 
     ctx = AppContext(Store(directory=tmp_path / "data"), auth=True, admins=frozenset({"root"}))
     ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
-    restore_tab.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
+    restore_service.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
     job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "ann")
     made = ctx.store.register_checkpoint(str(tmp_path / "made"), "made", job_id=job)
     demo = build_app(ctx)

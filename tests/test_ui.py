@@ -14,11 +14,19 @@ from helpers import free_port, record
 from PIL import Image
 from sqlalchemy import text
 
-from darl_core.rewards.difficulty import difficulty, difficulty_no_reference
 from darl_core.data.images import pil_to_tensor
 from darl_core.jobs.worker import run_worker
+from darl_core.rewards.difficulty import difficulty, difficulty_no_reference
 from storage import Job, Store
-from ui import AppContext, UserError, finetune_tab, models_tab, restore_tab, samples_tab
+from ui import (
+    AppContext,
+    UserError,
+    compare,
+    finetune_tab,
+    models_tab,
+    restore_service,
+    samples_tab,
+)
 
 
 @pytest.fixture
@@ -41,7 +49,7 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     lq = _img(tmp_path / "lq.png", (100, 100))
     gt = _img(tmp_path / "gt.png", (100, 100), seed=1)
     m = str(tiny_model_dir)
-    r = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=0, tile=64, gt_path=gt)
+    r = restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=0, tile=64, gt_path=gt)
     assert r.sft.size == r.rl.size == r.input.size == (100, 100)
     assert r.headers == ["image", "niqe", "piqe", "psnr", "ssim"] and [row[0] for row in r.scores] == ["input", "SFT", "RL"]
     assert isinstance(r.scores[1][3], float) and "1 − SSIM" in r.difficulty_text and 0 <= r.difficulty <= 2
@@ -52,7 +60,7 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert "0 = easy … 1 = hard" in r.difficulty_text
     assert all(Path(f).is_file() for f in r.files)
     # every shown row says which way is better and which image is best
-    table, note = restore_tab.score_table(r.headers, r.scores, r.rough)
+    table, note = restore_service.score_table(r.headers, r.scores, r.rough)
     assert r.rough == {"niqe": ["input", "SFT", "RL"]}  # 100 px a side: NIQE's row says it is rough
     assert "*NIQE is rough here: every image is under 192 px a side" in note
     assert [row[:2] for row in table] == [
@@ -60,7 +68,7 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
         ["PSNR, dB (vs ground truth)", "higher ↑"], ["SSIM (vs ground truth)", "higher ↑"]]
     psnr = table[2]
     assert psnr[5] in ("input", "SFT", "RL") and psnr[2:5][("input", "SFT", "RL").index(psnr[5])] == max(psnr[2:5])
-    r2 = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
+    r2 = restore_service.restore(ctx, lq, "blind", m, m, steps=2, tile=64)
     assert "proxy" in r2.difficulty_text and r2.scores[0][3:] == [] and r2.difficulty_kind == "proxy"
     assert "no-reference proxy" in r2.difficulty_text and "0 = easy … 1 = hard" in r2.difficulty_text
     assert "rough: this restoration is under 192 px a side" in r2.difficulty_text
@@ -68,13 +76,13 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert r2.difficulty == pytest.approx(float(difficulty_no_reference(pil_to_tensor(r2.sft)[None])), abs=1e-6)
     # ... and already at upload, naming the size it must have (the page clears it with this message)
     wrong = _img(tmp_path / "g2.png", (50, 50))
-    said = restore_tab.ground_truth_problem(ctx, lq, wrong)
+    said = restore_service.ground_truth_problem(ctx, lq, wrong)
     w, h = Image.open(lq).size
     assert said == (f"the ground truth must have the input's size {w}x{h}, or an integer multiple of it for "
                     f"super-resolution (x4: {4 * w}x{4 * h}); got 50x50")
-    assert restore_tab.ground_truth_problem(ctx, lq, gt) is None and restore_tab.ground_truth_problem(ctx, None, wrong) is None
+    assert restore_service.ground_truth_problem(ctx, lq, gt) is None and restore_service.ground_truth_problem(ctx, None, wrong) is None
     # a ground truth of the wrong size is refused before a model runs, not after the restorations
-    stages = restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64,
+    stages = restore_service.restore_stages(ctx, lq, "blind", m, m, steps=2, tile=64,
                                         gt_path=_img(tmp_path / "g2.png", (50, 50)))
     ctx.speed.clear()
     with pytest.raises(UserError, match="ground truth is 50x50 but the restoration will be 100x100"):
@@ -82,14 +90,14 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
     assert ctx.speed == {}
     # the stages, in order: each restoration (its file written) as soon as it exists, then the scores
     seen = []
-    for kind, v in restore_tab.restore_stages(ctx, lq, "blind", m, m, steps=2, seed=7, tile=64, gt_path=gt):
+    for kind, v in restore_service.restore_stages(ctx, lq, "blind", m, m, steps=2, seed=7, tile=64, gt_path=gt):
         seen.append(kind)
         if kind != "done":
             assert v.label == kind and Path(v.file).is_file() and v.image.size == (100, 100) and v.gt is not None
             assert len(ctx.speed) == 1  # measured as soon as the SFT model finished
     assert seen == ["SFT", "RL", "done"]
     with pytest.raises(UserError, match="SFT model"):
-        restore_tab.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
+        restore_service.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
 
 
 def test_the_same_request_again_reuses_its_restorations(ctx: AppContext, tmp_path: Path,
@@ -97,29 +105,29 @@ def test_the_same_request_again_reuses_its_restorations(ctx: AppContext, tmp_pat
     # A ground truth added after a first look, or one model changed: what decides a restoration (model,
     # image, steps, seed, tile) is the same, so it is not computed again, and the page says so.
     lq, m = _img(tmp_path / "lq.png", (100, 100)), str(tiny_model_dir)
-    first = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    first = restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
     assert first.reused == ["RL"]  # the same model and settings on both sides: one restoration, shown twice
-    assert restore_tab.took(first).startswith("the RL restoration reused (same image, model, steps, seed")
-    again = restore_tab.restore(ctx, lq, "denoise", m, m, steps=2, seed=3, tile=64,
+    assert restore_service.took(first).startswith("the RL restoration reused (same image, model, steps, seed")
+    again = restore_service.restore(ctx, lq, "denoise", m, m, steps=2, seed=3, tile=64,
                                 gt_path=_img(tmp_path / "gt.png", (100, 100), seed=1))
-    assert again.reused == ["SFT", "RL"] and restore_tab.took(again).startswith("both restorations reused")
+    assert again.reused == ["SFT", "RL"] and restore_service.took(again).startswith("both restorations reused")
     assert again.headers[-2:] == ["psnr", "ssim"]  # scored afresh, with the ground truth
-    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=4, tile=64).reused == ["RL"]  # new seed
-    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=1, seed=3, tile=64).reused == ["RL"]  # new steps
+    assert restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=4, tile=64).reused == ["RL"]  # new seed
+    assert restore_service.restore(ctx, lq, "blind", m, m, steps=1, seed=3, tile=64).reused == ["RL"]  # new steps
     # reuse is invisible: computing it again gives the same pixels
     ctx.max_kept_pixels = 0
-    fresh = restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
-    assert fresh.reused == [] and restore_tab.took(fresh).startswith("both restorations took")
+    fresh = restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    assert fresh.reused == [] and restore_service.took(fresh).startswith("both restorations took")
     assert np.array_equal(np.asarray(fresh.sft), np.asarray(first.sft))
     # a reloaded model is another restorer: nothing of the old one is reused
     ctx.max_kept_pixels = 32_000_000
-    restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
+    restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64)
     ctx._models.clear()
-    assert restore_tab.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64).reused == ["RL"]
+    assert restore_service.restore(ctx, lq, "blind", m, m, steps=2, seed=3, tile=64).reused == ["RL"]
     # kept restorations are bounded by their pixels, the least recently used dropped first
     ctx.max_kept_pixels = 100 * 100 * 2
     for seed in range(5):
-        restore_tab.restore(ctx, lq, "blind", m, m, steps=1, seed=seed, tile=64)
+        restore_service.restore(ctx, lq, "blind", m, m, steps=1, seed=seed, tile=64)
     assert len(ctx._kept) == 2 and sum(k[3] for k in ctx._kept) == 3 + 4  # the last two seeds
 
 
@@ -127,7 +135,7 @@ def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext
                                                                  tiny_sd_dir: Path, tiny_model_dir: Path) -> None:
     # The SD x4 family goes through the app (it has no set_progress_bar_config); output is 4x larger
     lq = _img(tmp_path / "lq.png", (24, 24))
-    r = restore_tab.restore(ctx, lq, "blind", str(tiny_sd_dir), str(tiny_sd_dir), steps=2, tile=64)
+    r = restore_service.restore(ctx, lq, "blind", str(tiny_sd_dir), str(tiny_sd_dir), steps=2, tile=64)
     assert r.sft.size == (96, 96)
     # steps 0 = stage 1 alone: a two-stage model restores, a single-stage one gets a message
     from darl_core.models.pipeline import (
@@ -139,10 +147,10 @@ def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext
 
     two = tmp_path / "two"
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(two)
-    r0 = restore_tab.restore(ctx, lq, "blind", str(two), str(two), steps=0, tile=64)
+    r0 = restore_service.restore(ctx, lq, "blind", str(two), str(two), steps=0, tile=64)
     assert r0.sft.size == (24, 24)
     with pytest.raises(UserError, match="no stage 1"):
-        restore_tab.restore(ctx, lq, "blind", str(two), str(tiny_model_dir), steps=0, tile=64)
+        restore_service.restore(ctx, lq, "blind", str(two), str(tiny_model_dir), steps=0, tile=64)
 
 
 def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -150,20 +158,20 @@ def test_restore_several_images(ctx: AppContext, tmp_path: Path, tiny_model_dir:
     paths = [_img(tmp_path / f"b{i}.png", (100, 96), seed=i) for i in range(2)]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    rows, gallery, zpath = restore_tab.restore_batch(ctx, [*paths, str(bad)], "blind", m, m, steps=2, tile=64)
+    rows, gallery, zpath = restore_service.restore_batch(ctx, [*paths, str(bad)], "blind", m, m, steps=2, tile=64)
     assert [r[1] for r in rows] == ["ok; NIQE rough: under 192 px"] * 2 + [rows[2][1]]  # 100x96: too small for NIQE
     assert rows[2][0] == "bad.png" and rows[2][1].startswith("skipped: ") and "bad.png" not in rows[2][1], rows[2]
     assert len(gallery) == 4
     assert sorted(zipfile.ZipFile(zpath).namelist()) == ["b0_rl.png", "b0_sft.png", "b1_rl.png", "b1_sft.png"]
-    rows, gallery, zpath = restore_tab.restore_batch(ctx, [str(bad)], "blind", m, m, steps=2, tile=64)
+    rows, gallery, zpath = restore_service.restore_batch(ctx, [str(bad)], "blind", m, m, steps=2, tile=64)
     assert rows[0][1].startswith("skipped: ") and gallery == [] and zpath is None  # no empty archive offered
 
 
 def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     a = _img(tmp_path / "a.png")
-    msg = restore_tab.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3, "gt")
+    msg = restore_service.flag(ctx, a, "artifacts", "halo", _img(tmp_path / "ga.png", seed=3), "denoise", "ann", 0.3, "gt")
     assert "#1" in msg and "ground truth" in msg
-    restore_tab.flag(ctx, _img(tmp_path / "b.png", seed=5), "blur left", user="bob")
+    restore_service.flag(ctx, _img(tmp_path / "b.png", seed=5), "blur left", user="bob")
     gallery, table = samples_tab.list_flagged(ctx)
     assert len(gallery) == 2 and {row[2] for row in table} == {"artifacts", "blur left"}
     assert [row[0] for row in samples_tab.list_flagged(ctx, task="denoise")[1]] == [1]
@@ -189,7 +197,7 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     assert by_id[1]["lq"].size == (40, 32) and by_id[1]["gt"].size == (40, 32) and by_id[2]["gt"] is None
     assert by_id[1]["difficulty_kind"] == "gt" and by_id[2]["reason"] == "blur left" and by_id[1]["tags"] == []
     # a proxy difficulty is never compared with a ground-truth one: bounds apply to one kind at a time
-    restore_tab.flag(ctx, _img(tmp_path / "c.png", seed=6), "noise left", difficulty_value=0.5, difficulty_kind="proxy")
+    restore_service.flag(ctx, _img(tmp_path / "c.png", seed=6), "noise left", difficulty_value=0.5, difficulty_kind="proxy")
     gallery, table = samples_tab.list_flagged(ctx)
     assert {row[0]: row[5] for row in table} == {1: "ground truth (1 − SSIM)", 2: "", 3: "no-reference proxy (NIQE)"}
     # tags on several samples at once; the filter and the table show them
@@ -210,7 +218,7 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     assert [row[0] for row in samples_tab.list_flagged(ctx, d_min=0.2, kind="proxy")[1]] == [3]
     assert [row[0] for row in samples_tab.list_flagged(ctx, "", "", 0, 0.0, samples_tab.D_MAX, "proxy")[1]] == [3, 2, 1]
     with pytest.raises(UserError, match="difficulty kind"):
-        restore_tab.flag(ctx, a, "artifacts", difficulty_value=0.2, difficulty_kind="ssim")
+        restore_service.flag(ctx, a, "artifacts", difficulty_value=0.2, difficulty_kind="ssim")
     # a clicked tile or row selects its sample; the picker lists what the table shows
     assert samples_tab.sample_from_caption(gallery[0][1]) == table[0][0] == samples_tab.sample_from_row(table[0])
     assert samples_tab.sample_choices(table)[0] == ("#3 noise left", 3) and samples_tab.sample_from_caption("x") is None
@@ -232,7 +240,7 @@ def test_flag_list_unflag_export(ctx: AppContext, tmp_path: Path) -> None:
     with pytest.raises(UserError):
         samples_tab.unflag(ctx, 99)
     with pytest.raises(UserError, match="reason"):
-        restore_tab.flag(ctx, a, "")
+        restore_service.flag(ctx, a, "")
 
 
 def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -243,7 +251,7 @@ def test_jobs_and_models(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) 
     with pytest.raises(UserError, match="no flagged samples"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2)
     for i in range(2):
-        restore_tab.flag(ctx, _img(tmp_path / f"s{i}.png", seed=i), "artifacts", gt_path=_img(tmp_path / f"g{i}.png", seed=9 + i))
+        restore_service.flag(ctx, _img(tmp_path / f"s{i}.png", seed=i), "artifacts", gt_path=_img(tmp_path / f"g{i}.png", seed=9 + i))
     with pytest.raises(UserError, match="parse"):
         finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe piqe", "darl", 2)
     with pytest.raises(UserError, match="not flagged"):
@@ -414,7 +422,7 @@ def test_fuzz_1000_malformed_uploads(tmp_path: Path) -> None:
         path.write_bytes(data)
         before = _count(ctx.store, "samples"), _count(ctx.store, "flags")
         try:
-            msg = restore_tab.flag(ctx, str(path), "artifacts")
+            msg = restore_service.flag(ctx, str(path), "artifacts")
             accepted += 1
             assert msg.startswith("Flagged")
             assert _count(ctx.store, "flags") == before[1] + 1
@@ -431,7 +439,7 @@ def test_fuzz_1000_malformed_uploads(tmp_path: Path) -> None:
 
 def test_every_image_the_app_shows_is_lossless(tmp_path: Path) -> None:
     # An image passed to Gradio as a picture is encoded in the component's format, WebP at quality 80 by
-    # default: lossy, and the texture a user compares would be the codec's (see restore_tab.SHOWN).
+    # default: lossy, and the texture a user compares would be the codec's (see compare.SHOWN).
     import gradio as gr
 
     from ui import build_app
@@ -637,31 +645,31 @@ def test_pickers_follow_promotion_and_deletion(ctx: AppContext, tiny_model_dir: 
 
 def test_score_table_says_which_images_are_too_small_for_a_metric() -> None:
     # an x4 model: the 64-px input is too small for NIQE, its 256-px restorations are not
-    rough = restore_tab.rough_scores({"input": (64, 64), "SFT": (256, 256), "RL": (256, 256)}, ["niqe", "piqe"])
+    rough = restore_service.rough_scores({"input": (64, 64), "SFT": (256, 256), "RL": (256, 256)}, ["niqe", "piqe"])
     assert rough == {"niqe": ["input"]}
-    table, note = restore_tab.score_table(["image", "niqe", "piqe"], [["input", 9.0, 50.0], ["SFT", 5.0, 30.0],
+    table, note = restore_service.score_table(["image", "niqe", "piqe"], [["input", 9.0, 50.0], ["SFT", 5.0, 30.0],
                                                                      ["RL", 4.0, 35.0]], rough)
     assert [row[0] for row in table] == ["NIQE (no reference, rough*)", "PIQE (no reference)"]
     assert note == "*NIQE is rough here: the input is under 192 px a side, where its statistics are unreliable."
-    assert restore_tab.rough_scores({"input": (192, 400), "SFT": (192, 400)}, ["niqe"]) == {}
-    assert "rough" not in restore_tab.difficulty_text(0.4, "proxy")
-    assert "rough" not in restore_tab.difficulty_text(0.4, "gt", rough=True)  # the ground-truth measure needs no NIQE
+    assert restore_service.rough_scores({"input": (192, 400), "SFT": (192, 400)}, ["niqe"]) == {}
+    assert "rough" not in restore_service.difficulty_text(0.4, "proxy")
+    assert "rough" not in restore_service.difficulty_text(0.4, "gt", rough=True)  # the ground-truth measure needs no NIQE
 
 
 def test_an_upload_the_loader_refuses_is_said_at_upload(ctx: AppContext, tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    assert "broken.png" in restore_tab.upload_problem(ctx, str(bad))
+    assert "broken.png" in restore_service.upload_problem(ctx, str(bad))
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(Path(_img(tmp_path / "whole.png", (64, 64))).read_bytes()[:200])
-    said = restore_tab.upload_problem(ctx, str(truncated), "ground truth")
+    said = restore_service.upload_problem(ctx, str(truncated), "ground truth")
     assert said == "cut.png: the image file is damaged or truncated"  # not "truncated ... (image file is truncated)"
-    assert restore_tab.upload_problem(ctx, _img(tmp_path / "ok.png")) is None
-    assert restore_tab.upload_problem(ctx, None) is None  # a cleared component: nothing to say
+    assert restore_service.upload_problem(ctx, _img(tmp_path / "ok.png")) is None
+    assert restore_service.upload_problem(ctx, None) is None  # a cleared component: nothing to say
 
 
 def test_a_ground_truth_given_first_waits_for_its_image_and_one_given_with_an_image_leaves_with_it() -> None:
-    stale = restore_tab.stale_ground_truth
+    stale = restore_service.stale_ground_truth
     assert not stale("gt.png", "", "a.png")  # given before any degraded image: it belongs to the next one
     assert not stale("gt.png", "a.png", "a.png")  # the same file again
     assert stale("gt.png", "a.png", "b.png") and stale("gt.png", "a.png", None)  # its image replaced / removed
@@ -671,12 +679,12 @@ def test_a_ground_truth_given_first_waits_for_its_image_and_one_given_with_an_im
 def test_score_table_marks_direction_best_and_disagreement() -> None:
     headers = ["image", "niqe", "piqe", "psnr"]
     rows = [["input", 6.0, 40.0, 20.0], ["SFT", 5.0, 30.0, 24.0], ["RL", 4.0, 35.0, 24.0]]
-    table, note = restore_tab.score_table(headers, rows)
+    table, note = restore_service.score_table(headers, rows)
     assert table[0] == ["NIQE (no reference)", "lower ↓", 6.0, 5.0, 4.0, "RL"]
     assert table[1][-1] == "SFT"
     assert table[2] == ["PSNR, dB (vs ground truth)", "higher ↑", 20.0, 24.0, 24.0, "SFT = RL"]
     assert "NIQE prefers RL" in note and "PIQE prefers SFT" in note
-    agree, note2 = restore_tab.score_table(headers[:2], [["input", 6.0], ["SFT", 5.0], ["RL", "n/a (too small)"]])
+    agree, note2 = restore_service.score_table(headers[:2], [["input", 6.0], ["SFT", 5.0], ["RL", "n/a (too small)"]])
     assert agree[0][-1] == "SFT" and note2 == ""
 
 
@@ -687,7 +695,7 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
     lq = _img(tmp_path / "lq.png", (120, 100))
     ctx.max_kept_pixels = 0  # both sides restored, not the second reused (the same model on both here)
     seen: list[tuple[float, str]] = []
-    restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
+    restore_service.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
                         progress=lambda f, s: seen.append((f, s)))
     tiles = [s for _, s in seen if "tile" in s]
     # 120x100 in 64-px tiles overlapping 32 (3 x 3), stretched by up to 25 %: 2 x 2 tiles of 76 x 66
@@ -705,29 +713,29 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
         calls.append(s)
         if len(calls) == 3:
             stop.set()
-    with pytest.raises(restore_tab.RestoreStopped, match="Stop button"):
-        restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2,
+    with pytest.raises(restore_service.RestoreStopped, match="Stop button"):
+        restore_service.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2,
                             tile=64, progress=press_stop_at_third_tile, stop=stop)
     assert len(calls) == 3  # no tile ran after the flag was seen
 
 
 def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_path: Path) -> None:
     small, big = (64, 64), (1600, 1200)
-    assert restore_tab.large_image_warning(ctx, small, None, None, 2) is None
-    w = restore_tab.large_image_warning(ctx, big, None, None, 2)
+    assert restore_service.large_image_warning(ctx, small, None, None, 2) is None
+    w = restore_service.large_image_warning(ctx, big, None, None, 2)
     assert w is not None and "1600x1200" in w and "min" in w and "Stop" in w and "steps" in w
     # the estimate follows what this app measured
     d_sft, d_rl = ctx.default_models()
     ctx.speed[d_sft] = ctx.speed[d_rl] = 0.01
-    assert restore_tab.large_image_warning(ctx, big, None, None, 2) is None
+    assert restore_service.large_image_warning(ctx, big, None, None, 2) is None
     # a pass per step, plus stage 1 for the two-stage model only (the shipped RL model is single-stage)
     ctx.speed[d_sft] = ctx.speed[d_rl] = 1.0
-    assert restore_tab.estimate_seconds(ctx, [d_sft], (1000, 1000), 2) == pytest.approx(3.0)
-    assert restore_tab.estimate_seconds(ctx, [d_rl], (1000, 1000), 2) == pytest.approx(2.0)
+    assert restore_service.estimate_seconds(ctx, [d_sft], (1000, 1000), 2) == pytest.approx(3.0)
+    assert restore_service.estimate_seconds(ctx, [d_rl], (1000, 1000), 2) == pytest.approx(2.0)
     # restore() hands the warning over before it starts (one decode of the upload)
     warned: list[str] = []
     ctx.speed[d_sft] = ctx.speed[d_rl] = 1e4
-    restore_tab.restore(ctx, _img(tmp_path / "s.png", (64, 64)), steps=1, warn=warned.append,
+    restore_service.restore(ctx, _img(tmp_path / "s.png", (64, 64)), steps=1, warn=warned.append,
                         sft_model=d_sft, rl_model=d_sft)
     assert len([w for w in warned if "will take about" in w and "64x64" in w]) == 1
     assert len(warned) == 2 and "NIQE is unreliable below 192 px" in warned[1]  # 64 px: too small for NIQE
@@ -740,27 +748,27 @@ def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Pa
     a = Image.new("RGB", (64, 48), (100, 100, 100))
     b = a.copy()
     b.putpixel((10, 20), (110, 100, 100))  # one pixel differs by 10 levels in one channel
-    diff, mad = restore_tab.difference_map(a, b)
+    diff, mad = compare.difference_map(a, b)
     assert diff.size == (64, 48) and mad == pytest.approx(10 / 3 / (64 * 48))
     px = np.asarray(diff)
-    assert px[20, 10, 0] == round(10 / 3 * restore_tab.DIFF_GAIN) and px.sum() == 3 * px[20, 10, 0]
+    assert px[20, 10, 0] == round(10 / 3 * compare.DIFF_GAIN) and px.sum() == 3 * px[20, 10, 0]
     with pytest.raises(UserError, match="cannot compare"):
-        restore_tab.difference_map(a, Image.new("RGB", (32, 32)))
+        compare.difference_map(a, Image.new("RGB", (32, 32)))
     # the zoom shows the same region of each image at 1:1, a x4 input enlarged to match (nearest)
     out = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8))
     small = out.resize((60, 50), Image.NEAREST)
-    strip = restore_tab.zoom_strip([("input", small), ("SFT", out)], center=(120, 100), side=64, scale=1)
+    strip = compare.zoom_strip([("input", small), ("SFT", out)], center=(120, 100), side=64, scale=1)
     assert strip.size == (64 * 2 + 6, 64 + 30)
     sft_tile = np.asarray(strip)[:64, 70:]
     assert np.array_equal(sft_tile, np.asarray(out)[68:132, 88:152])  # centred on (120, 100), 1:1
     # a centre near the border moves inside the image rather than padding
-    edge = restore_tab.zoom_strip([("SFT", out)], center=(0, 0), side=64, scale=1)
+    edge = compare.zoom_strip([("SFT", out)], center=(0, 0), side=64, scale=1)
     assert np.array_equal(np.asarray(edge)[:64], np.asarray(out)[:64, :64])
     # from a restore: both views, with the ground truth when one was given
     lq = _img(tmp_path / "lq.png", (64, 64))
-    r = restore_tab.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
+    r = restore_service.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=1,
                             gt_path=_img(tmp_path / "gt.png", (64, 64), seed=1))
-    d, caption, zoom = restore_tab.compare_views(r.input, r.sft, r.rl, r.gt)
+    d, caption, zoom = compare.compare_views(r.input, r.sft, r.rl, r.gt)
     assert np.asarray(d).max() == 0 and "mean difference 0.00" in caption  # the same model twice: no difference
     assert zoom.size == (4 * 64 * 3 + 3 * 6, 64 * 3 + 30)  # input, SFT, RL, ground truth: each whole (64 px)
 
@@ -768,19 +776,19 @@ def test_difference_map_and_zoom_show_what_differs(ctx: AppContext, tmp_path: Pa
 def test_examples_are_held_out_photos_degraded_by_pillow(tmp_path: Path) -> None:
     from darl_core.data.clean import TRAIN_IMAGES
 
-    paths = restore_tab.example_images(tmp_path / "ex")
-    assert len(paths) == 3 and not set(restore_tab.EXAMPLES) & set(TRAIN_IMAGES)
+    paths = restore_service.example_images(tmp_path / "ex")
+    assert len(paths) == 3 and not set(restore_service.EXAMPLES) & set(TRAIN_IMAGES)
     for p in paths:
         im = Image.open(p)
         assert im.size == (256, 256)
-    assert restore_tab.example_images(tmp_path / "ex") == paths  # made once, then reused
+    assert restore_service.example_images(tmp_path / "ex") == paths  # made once, then reused
 
 
 def test_flag_says_whether_a_ground_truth_came_and_limits_the_note(ctx: AppContext, tmp_path: Path) -> None:
     lq = _img(tmp_path / "lq.png")
-    assert "no ground truth" in restore_tab.flag(ctx, lq, "artifacts")
+    assert "no ground truth" in restore_service.flag(ctx, lq, "artifacts")
     with pytest.raises(UserError, match="at most 2000"):
-        restore_tab.flag(ctx, lq, "artifacts", note="x" * 2001)
+        restore_service.flag(ctx, lq, "artifacts", note="x" * 2001)
     assert len(ctx.store.flagged()) == 1  # the refused flag wrote nothing
     from storage import DiskFull
 
@@ -789,7 +797,7 @@ def test_flag_says_whether_a_ground_truth_came_and_limits_the_note(ctx: AppConte
 
     ctx.store.flag_upload = full  # type: ignore[method-assign]
     with pytest.raises(UserError, match="is full: nothing was stored; tell the operator"):
-        restore_tab.flag(ctx, _img(tmp_path / "other.png", seed=8), "artifacts")
+        restore_service.flag(ctx, _img(tmp_path / "other.png", seed=8), "artifacts")
 
 
 def test_the_model_cache_is_keyed_by_the_resolved_folder_and_bounded(tmp_path: Path, tiny_model_dir: Path,

@@ -15,7 +15,7 @@ from darl_core.data.pool import build_pool
 from darl_core.train.rl import RLConfig
 from storage import Store
 from ui import AppContext, UserError
-from ui.restore_tab import flag, gt_scale, restore
+from ui.restore_service import flag, gt_scale, restore
 
 
 def _img(path: Path, size: tuple[int, int], seed: int = 0) -> str:

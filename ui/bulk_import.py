@@ -6,7 +6,7 @@ Naming convention (case does not matter; any image type the app reads):
     NAME_lq.png  with  NAME_gt.png        one folder (also what a browser's folder upload keeps)
 
 An input without its ground truth is imported without one; a ground truth without its input is skipped.
-Every pair goes through the Restore tab's flag (``restore_tab.flag``): the same checks, the same message.
+Every pair goes through the Restore tab's flag (``restore_service.flag_sample``): the same checks, the same message.
 With ``measure``, each input is first restored by the default SFT and RL models, as the Restore tab
 does: its difficulty (1 − SSIM against the truth, or the labelled no-reference proxy without one) is
 stored with the flag, and each model's PSNR, SSIM and NIQE with the sample (``record_scores``).
@@ -23,7 +23,7 @@ from typing import Any
 from darl_core.data.images import IMAGE_SUFFIXES, to_rgb
 
 from .context import AppContext, UserError, png_bytes
-from .restore_tab import RestoreResult, flag, gt_size_problem, image_key, restore, work
+from .restore_service import RestoreResult, flag_sample, gt_size_problem, image_key, restore, work
 
 __all__ = ["CONVENTION", "MAX_IMPORT", "ImportReport", "import_pairs", "pair_key", "record_scores"]
 
@@ -156,7 +156,7 @@ def record_scores(ctx: AppContext, sample_id: int, r: RestoreResult, sft: str, r
 def import_pairs(ctx: AppContext, paths: list[str] | None, reason: str = "imported", task: str = "blind",
                  measure: bool = True, user: str = "anonymous", steps: int | None = None) -> ImportReport:
     """Flag every input / ground-truth pair of the uploaded files and zips (``CONVENTION``) in one step.
-    Each is checked and stored by ``restore_tab.flag``; a pair that cannot be is skipped with the reason
+    Each is checked and stored by ``restore_service.flag_sample``; a pair that cannot be is skipped with the reason
     (unreadable, too large, size mismatch, no pair, duplicate, ...), never the whole import."""
     from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 
@@ -216,11 +216,11 @@ def import_pairs(ctx: AppContext, paths: list[str] | None, reason: str = "import
             spent += cost
             d, kind, on = r.difficulty, r.difficulty_kind or None, image_key(r.input)
         try:
-            msg = flag(ctx, str(slot["lq"][1]), reason, "", str(slot["gt"][1]) if gt else None, task, user, d, kind, on)
+            sid, _ = flag_sample(ctx, str(slot["lq"][1]), reason, "", str(slot["gt"][1]) if gt else None, task, user,
+                                 d, kind, on)
         except UserError as e:
             report.skipped.append((key, "refused", str(e)))
             continue
-        sid = int(re.search(r"#(\d+)", msg).group(1))  # "Flagged as hard sample #N (...)"
         if r is not None:
             record_scores(ctx, sid, r, sft, rl, steps, user)
         report.imported.append((sid, key, gt is not None))

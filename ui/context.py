@@ -93,11 +93,14 @@ def _toast(e: UserError, outputs: int, line: tuple[int, str] | None = None) -> A
     return tuple(out) if outputs > 1 else out[0]
 
 
-def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def user_messages(outputs: int | None, at: Any, lead: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Like ``user_errors`` for a handler whose output ``at`` (of ``outputs``) is a message line: in the
     page a ``UserError`` becomes a warning toast and that line ("**{lead}:** why"), the other outputs stay
     as they were (an error would leave bare "Error" boxes on them once the toast is gone). A request
-    from gradio_client (header ``x-gradio-user: api``) still gets the error itself."""
+    from gradio_client (header ``x-gradio-user: api``) still gets the error itself.
+
+    ``outputs=None``: the handler returns dicts keyed by component, and ``at`` is the message line's
+    component; a refusal then sets that line alone."""
 
     def refused(e: UserError, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import gradio as gr
@@ -106,6 +109,9 @@ def user_messages(outputs: int, at: int, lead: str) -> Callable[[Callable[..., A
         headers = getattr(request, "headers", None) or {}
         if request is None or headers.get("x-gradio-user") == "api":
             raise gr.Error(str(e)) from None
+        if outputs is None:
+            gr.Warning(str(e), duration=15)
+            return {at: f"**{lead}:** {e}"}
         return _toast(e, outputs, (at, lead))
 
     def deco(handler: Callable[..., Any]) -> Callable[..., Any]:

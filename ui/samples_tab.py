@@ -22,7 +22,7 @@ from storage.models import utcnow
 from . import fields
 from .bulk_import import CONVENTION, import_pairs, record_scores
 from .context import SHIPPED, AppContext, UserError, caller, user_messages, user_warnings
-from .restore_tab import REASONS, restore, score_table
+from .restore_service import REASONS, restore, score_table
 
 __all__ = ["HEADERS", "KEYS", "KINDS", "SORTS", "FlaggedView", "export_zip", "flagged_view", "import_files",
            "list_flagged", "listen", "model_names", "render", "restore_sample", "review_flag", "review_line",
@@ -498,7 +498,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
         with gr.Row(equal_height=True):
             c["view_lq"] = gr.Image(label="input (flagged)", type="filepath", interactive=False, height=240,
                                     format="png", elem_id="view-lq")
-            # lossless, as on the Restore tab (restore_tab.SHOWN says why)
+            # lossless, as on the Restore tab (compare.SHOWN says why)
             c["view_sft"] = gr.Image(label="SFT", type="pil", interactive=False, height=240, format="png",
                                      elem_id="view-sft")
             c["view_rl"] = gr.Image(label="RL", type="pil", interactive=False, height=240, format="png",
