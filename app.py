@@ -11,7 +11,10 @@ postgresql+psycopg://user:pw@host/db), DARL_HOST / DARL_PORT (default
 login: the user is recorded on every change, and only a sample's, job's or
 checkpoint's owner or an admin may change it), DARL_ADMINS ("ann,bob": the users
 who may change anything), DARL_ALLOW_REMOTE=1 (serve a non-loopback host without
-login: everyone who reaches it may change everything), DARL_NO_WORKER=1 (do not
+login: everyone who reaches it may change everything), DARL_ALLOWED_HOSTS ("darl.example,10.0.0.5": more
+names a request's Host may carry, with login or DARL_ALLOW_REMOTE=1; without them the loopback names
+only), DARL_TRUSTED_PROXIES ("127.0.0.1,10.0.0.0/8": the reverse proxies whose X-Forwarded-For names
+the client; default none), DARL_NO_WORKER=1 (do not
 start a worker here, e.g. when workers run on GPU machines), DARL_PRECISION
 (auto, fp32 or bf16; auto: bf16 autocast where the CPU has native bf16 or on a
 GPU, else fp32).
@@ -32,7 +35,7 @@ from starlette.middleware import Middleware
 from darl_core.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import CSS, AppContext, build_app
-from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users
+from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users, served_hosts, trust_proxies
 
 
 def register_shipped(store: Store) -> None:
@@ -118,6 +121,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: without login (DARL_AUTH) the app serves this machine only, and {host} is not a loopback "
                  f"address: set DARL_AUTH=user:password (and DARL_ADMINS), or DARL_ALLOW_REMOTE=1 to let everyone "
                  f"who reaches {host} change everything")
+    proxies = os.environ.get("DARL_TRUSTED_PROXIES", "")
+    try:
+        trust_proxies(proxies)  # (the guard sets it again; here a bad entry stops the start before anything runs)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    open_to_others = bool(users) or os.environ.get("DARL_ALLOW_REMOTE") == "1"
+    hosts = served_hosts(host, open_to_others, os.environ.get("DARL_ALLOWED_HOSTS", ""))
+    if not open_to_others and os.environ.get("DARL_ALLOWED_HOSTS"):
+        sys.exit("error: DARL_ALLOWED_HOSTS needs login (DARL_AUTH) or DARL_ALLOW_REMOTE=1: without them the app "
+                 "answers requests for this machine's loopback names only")
     try:
         store = Store()
     except StoreUnavailable as e:
@@ -133,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"
-    demo.launch(server_name=host, server_port=int(port), auth=LoginThrottle(users) if users else None,
+    throttle = LoginThrottle(users) if users else None
+    demo.launch(server_name=host, server_port=int(port), auth=throttle,
                 auth_message=LOGIN_MESSAGE, max_file_size="25mb", show_error=True, css=CSS,
-                app_kwargs={"middleware": [Middleware(guard(ctx))]})
+                app_kwargs={"middleware": [Middleware(guard(ctx, hosts, throttle, proxies))]})
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def test_temporary_folders_are_removed_when_old(ctx: AppContext) -> None:
 
 def test_logins_are_throttled() -> None:
     now = [0.0]
-    gate = LoginThrottle({"ann": "s3cret"}, free=5, base_s=1.0, max_s=300.0, clock=lambda: now[0])
+    gate = LoginThrottle({"ann": "s3cret"}, free=5, base_s=1.0, max_s=300.0, user_free=1000, clock=lambda: now[0])
     results = [gate("ann", f"guess{i}") for i in range(200)]  # 200 wrong passwords at once
     assert not any(results) and gate.refused == 195  # after 5 tries, every attempt waits
     assert gate("ann", "s3cret") is False  # the right one too, until the wait has passed
