@@ -318,11 +318,10 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
             call()
     with pytest.raises(UserError, match="was not made by a user of this app: only an admin"):
         models_tab.promote(ctx, shipped, "ann")
-    # bob flags the same image (same bytes, so the same sample): his flag is his own; withdrawing it leaves
-    # ann's standing, the sample stays flagged and stays ann's (it used to hand the sample over to him)
-    assert "#1" in restore_tab.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
-    assert ctx.store.owners("sample:1") == {"ann", "bob"}
-    assert "stays flagged by ann" in samples_tab.unflag(ctx, 1, "bob")
+    # bob flags the same image: his flag is his own sample (#2); withdrawing it leaves ann's sample alone
+    assert "#2" in restore_tab.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
+    assert ctx.store.owners("sample:1") == {"ann"} and ctx.store.owners("sample:2") == {"bob"}
+    assert "unflagged" in samples_tab.unflag(ctx, 2, "bob")
     assert ctx.store.owners("sample:1") == {"ann"} and [r.sample_id for r in ctx.store.flagged()] == [1]
     with pytest.raises(UserError, match="belongs to ann"):
         samples_tab.unflag(ctx, 1, "bob")
@@ -342,6 +341,44 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
     # without login (the app then serves only this machine), the one local user may do everything
     ctx.auth = False
     models_tab.promote(ctx, made, "anonymous")
+
+
+def test_a_second_users_flag_never_reaches_the_first_users_sample(ctx: AppContext, tmp_path: Path,
+                                                                   tiny_model_dir: Path) -> None:
+    """Issue #39, finding 5: bob downloaded ann's sample (view and export had no owner check), flagged the
+    same bytes, became a co-owner, removed her tag and attached his ground truth to her sample."""
+    import json
+    import zipfile
+
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    lq, truth, fake = _png(tmp_path / "lq.png"), _png(tmp_path / "gt.png", seed=1), _png(tmp_path / "fake.png", seed=2)
+    restore_tab.flag(ctx, lq, "artifacts", gt_path=truth, user="ann")
+    samples_tab.tag_samples(ctx, [1], "mine", user="ann")
+    # bob can neither see, restore nor export ann's sample
+    with pytest.raises(UserError, match="belongs to another user"):
+        samples_tab.sample_files(ctx, 1, "bob")
+    with pytest.raises(UserError, match="belongs to another user"):
+        samples_tab.restore_sample(ctx, 1, user="bob")
+    with pytest.raises(UserError, match="no flagged samples match"):
+        samples_tab.export_zip(ctx, user="bob")
+    assert samples_tab.list_flagged(ctx, user="bob") == ([], [])
+    # he flags the same bytes with his own ground truth: his own sample; ann's keeps her tag and her truth
+    assert "#2" in restore_tab.flag(ctx, lq, "blur", gt_path=fake, user="bob")
+    with pytest.raises(UserError, match="belongs to ann"):
+        samples_tab.tag_samples(ctx, [1], "mine", remove=True, user="bob")
+    mine = ctx.store.sample(1)
+    assert mine.tags == ",mine," and Image.open(ctx.store.path(mine.gt_path)).tobytes() == Image.open(truth).tobytes()
+    # her jobs and exports use her ground truth; bob's job trains on his own sample only
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "darl", 2, "", "ann")
+    assert ctx.store.job(job).sample_ids == [1]
+    with zipfile.ZipFile(samples_tab.export_zip(ctx, user="ann")) as z:
+        rows = [json.loads(line) for line in z.read("metadata.jsonl").decode().splitlines()]
+        assert [r["sample"] for r in rows] == [1] and z.read("gt/000001.png") == ctx.store.path(mine.gt_path).read_bytes()
+    assert ctx.store.job(finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "bob")).sample_ids == [2]
+    with pytest.raises(UserError, match="not flagged by you"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "1", "bob")
+    assert len(samples_tab.list_flagged(ctx, user="root")[1]) == 2  # an admin sees both
 
 
 # ----------------------------------------------------------------------------- over HTTP
@@ -415,7 +452,8 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
                 continue  # the models' queue: covered by the share test below
             data = targets.get(fn.name, [None] * len(fn.inputs))
             status, text_ = _call(bob, base, session, i, data)
-            refused_by_owner += "belongs to ann" in text_
+            # refused by the owner check, or earlier: ann's samples are not among the choices bob's page was given
+            refused_by_owner += "belongs to ann" in text_ or "is not in the list of choices" in text_
             stranger_calls += 1
         after = (ctx.store.flagged()[0].tags, ctx.store.job(job).cancel_requested,
                  [(c.id, c.promoted) for c in ctx.store.checkpoints()])

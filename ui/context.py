@@ -266,6 +266,12 @@ class AppContext:
             raise UserError(f"{what} belongs to {', '.join(sorted(owners))}: only they or an admin (DARL_ADMINS) "
                             f"may change it (you are logged in as {user})")
 
+    def sees(self, user: str) -> str | None:
+        """Whose samples ``user`` may see, download, export and train on: None (everyone's) without login or
+        for an admin, else ``user`` (the samples on which their own flag stands): the owner rule of
+        ``require_owner``, for reading."""
+        return None if not self.auth or user in self.admins else user
+
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,
         promoted first; the promoted one's label says "(default RL)" (in both pickers: it is the RL side's default)."""

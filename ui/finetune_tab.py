@@ -59,7 +59,7 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     rounds = int_arg("rounds", rounds, 1, ctx.max_rounds)
     hardest_k = int_arg("extra hard samples", hardest_k or 0, 0, 256)
     processes = int_arg("processes", 1 if processes is None else processes, 1, ctx.max_processes)
-    flagged = {r.sample_id: r for r in ctx.store.flagged()}
+    flagged = {r.sample_id: r for r in ctx.store.flagged(user=ctx.sees(user))}  # with login: the user's own
     if sample_ids and sample_ids.strip():
         try:
             ids = [int(s) for s in sample_ids.replace(" ", "").split(",") if s]
@@ -67,7 +67,8 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
             raise UserError("sample ids must be numbers separated by commas") from None
         missing = [i for i in ids if i not in flagged]
         if missing:
-            raise UserError(f"samples {missing} are not flagged")
+            raise UserError(f"samples {missing} are not flagged" + (f" by you ({user}): a job trains on its user's own "
+                                                                    f"samples" if ctx.sees(user) else ""))
     else:
         ids = sorted(flagged)
     if not ids:

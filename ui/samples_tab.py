@@ -33,8 +33,8 @@ HEADERS = ["sample", "task", "reason", "tags", "difficulty (0 easy … 1 hard)",
 
 
 def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | None,
-          d_min: float | None, d_max: float | None, kind: str | None = "gt", tag: str | None = None
-          ) -> list[FlaggedRow]:
+          d_min: float | None, d_max: float | None, kind: str | None = "gt", tag: str | None = None,
+          user: str = "anonymous") -> list[FlaggedRow]:
     # Neutral values mean "no filter": days <= 0, d_min <= 0, d_max >= D_MAX (a form always sends numbers).
     # Bounds compare like with like: only samples whose difficulty is of ``kind`` can pass them.
     since = utcnow() - timedelta(days=float(days)) if days and days > 0 else None
@@ -45,18 +45,18 @@ def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | N
     bounded = lo is not None or hi is not None
     try:
         return ctx.store.flagged(task or None, reason or None, since, lo, hi, (kind or "gt") if bounded else None,
-                                 (tag or "").strip() or None)
+                                 (tag or "").strip() or None, user=ctx.sees(user))
     except ValueError as e:  # a malformed tag
         raise UserError(str(e)) from None
 
 
 def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
                  d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
-                 tag: str | None = None) -> tuple[list[tuple[str, str]], list[list[Any]]]:
+                 tag: str | None = None, user: str = "anonymous") -> tuple[list[tuple[str, str]], list[list[Any]]]:
     """(gallery items, table rows) of the currently flagged samples matching the filters; difficulty
     bounds keep only samples whose difficulty is of ``kind`` ("gt" or "proxy"); ``tag`` keeps the
-    samples that carry it."""
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
+    samples that carry it. With login, a user who is not an admin sees their own samples only."""
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag, user)
     gallery = [(str(r.lq_path), f"#{r.sample_id} {r.reason}") for r in rows]
     table = [[r.sample_id, r.task, r.reason, ", ".join(r.tags), None if r.difficulty is None else round(r.difficulty, 4),
               "" if r.difficulty is None else KINDS.get(r.difficulty_kind or "", "not recorded"), r.user,
@@ -114,12 +114,16 @@ def sample_from_caption(caption: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def sample_files(ctx: AppContext, sample_id: int | None) -> tuple[str, str | None, str]:
-    """The LQ and ground-truth files of a sample (None: no ground truth) and a line describing it."""
+def sample_files(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> tuple[str, str | None, str]:
+    """The LQ and ground-truth files of a sample (None: no ground truth) and a line describing it; with
+    login, of the user's own samples only (an admin: any)."""
     if sample_id is None:
         raise UserError("choose a sample: click a tile or a row")
-    rows = {r.sample_id: r for r in ctx.store.flagged()}
+    rows = {r.sample_id: r for r in ctx.store.flagged(user=ctx.sees(user))}
     if int(sample_id) not in rows:
+        if ctx.sees(user) is not None and any(r.sample_id == int(sample_id) for r in ctx.store.flagged()):
+            raise UserError(f"sample #{sample_id} belongs to another user: only they or an admin (DARL_ADMINS) "
+                            f"may see it (you are logged in as {user})")
         raise UserError(f"sample #{sample_id} is not flagged")
     r = rows[int(sample_id)]
     d = "not measured" if r.difficulty is None else f"{r.difficulty:.3f} ({KINDS.get(r.difficulty_kind or '', 'kind not recorded')})"
@@ -128,10 +132,11 @@ def sample_files(ctx: AppContext, sample_id: int | None) -> tuple[str, str | Non
     return str(r.lq_path), str(r.gt_path) if r.gt_path else None, text
 
 
-def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_STEPS) -> tuple[Any, Any, str]:
+def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_STEPS,
+                   user: str = "anonymous") -> tuple[Any, Any, str]:
     """The sample restored by the default SFT and RL models: (SFT image, RL image, a line with the
-    scores' verdict), for the side-by-side view."""
-    lq, gt, _ = sample_files(ctx, sample_id)
+    scores' verdict), for the side-by-side view (the owner rule of ``sample_files``)."""
+    lq, gt, _ = sample_files(ctx, sample_id, user)
     r = restore(ctx, lq, gt_path=gt, steps=steps)
     table, _ = score_table(r.headers, r.scores)
     best = "; ".join(f"{row[0]}: best {row[-1]}" for row in table)
@@ -180,12 +185,12 @@ def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> s
 
 def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
                d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
-               tag: str | None = None) -> str:
-    """A zip of the matching samples that Hugging Face ``datasets`` reads as it is: ``lq/``, ``gt/``
+               tag: str | None = None, user: str = "anonymous") -> str:
+    """A zip of the matching samples (with login, the user's own; an admin's: everyone's) that Hugging Face ``datasets`` reads as it is: ``lq/``, ``gt/``
     and ``metadata.jsonl`` (one row a sample: ``lq_file_name`` and ``gt_file_name`` become the image
     columns ``lq`` and ``gt``, then task, reason, difficulty, ...). Unzipped,
     ``load_dataset("imagefolder", data_dir=...)`` loads it. Returns the zip's path."""
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag, user)
     if not rows:
         raise UserError("no flagged samples match the filters")
     out = Path(ctx.scratch("darl-export-")) / "hard_samples.zip"
@@ -258,8 +263,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"], c["kind"], c["tag"]]
 
     @user_warnings(4)
-    def listing(*f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-        gallery, table = list_flagged(ctx, *f)
+    def listing(request: gr.Request, *f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        gallery, table = list_flagged(ctx, *f, user=caller(request))
         choices = sample_choices(table)
         return gallery, table, gr.update(choices=choices), gr.update(choices=choices, value=[])
 
@@ -284,11 +289,11 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["table"].select(on_row, None, c["sample"], api_visibility="private")
     c["gallery"].select(on_tile, [c["table"], c["selected"]], [c["sample"], c["selected"]], api_visibility="private")
 
-    def on_pick(sample: int | None) -> tuple[Any, Any, Any, Any, str]:
+    def on_pick(sample: int | None, request: gr.Request) -> tuple[Any, Any, Any, Any, str]:
         if sample is None:
             return None, None, None, None, ""
         try:
-            lq, gt, text = sample_files(ctx, sample)
+            lq, gt, text = sample_files(ctx, sample, caller(request))
         except UserError as e:
             return None, None, None, None, str(e)
         return lq, None, None, gt, text + ("" if gt else " · no ground truth")
@@ -297,29 +302,29 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                        api_visibility="private")
 
     @user_warnings(3)
-    def on_view_restore(sample, progress=gr.Progress()):  # noqa: ANN001, B008
+    def on_view_restore(sample, request: gr.Request, progress=gr.Progress()):  # noqa: ANN001, B008
         progress(0, desc="restoring with both models")
-        sft, rl, verdict = restore_sample(ctx, sample)
+        sft, rl, verdict = restore_sample(ctx, sample, user=caller(request))
         return sft, rl, verdict
 
     c["view_restore"].click(on_view_restore, c["sample"], [c["view_sft"], c["view_rl"], c["msg"]],
                             concurrency_limit=1, concurrency_id="models", api_visibility="private")
 
-    def after_unflag(msg: str, f: tuple[Any, ...]) -> tuple[Any, ...]:
+    def after_unflag(msg: str, f: tuple[Any, ...], user: str) -> tuple[Any, ...]:
         """The message, then the lists again: the unflagged samples gone, nothing chosen or ticked."""
-        gallery, table = list_flagged(ctx, *f)
+        gallery, table = list_flagged(ctx, *f, user=user)
         choices = sample_choices(table)
         return msg, gallery, table, gr.update(choices=choices, value=None), gr.update(choices=choices, value=[])
 
     @user_warnings(5)
     def on_unflag(sample, request: gr.Request, *f: Any):  # noqa: ANN001
-        return after_unflag(unflag(ctx, sample, caller(request)), f)
+        return after_unflag(unflag(ctx, sample, caller(request)), f, caller(request))
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
     @user_warnings(5)
     def on_unflag_many(ticked, request: gr.Request, *f: Any):  # noqa: ANN001
-        return after_unflag(unflag_many(ctx, ticked, caller(request)), f)
+        return after_unflag(unflag_many(ctx, ticked, caller(request)), f, caller(request))
 
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
@@ -327,7 +332,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         @user_warnings(3)
         def on_tag(ticked, text, request: gr.Request, *f: Any):  # noqa: ANN001
             msg = tag_samples(ctx, ticked, text, remove, caller(request))
-            gallery, table = list_flagged(ctx, *f)
+            gallery, table = list_flagged(ctx, *f, user=caller(request))
             return msg, gallery, table
         return on_tag
 
@@ -336,7 +341,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                      api_visibility="private")
 
     @user_warnings(1)
-    def on_export(*f: Any) -> dict[str, Any]:
-        return gr.update(value=export_zip(ctx, *f), visible=True)
+    def on_export(request: gr.Request, *f: Any) -> dict[str, Any]:
+        return gr.update(value=export_zip(ctx, *f, user=caller(request)), visible=True)
 
     c["export"].click(on_export, filters, c["zip"], api_visibility="private")
