@@ -14,7 +14,8 @@ who may change anything), DARL_ALLOW_REMOTE=1 (serve a non-loopback host without
 login: everyone who reaches it may change everything), DARL_ALLOWED_HOSTS ("darl.example,10.0.0.5": more
 names a request's Host may carry, with login or DARL_ALLOW_REMOTE=1; without them the loopback names
 only), DARL_TRUSTED_PROXIES ("127.0.0.1,10.0.0.0/8": the reverse proxies whose X-Forwarded-For names
-the client; default none), DARL_NO_WORKER=1 (do not
+the client; default none), DARL_MAX_JOBS_PER_USER (3) and DARL_MAX_JOB_HOURS_PER_USER (24: the
+estimated training hours one user may have queued or running; admins are not capped), DARL_NO_WORKER=1 (do not
 start a worker here, e.g. when workers run on GPU machines), DARL_PRECISION
 (auto, fp32 or bf16; auto: bf16 autocast where the CPU has native bf16 or on a
 GPU, else fp32).
@@ -142,7 +143,16 @@ def main(argv: list[str] | None = None) -> None:
     precision = os.environ.get("DARL_PRECISION", "auto")
     if precision not in ("auto", "fp32", "bf16"):
         sys.exit(f"error: DARL_PRECISION must be auto, fp32 or bf16, got {precision!r}")
-    ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins)
+    try:
+        max_jobs = int(os.environ.get("DARL_MAX_JOBS_PER_USER", "3"))
+        max_hours = float(os.environ.get("DARL_MAX_JOB_HOURS_PER_USER", "24"))
+        if max_jobs < 1 or not max_hours > 0:
+            raise ValueError
+    except ValueError:
+        sys.exit("error: DARL_MAX_JOBS_PER_USER must be a whole number >= 1 and DARL_MAX_JOB_HOURS_PER_USER a number "
+                 "of hours > 0")
+    ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins, max_user_jobs=max_jobs,
+                     max_user_hours=max_hours)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"

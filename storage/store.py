@@ -383,6 +383,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
 
+    def active_jobs(self, user: str) -> list[Job]:
+        """``user``'s jobs that are queued or running, oldest first (the per-user cap counts them)."""
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.user == user, Job.state.in_(("queued", "running")))
+                                  .order_by(Job.id)))
+
     def claim_job(self, worker: str) -> Job | None:
         """Atomically take the oldest queued job and mark it running for ``worker``."""
         now = utcnow()

@@ -381,6 +381,38 @@ def test_a_second_users_flag_never_reaches_the_first_users_sample(ctx: AppContex
     assert len(samples_tab.list_flagged(ctx, user="root")[1]) == 2  # an admin sees both
 
 
+def test_one_user_cannot_fill_the_worker(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Issue #39, finding 4: one user queued ten 5000-round full jobs (one estimated at 164 h) in 1.1 s."""
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    for user in ("ann", "bob", "root"):
+        restore_tab.flag(ctx, _png(tmp_path / f"{user}.png", seed=len(user) + ord(user[0])), "blur", user=user)
+    base = str(tiny_model_dir)
+    hours = finetune_tab.expected_minutes(ctx, "darl", 5000, 1)[0]["full"] / 60  # this machine's estimate
+    ctx.max_user_hours = hours / 2
+    with pytest.raises(UserError, match=rf"about {hours:.1f} h.* more than the {hours / 2:g} h each user may have "
+                                        r"queued \(DARL_MAX_JOB_HOURS_PER_USER\)"):
+        finetune_tab.launch_job(ctx, base, "niqe", "darl", 5000, "", "ann")  # one job over the hours
+    t0 = time.time()
+    done, refused = 0, []
+    for _ in range(10):
+        try:
+            finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "ann", size="quick")
+            done += 1
+        except UserError as e:
+            refused.append(str(e))
+    took = time.time() - t0
+    assert done == ctx.max_user_jobs == 3 and len(refused) == 7
+    assert "at most 3 per user, DARL_MAX_JOBS_PER_USER" in refused[0]
+    finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "bob", size="quick")  # another user's own share
+    finetune_tab.cancel_job(ctx, ctx.store.active_jobs("ann")[0].id, "ann")
+    ctx.store.transition(ctx.store.active_jobs("ann")[0].id, "cancelled")  # (a queued job's cancel ends it)
+    finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "ann", size="quick")  # a place is free again
+    for _ in range(5):  # an admin is not capped
+        finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "root", size="quick")
+    record("jobs", launches_tried=10, launches_refused=len(refused), launch_ms=int(1000 * took / 10))
+
+
 # ----------------------------------------------------------------------------- over HTTP
 
 

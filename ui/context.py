@@ -155,6 +155,8 @@ class AppContext:
     max_models: int = 4  # restorers kept loaded (least recently used dropped first)
     max_kept_pixels: int = 32_000_000  # recent restorations kept for reuse (same image, model, settings): 0 = none
     max_rounds: int = 5000  # a job may ask for at most this many RL rounds
+    max_user_jobs: int = 3  # queued or running jobs one user may have (DARL_MAX_JOBS_PER_USER; admins: no cap)
+    max_user_hours: float = 24.0  # and their estimated hours of training, left (DARL_MAX_JOB_HOURS_PER_USER)
     max_processes: int = field(default_factory=lambda: _devices())  # and this many training processes
     max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
     max_tile_passes: int = 100_000  # and this many tile evaluations (small tiles on a large image)
