@@ -27,9 +27,12 @@ import argparse
 import atexit
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 from starlette.middleware import Middleware
 
@@ -52,20 +55,50 @@ def register_shipped(store: Store) -> None:
                                                 evaluation=card_evaluation(m.path))
 
 
+ROOT = Path(__file__).resolve().parent
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel send SIGTERM to the child when ``parent`` dies (Linux; a kill -9
+    of the app included), so the worker hands its job back instead of running on orphaned."""
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the worker is orphaned as before
+            return
+        if os.getppid() != parent:  # the app died before the line above: go now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class Supervisor:
     """Keeps one child process (the job worker) running: restarts it when it dies, with a growing pause
-    when it keeps dying at once, and stops it with the app (``stop``: SIGTERM, then SIGKILL)."""
+    when it keeps dying at once, and stops it with the app (``stop``: SIGTERM, then SIGKILL; a kill -9 of
+    the app: the kernel's SIGTERM). The child finds this project's packages wherever the app was started
+    from. With ``handover``, each child gets ``--worker-id`` and a restarted one ``--dead-worker`` naming the
+    one that died, which takes its job back at once (not after the stale timeout)."""
 
-    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0):
-        self.cmd, self.check_s, self.max_pause_s = cmd, check_s, max_pause_s
+    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False):
+        self.cmd, self.check_s, self.max_pause_s, self.handover = cmd, check_s, max_pause_s, handover
         self.restarts = 0
+        self.worker_id: str | None = None
         self._stopping = threading.Event()
         self.proc = self._start()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd, env=os.environ.copy())
+        cmd = list(self.cmd)
+        if self.handover:
+            dead, self.worker_id = self.worker_id, f"{socket.gethostname()}:app{os.getpid()}-{self.restarts}"
+            cmd += ["--worker-id", self.worker_id] + (["--dead-worker", dead] if dead else [])
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
 
     def _watch(self) -> None:
         pause = self.check_s
@@ -77,8 +110,8 @@ class Supervisor:
             print(f"worker exited with {code}; restarting it in {pause:.0f} s", file=sys.stderr, flush=True)
             if self._stopping.wait(pause):
                 return
-            self.proc = self._start()
             self.restarts += 1
+            self.proc = self._start()
             pause = min(2 * pause, self.max_pause_s)  # a worker that dies at once is not restarted in a loop
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -93,7 +126,7 @@ class Supervisor:
 
 
 def start_worker() -> Supervisor:
-    sup = Supervisor([sys.executable, "-m", "darl_core.worker"])
+    sup = Supervisor([sys.executable, "-m", "darl_core.worker"], handover=True)
     atexit.register(sup.stop)
     # SIGTERM (a service manager, `kill`) ends the app like Ctrl-C does: through atexit, so the worker stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

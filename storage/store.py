@@ -476,6 +476,16 @@ class Store:
                             .values(**values).returning(Job.id))
             return sorted(res.scalars())
 
+    def recover_worker(self, worker: str, requeue: bool = True) -> list[int]:
+        """The running jobs of ``worker``, known dead (its process exited), re-queued (or failed) at once,
+        whatever their heartbeat's age."""
+        values: dict[str, Any] = ({"state": "queued", "worker": None} if requeue else
+                                  {"state": "failed", "finished_at": utcnow(), "error": "its worker died"})
+        with self.session() as s:
+            res = s.execute(update(Job).where(Job.state == "running", Job.worker == worker)
+                            .values(**values).returning(Job.id))
+            return sorted(res.scalars())
+
     def add_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
         """Record a step's metrics; a step logged again (redone after a resume) replaces the old values."""
         with self.session() as s:

@@ -1,4 +1,6 @@
+import inspect
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,27 @@ def test_stale_jobs_are_taken_back_while_the_worker_polls_not_only_at_start(tmp_
         stop.set()
         thread.join(10)
     assert not thread.is_alive()  # should_stop ends the loop
+
+
+def test_a_dead_workers_job_is_taken_back_at_once_and_stale_ones_within_seconds(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """Issue #39, finding 1: a worker killed with -9 left its job "running" while the app ran: the restarted
+    worker re-queued only heartbeats over 120 s old, once, at its start. Now the worker named dead by the
+    supervisor loses its job at once, and the stale timeout is ten heartbeats (30 s), checked every 10 s."""
+    from darl_core import worker
+
+    monkeypatch.setenv("DARL_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DARL_DATABASE_URL", raising=False)
+    store = Store(directory=tmp_path)
+    sid = store.add_sample(_png(0), 40, 40)
+    job = store.create_job({"preset": "no_such_preset"}, [sid], "ann")
+    assert store.claim_job("host:app1-0").id == job  # its worker is killed with a fresh heartbeat
+    t0 = time.monotonic()
+    worker.main(["--once", "--worker-id", "host:app1-1", "--dead-worker", "host:app1-0"])
+    took = time.monotonic() - t0
+    j = store.job(job)
+    assert j.worker == "host:app1-1" and j.state == "failed" and "no_such_preset" in (j.error or "")  # ran again
+    assert took < 10, took
+    assert worker.STALE_AFTER_S == 10 * worker.HEARTBEAT_S <= 30
+    assert inspect.signature(worker.run_worker).parameters["stale_after_s"].default == worker.STALE_AFTER_S
