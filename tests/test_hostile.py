@@ -189,6 +189,20 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
 
 
+def test_a_metric_that_cannot_be_built_here_is_said_not_raised(ctx: AppContext, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #39, smaller: score with clipiqa answered with a Python error (ModuleNotFoundError)."""
+    from darl_core import rewards
+
+    def missing(name: str, device: str) -> Any:
+        raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+
+    monkeypatch.setattr(rewards, "_cached_metric", missing)  # what clipiqa's import does in this environment
+    out = restore_tab.score(ctx, _png(tmp_path / "a.png", (64, 64)), "clipiqa")
+    assert out["clipiqa"].startswith("error: metric 'clipiqa' cannot be built here: it needs the module "
+                                     "'pkg_resources'"), out
+
+
 def test_a_difficulty_measured_on_another_image_is_not_stored(ctx: AppContext, tmp_path: Path) -> None:
     a, b = _png(tmp_path / "a.png", seed=1), _png(tmp_path / "b.png", seed=2)
     key_a = restore_tab.image_key(Image.open(a))
