@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,6 +126,19 @@ class Supervisor:
                 self.proc.wait()
 
 
+def gradio_cache(data_dir: Path) -> Path:
+    """Point Gradio's cache (uploads, files sent to the browser) at the app's own folder ``{data}/gradio-cache``
+    and empty it: what an earlier run left there goes at start (Gradio's hourly cleanup knows only the
+    files of its own run). A cache named by GRADIO_TEMP_DIR is the operator's: used, never emptied."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return Path(os.environ["GRADIO_TEMP_DIR"])
+    cache = data_dir / "gradio-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    return cache
+
+
 def start_worker() -> Supervisor:
     sup = Supervisor([sys.executable, "-m", "darl_core.worker"], handover=True)
     atexit.register(sup.stop)
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}\nCheck DARL_DATABASE_URL, or unset it to use the embedded SQLite database.")
     register_shipped(store)
     store.sweep_temporary()  # blob writes a crash interrupted
+    gradio_cache(store.dir)
     if os.environ.get("DARL_NO_WORKER") != "1":
         start_worker()
     precision = os.environ.get("DARL_PRECISION", "auto")

@@ -74,6 +74,27 @@ def test_a_restarted_worker_is_told_which_worker_died() -> None:
         sup.stop()
 
 
+def test_the_gradio_cache_is_the_apps_own_and_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #39, smaller: the Gradio cache was not emptied at start, contrary to the README."""
+    sys.path.insert(0, str(ROOT))
+    from app import gradio_cache
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    left = tmp_path / "gradio-cache" / "abc123" / "upload.png"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"an earlier run's upload")
+    cache = gradio_cache(tmp_path)
+    assert cache == tmp_path / "gradio-cache" and cache.is_dir() and not any(cache.iterdir())
+    import gradio.utils
+
+    assert gradio.utils.get_upload_folder() == str(cache)  # Gradio writes there
+    mine = tmp_path / "operator"
+    (mine / "keep.png").parent.mkdir()
+    (mine / "keep.png").write_bytes(b"x")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(mine))
+    assert gradio_cache(tmp_path) == mine and (mine / "keep.png").exists()  # the operator's: never emptied
+
+
 _PARENT = """
 import sys, time
 sys.path.insert(0, {root!r})
