@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -53,7 +54,7 @@ from .loading import DEFAULT_MODEL, load_restorer
 from .payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_evaluation, heldout_items, payoff_summary
 from .rl import RLConfig, get_rl_preset, train_rl
 
-__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "compare_job", "job_config", "run_job", "run_worker", "summary_line"]
+__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "compare_job", "drop_resume_state", "job_config", "run_job", "run_worker", "summary_line"]
 
 HEARTBEAT_S = 3.0  # a running job's heartbeat period
 STALE_AFTER_S = 10 * HEARTBEAT_S  # a job whose heartbeat is this old lost its worker (ten beats missed)
@@ -128,6 +129,18 @@ def summary_line(summary: dict[str, float]) -> str:
                          f"({summary[f'd_{key}']:+.{nd}f}, better on {100 * summary[f'better_{key}']:.0f} % "
                          f"of {int(summary[f'n_{key}'])})")
     return "; ".join(parts) or "no numbers (no ground truth and no reward that can be scored without one)"
+
+
+def drop_resume_state(out: Path) -> int:
+    """Delete a succeeded job's resume checkpoints (its exported model, before and after, and samples stay):
+    they carry the optimizer's state beside a copy of the model, several times the model's size, and nothing
+    resumes a finished job. Returns the bytes freed."""
+    freed = 0
+    for p in [*out.glob("checkpoint-*"), *out.glob(".tmp-checkpoint-*")]:
+        freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        shutil.rmtree(p, ignore_errors=True)
+    (out / "latest").unlink(missing_ok=True)
+    return freed
 
 
 def run_job(store: Store, job: Job, heartbeat_s: float = HEARTBEAT_S) -> None:
@@ -230,6 +243,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = HEARTBEAT_S) -> None:
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
                                   job_id=job.id, evaluation=evaluation)
         store.transition(job.id, "succeeded", worker=me)
+        drop_resume_state(out)
     except JobLost:
         pass  # taken back as stale while we ran: the new owner resumes it
     except KeyboardInterrupt:  # SIGTERM (the app stopping) or Ctrl-C: hand the job back, resumed by the next start

@@ -38,6 +38,11 @@ def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_mod
     # the job says whether its model is better than its base on the held-out check, with both numbers
     assert "held-out check: PSNR" in j.log and "against its base's" in j.log
     assert child.evaluation["heldout_psnr_base"] > 0 and "heldout_psnr" in child.evaluation
+    # Issue #39, smaller: a finished job kept its resume checkpoints (optimizer state and a model copy: 240 MB
+    # for a quick job, where deleting the model freed 33 MB); they go, the model and its before and after stay
+    folder = tmp_path / "jobs" / str(job)
+    assert not list(folder.glob("checkpoint-*")) and not (folder / "latest").exists()
+    assert (folder / "model" / "model_index.json").is_file() and Path(child.path) == (folder / "model").resolve()
 
 
 def test_a_finished_job_stores_its_before_and_after(tmp_path: Path, tiny_model_dir: Path) -> None:
