@@ -1,6 +1,7 @@
 """SQLAlchemy 2 typed models of the app's store.
 
-Sample      an uploaded / flagged image (unique content hash), LQ and optional GT blob
+Sample      an uploaded / flagged image, LQ and optional GT blob: one per content hash and owner (a second
+            user's flag of the same bytes is that user's own sample, with its own tags and ground truth)
 Flag        append-only flag history; unflagging is a new event (``flagged = False``); the difficulty
             estimate shown when flagged and its kind (ground truth or no-reference proxy)
 Job         an RL fine-tune job: config, state, progress, heartbeat, frozen sample list
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -48,9 +50,13 @@ class Base(DeclarativeBase):
 
 class Sample(Base):
     __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("content_hash", "owner", name="uq_samples_content_owner"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the LQ bytes
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the LQ bytes
+    # whose record this is (the user who flagged it; "anonymous" without login); before migration 0009 one
+    # sample per image was shared by everyone who flagged it: those keep their first flagger as owner
+    owner: Mapped[str] = mapped_column(String(128), default="anonymous", server_default="anonymous")
     lq_path: Mapped[str] = mapped_column(String(512))  # relative to the data directory
     gt_path: Mapped[str | None] = mapped_column(String(512))
     width: Mapped[int] = mapped_column(Integer)

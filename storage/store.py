@@ -203,9 +203,10 @@ class Store:
                     source: str = "upload", task: str = "blind", user: str = "anonymous", reason: str = "",
                     note: str = "", difficulty: float | None = None, difficulty_kind: str | None = None,
                     flag: bool = True) -> tuple[int, int | None]:
-        """The Sample for these LQ bytes (created if new; a ground truth given later is kept) and, with
-        ``flag``, a flag event on it, in one transaction: (sample id, flag id). Nothing is stored when
-        it fails, not even the image files this call wrote."""
+        """``user``'s Sample for these LQ bytes (created if new; a ground truth given later is kept) and, with
+        ``flag``, a flag event on it, in one transaction: (sample id, flag id). Another user's flag of the
+        same bytes is their own sample: its tags and ground truth never touch this one. Nothing is stored
+        when it fails, not even the image files this call wrote."""
         if difficulty_kind is not None and difficulty_kind not in DIFFICULTY_KINDS:
             raise ValueError(f"difficulty_kind must be one of {DIFFICULTY_KINDS}, got {difficulty_kind!r}")
         digest = hashlib.sha256(lq_png).hexdigest()
@@ -218,11 +219,11 @@ class Store:
                 gt_rel, new = self._put_blob(gt_png)
                 created += [gt_rel] if new else []
             ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(Sample)
-            values = {"content_hash": digest, "lq_path": lq_rel, "gt_path": gt_rel, "width": width, "height": height,
-                      "source": source, "task": task, "created_at": utcnow()}
+            values = {"content_hash": digest, "owner": user, "lq_path": lq_rel, "gt_path": gt_rel, "width": width,
+                      "height": height, "source": source, "task": task, "created_at": utcnow()}
             with self.session() as s:
-                s.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["content_hash"]))
-                sample = s.scalars(select(Sample).where(Sample.content_hash == digest)).one()
+                s.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["content_hash", "owner"]))
+                sample = s.scalars(select(Sample).where(Sample.content_hash == digest, Sample.owner == user)).one()
                 if gt_rel is not None and sample.gt_path is None:
                     sample.gt_path = gt_rel  # a ground truth given later is kept
                 flag_id = None
@@ -295,12 +296,14 @@ class Store:
 
     def flagged(self, task: str | None = None, reason: str | None = None, since: datetime | None = None,
                 min_difficulty: float | None = None, max_difficulty: float | None = None,
-                difficulty_kind: str | None = None, tag: str | None = None) -> list[FlaggedRow]:
+                difficulty_kind: str | None = None, tag: str | None = None, user: str | None = None
+                ) -> list[FlaggedRow]:
         """Flagged samples (a user's flag stands until that user, or an admin for everyone, withdraws it),
         each with its newest standing flag, newest first, with optional filters: ``reason``
         keeps flags whose reason contains it (any case). With ``difficulty_kind``, only flags whose
         difficulty is of that kind ("gt" or "proxy"): the difficulty bounds then compare like with like.
-        ``tag``: only samples carrying it."""
+        ``tag``: only samples carrying it. ``user``: only the samples on which that user's flag stands (what a
+        user who is not an admin may see, with login)."""
         newest = select(func.max(Flag.id)).where(Flag.id.in_(self._active_flags())).group_by(Flag.sample_id)
         q = (select(Flag, Sample).join(Sample, Sample.id == Flag.sample_id)
              .where(Flag.id.in_(newest.scalar_subquery())).order_by(Flag.id.desc()))
@@ -319,6 +322,8 @@ class Store:
             q = q.where(Flag.difficulty_kind == difficulty_kind)
         if tag:
             q = q.where(Sample.tags.like(f"%,{_tag(tag)},%"))
+        if user is not None:
+            q = q.where(Sample.id.in_(select(Flag.sample_id).where(Flag.user == user, Flag.id.in_(self._active_flags()))))
         with self.session() as s:
             return [FlaggedRow(sm.id, self.path(sm.lq_path), self.path(sm.gt_path) if sm.gt_path else None,
                                sm.task, f.reason, f.note, f.user, f.difficulty, f.created_at, sm.width, sm.height,
@@ -490,6 +495,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
 
+    def active_jobs(self, user: str) -> list[Job]:
+        """``user``'s jobs that are queued or running, oldest first (the per-user cap counts them)."""
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.user == user, Job.state.in_(("queued", "running")))
+                                  .order_by(Job.id)))
+
     def claim_job(self, worker: str) -> Job | None:
         """Atomically take the oldest queued job and mark it running for ``worker``."""
         now = utcnow()
@@ -574,6 +585,16 @@ class Store:
                                    "error": "worker stopped responding (stale heartbeat)"})
         with self.session() as s:
             res = s.execute(update(Job).where(Job.state == "running", Job.heartbeat < cutoff)
+                            .values(**values).returning(Job.id))
+            return sorted(res.scalars())
+
+    def recover_worker(self, worker: str, requeue: bool = True) -> list[int]:
+        """The running jobs of ``worker``, known dead (its process exited), re-queued (or failed) at once,
+        whatever their heartbeat's age."""
+        values: dict[str, Any] = ({"state": "queued", "worker": None} if requeue else
+                                  {"state": "failed", "finished_at": utcnow(), "error": "its worker died"})
+        with self.session() as s:
+            res = s.execute(update(Job).where(Job.state == "running", Job.worker == worker)
                             .values(**values).returning(Job.id))
             return sorted(res.scalars())
 

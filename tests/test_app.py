@@ -55,6 +55,75 @@ def test_the_supervisor_restarts_a_dead_worker_and_stops_it() -> None:
     assert sup.restarts == 1  # and not restarted after the stop
 
 
+def test_a_restarted_worker_is_told_which_worker_died() -> None:
+    """Issue #39, finding 1: the restarted worker re-queued only jobs whose heartbeat was 120 s old, once, at
+    its start (when the dead one's heartbeat was still fresh). Now it is named the dead worker, whose job
+    it takes back at once (``run_worker(dead_workers=...)``, tests/test_worker.py)."""
+    sys.path.insert(0, str(ROOT))
+    from app import Supervisor
+
+    sup = Supervisor([sys.executable, "-c", "import time; time.sleep(60)"], check_s=0.2, handover=True)
+    try:
+        first, first_id = sup.proc.pid, sup.worker_id
+        assert psutil.Process(first).cmdline()[-2:] == ["--worker-id", first_id]
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: sup.restarts == 1 and sup.proc.pid != first, 10, "a restart")
+        assert psutil.Process(sup.proc.pid).cmdline()[-4:] == ["--worker-id", sup.worker_id, "--dead-worker", first_id]
+        assert sup.worker_id != first_id
+    finally:
+        sup.stop()
+
+
+def test_the_gradio_cache_is_the_apps_own_and_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #39, smaller: the Gradio cache was not emptied at start, contrary to the README."""
+    sys.path.insert(0, str(ROOT))
+    from app import gradio_cache
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    left = tmp_path / "gradio-cache" / "abc123" / "upload.png"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"an earlier run's upload")
+    cache = gradio_cache(tmp_path)
+    assert cache == tmp_path / "gradio-cache" and cache.is_dir() and not any(cache.iterdir())
+    import gradio.utils
+
+    assert gradio.utils.get_upload_folder() == str(cache)  # Gradio writes there
+    mine = tmp_path / "operator"
+    (mine / "keep.png").parent.mkdir()
+    (mine / "keep.png").write_bytes(b"x")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(mine))
+    assert gradio_cache(tmp_path) == mine and (mine / "keep.png").exists()  # the operator's: never emptied
+
+
+_PARENT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from app import Supervisor
+sup = Supervisor([sys.executable, "-c", {child!r}], check_s=0.2)
+print(sup.proc.pid, flush=True)
+time.sleep(1.0)
+print(sup.proc.poll(), sup.restarts, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_worker_starts_from_another_folder_and_dies_with_the_app(tmp_path: Path) -> None:
+    """Issue #39, smaller findings: run from another folder the worker failed (No module named 'darl_core')
+    and was restarted forever; a kill -9 of the app left its worker running (3 of 3)."""
+    child = "import darl_core.jobs.worker, time; time.sleep(60)"
+    app = subprocess.Popen([sys.executable, "-c", _PARENT.format(root=str(ROOT), child=child)], cwd=tmp_path,
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(app.stdout.readline())
+        assert app.stdout.readline().split() == ["None", "0"]  # running after 1 s, never restarted
+        app.kill()  # kill -9
+        app.wait()
+        _wait(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE, 10,
+              "the orphaned worker to stop")
+    finally:
+        app.kill()
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_app_and_its_worker(tmp_path: Path) -> None:
     port = free_port()

@@ -89,7 +89,13 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)  # as app.py
+    from starlette.middleware import Middleware
+
+    from ui.server import guard
+
+    # as app.py, with its guard: every route the page uses must be on the guard's allow-list
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+                app_kwargs={"middleware": [Middleware(guard(ctx))]})
     stop = threading.Event()
 
     def worker() -> None:  # the worker process of `make run`, as a thread here
@@ -106,6 +112,8 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                 "--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            refused: list[tuple[int, str]] = []  # requests of the page the guard refused (none may be)
+            page.on("response", lambda r: refused.append((r.status, r.url)) if r.status in (403, 404) else None)
             page.goto(f"http://127.0.0.1:{port}/")
             # the shipped RL side carries its caveat in the page: it is not better than SFT
             expect(page.locator("#rl-note")).to_contain_text("not better than SFT", timeout=30_000)
@@ -340,6 +348,7 @@ def test_upload_slider_flag_list_launch_progress(tmp_path: Path) -> None:
             while ctx.stop_flags and time.time() < deadline:
                 time.sleep(0.1)
             assert not ctx.stop_flags  # the restore ended: nothing runs on
+            assert not refused, refused  # the Stop (an unqueued event) and every other request passed the guard
             browser.close()
     finally:
         stop.set()

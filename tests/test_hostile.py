@@ -196,6 +196,20 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
 
 
+def test_a_metric_that_cannot_be_built_here_is_said_not_raised(ctx: AppContext, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #39, smaller: score with clipiqa answered with a Python error (ModuleNotFoundError)."""
+    from darl_core import rewards
+
+    def missing(name: str, device: str) -> Any:
+        raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+
+    monkeypatch.setattr(rewards, "_cached_metric", missing)  # what clipiqa's import does in this environment
+    out = restore_service.score(ctx, _png(tmp_path / "a.png", (64, 64)), "clipiqa")
+    assert out["clipiqa"].startswith("error: metric 'clipiqa' cannot be built here: it needs the module "
+                                     "'pkg_resources'"), out
+
+
 def test_a_difficulty_measured_on_another_image_is_not_stored(ctx: AppContext, tmp_path: Path) -> None:
     a, b = _png(tmp_path / "a.png", seed=1), _png(tmp_path / "b.png", seed=2)
     key_a = restore_service.image_key(Image.open(a))
@@ -286,7 +300,7 @@ def test_temporary_folders_are_removed_when_old(ctx: AppContext) -> None:
 
 def test_logins_are_throttled() -> None:
     now = [0.0]
-    gate = LoginThrottle({"ann": "s3cret"}, free=5, base_s=1.0, max_s=300.0, clock=lambda: now[0])
+    gate = LoginThrottle({"ann": "s3cret"}, free=5, base_s=1.0, max_s=300.0, user_free=1000, clock=lambda: now[0])
     results = [gate("ann", f"guess{i}") for i in range(200)]  # 200 wrong passwords at once
     assert not any(results) and gate.refused == 195  # after 5 tries, every attempt waits
     assert gate("ann", "s3cret") is False  # the right one too, until the wait has passed
@@ -325,11 +339,10 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
             call()
     with pytest.raises(UserError, match="was not made by a user of this app: only an admin"):
         models_tab.promote(ctx, shipped, "ann")
-    # bob flags the same image (same bytes, so the same sample): his flag is his own; withdrawing it leaves
-    # ann's standing, the sample stays flagged and stays ann's (it used to hand the sample over to him)
-    assert "#1" in restore_service.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
-    assert ctx.store.owners("sample:1") == {"ann", "bob"}
-    assert "stays flagged by ann" in samples_tab.unflag(ctx, 1, "bob")
+    # bob flags the same image: his flag is his own sample (#2); withdrawing it leaves ann's sample alone
+    assert "#2" in restore_service.flag(ctx, str(tmp_path / "a.png"), "blur", user="bob")
+    assert ctx.store.owners("sample:1") == {"ann"} and ctx.store.owners("sample:2") == {"bob"}
+    assert "unflagged" in samples_tab.unflag(ctx, 2, "bob")
     assert ctx.store.owners("sample:1") == {"ann"} and [r.sample_id for r in ctx.store.flagged()] == [1]
     with pytest.raises(UserError, match="belongs to ann"):
         samples_tab.unflag(ctx, 1, "bob")
@@ -349,6 +362,76 @@ def test_only_owners_and_admins_change_things(ctx: AppContext, tmp_path: Path, t
     # without login (the app then serves only this machine), the one local user may do everything
     ctx.auth = False
     models_tab.promote(ctx, made, "anonymous")
+
+
+def test_a_second_users_flag_never_reaches_the_first_users_sample(ctx: AppContext, tmp_path: Path,
+                                                                   tiny_model_dir: Path) -> None:
+    """Issue #39, finding 5: bob downloaded ann's sample (view and export had no owner check), flagged the
+    same bytes, became a co-owner, removed her tag and attached his ground truth to her sample."""
+    import json
+    import zipfile
+
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    lq, truth, fake = _png(tmp_path / "lq.png"), _png(tmp_path / "gt.png", seed=1), _png(tmp_path / "fake.png", seed=2)
+    restore_service.flag(ctx, lq, "artifacts", gt_path=truth, user="ann")
+    samples_tab.tag_samples(ctx, [1], "mine", user="ann")
+    # bob can neither see, restore nor export ann's sample
+    with pytest.raises(UserError, match="belongs to another user"):
+        samples_tab.sample_files(ctx, 1, "bob")
+    with pytest.raises(UserError, match="belongs to another user"):
+        samples_tab.restore_sample(ctx, 1, user="bob")
+    with pytest.raises(UserError, match="no flagged samples match"):
+        samples_tab.export_zip(ctx, user="bob")
+    assert samples_tab.list_flagged(ctx, user="bob") == ([], [])
+    # he flags the same bytes with his own ground truth: his own sample; ann's keeps her tag and her truth
+    assert "#2" in restore_service.flag(ctx, lq, "blur", gt_path=fake, user="bob")
+    with pytest.raises(UserError, match="belongs to ann"):
+        samples_tab.tag_samples(ctx, [1], "mine", remove=True, user="bob")
+    mine = ctx.store.sample(1)
+    assert mine.tags == ",mine," and Image.open(ctx.store.path(mine.gt_path)).tobytes() == Image.open(truth).tobytes()
+    # her jobs and exports use her ground truth; bob's job trains on his own sample only
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "psnr", "darl", 2, "", "ann")
+    assert ctx.store.job(job).sample_ids == [1]
+    with zipfile.ZipFile(samples_tab.export_zip(ctx, user="ann")) as z:
+        rows = [json.loads(line) for line in z.read("metadata.jsonl").decode().splitlines()]
+        assert [r["sample"] for r in rows] == [1] and z.read("gt/000001.png") == ctx.store.path(mine.gt_path).read_bytes()
+    assert ctx.store.job(finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "bob")).sample_ids == [2]
+    with pytest.raises(UserError, match="not flagged by you"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "1", "bob")
+    assert len(samples_tab.list_flagged(ctx, user="root")[1]) == 2  # an admin sees both
+
+
+def test_one_user_cannot_fill_the_worker(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Issue #39, finding 4: one user queued ten 5000-round full jobs (one estimated at 164 h) in 1.1 s."""
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    for user in ("ann", "bob", "root"):
+        restore_service.flag(ctx, _png(tmp_path / f"{user}.png", seed=len(user) + ord(user[0])), "blur", user=user)
+    base = str(tiny_model_dir)
+    hours = finetune_tab.expected_minutes(ctx, "darl", 5000, 1)[0]["full"] / 60  # this machine's estimate
+    ctx.max_user_hours = hours / 2
+    with pytest.raises(UserError, match=rf"about {hours:.1f} h.* more than the {hours / 2:g} h each user may have "
+                                        r"queued \(DARL_MAX_JOB_HOURS_PER_USER\)"):
+        finetune_tab.launch_job(ctx, base, "niqe", "darl", 5000, "", "ann")  # one job over the hours
+    t0 = time.time()
+    done, refused = 0, []
+    for _ in range(10):
+        try:
+            finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "ann", size="quick")
+            done += 1
+        except UserError as e:
+            refused.append(str(e))
+    took = time.time() - t0
+    assert done == ctx.max_user_jobs == 3 and len(refused) == 7
+    assert "at most 3 per user, DARL_MAX_JOBS_PER_USER" in refused[0]
+    finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "bob", size="quick")  # another user's own share
+    finetune_tab.cancel_job(ctx, ctx.store.active_jobs("ann")[0].id, "ann")
+    ctx.store.transition(ctx.store.active_jobs("ann")[0].id, "cancelled")  # (a queued job's cancel ends it)
+    finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "ann", size="quick")  # a place is free again
+    for _ in range(5):  # an admin is not capped
+        finetune_tab.launch_job(ctx, base, "niqe", "darl", 2, "", "root", size="quick")
+    record("jobs", launches_tried=10, launches_refused=len(refused), launch_ms=int(1000 * took / 10))
 
 
 # ----------------------------------------------------------------------------- over HTTP
@@ -422,7 +505,8 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
                 continue  # the models' queue: covered by the share test below
             data = targets.get(fn.name, [None] * len(fn.inputs))
             status, text_ = _call(bob, base, session, i, data)
-            refused_by_owner += "belongs to ann" in text_
+            # refused by the owner check, or earlier: ann's samples are not among the choices bob's page was given
+            refused_by_owner += "belongs to ann" in text_ or "is not in the list of choices" in text_
             stranger_calls += 1
         after = (ctx.store.flagged()[0].tags, ctx.store.job(job).cancel_requested,
                  [(c.id, c.promoted) for c in ctx.store.checkpoints()])

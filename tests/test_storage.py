@@ -155,6 +155,31 @@ def test_migrations_down_and_up_with_data(store_args: tuple[str | None, Path]) -
     assert [(c.id, c.parent_id, c.job_id) for c in store.checkpoints()] == [(parent, None, None), (child, parent, j)]
 
 
+def test_a_second_users_flag_of_the_same_bytes_is_their_own_sample(store_args: tuple[str | None, Path]) -> None:
+    """Issue #39, finding 5: bob's flag of ann's image made him a co-owner of her sample, and his ground truth
+    and tags landed on it. Now each user's flag of the bytes is their own sample; migration 0009 gives the
+    samples of an older database their first flagger as owner, and its downgrade merges them back."""
+    store = _store(store_args)
+    ann, _ = store.flag_upload(b"same bytes", 4, 4, b"ann's truth", user="ann", reason="blur")
+    store.tag([ann], add=["mine"], user="ann")
+    bob, _ = store.flag_upload(b"same bytes", 4, 4, b"bob's truth", user="bob", reason="noise")
+    assert bob != ann and store.owners(f"sample:{ann}") == {"ann"} and store.owners(f"sample:{bob}") == {"bob"}
+    assert store.path(store.sample(ann).gt_path).read_bytes() == b"ann's truth"
+    assert store.path(store.sample(bob).gt_path).read_bytes() == b"bob's truth" and store.sample(bob).tags == ""
+    assert store.flag_upload(b"same bytes", 4, 4, user="ann")[0] == ann  # her own again: the same sample
+    assert [r.sample_id for r in store.flagged(user="ann")] == [ann]
+    assert [r.sample_id for r in store.flagged(user="bob")] == [bob] and len(store.flagged()) == 2
+    # an older database (0008: one sample per image, shared): down merges, up gives the first flagger
+    migrate(store.engine, "-1")
+    with store.session() as s:
+        assert s.execute(text("SELECT id FROM samples")).scalars().all() == [ann]
+        assert s.execute(text("SELECT DISTINCT sample_id FROM flags")).scalars().all() == [ann]
+    migrate(store.engine, "head")
+    assert store.sample(ann).owner == "ann" and store.owners(f"sample:{ann}") == {"ann", "bob"}  # shared as it was
+    carl = store.flag_upload(b"same bytes", 4, 4, user="carl")[0]
+    assert carl != ann and store.sample(carl).owner == "carl"  # a new user: their own
+
+
 def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_schema(
         store_args: tuple[str | None, Path]) -> None:
     # Deleting the newest checkpoint used to hand its id to the next one on SQLite ("the next trained
@@ -255,12 +280,12 @@ def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path:
     assert main(["--url", url, "migrate"]) == 0 and "base -> 0010" in capsys.readouterr().out
     assert main(["--url", url, "history"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln[:7] for ln in lines[:9]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
-                                           "* 0008 ", "* 0010 "]
+    assert [ln[:7] for ln in lines[:10]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
+                                            "* 0008 ", "* 0009 ", "* 0010 "]
     assert "Drop the ``scores`` table" in lines[4]
-    assert main(["migrate", "-2", "--url", url]) == 2  # a downgrade drops data: it asks first
+    assert main(["migrate", "-3", "--url", url]) == 2  # a downgrade drops data: it asks first
     assert "add --yes" in capsys.readouterr().err
-    assert main(["migrate", "-2", "--url", url, "--yes"]) == 0 and "0010 -> 0007" in capsys.readouterr().out
+    assert main(["migrate", "-3", "--url", url, "--yes"]) == 0 and "0010 -> 0007" in capsys.readouterr().out
     assert main(["--url", url, "migrate", "zzz"]) == 2 and "unknown revision 'zzz'" in capsys.readouterr().err
     main(["--url", url, "history"])
     assert capsys.readouterr().out.splitlines()[7].startswith("  0008")  # no longer applied

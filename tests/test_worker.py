@@ -1,4 +1,6 @@
+import inspect
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,11 @@ def test_worker_runs_a_job_and_registers_its_checkpoint(tmp_path: Path, tiny_mod
     # the job says whether its model is better than its base on the held-out check, with both numbers
     assert "held-out check: PSNR" in j.log and "against its base's" in j.log
     assert child.evaluation["heldout_psnr_base"] > 0 and "heldout_psnr" in child.evaluation
+    # Issue #39, smaller: a finished job kept its resume checkpoints (optimizer state and a model copy: 240 MB
+    # for a quick job, where deleting the model freed 33 MB); they go, the model and its before and after stay
+    folder = tmp_path / "jobs" / str(job)
+    assert not list(folder.glob("checkpoint-*")) and not (folder / "latest").exists()
+    assert (folder / "model" / "model_index.json").is_file() and Path(child.path) == (folder / "model").resolve()
 
 
 def test_a_finished_job_stores_its_before_and_after(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -168,3 +175,27 @@ def test_stale_jobs_are_taken_back_while_the_worker_polls_not_only_at_start(tmp_
         stop.set()
         thread.join(10)
     assert not thread.is_alive()  # should_stop ends the loop
+
+
+def test_a_dead_workers_job_is_taken_back_at_once_and_stale_ones_within_seconds(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """Issue #39, finding 1: a worker killed with -9 left its job "running" while the app ran: the restarted
+    worker re-queued only heartbeats over 120 s old, once, at its start. Now the worker named dead by the
+    supervisor loses its job at once, and the stale timeout is ten heartbeats (30 s), checked every 10 s."""
+    from darl_core import worker
+
+    monkeypatch.setenv("DARL_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DARL_DATABASE_URL", raising=False)
+    store = Store(directory=tmp_path)
+    sid = store.add_sample(_png(0), 40, 40)
+    job = store.create_job({"preset": "no_such_preset"}, [sid], "ann")
+    assert store.claim_job("host:app1-0").id == job  # its worker is killed with a fresh heartbeat
+    t0 = time.monotonic()
+    worker.main(["--once", "--worker-id", "host:app1-1", "--dead-worker", "host:app1-0"])
+    took = time.monotonic() - t0
+    j = store.job(job)
+    assert j.worker == "host:app1-1" and j.state == "failed" and "no_such_preset" in (j.error or "")  # ran again
+    assert took < 10, took
+    assert worker.STALE_AFTER_S == 10 * worker.HEARTBEAT_S <= 30
+    assert inspect.signature(worker.run_worker).parameters["stale_after_s"].default == worker.STALE_AFTER_S

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from . import finetune_tab, models_tab, restore_tab, samples_tab
-from .context import AppContext, UserError
+from .context import AppContext, UserError, caller
 
 __all__ = ["CSS", "AppContext", "UserError", "build_app", "picker_values"]
 
@@ -102,9 +102,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                          api_visibility="private")
         model_events["deleted"].success(lambda s, r, b, gone: updates(s, r, b, gone=gone), [*pickers, mc["deleted"]],
                                         pickers, api_visibility="private")
-        # A closed or reloaded page ends its running restore at the next tile (its result has nowhere to go).
+        # A closed or reloaded page ends its running restore at the next tile (its result has nowhere to go);
+        # only the restore's own user's (the guard binds the session's heartbeat to its client).
         def on_unload(request: gr.Request) -> None:
-            ctx.stop_session(getattr(request, "session_hash", None) or "")
+            ctx.stop_session(getattr(request, "session_hash", None) or "", caller(request))
 
         demo.unload(on_unload)
     return demo

@@ -161,6 +161,8 @@ class AppContext:
     max_models: int = 4  # restorers kept loaded (least recently used dropped first)
     max_kept_pixels: int = 32_000_000  # recent restorations kept for reuse (same image, model, settings): 0 = none
     max_rounds: int = 5000  # a job may ask for at most this many RL rounds
+    max_user_jobs: int = 3  # queued or running jobs one user may have (DARL_MAX_JOBS_PER_USER; admins: no cap)
+    max_user_hours: float = 24.0  # and their estimated hours of training, left (DARL_MAX_JOB_HOURS_PER_USER)
     max_processes: int = field(default_factory=lambda: _devices())  # and this many training processes
     max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
     max_tile_passes: int = 100_000  # and this many tile evaluations (small tiles on a large image)
@@ -271,6 +273,12 @@ class AppContext:
         if user not in owners:
             raise UserError(f"{what} belongs to {', '.join(sorted(owners))}: only they or an admin (DARL_ADMINS) "
                             f"may change it (you are logged in as {user})")
+
+    def sees(self, user: str) -> str | None:
+        """Whose samples ``user`` may see, download, export and train on: None (everyone's) without login or
+        for an admin, else ``user`` (the samples on which their own flag stands): the owner rule of
+        ``require_owner``, for reading."""
+        return None if not self.auth or user in self.admins else user
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the shipped models and every registered checkpoint whose folder exists,

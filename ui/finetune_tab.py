@@ -69,7 +69,7 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     rounds = int_arg("rounds", rounds, 1, ctx.max_rounds)
     hardest_k = int_arg("extra hard samples", hardest_k or 0, 0, 256)
     processes = int_arg("processes", 1 if processes is None else processes, 1, ctx.max_processes)
-    flagged = {r.sample_id: r for r in ctx.store.flagged()}
+    flagged = {r.sample_id: r for r in ctx.store.flagged(user=ctx.sees(user))}  # with login: the user's own
     if sample_ids and sample_ids.strip():
         try:
             ids = [int(s) for s in sample_ids.replace(" ", "").split(",") if s]
@@ -77,7 +77,8 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
             raise UserError("sample ids must be numbers separated by commas") from None
         missing = [i for i in ids if i not in flagged]
         if missing:
-            raise UserError(f"samples {missing} are not flagged")
+            raise UserError(f"samples {missing} are not flagged" + (f" by you ({user}): a job trains on its user's own "
+                                                                    f"samples" if ctx.sees(user) else ""))
     else:
         ids = sorted(flagged)
     if not ids:
@@ -95,7 +96,37 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     if size != "full":
         config["size"] = size  # shown in the jobs table; not an RLConfig field (the worker drops it)
     config.update(extra or {})
+    _check_user_cap(ctx, user, preset, rounds, len(ids), hardest_k, size)
     return ctx.store.create_job(config, ids, user, processes)  # the sample list is frozen here
+
+
+def _check_user_cap(ctx: AppContext, user: str, preset: str, rounds: int, n_samples: int, hardest_k: int,
+                    size: str) -> None:
+    """UserError unless ``user`` may queue one more job: at most ``ctx.max_user_jobs`` queued or running and
+    ``ctx.max_user_hours`` of estimated training left among them, this one included (admins: no cap), so
+    one user cannot fill the single worker's next days."""
+    if ctx.auth and user in ctx.admins:
+        return
+    active = ctx.store.active_jobs(user)
+    if len(active) >= ctx.max_user_jobs:
+        raise UserError(f"you already have {len(active)} jobs queued or running (at most {ctx.max_user_jobs} per "
+                        f"user, DARL_MAX_JOBS_PER_USER): cancel one or wait for it to finish")
+    this = expected_minutes(ctx, preset, rounds, n_samples, hardest_k)[0][size] / 60
+    left = 0.0
+    for j in active:
+        n = len(j.sample_ids)
+        k = int(j.config.get("extra_hardest_k", 0))
+        try:
+            hours = expected_minutes(ctx, j.config.get("preset", "darl"), int(j.config.get("rounds", 1)), n, k)[0][
+                j.config.get("size", "full")] / 60
+        except (KeyError, ValueError):
+            continue
+        left += hours * (1 - j.progress)
+    if this + left > ctx.max_user_hours:
+        raise UserError(f"this job (about {this:.1f} h) and your {len(active)} queued or running jobs (about "
+                        f"{left:.1f} h left) come to {this + left:.1f} h of training, more than the "
+                        f"{ctx.max_user_hours:g} h each user may have queued (DARL_MAX_JOB_HOURS_PER_USER): choose "
+                        f"fewer rounds or the quick size, or wait for your jobs")
 
 
 def _effective(preset: str, config: dict[str, Any]) -> RLConfig:

@@ -53,8 +53,8 @@ KEYS = (("F", "flag", "review-flag"), ("U", "unflag", "review-unflag"), ("S, N o
 
 
 def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | None,
-          d_min: float | None, d_max: float | None, kind: str | None = "gt", tag: str | None = None
-          ) -> list[FlaggedRow]:
+          d_min: float | None, d_max: float | None, kind: str | None = "gt", tag: str | None = None,
+          user: str = "anonymous") -> list[FlaggedRow]:
     # Neutral values mean "no filter": days <= 0, d_min <= 0, d_max >= D_MAX (a form always sends numbers).
     # Bounds compare like with like: only samples whose difficulty is of ``kind`` can pass them.
     since = utcnow() - timedelta(days=float(days)) if days and days > 0 else None
@@ -65,7 +65,7 @@ def _rows(ctx: AppContext, task: str | None, reason: str | None, days: float | N
     bounded = lo is not None or hi is not None
     try:
         return ctx.store.flagged(task or None, reason or None, since, lo, hi, (kind or "gt") if bounded else None,
-                                 (tag or "").strip() or None)
+                                 (tag or "").strip() or None, user=ctx.sees(user))
     except ValueError as e:  # a malformed tag
         raise UserError(str(e)) from None
 
@@ -109,14 +109,14 @@ def _sort_value(scores: dict[str, Any], metric: str, how: str) -> float | None:
 
 def flagged_view(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
                  d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
-                 tag: str | None = None, sort: str | None = "newest") -> FlaggedView:
+                 tag: str | None = None, sort: str | None = "newest", user: str = "anonymous") -> FlaggedView:
     """The flagged samples matching the filters (``list_flagged``), with a column per model and metric of each
     model that restored them (``Store.model_scores``), in the order ``sort`` (a key of ``SORTS``): samples
     without the measure come last, newest first."""
     sort = sort or "newest"
     if sort not in SORTS:
         raise UserError(f"unknown order {sort!r}: one of {', '.join(SORTS)}")
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag, user)
     raw = ctx.store.model_scores([r.sample_id for r in rows])
     scores: dict[int, dict[str, Any]] = {}
     for sid, by_model in raw.items():  # one entry per model folder however its path was spelled
@@ -160,11 +160,13 @@ def flagged_view(ctx: AppContext, task: str | None = None, reason: str | None = 
 
 def list_flagged(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
                  d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
-                 tag: str | None = None, sort: str | None = "newest") -> tuple[list[tuple[str, str]], list[list[Any]]]:
+                 tag: str | None = None, sort: str | None = "newest", user: str = "anonymous"
+                 ) -> tuple[list[tuple[str, str]], list[list[Any]]]:
     """(gallery items, table rows) of the currently flagged samples matching the filters; difficulty
     bounds keep only samples whose difficulty is of ``kind`` ("gt" or "proxy"); ``tag`` keeps the
-    samples that carry it; ``sort``: see ``flagged_view``, which also gives the table's headers."""
-    view = flagged_view(ctx, task, reason, days, d_min, d_max, kind, tag, sort)
+    samples that carry it; ``sort``: see ``flagged_view``, which also gives the table's headers. With
+    login, a user who is not an admin sees their own samples only."""
+    view = flagged_view(ctx, task, reason, days, d_min, d_max, kind, tag, sort, user)
     return view.gallery, view.rows
 
 
@@ -217,12 +219,16 @@ def sample_from_caption(caption: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def sample_files(ctx: AppContext, sample_id: int | None) -> tuple[str, str | None, str]:
-    """The LQ and ground-truth files of a sample (None: no ground truth) and a line describing it."""
+def sample_files(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> tuple[str, str | None, str]:
+    """The LQ and ground-truth files of a sample (None: no ground truth) and a line describing it; with
+    login, of the user's own samples only (an admin: any)."""
     if sample_id is None:
         raise UserError("choose a sample: click a tile or a row")
-    rows = {r.sample_id: r for r in ctx.store.flagged()}
+    rows = {r.sample_id: r for r in ctx.store.flagged(user=ctx.sees(user))}
     if int(sample_id) not in rows:
+        if ctx.sees(user) is not None and any(r.sample_id == int(sample_id) for r in ctx.store.flagged()):
+            raise UserError(f"sample #{sample_id} belongs to another user: only they or an admin (DARL_ADMINS) "
+                            f"may see it (you are logged in as {user})")
         raise UserError(f"sample #{sample_id} is not flagged")
     r = rows[int(sample_id)]
     d = "not measured" if r.difficulty is None else f"{r.difficulty:.3f} ({KINDS.get(r.difficulty_kind or '', 'kind not recorded')})"
@@ -234,9 +240,9 @@ def sample_files(ctx: AppContext, sample_id: int | None) -> tuple[str, str | Non
 def restore_sample(ctx: AppContext, sample_id: int | None, steps: int = DEFAULT_STEPS,
                    user: str = "anonymous") -> tuple[Any, Any, str]:
     """The sample restored by the default SFT and RL models: (SFT image, RL image, a line with the
-    scores' verdict), for the side-by-side view. Each model's scores are kept with the sample (the
-    table's columns)."""
-    lq, gt, _ = sample_files(ctx, sample_id)
+    scores' verdict), for the side-by-side view (the owner rule of ``sample_files``). Each model's scores
+    are kept with the sample (the table's columns)."""
+    lq, gt, _ = sample_files(ctx, sample_id, user)
     sft, rl = ctx.default_models()
     r = restore(ctx, lq, sft_model=sft, rl_model=rl, gt_path=gt, steps=steps)
     record_scores(ctx, int(sample_id), r, sft, rl, steps, user)
@@ -365,12 +371,12 @@ def unflag(ctx: AppContext, sample_id: int | None, user: str = "anonymous") -> s
 
 def export_zip(ctx: AppContext, task: str | None = None, reason: str | None = None, days: float | None = None,
                d_min: float | None = None, d_max: float | None = None, kind: str | None = "gt",
-               tag: str | None = None) -> str:
-    """A zip of the matching samples that Hugging Face ``datasets`` reads as it is: ``lq/``, ``gt/``
+               tag: str | None = None, user: str = "anonymous") -> str:
+    """A zip of the matching samples (with login, the user's own; an admin's: everyone's) that Hugging Face ``datasets`` reads as it is: ``lq/``, ``gt/``
     and ``metadata.jsonl`` (one row a sample: ``lq_file_name`` and ``gt_file_name`` become the image
     columns ``lq`` and ``gt``, then task, reason, difficulty, ...). Unzipped,
     ``load_dataset("imagefolder", data_dir=...)`` loads it. Returns the zip's path."""
-    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag)
+    rows = _rows(ctx, task, reason, days, d_min, d_max, kind, tag, user)
     if not rows:
         raise UserError("no flagged samples match the filters")
     out = Path(ctx.scratch("darl-export-")) / "hard_samples.zip"
@@ -520,16 +526,17 @@ def render(ctx: AppContext) -> dict[str, Any]:
 def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     filters = [c["task"], c["reason"], c["days"], c["d_min"], c["d_max"], c["kind"], c["tag"], c["sort"]]
 
-    def lists(f: tuple[Any, ...], value: Any = None) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    def lists(f: tuple[Any, ...], value: Any = None, user: str = "anonymous"
+              ) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
         """The gallery, the table, the sample picker and the ticks, listed again (nothing chosen or ticked)."""
-        view = flagged_view(ctx, *f)
+        view = flagged_view(ctx, *f, user=user)
         choices = sample_choices(view.rows)
         return (view.gallery, view.frame(), gr.update(choices=choices, value=value),
                 gr.update(choices=choices, value=[]))
 
     @user_warnings(4)
-    def listing(*f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-        gallery, table, picker, ticks = lists(f)
+    def listing(request: gr.Request, *f: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        gallery, table, picker, ticks = lists(f, user=caller(request))
         return gallery, table, gr.update(choices=picker["choices"]), ticks
 
     listed = [c["gallery"], c["table"], c["sample"], c["selected"]]
@@ -555,11 +562,11 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     c["table"].select(on_row, None, c["sample"], api_visibility="private")
     c["gallery"].select(on_tile, [c["table"], c["selected"]], [c["sample"], c["selected"]], api_visibility="private")
 
-    def on_pick(sample: int | None) -> tuple[Any, Any, Any, Any, str]:
+    def on_pick(sample: int | None, request: gr.Request) -> tuple[Any, Any, Any, Any, str]:
         if sample is None:
             return None, None, None, None, ""
         try:
-            lq, gt, text = sample_files(ctx, sample)
+            lq, gt, text = sample_files(ctx, sample, caller(request))
         except UserError as e:
             return None, None, None, None, str(e)
         return lq, None, None, gt, text + ("" if gt else " · no ground truth")
@@ -578,13 +585,13 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     @user_warnings(5)
     def on_unflag(sample, request: gr.Request, *f: Any):  # noqa: ANN001
-        return unflag(ctx, sample, caller(request)), *lists(f)
+        return unflag(ctx, sample, caller(request)), *lists(f, user=caller(request))
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
     @user_warnings(5)
     def on_unflag_many(ticked, request: gr.Request, *f: Any):  # noqa: ANN001
-        return unflag_many(ctx, ticked, caller(request)), *lists(f)
+        return unflag_many(ctx, ticked, caller(request)), *lists(f, user=caller(request))
 
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
@@ -592,7 +599,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         @user_warnings(3)
         def on_tag(ticked, text, request: gr.Request, *f: Any):  # noqa: ANN001
             msg = tag_samples(ctx, ticked, text, remove, caller(request))
-            view = flagged_view(ctx, *f)
+            view = flagged_view(ctx, *f, user=caller(request))
             return msg, view.gallery, view.frame()
         return on_tag
 
@@ -602,8 +609,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     # The export's file appears beside its button, with a line of its own (not an older message)
     @user_messages(2, at=1, lead="Not exported")
-    def on_export(*f: Any) -> tuple[dict[str, Any], str]:
-        path = export_zip(ctx, *f[:7])
+    def on_export(request: gr.Request, *f: Any) -> tuple[dict[str, Any], str]:
+        path = export_zip(ctx, *f[:7], user=caller(request))
         return gr.update(value=path, visible=True), export_message(path)
 
     c["export"].click(on_export, filters, [c["zip"], c["msg"]], api_visibility="private")
@@ -612,7 +619,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     @user_messages(5, at=0, lead="Not imported")
     def on_import(files, folder, reason, task, measure, request: gr.Request, *f: Any):  # noqa: ANN001
         msg = import_files(ctx, list(files or []) + list(folder or []), reason, task, measure, caller(request))
-        return msg, *lists(f)
+        return msg, *lists(f, user=caller(request))
 
     c["import_btn"].click(on_import, [c["import_files"], c["import_dir"], c["import_reason"], c["import_task"],
                                       c["import_measure"], *filters], [c["import_msg"], *listed],
@@ -624,8 +631,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
     def shown(queue: list[int], pos: int) -> tuple[Any, ...]:
         return (queue, pos, *review_line(ctx, queue, pos))
 
-    def on_start(*f: Any) -> tuple[Any, ...]:
-        return shown([r[0] for r in flagged_view(ctx, *f).rows], 0)
+    def on_start(request: gr.Request, *f: Any) -> tuple[Any, ...]:
+        return shown([r[0] for r in flagged_view(ctx, *f, user=caller(request)).rows], 0)
 
     def on_step(delta: int) -> Any:
         def step(queue: list[int], pos: int) -> tuple[Any, ...]:
@@ -641,7 +648,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         @user_messages(9, at=0, lead="Not done")
         def on_act(queue, pos, reason, request: gr.Request, *f: Any):  # noqa: ANN001
             msg = act(queue, pos, reason, caller(request))
-            view = flagged_view(ctx, *f)
+            view = flagged_view(ctx, *f, user=caller(request))
             return (msg, view.gallery, view.frame(), gr.update(choices=sample_choices(view.rows)),
                     *shown(queue, min(len(queue), int(pos or 0) + 1)))
         return on_act
@@ -657,7 +664,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
         msg, sid = undo(ctx, caller(request))
         queue = list(queue or [])
         pos = queue.index(sid) if sid in queue else pos
-        view = flagged_view(ctx, *f)
+        view = flagged_view(ctx, *f, user=caller(request))
         return (msg, view.gallery, view.frame(), gr.update(choices=sample_choices(view.rows)), *shown(queue, pos))
 
     c["undo"].click(on_undo, [*state, *filters], [c["msg"], c["gallery"], c["table"], c["sample"], *state, *review_out],

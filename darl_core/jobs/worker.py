@@ -18,9 +18,12 @@ cancel flag as the trainer's stop flag. The final model folder is written
 atomically by the trainer and registered as a Checkpoint, child of the base
 model, with its last validation numbers.
 
-At start, running jobs whose heartbeat is older than ``--stale-after``
-seconds (their worker died) are re-queued (``--requeue-stale``, the
-default), and resume exactly from their last checkpoint, or failed.
+Running jobs whose heartbeat is older than ``--stale-after`` seconds (ten
+missed heartbeats, 30 s: their worker died) are re-queued at start and then
+every ``--stale-after``/3 seconds while the worker polls, and resume exactly
+from their last checkpoint (``--fail-stale``: failed instead). The jobs of a
+worker known dead (``--dead-worker ID``: the app's supervisor names the
+worker it restarts) are taken back at once, whatever their heartbeat.
 A worker stopped with SIGTERM or Ctrl-C hands its job back at once (queued
 again, to resume from its last checkpoint) before it exits.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -50,7 +54,10 @@ from ..models.loading import DEFAULT_MODEL, load_restorer
 from ..evaluation.payoff import SUMMARY_TERMS, PayoffItem, before_after, heldout_evaluation, heldout_items, payoff_summary
 from ..train.rl import RLConfig, get_rl_preset, train_rl
 
-__all__ = ["compare_job", "job_config", "run_job", "run_worker", "summary_line"]
+__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "compare_job", "drop_resume_state", "job_config", "run_job", "run_worker", "summary_line"]
+
+HEARTBEAT_S = 3.0  # a running job's heartbeat period
+STALE_AFTER_S = 10 * HEARTBEAT_S  # a job whose heartbeat is this old lost its worker (ten beats missed)
 
 
 def job_config(job: Job, out_dir: Path, samples_file: Path) -> RLConfig:
@@ -124,7 +131,19 @@ def summary_line(summary: dict[str, float]) -> str:
     return "; ".join(parts) or "no numbers (no ground truth and no reward that can be scored without one)"
 
 
-def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
+def drop_resume_state(out: Path) -> int:
+    """Delete a succeeded job's resume checkpoints (its exported model, before and after, and samples stay):
+    they carry the optimizer's state beside a copy of the model, several times the model's size, and nothing
+    resumes a finished job. Returns the bytes freed."""
+    freed = 0
+    for p in [*out.glob("checkpoint-*"), *out.glob(".tmp-checkpoint-*")]:
+        freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        shutil.rmtree(p, ignore_errors=True)
+    (out / "latest").unlink(missing_ok=True)
+    return freed
+
+
+def run_job(store: Store, job: Job, heartbeat_s: float = HEARTBEAT_S) -> None:
     """Train one claimed job to a terminal state (succeeded, failed or cancelled)."""
     out = store.dir / "jobs" / str(job.id)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +160,8 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
             except JobLost:
                 lost.set()
                 cancel.set()
+            except Exception as e:  # noqa: BLE001 - a busy database: beat again next period, never stop beating
+                print(f"job {job.id}: heartbeat failed ({type(e).__name__}: {e}); trying again", file=sys.stderr)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -222,6 +243,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
         store.register_checkpoint(str(model_dir.resolve()), f"job-{job.id}-{cfg.method}", parent_id=parent,
                                   job_id=job.id, evaluation=evaluation)
         store.transition(job.id, "succeeded", worker=me)
+        drop_resume_state(out)
     except JobLost:
         pass  # taken back as stale while we ran: the new owner resumes it
     except KeyboardInterrupt:  # SIGTERM (the app stopping) or Ctrl-C: hand the job back, resumed by the next start
@@ -244,14 +266,18 @@ def run_job(store: Store, job: Job, heartbeat_s: float = 3.0) -> None:
 
 
 def run_worker(store: Store, worker_id: str, once: bool = False, poll_s: float = 2.0,
-               stale_after_s: float = 120.0, requeue_stale: bool = True, recover_every_s: float | None = None,
-               should_stop: Callable[[], bool] | None = None) -> int:
+               stale_after_s: float = STALE_AFTER_S, requeue_stale: bool = True, recover_every_s: float | None = None,
+               should_stop: Callable[[], bool] | None = None, dead_workers: tuple[str, ...] = ()) -> int:
     """Claim and run jobs; returns how many ran (``once``: at most one; ``should_stop``: until it says so).
 
-    Stale jobs (a dead worker's: heartbeat older than ``stale_after_s``) are taken back at start and then
-    every ``recover_every_s`` seconds (half the stale timeout by default) while this worker polls, so a job
-    whose worker died is resumed without waiting for a restart."""
-    every = stale_after_s / 2 if recover_every_s is None else recover_every_s
+    The running jobs of ``dead_workers`` (known dead: the app's supervisor names the worker it restarts) are
+    taken back at once. Stale jobs (another dead worker's: heartbeat older than ``stale_after_s``, ten missed
+    heartbeats by default) are taken back at start and then every ``recover_every_s`` seconds (a third of the
+    stale timeout by default) while this worker polls, so a job whose worker died is resumed within about
+    40 s without waiting for a restart."""
+    every = stale_after_s / 3 if recover_every_s is None else recover_every_s
+    for dead in dead_workers:
+        store.recover_worker(dead, requeue_stale)
     store.recover_stale(stale_after_s, requeue_stale)
     last_recovery = time.monotonic()
     ran = 0
@@ -276,14 +302,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run queued DARL fine-tune jobs from the store.")
     ap.add_argument("--once", action="store_true", help="run at most one job, then exit")
     ap.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
-    ap.add_argument("--stale-after", type=float, default=120.0, help="heartbeat age that marks a dead worker")
+    ap.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
+                    help=f"heartbeat age that marks a dead worker (default {STALE_AFTER_S:g} s: ten missed heartbeats)")
+    ap.add_argument("--dead-worker", action="append", default=[], metavar="ID",
+                    help="a worker id known dead (the app names the worker it restarts): its running jobs are "
+                         "taken back at once (repeatable)")
     ap.add_argument("--fail-stale", action="store_true", help="fail stale jobs instead of re-queueing them")
     ap.add_argument("--worker-id", default=f"{socket.gethostname()}:{os.getpid()}")
     args = ap.parse_args(argv)
     # SIGTERM (the app stopping, a service manager) ends a worker like Ctrl-C: its job is handed back.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_worker(Store(), args.worker_id, args.once, args.poll, args.stale_after, not args.fail_stale)
+        run_worker(Store(), args.worker_id, args.once, args.poll, args.stale_after, not args.fail_stale,
+                   dead_workers=tuple(args.dead_worker))
     except KeyboardInterrupt:
         sys.exit(0)
 

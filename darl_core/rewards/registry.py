@@ -297,8 +297,14 @@ def _cached_metric(name: str, device: str) -> Metric:
 
 
 def get_metric(name: str, device: str | torch.device = "cpu") -> Metric:
-    """The shared Metric object for ``name`` on ``device`` (built on first use)."""
-    return _cached_metric(name.strip().lower(), str(torch.device(device)))
+    """The shared Metric object for ``name`` on ``device`` (built on first use). A metric whose code cannot be
+    imported here (clipiqa needs ``pkg_resources``, say) is a MissingWeightsError naming what is missing."""
+    try:
+        return _cached_metric(name.strip().lower(), str(torch.device(device)))
+    except ImportError as e:
+        raise MissingWeightsError(f"metric {name.strip()!r} cannot be built here: it needs the module "
+                                  f"{e.name or str(e)!r}, which is not installed (pip install it, or choose another "
+                                  f"metric)") from None
 
 
 _NUM = r"\d*\.?\d+(?:e[-+]?\d+)?"

@@ -6,18 +6,16 @@ a job's before and after is read from ``comparisons`` (0008), not copied here.
 Flags gain ``undoes``: a flag event appended by an undo names the event it undoes, so the next undo goes one
 further back and the history keeps both.
 
-Numbered 0010 on its branch, after the current head 0008 (0009 is taken by another branch): renumber at merge.
-
 Revision ID: 0010
-Revises: 0008
-Create Date: 2026-12-10
+Revises: 0009
+Create Date: 2026-12-08
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
