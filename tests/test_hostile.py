@@ -199,7 +199,7 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
 def test_a_metric_that_cannot_be_built_here_is_said_not_raised(ctx: AppContext, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #39, smaller: score with clipiqa answered with a Python error (ModuleNotFoundError)."""
-    from darl_core import rewards
+    from darl_core.rewards import registry as rewards
 
     def missing(name: str, device: str) -> Any:
         raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
@@ -496,14 +496,14 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         before = (ctx.store.flagged()[0].tags, ctx.store.job(job).cancel_requested,
                   [(c.id, c.promoted) for c in ctx.store.checkpoints()])
         targets: dict[str, list[Any]] = {
-            "on_unflag": [1] + [None] * 7, "on_unflag_many": [[1]] + [None] * 7, "on_tag": [[1], "evil"] + [None] * 7,
+            "on_unflag": [1] + [None] * 8, "on_unflag_many": [[1]] + [None] * 8, "on_tag": [[1], "evil"] + [None] * 8,
             "pick": [job], "on_cancel": [job], "on_promote": [made], "on_ask": [made], "on_confirm": [made]}
         refused_by_owner = stranger_calls = 0
         session = uuid.uuid4().hex
         for i, fn in sorted(demo.fns.items()):
             if fn.name in ("on_restore", "on_batch", "on_view_restore"):
                 continue  # the models' queue: covered by the share test below
-            data = targets.get(fn.name, [None] * len(fn.inputs))
+            data = (targets.get(fn.name, []) + [None] * len(fn.inputs))[: len(fn.inputs)]  # (the filters after)
             status, text_ = _call(bob, base, session, i, data)
             # refused by the owner check, or earlier: ann's samples are not among the choices bob's page was given
             refused_by_owner += "belongs to ann" in text_ or "is not in the list of choices" in text_
@@ -521,8 +521,8 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         ann.post(base + "/login", data={"username": "ann", "password": "a-pw"}, timeout=30)
         fn = {f.name: i for i, f in sorted(demo.fns.items(), reverse=True)}
         mine = uuid.uuid4().hex
-        _call(ann, base, mine, fn["listing"], [None] * 7)  # the page lists the samples first (the picker's choices)
-        status, text_ = _call(ann, base, mine, fn["on_unflag"], [1] + [None] * 7)
+        _call(ann, base, mine, fn["listing"], [None] * 8)  # the page lists the samples first (the picker's choices)
+        status, text_ = _call(ann, base, mine, fn["on_unflag"], [1] + [None] * 8)
         assert status == 200 and "unflagged" in text_, text_
         assert ctx.store.flagged() == [] and ctx.store.owners("sample:1") == set()
         with ctx.store.engine.connect() as c:
