@@ -3,9 +3,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.req-$(shell sha1sum requirements.txt | cut -c1-12)
+STAMP := $(VENV)/.req-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test bench bench-setup photos sysdeps
+.PHONY: setup run test lint bench bench-setup photos sysdeps
 setup: $(STAMP)
 
 # System packages the tests use: Debian's chromium (Playwright drives it, never downloads one)
@@ -17,9 +17,10 @@ sysdeps:
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	    else echo "the tests need: sudo apt-get install $$missing" >&2; fi; fi
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .  # the `darl` command
 	@rm -f $(VENV)/.req-*; touch $@
 
 run: setup
@@ -27,6 +28,10 @@ run: setup
 
 test: setup sysdeps
 	$(PY) -m pytest -q
+
+# The linter's configuration is [tool.ruff] in pyproject.toml (bugs and the house style: every function annotated).
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) bench/restore.py

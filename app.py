@@ -83,7 +83,7 @@ class Supervisor:
     from. With ``handover``, each child gets ``--worker-id`` and a restarted one ``--dead-worker`` naming the
     one that died, which takes its job back at once (not after the stale timeout)."""
 
-    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False):
+    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False) -> None:
         self.cmd, self.check_s, self.max_pause_s, self.handover = cmd, check_s, max_pause_s, handover
         self.restarts = 0
         self.worker_id: str | None = None
@@ -99,7 +99,7 @@ class Supervisor:
             cmd += ["--worker-id", self.worker_id] + (["--dead-worker", dead] if dead else [])
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
+        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
 
     def _watch(self) -> None:
         pause = self.check_s

@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data.clean import builtin_image  # noqa: E402
-from darl_core.data.degrade import degrade, get_preset  # noqa: E402
-from darl_core.data.images import pil_to_tensor, save_tensor  # noqa: E402
-from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
+from darl_core.data.clean import builtin_image
+from darl_core.data.degrade import degrade, get_preset
+from darl_core.data.images import pil_to_tensor, save_tensor
+from darl_core.models.pipeline import DEFAULT_STEPS
 
 
 def main() -> None:

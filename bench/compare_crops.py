@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evaluation.evalset import RANDOM, independent_pairs  # noqa: E402
-from darl_core.data.images import tensor_to_pil  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.evaluation.evalset import RANDOM, independent_pairs
+from darl_core.data.images import tensor_to_pil
+from darl_core.models.loading import load_restorer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cpu_speed import median_time  # noqa: E402 (bench/, this script's folder)
+from cpu_speed import median_time
 
-from darl_core.models.loading import load_restorer  # noqa: E402
+from darl_core.models.loading import load_restorer
 
 
 def main() -> None:

@@ -32,17 +32,17 @@ from torch.ao.quantization import MinMaxObserver
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_speed import median_time  # noqa: E402
+from cpu_speed import median_time
 
-from darl_core.data.clean import validation_set  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.rewards.registry import get_metric  # noqa: E402
+from darl_core.data.clean import validation_set
+from darl_core.models.loading import load_restorer
+from darl_core.rewards.registry import get_metric
 
 
 class Int8Conv(torch.nn.Module):
     """A Conv2d that observes its input and output ranges until ``convert()``, then runs in int8."""
 
-    def __init__(self, conv: torch.nn.Conv2d):
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
         self.obs_in = MinMaxObserver(dtype=torch.quint8)

@@ -29,8 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_speed import median_time  # noqa: E402  (bench/, on the path when run as a script)
-from darl_core.models.loading import load_restorer  # noqa: E402
+from cpu_speed import median_time
+from darl_core.models.loading import load_restorer
 
 
 def cpu_mhz() -> float | None:
@@ -79,7 +79,7 @@ def main() -> None:
     x = torch.rand(1, 3, args.side, args.side)
     t0 = torch.zeros(1, dtype=torch.long)
     rows = [measure("denoiser (one step)", lambda: pipe.predict(x, 500, x), args.repeats)]
-    if getattr(pipe, "stage1", None) is not None:
+    if pipe.has_stage1:
         s1_in = x.contiguous(memory_format=torch.channels_last)
         rows.insert(0, measure("stage 1", lambda: pipe.stage1(s1_in, t0), args.repeats))
     peak = threads * args.flops_per_cycle * mhz / 1e3 if mhz else None
@@ -100,10 +100,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for h, w in [(128, 128), (192, 192), (256, 256), (272, 256), (288, 256), (320, 256), (320, 320), (384, 384)]:
         xt = torch.rand(1, 3, h, w)
-        times = [measure_time(lambda: pipe.predict(xt, 500, xt), args.repeats)]
-        if getattr(pipe, "stage1", None) is not None:
+        times = [measure_time(lambda: pipe.predict(xt, 500, xt), args.repeats)]  # noqa: B023
+        if pipe.has_stage1:
             s1 = xt.contiguous(memory_format=torch.channels_last)
-            times.append(measure_time(lambda: pipe.stage1(s1, t0), args.repeats))
+            times.append(measure_time(lambda: pipe.stage1(s1, t0), args.repeats))  # noqa: B023
         cells = " | ".join(f"{t:.3f} | {t / (h * w) * 1e6:.2f}" for t in times)
         print(f"| {h} x {w} | {cells} |", flush=True)
 

@@ -40,14 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data.clean import builtin_image  # noqa: E402
-from darl_core.data.degrade import degrade, get_preset  # noqa: E402
-from darl_core.data.images import pil_to_tensor, save_tensor, tensor_to_pil  # noqa: E402
-from darl_core.models.loading import DEFAULT_MODEL, load_restorer  # noqa: E402
-from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE, STAGE1_CACHE  # noqa: E402
-from darl_core.models import tiling  # noqa: E402
-from darl_core.models.restorer import cpu_bf16_supported  # noqa: E402
-from darl_core.models.tiling import STRETCH  # noqa: E402
+from darl_core.data.clean import builtin_image
+from darl_core.data.degrade import degrade, get_preset
+from darl_core.data.images import pil_to_tensor, save_tensor, tensor_to_pil
+from darl_core.models.loading import DEFAULT_MODEL, load_restorer
+from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE, STAGE1_CACHE
+from darl_core.models import tiling
+from darl_core.models.restorer import cpu_bf16_supported
+from darl_core.models.tiling import STRETCH
 
 
 def median_time(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
@@ -87,8 +87,8 @@ def forward_table(repeats: int, bf16_rows: bool = True) -> list[dict[str, object
             reps = repeats if (not bf16 or cpu_bf16_supported()) else 1  # emulated bf16: once is enough to see it
 
             def fwd() -> None:
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    net(xx, t)
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # noqa: B023
+                    net(xx, t)  # noqa: B023
             rows.append({"network": name, "mode": mode, "seconds": median_time(fwd, reps)})
             print(f"  {name:20s} {mode:30s} {rows[-1]['seconds']:.3f} s", flush=True)
     return rows
@@ -110,11 +110,11 @@ def train_table(repeats: int) -> list[dict[str, object]]:
             bf16 = mode != "fp32"
 
             def step() -> None:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = net(x, t).sample.float().abs().mean()
-                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # noqa: B023
+                    loss = net(x, t).sample.float().abs().mean()  # noqa: B023
+                opt.zero_grad()  # noqa: B023
                 loss.backward()
-                opt.step()
+                opt.step()  # noqa: B023
             reps = repeats if (not bf16 or cpu_bf16_supported()) else 1
             rows.append({"network": name, "mode": mode, "seconds": median_time(step, reps)})
             print(f"  {name:28s} {mode:15s} {rows[-1]['seconds']:.3f} s", flush=True)
@@ -142,8 +142,8 @@ def app_path(repeats: int, steps: int, before_models: tuple[str, str] | None = N
         tile = 256 if label == "before" else DEFAULT_TILE
         def run() -> None:  # a new upload each time: nothing left in the stage-1 cache from the last one
             STAGE1_CACHE.clear()
-            tiling.STRETCH = 0.0 if label == "before" else STRETCH
-            restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile, sft_model=models[0], rl_model=models[1])
+            tiling.STRETCH = 0.0 if label == "before" else STRETCH  # noqa: B023
+            restore(ctx, str(tmp / "lq.png"), steps=steps, tile=tile, sft_model=models[0], rl_model=models[1])  # noqa: B023
         out[label] = median_time(run, repeats)
         print(f"  app, both models, 256x256, {steps} steps, {label}: {out[label]:.2f} s", flush=True)
     return out
@@ -175,7 +175,7 @@ def big_image(size: tuple[int, int], steps: int, tiles: list[int | None], repeat
         if tile == DEFAULT_TILE:
             continue
         STAGE1_CACHE.clear()
-        sweep[str(tile)] = median_time(lambda: pipe(im, num_inference_steps=steps, tile_size=tile), 1, warm=0)
+        sweep[str(tile)] = median_time(lambda: pipe(im, num_inference_steps=steps, tile_size=tile), 1, warm=0)  # noqa: B023
         print(f"  {w}x{h}, {steps} steps, after, tile {tile}: {sweep[str(tile)]:.1f} s", flush=True)
     res["tile_sweep"] = sweep
     tiling.STRETCH = 0.0  # the "after" settings with tiles of exactly the tile size: what stretching saves

@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from darl_core.evaluation.evalset import flat_hf_ratio  # noqa: E402
+from darl_core.evaluation.evalset import flat_hf_ratio
 
-from darl_core.data.clean import validation_set  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.models.restorer import Noise, Restorer  # noqa: E402
-from darl_core.rewards.registry import get_metric  # noqa: E402
-from darl_core.models.sampler import _x0_eps  # noqa: E402
+from darl_core.data.clean import validation_set
+from darl_core.models.loading import load_restorer
+from darl_core.models.restorer import Noise, Restorer
+from darl_core.rewards.registry import get_metric
+from darl_core.models.sampler import _x0_eps
 
 
 FLIPS_2 = ((), (-1,))  # identity, horizontal flip (dims of a flip)

@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.data.pool import PoolSample  # noqa: E402
-from darl_core.models.restorer import Restorer  # noqa: E402
-from darl_core.train.rl import get_rl_preset, train_rl  # noqa: E402
-from darl_core.models.sampler import step_std  # noqa: E402
-from darl_core.models.testing import random_sd_upscaler  # noqa: E402
+from darl_core.models.loading import load_restorer
+from darl_core.data.pool import PoolSample
+from darl_core.models.restorer import Restorer
+from darl_core.train.rl import get_rl_preset, train_rl
+from darl_core.models.sampler import step_std
+from darl_core.models.testing import random_sd_upscaler
 
 
 def _sync(device: str) -> None:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     for seed in args.seeds:
         pairs = independent_pairs(RANDOM, seed=seed, size=args.size, per_image=args.per_image)
-        for k, (name, lq, hq, _info) in enumerate(pairs[: args.max_crops or None]):
+        for k, (name, lq, hq, _info) in enumerate(pairs[: args.max_crops or None]):  # noqa: B007
             outs = {"the degraded input": lq, "the ground truth": hq}
             for label, pipe in pipes.items():
                 g = torch.Generator().manual_seed(seed * 100_000 + k)  # bench/pareto.py's noise per crop

@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data.clean import heldout_pairs  # noqa: E402
-from darl_core.data.degrade import get_preset  # noqa: E402
-from darl_core.rewards.registry import get_metric  # noqa: E402
+from darl_core.data.clean import heldout_pairs
+from darl_core.data.degrade import get_preset
+from darl_core.rewards.registry import get_metric
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evaluation.evalset import RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
-from darl_core.rewards.registry import create_reward, get_metric  # noqa: E402
+from darl_core.evaluation.evalset import RANDOM, flat_hf_ratio, independent_pairs
+from darl_core.models.loading import load_restorer
+from darl_core.models.pipeline import DEFAULT_STEPS
+from darl_core.rewards.registry import create_reward, get_metric
 
 
 KEYS = ("psnr", "ssim", "reward", "other", "flat_hf")  # what is scored per crop
@@ -56,7 +56,7 @@ def run_points(run: Path) -> list[tuple[int, Path]]:
     raise SystemExit(f"{run}: no snapshots/round-* and no model/ (train with --snapshot-every N)")
 
 
-def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu",
+def score_model(path: Path, pairs: dict[int, list], steps: int, reward, other, device: str = "cpu",  # noqa: ANN001
                 eta: float = 0.0, also: dict | None = None) -> dict[tuple[int, str], dict]:
     """Per (seed, crop): psnr, ssim, reward (full-reference terms against the truth), other, flat_hf
     (texture in the crop's flattest areas against the truth's) and each metric of ``also`` (name ->

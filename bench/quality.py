@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.evaluation.evalset import OUTSIDE, RANDOM, flat_hf_ratio, independent_pairs  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
-from darl_core.rewards.registry import get_metric  # noqa: E402
+from darl_core.evaluation.evalset import OUTSIDE, RANDOM, flat_hf_ratio, independent_pairs
+from darl_core.models.loading import load_restorer
+from darl_core.models.pipeline import DEFAULT_STEPS
+from darl_core.rewards.registry import get_metric
 
 METRICS = ("psnr", "ssim", "niqe", "piqe", "brisque")
 
@@ -84,7 +84,7 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
             for pname, fn in peer_fns.items():
                 outs[pname] = torch.from_numpy(fn(_u8(lq))).permute(2, 0, 1).float() / 255.0
             for label, pipe in pipes.items():
-                if getattr(pipe, "stage1", None) is not None:
+                if pipe.has_stage1:
                     outs[f"{label}_stage1"] = pipe.restore_tensor(lq[None], 0)[0]
                     if self_ensemble:  # the 8 rotations and mirror images, averaged
                         outs[f"{label}_stage1_x8"] = pipe.restore_tensor(lq[None], 0, self_ensemble=True)[0]
@@ -104,7 +104,7 @@ def run(models: dict[str, str], steps: list[int], seeds: list[int], per_image: i
                         continue
                     try:
                         rec[m] = float(met(img[None], hq[None] if met.full_reference else None))
-                    except Exception as e:  # a metric can fail on a flat crop; the row says so
+                    except Exception as e:  # a metric can fail on a flat crop; the row says so  # noqa: BLE001
                         rec[m] = float("nan")
                         print(f"warning: {m} on {name}/{method}: {e}", file=sys.stderr)
                 rec["flat_hf"] = flat_hf_ratio(img, hq) if method != "clean" else 1.0
@@ -181,9 +181,9 @@ def table_md(summary: dict, models: dict[str, str], steps: list[int], seeds: lis
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, d in summary.items():
         def cell(k: str, nd: int) -> str:
-            if k not in d:
+            if k not in d:  # noqa: B023
                 return "—"
-            v = d[k]
+            v = d[k]  # noqa: B023
             return f"{v['mean']:.{nd}f} ± {v['std']:.{nd}f}" if len(seeds) > 1 else f"{v['mean']:.{nd}f}"
         share = f"{100 * d['beats_input_psnr']:.0f} %" if "beats_input_psnr" in d else "—"
         lines.append(f"| {m} | {cell('psnr', 2)} | {cell('ssim', 4)} | {cell('niqe', 3)} | {cell('piqe', 2)} | "

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.data.clean import builtin_image  # noqa: E402
-from darl_core.models.loading import load_restorer  # noqa: E402
-from darl_core.models.pipeline import DEFAULT_STEPS  # noqa: E402
+from darl_core.data.clean import builtin_image
+from darl_core.models.loading import load_restorer
+from darl_core.models.pipeline import DEFAULT_STEPS
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from darl_core.rewards.registry import get_metric  # noqa: E402
+from darl_core.rewards.registry import get_metric
 
 
 def main() -> None:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from darl_core.data.clean import builtin_image  # noqa: E402
-from darl_core.data.degrade import degrade, get_preset  # noqa: E402
-from darl_core.data.images import pil_to_tensor, save_tensor  # noqa: E402
+from darl_core.data.clean import builtin_image
+from darl_core.data.degrade import degrade, get_preset
+from darl_core.data.images import pil_to_tensor, save_tensor
 
 FORMATS: list[tuple[str, str, dict[str, object]]] = [  # (row name, Pillow format, save options)
     ("WebP q80 (Gradio's default)", "WEBP", {}),

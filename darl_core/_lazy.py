@@ -56,7 +56,7 @@ MOVED = {
 class _MovedLoader(importlib.abc.Loader):
     """Imports the new module and registers it under the old name too; gives runpy the new module's code."""
 
-    def __init__(self, old: str, new: str):
+    def __init__(self, old: str, new: str) -> None:
         self.old, self.new = old, new
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -64,7 +65,7 @@ def make_engine(url: str | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _alembic_config(engine: Engine):  # noqa: ANN202 - alembic type
+def _alembic_config(engine: Engine) -> Any:
     from alembic.config import Config
 
     cfg = Config()

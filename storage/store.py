@@ -112,7 +112,7 @@ class DiskFull(OSError):
 class Store:
     """One store = one database + one data directory."""
 
-    def __init__(self, url: str | None = None, directory: Path | None = None, auto_migrate: bool = True):
+    def __init__(self, url: str | None = None, directory: Path | None = None, auto_migrate: bool = True) -> None:
         self.dir = Path(directory) if directory is not None else data_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = make_engine(url or _default_url(self.dir))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from darl_core.train.rl import get_rl_preset, train_rl  # noqa: E402
+from darl_core.train.rl import get_rl_preset, train_rl
 
 torch.set_num_threads(1)
 given = json.loads(Path(sys.argv[1]).read_text())

@@ -17,7 +17,7 @@ from helpers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait(cond, timeout_s: float, what: str) -> None:  # noqa: ANN001
+def _wait(cond, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:

@@ -52,7 +52,7 @@ def test_x4_model_on_x4_pairs_and_a_clear_error_on_x1_pairs(tmp_path: Path, tiny
         main(["--models", f"x={tmp_path / 'nope'}", "--out", str(tmp_path / "o")])
 
 
-def test_heldout_check_scores_restorations_and_inputs_of_the_pillow_pairs(tiny_pipe) -> None:  # noqa: ANN001
+def test_heldout_check_scores_restorations_and_inputs_of_the_pillow_pairs(tiny_pipe) -> None:
     from darl_core.data.clean import HELDOUT_IMAGES, builtin_image
     from darl_core.evaluation.evalset import independent_pairs
     from darl_core.evaluation.evaluate import heldout_check

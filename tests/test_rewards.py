@@ -150,7 +150,7 @@ def test_bitsandbytes_kernel_warning_is_silenced() -> None:
     # on every CLI start; DARL silences that logger (checked by its level: this CPU may lack the flag).
     import logging
 
-    import darl_core  # noqa: F401
+    import darl_core  # noqa: F401 (the import itself silences the logger)
 
     assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)
 

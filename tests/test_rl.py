@@ -400,7 +400,7 @@ def test_stage1_reference_anchors_without_ground_truth(tmp_path: Path, tiny_mode
     items = [{"id": f"s{i}", "lq": str(tmp_path / f"lq{i}.png")} for i in range(2)]  # no ground truths
     from darl_core.data.images import tensor_to_pil
 
-    for i, it in enumerate(items):
+    for i, it in enumerate(items):  # noqa: B007
         tensor_to_pil(torch.rand(3, 32, 32)).save(it["lq"])
     (tmp_path / "samples.json").write_text(json.dumps(items))
     cfg = _cfg(tmp_path, base, rounds=1, reward="psnr", reward_reference="stage1", samples_file=str(tmp_path / "samples.json"),

@@ -25,7 +25,7 @@ from ui.server import LOOPBACK_NAMES, LoginThrottle, guard, served_hosts, trust_
 class Served:
     """A running app: its context, Gradio app, base URL and handler indices by name."""
 
-    def __init__(self, ctx: AppContext, demo: Any, base: str, gate: LoginThrottle | None):
+    def __init__(self, ctx: AppContext, demo: Any, base: str, gate: LoginThrottle | None) -> None:
         self.ctx, self.demo, self.base, self.gate = ctx, demo, base, gate
         self.fn = {f.name: i for i, f in sorted(demo.fns.items(), reverse=True)}  # the first of each name
 

@@ -219,7 +219,7 @@ def test_checkpoint_ids_are_never_reused_also_in_a_database_made_by_the_old_sche
         store.delete_checkpoint(b)
     assert store.deletion_blocker(b) is not None and store.deletion_blocker(newer) is None
     with store.session() as s:  # foreign keys are enforced again after the migration
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017
             s.execute(text("UPDATE checkpoints SET parent_id = 999 WHERE id = :i"), {"i": newer})
 
 

@@ -514,7 +514,7 @@ def test_login_records_the_user_on_flags(tmp_path: Path) -> None:
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 auth=[("ann", "s3cret")])
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017
             Client(f"http://127.0.0.1:{port}/", verbose=False, auth=("ann", "wrong"))
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, auth=("ann", "s3cret"))
         img = _img(tmp_path / "x.png")

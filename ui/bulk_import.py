@@ -148,7 +148,7 @@ def record_scores(ctx: AppContext, sample_id: int, r: RestoreResult, sft: str, r
         values = {name: row[j] for j, name in enumerate(r.headers) if j}
 
         def num(key: str) -> float | None:
-            v = values.get(key)
+            v = values.get(key)  # noqa: B023
             return float(v) if isinstance(v, (int, float)) and v == v else None
         ctx.store.add_scores(sample_id, model, num("psnr"), num("ssim"), num("niqe"), steps, user)
 

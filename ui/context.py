@@ -20,7 +20,7 @@ from PIL import Image
 
 from darl_core.data.images import IMAGE_SUFFIXES, ImageError, load_image
 from darl_core.models.loading import DEFAULT_MODEL, SHIPPED_MODELS, load_restorer
-from darl_core.models.pipeline import RestorationPipeline
+from darl_core.models.restorer import Restorer
 from darl_core.models.restorer import Precision
 from storage import Store
 
@@ -169,7 +169,7 @@ class AppContext:
     max_pending: int = 16  # queued or running requests one client (user, or address without login) may have
     auth: bool = False  # users log in (DARL_AUTH): changes are checked against owners and admins
     admins: frozenset[str] = frozenset()  # users who may change anything (DARL_ADMINS)
-    _models: OrderedDict[str, RestorationPipeline] = field(default_factory=OrderedDict)
+    _models: OrderedDict[str, Restorer] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Recent restorations by (restorer, image, steps, seed, tile), least recently used first: the same
     # request again (a ground truth added, one model changed) reuses them instead of restoring again.
@@ -218,7 +218,7 @@ class AppContext:
                 pass
         return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
-    def pipeline(self, path: str) -> RestorationPipeline:
+    def pipeline(self, path: str) -> Restorer:
         """A loaded restorer, cached by its resolved folder (every spelling of a path is one entry), at
         most ``max_models`` of them, the least recently used dropped first."""
         p = Path(path).expanduser()

@@ -627,7 +627,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
 
     @user_messages(3, at=0, lead="Not launched")
     def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1, size="full",  # noqa: ANN001
-                  request: gr.Request = None):
+                  request: gr.Request = None) -> Any:
         job = launch_job(ctx, base, reward, preset, rounds, samples, caller(request), hardest_k,
                          processes=processes, size=size or "full")
         return f"Job #{job} queued.", job, list_jobs(ctx)
@@ -669,7 +669,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
         return [gr.update(value=frames[m], visible=True) if m in frames else gr.update(visible=False)
                 for m in c["panels"]]
 
-    def on_tick(job):  # noqa: ANN001
+    def on_tick(job) -> Any:  # noqa: ANN001
         if job is None:
             return list_jobs(ctx), "", curves_title(ctx, None), "", None, None, "", None, *drawn(None)
         try:
@@ -687,21 +687,21 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
     # The before and after: drawn when the job shown changes or reaches another state (it finished), not
     # every tick (its pictures would be sent again every 2 s).
     @user_errors
-    def on_payoff(job):  # noqa: ANN001
+    def on_payoff(job) -> Any:  # noqa: ANN001
         md, table, gallery, choices = payoff_view(ctx, job)
         return md, gallery, table, gr.update(choices=choices, value=choices[0][1] if choices else None)
 
     c["shown_state"].change(on_payoff, c["job"], [c["payoff_md"], c["payoff_gallery"], c["payoff_table"],
                                                   c["payoff_pick"]], api_visibility="private")
 
-    def on_tile(job, evt: gr.SelectData):  # noqa: ANN001 - a clicked picture chooses its image for "Open in Restore"
+    def on_tile(job, evt: gr.SelectData) -> Any:  # noqa: ANN001
         picked = payoff_pick_from_gallery(ctx, job, evt.index)
         return gr.update() if picked is None else picked
 
     c["payoff_gallery"].select(on_tile, c["job"], c["payoff_pick"], api_visibility="private")
 
     @user_errors
-    def on_compare(jobs, metric):  # noqa: ANN001
+    def on_compare(jobs, metric) -> Any:  # noqa: ANN001
         frame = compare_frame(ctx, jobs, metric)
         return frame, compare_colors(frame)
 
@@ -712,7 +712,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
     c["compare"].focus(lambda: gr.update(choices=job_choices(ctx)), None, c["compare"], api_visibility="private")
 
     @user_messages(1, at=0, lead="Not cancelled")
-    def on_cancel(job, request: gr.Request):  # noqa: ANN001
+    def on_cancel(job, request: gr.Request) -> Any:  # noqa: ANN001
         return cancel_job(ctx, job, caller(request))
 
     c["cancel"].click(on_cancel, c["job"], c["msg"], api_visibility="private")

@@ -180,14 +180,14 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
     c["table"].select(on_row, None, c["id"], api_visibility="private")
 
     @user_messages(3, at=0, lead="Not promoted")
-    def on_promote(cid, request: gr.Request):  # noqa: ANN001
+    def on_promote(cid, request: gr.Request) -> Any:  # noqa: ANN001
         return promote(ctx, cid, caller(request)), *refreshed(cid)
 
     promoted = c["promote"].click(on_promote, c["id"], [c["msg"], c["table"], c["id"]], api_visibility="private")
     promoted.success(lambda: list_events(ctx), None, c["events"], api_visibility="private")
 
     @user_messages(4, at=0, lead="Cannot delete")
-    def on_ask(cid, request: gr.Request):  # noqa: ANN001
+    def on_ask(cid, request: gr.Request) -> Any:  # noqa: ANN001
         return delete_preview(ctx, cid, caller(request)), gr.update(visible=True), cid, ""
 
     c["delete"].click(on_ask, c["id"], [c["confirm_text"], c["confirm_box"], c["pending"], c["msg"]],
@@ -196,7 +196,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> dict[str, Any
                     [c["confirm_box"], c["pending"], c["msg"]], api_visibility="private")
 
     @user_messages(6, at=0, lead="Not deleted")
-    def on_confirm(cid, request: gr.Request):  # noqa: ANN001
+    def on_confirm(cid, request: gr.Request) -> Any:  # noqa: ANN001
         try:
             path = ctx.store.checkpoint(int(cid)).path if cid is not None else None
         except (KeyError, TypeError, ValueError, OverflowError):

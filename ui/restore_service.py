@@ -21,7 +21,7 @@ from darl_core.data.degrade import PRESETS
 from darl_core.rewards.difficulty import difficulty, difficulty_no_reference
 from darl_core.data.images import pil_to_tensor, to_rgb
 from darl_core.models.loading import ModelLoadError
-from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE, RestorationPipeline
+from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 from darl_core.rewards.registry import RELIABLE_SIDE, MissingWeightsError, get_metric
 from storage import DiskFull
 
@@ -29,7 +29,7 @@ from .context import AppContext, UserError, int_arg, png_bytes
 
 __all__ = ["MAX_BATCH", "MAX_NOTE", "METRIC_INFO", "REASONS", "Restored", "RestoreResult", "RestoreStopped",
            "SCORE_HEADERS", "check_budget", "difficulty_text", "estimate_seconds", "example_images", "flag", "flag_sample",
-           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning", "network_scale",
+           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning",
            "restore", "restore_batch", "restore_stages", "rough_scores", "score", "score_table", "small_image_warning",
            "stale_ground_truth", "took", "uniform_warning", "upload_problem", "work"]
 
@@ -207,12 +207,6 @@ def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] =
     return mpp, tiles
 
 
-def network_scale(pipe: Any) -> int:
-    """How much larger than the input a restorer's network runs: its output scale for a pixel-space
-    model (it diffuses at the output's size), 1 for a latent one (its latents have the input's size)."""
-    return int(getattr(pipe, "output_scale", 1)) if isinstance(pipe, RestorationPipeline) else 1
-
-
 def _mpp(x: float) -> str:
     """Megapixel-passes as a message shows them: whole numbers, or two significant digits below 10."""
     return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
@@ -296,7 +290,7 @@ def restore(ctx: AppContext, image_path: str, task: str = "blind", sft_model: st
     work at the next tile with ``RestoreStopped``; ``warn`` gets the large-image warning (expected
     time, what to do) before a long restore starts. ``restore_stages`` is the same, step by step.
     """
-    for kind, value in restore_stages(ctx, image_path, task, sft_model, rl_model, steps, seed, tile, gt_path,
+    for kind, value in restore_stages(ctx, image_path, task, sft_model, rl_model, steps, seed, tile, gt_path,  # noqa: B007
                                       progress, stop, warn):
         if isinstance(value, RestoreResult):
             return value
@@ -349,12 +343,12 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
         if int(steps) == 0 and not pipe.has_stage1:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
         pipes.append(pipe)
-    scales = tuple(network_scale(p) for p in pipes)
+    scales = tuple(p.network_scale for p in pipes)
     check_budget(ctx, im.size, steps, tile, scales)  # what it will cost
     gt = None
     if gt_im is not None:  # refused now, not after minutes of restoring
         gt_rgb = to_rgb(gt_im)[0]
-        k = int(getattr(pipes[0], "output_scale", 1))  # of the output (a latent x4 model's network runs at x1)
+        k = pipes[0].output_scale  # of the output (a latent x4 model's network runs at x1: network_scale)
         want = (im.size[0] * k, im.size[1] * k)
         if gt_rgb.size != want:
             raise UserError(f"the ground truth is {gt_rgb.size[0]}x{gt_rgb.size[1]} but the restoration will be "

@@ -125,7 +125,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
 
     @user_messages(None, at=c["difficulty_md"], lead="Not restored")
     def on_restore(image, gt, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
-                   request: gr.Request = None):
+                   request: gr.Request = None) -> Any:
         # Each picture is shown as soon as it exists: input ⟷ SFT while the RL model runs, then SFT ⟷ RL,
         # the difference map and the zoom, then the scores. The page shows files, each encoded once: the
         # restorations are the downloads themselves, the rest fast lossless PNGs (see SHOWN).
@@ -172,7 +172,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
                c["difficulty_md"]: text, c["result"]: r, c["difficulty"]: r.difficulty,
                c["difficulty_kind"]: r.difficulty_kind, c["difficulty_for"]: image_key(r.input)}
 
-    def on_stop(request: gr.Request = None) -> None:  # noqa: ANN001
+    def on_stop(request: gr.Request = None) -> None:
         # the running restore of this page raises RestoreStopped at its next tile
         ctx.stop_session(getattr(request, "session_hash", None) or "anonymous")
 
@@ -255,7 +255,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
 
     @user_errors
     def on_batch(files, task, sft, rl, steps, seed, tile, progress=gr.Progress(),  # noqa: ANN001, B008
-                 request: gr.Request = None):
+                 request: gr.Request = None) -> Any:
         key = getattr(request, "session_hash", None) or "anonymous"
         stop = ctx.start_session(key, caller(request))
         try:
@@ -275,7 +275,7 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
 
     @user_messages(1, at=0, lead="Not flagged")
     def on_flag(image, reason, note, gt, task, d, kind, measured_on, r, sft, rl, steps, seed, tile,  # noqa: ANN001
-                request: gr.Request):
+                request: gr.Request) -> Any:
         user = caller(request)
         if gt and not (kind == "gt" and r is not None and r.gt is not None and measured_on == image_key(r.input)
                        and image_key(ctx.open_upload(image)) == measured_on):

@@ -575,7 +575,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                        api_visibility="private")
 
     @user_warnings(3)
-    def on_view_restore(sample, request: gr.Request, progress=gr.Progress()):  # noqa: ANN001, B008
+    def on_view_restore(sample, request: gr.Request, progress=gr.Progress()) -> Any:  # noqa: ANN001, B008
         progress(0, desc="restoring with both models")
         sft, rl, verdict = restore_sample(ctx, sample, user=caller(request))
         return sft, rl, verdict
@@ -584,20 +584,20 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                             concurrency_limit=1, concurrency_id="models", api_visibility="private")
 
     @user_warnings(5)
-    def on_unflag(sample, request: gr.Request, *f: Any):  # noqa: ANN001
+    def on_unflag(sample, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
         return unflag(ctx, sample, caller(request)), *lists(f, user=caller(request))
 
     c["unflag"].click(on_unflag, [c["sample"], *filters], [c["msg"], *listed], api_visibility="private")
 
     @user_warnings(5)
-    def on_unflag_many(ticked, request: gr.Request, *f: Any):  # noqa: ANN001
+    def on_unflag_many(ticked, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
         return unflag_many(ctx, ticked, caller(request)), *lists(f, user=caller(request))
 
     c["unflag_many"].click(on_unflag_many, [c["selected"], *filters], [c["msg"], *listed], api_visibility="private")
 
     def tagging(remove: bool) -> Any:
         @user_warnings(3)
-        def on_tag(ticked, text, request: gr.Request, *f: Any):  # noqa: ANN001
+        def on_tag(ticked, text, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
             msg = tag_samples(ctx, ticked, text, remove, caller(request))
             view = flagged_view(ctx, *f, user=caller(request))
             return msg, view.gallery, view.frame()
@@ -617,7 +617,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     # Bulk import: one message; the lists show the new samples at once
     @user_messages(5, at=0, lead="Not imported")
-    def on_import(files, folder, reason, task, measure, request: gr.Request, *f: Any):  # noqa: ANN001
+    def on_import(files, folder, reason, task, measure, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
         msg = import_files(ctx, list(files or []) + list(folder or []), reason, task, measure, caller(request))
         return msg, *lists(f, user=caller(request))
 
@@ -646,7 +646,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
 
     def acting(act: Any) -> Any:
         @user_messages(9, at=0, lead="Not done")
-        def on_act(queue, pos, reason, request: gr.Request, *f: Any):  # noqa: ANN001
+        def on_act(queue, pos, reason, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
             msg = act(queue, pos, reason, caller(request))
             view = flagged_view(ctx, *f, user=caller(request))
             return (msg, view.gallery, view.frame(), gr.update(choices=sample_choices(view.rows)),
@@ -660,7 +660,7 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any) -> None:
                      [c["msg"], c["gallery"], c["table"], c["sample"], *state, *review_out], api_visibility="private")
 
     @user_messages(9, at=0, lead="Not undone")
-    def on_undo(queue, pos, request: gr.Request, *f: Any):  # noqa: ANN001
+    def on_undo(queue, pos, request: gr.Request, *f: Any) -> Any:  # noqa: ANN001
         msg, sid = undo(ctx, caller(request))
         queue = list(queue or [])
         pos = queue.index(sid) if sid in queue else pos

@@ -176,7 +176,7 @@ class LoginThrottle:
     The address and device come from ``guard`` (Gradio calls this with the name and password only)."""
 
     def __init__(self, users: dict[str, str], free: int = 5, base_s: float = 1.0, max_s: float = 300.0,
-                 user_free: int = 20, global_per_min: int = 600, clock: Callable[[], float] = time.monotonic):
+                 user_free: int = 20, global_per_min: int = 600, clock: Callable[[], float] = time.monotonic) -> None:
         self.users, self.free, self.base_s, self.max_s, self.clock = dict(users), free, base_s, max_s, clock
         self.user_free, self.global_per_min = user_free, global_per_min
         self._state: dict[str, tuple[int, float]] = {}  # key -> (failures, refused until)
@@ -323,7 +323,7 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
         return first == owner
 
     class Guard:
-        def __init__(self, app: ASGIApp):
+        def __init__(self, app: ASGIApp) -> None:
             self.app = app
             self.sessions = sessions  # (for the tests)
 
@@ -377,7 +377,7 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
                 return await _json(send, 403, {"detail": "that session belongs to another client: reload the page"})
             if rule in ("join", "run"):
                 fn_index = _field(body, "fn_index")
-                if type(fn_index) is not int:  # noqa: E721 (Gradio would also take "2" or 2.0: the share must see it)
+                if type(fn_index) is not int:
                     return await _json(send, 400, {"detail": "fn_index must be an integer"})
                 refusal = self.refusal(scope, gradio_app, fn_index, queued=rule == "join")
                 if refusal:

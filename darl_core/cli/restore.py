@@ -16,15 +16,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
-from ..data.images import IMAGE_SUFFIXES, ImageError, load_image
-from ..models.loading import ModelLoadError, load_restorer
-from ..models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
+from ..models.defaults import DEFAULT_STEPS, DEFAULT_TILE
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _target(out: Path) -> Path:
+    from ..data.images import IMAGE_SUFFIXES
+
     return out if out.suffix.lower() in IMAGE_SUFFIXES else out.with_suffix(".png")
 
 
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="inference arithmetic: auto = bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU "
                          "runs it natively, else fp32; channels-last on CPUs either way")
     args = ap.parse_args(argv)
+    # torch, diffusers and the model load only now: --help and a wrong flag answer at once
+    from tqdm.auto import tqdm
+
+    from ..data.images import IMAGE_SUFFIXES, ImageError, load_image
+    from ..models.loading import ModelLoadError, load_restorer
+
     if args.self_ensemble and args.steps != 0:  # before loading anything
         print(f"error: --self-ensemble applies to stage 1 alone (--steps 0): averaging 8 diffusion samples would "
               f"average away the detail they add; got --steps {args.steps}", file=sys.stderr)

@@ -87,7 +87,7 @@ def before_after(base: Restorer, new: Restorer, items: list[PayoffItem], steps: 
             g = torch.Generator().manual_seed(seed * 100_000 + i)  # the same noise for both models
             outs[label] = model.restore_tensor(lq, steps, eta=0.0, generator=g).cpu().float().clamp(0, 1)
         ref, against = gt, "gt" if r.full_reference else None
-        if ref is None and r.full_reference and reference != "gt" and getattr(base, "has_stage1", False):
+        if ref is None and r.full_reference and reference != "gt" and base.has_stage1:
             ref, against = base.restore_tensor(lq, 0).cpu().float(), "stage1"  # the trainer's anchor without a truth
         m: dict[str, Any] = {}
         # A reward against stage 1's restoration is not comparable with one against a truth: its own key.

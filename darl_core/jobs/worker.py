@@ -254,7 +254,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = HEARTBEAT_S) -> None:
         except (IllegalTransition, JobLost):
             pass
         raise
-    except Exception as e:  # the job fails; the worker lives on
+    except Exception as e:  # the job fails; the worker lives on  # noqa: BLE001
         try:
             store.transition(job.id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
                              worker=me)

@@ -46,7 +46,7 @@ class LatentRestorer(Restorer):
 
     pipeline_class = ""  # the diffusers pipeline class this family drives
 
-    def __init__(self, pipe: DiffusionPipeline):
+    def __init__(self, pipe: DiffusionPipeline) -> None:
         if type(pipe).__name__ != self.pipeline_class:
             raise ValueError(f"{type(self).__name__} drives a {self.pipeline_class}, not a {type(pipe).__name__}")
         self.pipe = pipe
@@ -59,12 +59,14 @@ class LatentRestorer(Restorer):
 
     @staticmethod
     def from_pipe(pipe: DiffusionPipeline, **kw: Any) -> LatentRestorer:
-        """The restorer of ``pipe``'s family (``kw``: the family's options, e.g. ``noise_level``)."""
-        for cls in (SDUpscaleRestorer, LDMSRRestorer):
-            if type(pipe).__name__ == cls.pipeline_class:
-                return cls(pipe, **kw)
-        raise ValueError(f"{type(pipe).__name__} is not a supported latent pipeline "
-                         f"({SDUpscaleRestorer.pipeline_class}, {LDMSRRestorer.pipeline_class})")
+        """The restorer of ``pipe``'s family (``families.FAMILIES``; ``kw``: the family's options, e.g.
+        ``noise_level``)."""
+        from .families import family_of
+
+        cls = family_of(type(pipe).__name__).restorer_class()
+        if not issubclass(cls, LatentRestorer):
+            raise ValueError(f"{type(pipe).__name__} is not a latent pipeline: load it with load_restorer")
+        return cls(pipe, **kw)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -93,6 +95,10 @@ class LatentRestorer(Restorer):
     @property
     def output_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def network_scale(self) -> int:
+        return 1  # the UNet runs on latents of the input's size
 
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor, tile_size: int | None = None,
                 tile_overlap: int = 32, unet: torch.nn.Module | None = None) -> torch.Tensor:
@@ -129,7 +135,7 @@ class SDUpscaleRestorer(LatentRestorer):
     family = "sd_upscale"
     pipeline_class = "StableDiffusionUpscalePipeline"
 
-    def __init__(self, pipe: DiffusionPipeline, prompt: str = "", noise_level: int = 20):
+    def __init__(self, pipe: DiffusionPipeline, prompt: str = "", noise_level: int = 20) -> None:
         super().__init__(pipe)
         if not 0 <= noise_level <= pipe.config.max_noise_level:
             raise ValueError(f"noise_level must be in [0, {pipe.config.max_noise_level}], got {noise_level}")

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
 
-from .latent import LatentRestorer, SDUpscaleRestorer
+from .families import FAMILIES, family_of
 from .lora import LORA_FILE, add_lora, load_lora_state_dict, read_adapter, save_adapter
-from .pipeline import RestorationPipeline
 from .restorer import Restorer
 
 __all__ = ["DEFAULT_MODEL", "FAMILIES", "ModelLoadError", "SHIPPED_MODELS", "ShippedModel", "card_evaluation",
@@ -31,8 +29,6 @@ __all__ = ["DEFAULT_MODEL", "FAMILIES", "ModelLoadError", "SHIPPED_MODELS", "Shi
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = MODELS_DIR / "sft-blind-fast"  # the default SFT restorer: what a restore uses when no model is named
-FAMILIES = {"RestorationPipeline": "pixel", "StableDiffusionUpscalePipeline": "sd_upscale",
-            "LDMSuperResolutionPipeline": "ldm_sr"}  # pipeline class -> restorer family
 
 
 @dataclass(frozen=True)
@@ -113,13 +109,15 @@ load_pipeline = load_restorer  # the name of earlier releases
 
 
 def _build(source: str, dtype: torch.dtype, **kw: object) -> Restorer:
-    """The restorer of the family that ``source``'s model_index.json names."""
+    """The restorer of the family that ``source``'s model_index.json names (``families.FAMILIES``)."""
+    from diffusers import DiffusionPipeline  # (reads model_index.json; imported here: the CLI's --help is instant)
+
     name = DiffusionPipeline.load_config(source, **kw).get("_class_name")
-    if FAMILIES.get(name) == "pixel":
-        return RestorationPipeline.from_pretrained(source, dtype=dtype, **kw)
-    if name in FAMILIES:
-        return LatentRestorer.from_pretrained(source, dtype=dtype, **kw)
-    raise ModelLoadError(f"{source} holds a {name}; DARL drives {', '.join(sorted(FAMILIES))}")
+    try:
+        family = family_of(str(name))
+    except ValueError as e:
+        raise ModelLoadError(f"{source} holds a {name}; {e}") from None
+    return family.restorer_class().from_pretrained(source, dtype=dtype, **kw)
 
 
 def _from_hub(repo_id: str, dtype: torch.dtype) -> Restorer:
@@ -158,10 +156,10 @@ def load_lora_folder(path: str | os.PathLike, device: str | torch.device = "cpu"
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path} is not a complete DARL LoRA folder: {e}") from e
     restorer = load_restorer(info["base_model"], device, dtype)
-    if isinstance(restorer, SDUpscaleRestorer) and (
+    if restorer.family == "sd_upscale" and (
             info.get("prompt", "") != restorer.prompt or info.get("noise_level", 20) != restorer.noise_level):
         source = restorer.source
-        restorer = SDUpscaleRestorer(restorer.pipe, info.get("prompt", ""), int(info.get("noise_level", 20))).to(device)
+        restorer = type(restorer)(restorer.pipe, info.get("prompt", ""), int(info.get("noise_level", 20))).to(device)
         restorer.source = source
     add_lora(restorer.unet, int(info["rank"]), float(info["alpha"]), info["targets"])
     load_lora_state_dict(restorer.unet, {k: v.to(device) for k, v in state.items()})

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from PIL import Image
 
+from .defaults import DEFAULT_STEPS, DEFAULT_TILE
 from .lora import merged_copy
 from .restorer import Noise, Restorer, Trajectory, timestep_batch
 from .tiling import tiled_apply
@@ -49,8 +50,6 @@ from .tiling import tiled_apply
 __all__ = ["DEFAULT_STEPS", "DEFAULT_TILE", "RestorationPipeline", "Trajectory", "build_stage1", "build_unet",
            "make_scheduler"]
 
-DEFAULT_STEPS = 2  # DDIM steps of the app and CLI: 0 = stage 1 alone (most faithful); more steps add detail and cost fidelity (docs/quality)
-DEFAULT_TILE = 256  # tile side of the app and CLI for large images (bench/cpu_speed.py measured the choice)
 
 
 def make_scheduler() -> DDIMScheduler:
@@ -144,7 +143,7 @@ class Stage1Cache:
     upload with an SFT model and its RL fine-tune; RL trains the denoiser only, so both share stage 1
     and the second restore reuses the first's (one network pass less; stage 1 is deterministic)."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2) -> None:
         self.size, self.items = size, OrderedDict()
 
     @staticmethod
@@ -180,7 +179,7 @@ class RestorationPipeline(DiffusionPipeline, Restorer):
     fixed_condition = True  # stage 1 is deterministic (and the RL trainer never trains it)
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, residual_scale: float = 0.5,
-                 upscale: int = 1, stage1: UNet2DModel | None = None):
+                 upscale: int = 1, stage1: UNet2DModel | None = None) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, stage1=stage1)
         self.register_to_config(residual_scale=residual_scale, upscale=upscale)

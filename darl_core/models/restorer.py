@@ -106,7 +106,7 @@ def timestep_batch(t: int | torch.Tensor, n: int, device: torch.device) -> torch
 class Noise:
     """Random draws for this process's rows of a global batch (rank r of ``world`` processes)."""
 
-    def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world: int = 1):
+    def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world: int = 1) -> None:
         self.generator, self.rank, self.world = generator, rank, world
 
     @classmethod
@@ -198,6 +198,13 @@ class Restorer(ABC):
     @abstractmethod
     def output_scale(self) -> int:
         """Output side / input side (1 for restoration, 4 for x4 super-resolution)."""
+
+    @property
+    def network_scale(self) -> int:
+        """Output pixels per input pixel at which the networks run: ``output_scale`` for a pixel-space model
+        (its denoiser works at the output's size), 1 for a latent model (its UNet works on latents the
+        input's size). What the work of a restore grows with."""
+        return self.output_scale
 
     @property
     def has_stage1(self) -> bool:

@@ -82,7 +82,7 @@ class TinyIQA(nn.Module):
     of the whole image (the pooling is global), not of a crop.
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         w = [width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []

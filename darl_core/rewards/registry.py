@@ -168,7 +168,7 @@ def list_metrics() -> list[str]:
 class Metric:
     """One pyiqa metric, built once; ``__call__`` returns raw scores (B,)."""
 
-    def __init__(self, name: str, device: str | torch.device = "cpu"):
+    def __init__(self, name: str, device: str | torch.device = "cpu") -> None:
         import pyiqa
         from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
@@ -337,7 +337,7 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
 class Reward:
     """A weighted sum of oriented metrics; ``reward(images, ref)`` -> (B,) higher is better."""
 
-    def __init__(self, spec: str, device: str | torch.device = "cpu", normalize: bool = False):
+    def __init__(self, spec: str, device: str | torch.device = "cpu", normalize: bool = False) -> None:
         self.spec = spec
         self.normalize = normalize
         self.terms = [(w, get_metric(name, device)) for w, name in parse_spec(spec)]

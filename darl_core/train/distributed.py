@@ -24,7 +24,7 @@ class Processes:
     """This process's place among the training processes (an ``accelerate.Accelerator`` when launched
     by ``accelerate launch``; alone otherwise) and the few collectives the trainer needs."""
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto") -> None:
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by accelerate launch / torchrun
         self.acc = None
         if multi:

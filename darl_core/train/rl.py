@@ -194,7 +194,7 @@ class _Run:
     """The state of one RL run and its phases (``train_rl`` calls them in order)."""
 
     # ------------------------------------------------------------------------------------------ 1. setup
-    def __init__(self, cfg: RLConfig, callbacks: Callbacks):
+    def __init__(self, cfg: RLConfig, callbacks: Callbacks) -> None:
         self.cfg, self.callbacks = cfg, callbacks
         self.out = Path(cfg.output)
         self.out.mkdir(parents=True, exist_ok=True)

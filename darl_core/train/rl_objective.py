@@ -21,7 +21,7 @@ __all__ = ["RewardMemory", "backward_terms", "group_advantages", "last_step_anch
 class RewardMemory:
     """Recent rewards per key; advantages normalised per key (DDPO's per-prompt tracker)."""
 
-    def __init__(self, size: int, min_count: int):
+    def __init__(self, size: int, min_count: int) -> None:
         self.size, self.min_count = size, min_count
         self.buffers: dict[str, deque[float]] = {}
 

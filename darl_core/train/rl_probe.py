@@ -31,7 +31,7 @@ class ProbeGuard:
     ``patience`` failing probes in a row. So a job cannot hand back a model that the probe saw get
     worse, and ``guard.json`` in the run folder says which round it exported and why."""
 
-    def __init__(self, psnr_drop: float, patience: int, weights: dict[str, torch.Tensor]):
+    def __init__(self, psnr_drop: float, patience: int, weights: dict[str, torch.Tensor]) -> None:
         self.psnr_drop, self.patience = psnr_drop, patience
         self.base: dict[str, float] = {}
         self.best_round, self.fails = 0, 0

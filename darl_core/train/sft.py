@@ -236,7 +236,7 @@ PRESETS: dict[str, Callable[[], SFTConfig]] = {"default": SFTConfig, "cpu": cpu,
 class PairStream(torch.utils.data.IterableDataset):
     """Endless (LQ, HQ) batches (LQ None with ``data_on_device``); each worker draws from its own seeded stream."""
 
-    def __init__(self, cfg: SFTConfig, start_step: int):
+    def __init__(self, cfg: SFTConfig, start_step: int) -> None:
         self.cfg, self.start_step = cfg, start_step
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
