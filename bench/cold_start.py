@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def extract(rev: str, dest: Path) -> Path:
     """The ``darl_core`` of commit ``rev`` in ``dest``, with this checkout's models beside it."""
+    dest.mkdir(parents=True, exist_ok=True)
     tar = dest / "src.tar"
     with open(tar, "wb") as f:
         subprocess.run(["git", "-C", str(ROOT), "archive", rev, "darl_core"], stdout=f, check=True)

@@ -16,17 +16,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import (
-    LoraConfig,
-    get_peft_model_state_dict,
-    inject_adapter_in_model,
-    set_peft_model_state_dict,
-)
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+# peft is imported by the functions that need it (about 4 s on a 2-core CPU): a restore without an adapter
+# never pays for it.
 
 __all__ = ["LORA_FILE", "add_lora", "adapters_disabled", "load_lora_state_dict", "lora_state_dict", "merged_copy",
            "read_adapter", "save_adapter"]
@@ -47,6 +46,8 @@ def add_lora(unet: torch.nn.Module, rank: int = 8, alpha: float | None = None,
     targets = [t for t in wanted if t in present]
     if not targets:
         raise ValueError(f"none of the LoRA target layers {wanted} exists in this UNet")
+    from peft import LoraConfig, inject_adapter_in_model
+
     cfg = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights="gaussian")
     unet.requires_grad_(False)
     inject_adapter_in_model(cfg, unet)
@@ -57,6 +58,8 @@ def add_lora(unet: torch.nn.Module, rank: int = 8, alpha: float | None = None,
 
 
 def _tuner_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
 
 
@@ -74,10 +77,14 @@ def adapters_disabled(unet: torch.nn.Module) -> Iterator[None]:
 
 
 def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
     return get_peft_model_state_dict(unet)
 
 
 def load_lora_state_dict(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
     set_peft_model_state_dict(unet, state)
 
 
