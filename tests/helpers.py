@@ -18,7 +18,7 @@ FIGURES = Path(__file__).resolve().parent.parent / "test-artifacts" / "reliabili
 
 def record(section: str, **counts: int) -> None:
     """Add counts to the hostile-input and fault figures of this test run (test-artifacts/reliability.json,
-    summed over the tests that report them; the README's reliability section quotes them)."""
+    summed over the tests that report them; docs/testing.md's reliability section quotes them)."""
     FIGURES.parent.mkdir(exist_ok=True)
     data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     sec = data.setdefault(section, {})

@@ -75,7 +75,7 @@ def test_a_restarted_worker_is_told_which_worker_died() -> None:
 
 
 def test_the_gradio_cache_is_the_apps_own_and_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue #39, smaller: the Gradio cache was not emptied at start, contrary to the README."""
+    """Issue #39, smaller: the Gradio cache was not emptied at start, contrary to the docs."""
     sys.path.insert(0, str(ROOT))
     from app import gradio_cache
 

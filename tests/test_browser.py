@@ -11,7 +11,7 @@ restored training input, its before and after (drawn, with numbers, again after 
 in Restore with the base and new models as the two sides); compare two jobs on one plot; click a job row, reload, and find it still
 chosen; promote the trained model and find it the RL default, at once and on a new page load;
 delete it (after a confirmation) and find it gone from the pickers. Screenshots of each stage go
-to test-artifacts/browser/ (the README's come from there).
+to test-artifacts/browser/ (docs/screenshots' come from there).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Import a zip of input / ground-truth pairs in one step and read what was importe
 each model's scores as columns and sort by the worst PSNR; review with the keyboard (F flags, Z undoes);
 export and find the file beside its button. On the Fine-tune tab: a job's curves drawn one panel per metric,
 each with its own axes, and each run size's expected time beside it, following the chosen samples.
-Screenshots go to test-artifacts/browser/ (the README's samples-table picture comes from there).
+Screenshots go to test-artifacts/browser/ (docs/screenshots/hard_samples_scores.png comes from there).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_bulk_import_then_sort_review_curves_and_estimates(tmp_path: Path) -> No
             shown = [rows.nth(i).locator("[role=gridcell]").first.inner_text().strip() for i in range(rows.count())]
             assert shown == [str(s) for s in worst], (shown, worst)
             table.scroll_into_view_if_needed()
-            # the README's picture: the table scrolled to its right end, where each model's scores are
+            # the guide's picture: the table scrolled to its right end, where each model's scores are
             page.evaluate("""() => { for (const e of document.querySelectorAll('#samples-table *'))
                 if (e.scrollWidth > e.clientWidth + 10) e.scrollLeft = e.scrollWidth; }""")
             page.wait_for_timeout(500)

@@ -2,7 +2,7 @@
 
 Every refusal is a message that names what is wrong (never a bare "Error"), nothing that should be
 refused is stored, no request costs more than its budget, and with login on nobody changes what is
-not theirs. The counts go to test-artifacts/reliability.json (``helpers.record``), which the README's
+not theirs. The counts go to test-artifacts/reliability.json (``helpers.record``), which docs/testing.md's
 reliability section quotes.
 """
 

@@ -10,6 +10,8 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "Metric": "registry",
     "MissingWeightsError": "registry",
+    "FACTS": "registry",
+    "MetricFacts": "registry",
     "NORM_RANGES": "registry",
     "RELIABLE_SIDE": "registry",
     "Reward": "registry",

@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "FACTS",
+    "MetricFacts",
     "NORM_RANGES",
     "Metric",
     "MissingWeightsError",
@@ -59,29 +61,57 @@ __all__ = [
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 NIQE_PARAMS = ASSETS / "niqe_pris_params.mat"
 BRISQUE_PARAMS = ASSETS / "brisque_live_svm.pt"
-# Metrics built from a parameter file we ship (pyiqa's pretrained_model_path) instead of a download.
-SHIPPED_PARAMS = {"niqe": NIQE_PARAMS, "brisque": BRISQUE_PARAMS}
+@dataclass(frozen=True)
+class MetricFacts:
+    """What DARL knows about one metric beyond what pyiqa says (pyiqa gives its direction and whether it
+    needs a reference). One record per metric; the tables below are views of ``FACTS``."""
 
-# Smallest side each metric accepts, and the side from which its score means something.
-MIN_SIDE = {"darl_iqa": 32, "niqe": 96, "niqe_matlab": 96, "ilniqe": 96, "brisque": 32, "piqe": 16, "ssim": 11}
-RELIABLE_SIDE = {"niqe": 192, "niqe_matlab": 192, "ilniqe": 192}
+    min_side: int = 1  # the smallest image side it accepts
+    reliable_side: int | None = None  # the side from which its score means something (None: any it accepts)
+    norm_range: tuple[float, float] | None = None  # (lo, hi) of the raw score for normalize=True [ours]
+    serial_on_cpu: bool = False  # scores faster one image at a time than as a batch on a CPU (bench/rewards.py)
+    differentiable: bool = False  # its score has a gradient in the pixels (reward backpropagation)
+    offline: bool = False  # works here with no download: no weights, or parameters we ship
+    shipped_params: Path | None = None  # the parameter file we ship (pyiqa's pretrained_model_path)
+    own: str = ""  # a metric of this project, not pyiqa's: what it is
 
-# (lo, hi) of the raw score for normalize=True; typical spans on natural images [ours].
-NORM_RANGES = {"niqe": (2.0, 12.0), "piqe": (0.0, 100.0), "brisque": (0.0, 100.0), "psnr": (15.0, 40.0),
-               "ssim": (0.0, 1.0), "lpips": (0.0, 1.0), "musiq": (0.0, 100.0), "clipiqa": (0.0, 1.0),
-               "qalign": (1.0, 5.0), "topiq_nr": (0.0, 1.0), "maniqa": (0.0, 1.0),
-               "darl_iqa": (10.0, 60.0)}
 
-# On the CPU these score faster one image at a time than as a batch (bench/rewards.py on 2 cores,
-# 16 images of 256 px: batched/serial throughput 0.86 for NIQE, 0.85 for PIQE), so Metric loops there.
-SERIAL_ON_CPU = {"niqe", "piqe"}
+FACTS: dict[str, MetricFacts] = {
+    "psnr": MetricFacts(norm_range=(15.0, 40.0), differentiable=True, offline=True),
+    "ssim": MetricFacts(min_side=11, norm_range=(0.0, 1.0), offline=True),
+    # NIQE's natural-scene statistics need 192 px a side to mean something; 2 cores score NIQE and PIQE
+    # faster one image at a time (batched/serial throughput 0.86 and 0.85, 16 images of 256 px)
+    "niqe": MetricFacts(min_side=96, reliable_side=192, norm_range=(2.0, 12.0), serial_on_cpu=True, offline=True,
+                        shipped_params=NIQE_PARAMS),
+    "niqe_matlab": MetricFacts(min_side=96, reliable_side=192, offline=True),
+    "ilniqe": MetricFacts(min_side=96, reliable_side=192),
+    "piqe": MetricFacts(min_side=16, norm_range=(0.0, 100.0), serial_on_cpu=True, offline=True),
+    "brisque": MetricFacts(min_side=32, norm_range=(0.0, 100.0), offline=True, shipped_params=BRISQUE_PARAMS),
+    **{name: MetricFacts(offline=True) for name in ("ms_ssim", "gmsd", "vif", "fsim", "cw_ssim", "nlpd", "mad",
+                                                    "vsi")},
+    "lpips": MetricFacts(norm_range=(0.0, 1.0)),
+    "musiq": MetricFacts(norm_range=(0.0, 100.0)),
+    "clipiqa": MetricFacts(norm_range=(0.0, 1.0)),
+    "qalign": MetricFacts(norm_range=(1.0, 5.0)),
+    "topiq_nr": MetricFacts(norm_range=(0.0, 1.0)),
+    "maniqa": MetricFacts(norm_range=(0.0, 1.0)),
+    "darl_iqa": MetricFacts(min_side=32, norm_range=(10.0, 60.0), differentiable=True, offline=True,
+                            own="the learned no-reference IQA network this project trains (darl_core.rewards.iqa, "
+                                "models/darl-iqa)"),
+    "texture_match": MetricFacts(differentiable=True, offline=True,
+                                 own="full-reference: fine texture matched to the reference's block by block "
+                                     "(evalset.texture_match)"),
+}
 
-# Metrics whose score is differentiable in the pixels (``Reward.with_grad``: reward backpropagation).
-DIFFERENTIABLE = frozenset({"darl_iqa", "psnr", "texture_match"})
-
-# Metrics pyiqa computes with no weights file, plus NIQE and BRISQUE with our shipped parameters.
-OFFLINE = ("psnr", "ssim", "ms_ssim", "piqe", "niqe", "brisque", "niqe_matlab", "gmsd", "vif", "fsim", "cw_ssim",
-           "nlpd", "mad", "vsi")
+# Views of FACTS, by the names the rest of the code reads.
+SHIPPED_PARAMS = {n: f.shipped_params for n, f in FACTS.items() if f.shipped_params}
+MIN_SIDE = {n: f.min_side for n, f in FACTS.items() if f.min_side > 1}
+RELIABLE_SIDE = {n: f.reliable_side for n, f in FACTS.items() if f.reliable_side}
+NORM_RANGES = {n: f.norm_range for n, f in FACTS.items() if f.norm_range}
+SERIAL_ON_CPU = {n for n, f in FACTS.items() if f.serial_on_cpu}
+DIFFERENTIABLE = frozenset(n for n, f in FACTS.items() if f.differentiable)
+OFFLINE = tuple(n for n, f in FACTS.items() if f.offline and not f.own)  # pyiqa's, with no download
+OWN = {n: f.own for n, f in FACTS.items() if f.own}
 
 
 class MissingWeightsError(RuntimeError):
@@ -151,11 +181,6 @@ def _no_network(metric: str) -> Iterator[None]:
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = saved[4]
-
-
-# Metrics of this project (not pyiqa's): name -> what it is. Metric builds them in _init_own.
-OWN = {"darl_iqa": "the learned no-reference IQA network this project trains (darl_core.rewards.iqa, models/darl-iqa)",
-       "texture_match": "full-reference: fine texture matched to the reference's block by block (evalset.texture_match)"}
 
 
 def list_metrics() -> list[str]:
