@@ -1,5 +1,17 @@
 """Difficulty-adaptive RL fine-tuning with an IQA reward (docs/method.md), and its ablations.
 
+Symbols (as in docs/method.md):
+
+    m        inputs per round (``batch_size``)
+    G        rollouts of each input, with different noise (``group_size``)
+    K        trained (stochastic) transitions x_t -> x_{t-1} of a rollout
+    r, A     a transition's reward and its advantage (clipped to ``adv_clip``)
+    rho, eps the PPO ratio p_theta / p_old and its clip range (``clip_range``)
+    d_i      sample i's difficulty, 1 - SSIM of its restoration against its ground truth
+    w_i      its weight in [0, 1]: the RL share of its loss, from d_i's rank in the pool (``q_lo``, ``q_hi``)
+    lambda   the SFT term's weight, times 1 - w_i (``lambda_sft``)
+    beta     the KL term's weight (``beta_kl``); beta_last the last step's anchor (``beta_last``)
+
 One round, for a batch of m inputs drawn from the pool:
 
  0. the batch: with ``sampling="weighted"`` (default) m inputs are drawn from
