@@ -861,3 +861,16 @@ def test_launch_form_states_each_sizes_expected_time(ctx: AppContext, tmp_path: 
         j.finished_at = j.started_at + timedelta(seconds=21.0 + 22.0)  # 21 s of rounds, then 22 s for 11 images
     assert finetune_tab.finish_minutes(ctx, 3) == pytest.approx(22.0 / 60)
     assert "rounds must be" in finetune_tab.estimate_text(ctx, "darl", -1)
+
+
+def test_a_job_the_trainer_would_refuse_is_refused_at_launch(ctx: AppContext, tmp_path: Path,
+                                                             tiny_model_dir: Path) -> None:
+    """Issue #37: the trainer's config checks run when the job is launched, naming the values, so a bad job
+    never reaches the queue (reward backpropagation needs a differentiable reward; NIQE is not)."""
+    _img(tmp_path / "a.png", (64, 64))
+    ctx.store.flag_upload((tmp_path / "a.png").read_bytes(), 64, 64, reason="test")
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    with pytest.raises(UserError, match=r"darl_anchored cannot train this: rl_estimator 'backprop' needs a "
+                                        r"differentiable reward; \['niqe'\] are not"):
+        finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl_anchored", 5)
+    assert ctx.store.jobs() == []  # nothing queued

@@ -96,6 +96,10 @@ def launch_job(ctx: AppContext, base_model: str, reward: str, preset: str, round
     if size != "full":
         config["size"] = size  # shown in the jobs table; not an RLConfig field (the worker drops it)
     config.update(extra or {})
+    try:  # the trainer's own checks (RLConfig.__post_init__), now: a bad job is refused before it is queued
+        _effective(preset, config)
+    except ValueError as e:
+        raise UserError(f"the method {preset} cannot train this: {e}") from None
     _check_user_cap(ctx, user, preset, rounds, len(ids), hardest_k, size)
     return ctx.store.create_job(config, ids, user, processes)  # the sample list is frozen here
 
