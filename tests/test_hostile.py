@@ -183,17 +183,34 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     except UserError as e:
         assert "exif.jpg" in str(e)
 
-    # An image sent around the page as a data: URL is written to a file, also undecoded; bad base64 is said.
+    # An image sent around the page as a data: URL is refused with a message (test_data_url_images_are_
+    # refused_and_leave_nothing_in_the_cache), good base64 or bad.
     from gradio.data_classes import ImageData
-
-    raw = grey16.read_bytes()
-    path = ImageUpload().preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(raw).decode()))
-    assert Path(path).read_bytes() == raw
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="not valid base64"):
-        ImageUpload().preprocess(ImageData(url="data:image/png;base64,@@@@"))
-    record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
+    for data in (base64.b64encode(grey16.read_bytes()).decode(), "@@@@"):
+        with pytest.raises(gr.Error, match="send it as a file"):
+            ImageUpload().preprocess(ImageData(url="data:image/png;base64," + data))
+    record("uploads", tried=tried + 5, refused_with_message=refused + 3, crashes=0, rows_wrongly_stored=0)
+
+
+def test_data_url_images_are_refused_and_leave_nothing_in_the_cache(tmp_path: Path) -> None:
+    """Issue #39: an image sent as a data: URL was written to Gradio's cache under a name without a suffix,
+    which the loader always refuses, and the file stayed there. Now it is refused before anything is written."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, "PNG")
+    up = ImageUpload()
+    up.GRADIO_CACHE = str(tmp_path / "cache")
+    with pytest.raises(gr.Error, match="data: URL is not accepted; send it as a file"):
+        up.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.rglob("*")) == []
+    # a file upload still reaches the handler as its path, undecoded
+    (tmp_path / "a.png").write_bytes(buf.getvalue())
+    assert up.preprocess(ImageData(path=str(tmp_path / "a.png"))) == str(tmp_path / "a.png")
 
 
 def test_a_metric_that_cannot_be_built_here_is_said_not_raised(ctx: AppContext, tmp_path: Path,
