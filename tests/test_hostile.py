@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from helpers import free_port, record
+from helpers import free_port, record, register_tiny
 from PIL import Image
 from sqlalchemy import text
 
@@ -38,8 +38,9 @@ from ui.upload import ImageUpload
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> AppContext:
-    return AppContext(Store(directory=tmp_path / "data"))
+def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> AppContext:
+    # the tiny models the test uses are registered: a restore takes registered (or shipped) models only
+    return register_tiny(AppContext(Store(directory=tmp_path / "data")), request)
 
 
 def _png(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0) -> str:

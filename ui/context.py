@@ -294,6 +294,15 @@ class AppContext:
                 seen.add(c.path)
         return out
 
+    def check_model(self, label: str, path: Any) -> str:
+        """``path`` when a restore may use it: a shipped model or a registered checkpoint (``model_choices``,
+        what the pickers list); anything else is refused with one message, whether or not such a folder
+        exists on the server (a request sent around the page learns nothing of the server's files)."""
+        if not isinstance(path, str) or path not in {p for _, p in self.model_choices()}:
+            raise UserError(f"{label} model: {str(path)[:80]!r} is not one of this app's models; choose one from the "
+                            f"{label} picker (the shipped models and the checkpoints the Models tab lists)")
+        return path
+
     @staticmethod
     def model_note(path: str | None) -> str:
         """The caveat a shipped model's entry carries (``ShippedModel.note``), shown beside a picker while that
