@@ -765,6 +765,31 @@ def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_
     assert len(warned) == 2 and "NIQE is unreliable below 192 px" in warned[1]  # 64 px: too small for NIQE
 
 
+def test_a_tiny_restore_does_not_poison_every_users_time_estimate(ctx: AppContext, tmp_path: Path,
+                                                                  tiny_model_dir: Path) -> None:
+    """Issue #39: one 1x1 restore set the measured speed to its fixed cost over one pixel, and every user's
+    next estimate said "about 98 min" for a restore of seconds. Restores under 64x64 are not measured, and
+    the speed is the median of recent measurements (ui/speed.py)."""
+    m = str(tiny_model_dir)
+    restore_service.restore(ctx, _img(tmp_path / "a.png", (96, 96)), "blind", m, m, steps=2, tile=64)
+    measured = ctx.speed[m]
+    seconds = restore_service.estimate_seconds(ctx, [m, m], (96, 96), 2)
+    for side in (16, 40, 63):  # mostly fixed cost: not measured (the tiny model takes no 1x1)
+        restore_service.restore(ctx, _img(tmp_path / f"t{side}.png", (side, side)), "blind", m, m, steps=2, tile=64)
+        assert ctx.speed[m] == measured
+    assert restore_service.estimate_seconds(ctx, [m, m], (96, 96), 2) == seconds
+    # one slow restore among ordinary ones (the machine busy elsewhere) moves the median by one rank only
+    from ui.speed import SpeedMeter
+
+    meter = SpeedMeter()
+    for s in (2.0, 2.2, 60.0, 1.8):
+        meter.record("x", s, 1_000_000, 1)
+    assert meter["x"] == pytest.approx(2.1)  # the median of 1.8, 2.0, 2.2 and 60
+    assert not meter.record("x", 50.0, 1, 1) and meter["x"] == pytest.approx(2.1)  # a 1-pixel one: ignored
+    meter["x"] = 5.0  # set directly (an operator's or a test's number): that is the speed
+    assert meter == {"x": 5.0} and meter.record("x", 1.0, 1_000_000, 1) and meter["x"] == 1.0
+
+
 # ----------------------------------------------------------------------------- comparing restorations
 
 

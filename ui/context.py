@@ -24,6 +24,8 @@ from darl_core.models.restorer import Restorer
 from darl_core.models.restorer import Precision
 from storage import Store
 
+from .speed import SpeedMeter
+
 __all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_messages", "user_warnings"]
 
 T = TypeVar("T")
@@ -175,7 +177,7 @@ class AppContext:
     # request again (a ground truth added, one model changed) reuses them instead of restoring again.
     _kept: OrderedDict[tuple[Any, ...], tuple[Any, Image.Image]] = field(default_factory=OrderedDict)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
-    speed: dict[str, float] = field(default_factory=dict)
+    speed: SpeedMeter = field(default_factory=SpeedMeter)  # restores under 64x64 not counted, median of recent
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)

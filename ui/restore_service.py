@@ -377,7 +377,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
             t1 = time.perf_counter()
             out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
             passes = _passes(pipe.has_stage1, int(steps))
-            ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
+            ctx.speed.record(path, time.perf_counter() - t1, im.size[0] * im.size[1], passes)
             if pixels:
                 ctx.keep(key, pipe, out)
         file = tmp / f"restored_{label.lower()}.png"
