@@ -32,6 +32,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,10 +85,15 @@ class Supervisor:
     from. With ``handover``, each child gets ``--worker-id`` and a restarted one ``--dead-worker`` naming the
     one that died, which takes its job back at once (not after the stale timeout)."""
 
-    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False) -> None:
+    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False,
+                 trouble_restarts: int = 3, trouble_window_s: float = 600.0) -> None:
         self.cmd, self.check_s, self.max_pause_s, self.handover = cmd, check_s, max_pause_s, handover
         self.restarts = 0
         self.worker_id: str | None = None
+        # ``trouble``: this many restarts within this many seconds is said on the page
+        self.trouble_restarts, self.trouble_window_s = trouble_restarts, trouble_window_s
+        self._restarted_at: deque[float] = deque(maxlen=max(1, trouble_restarts))  # time.monotonic() of each
+        self.last_error = ""  # the last non-empty line the worker wrote to stderr
         self._stopping = threading.Event()
         self.proc = self._start()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -99,7 +106,32 @@ class Supervisor:
             cmd += ["--worker-id", self.worker_id] + (["--dead-worker", dead] if dead else [])
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
+        threading.Thread(target=self._relay, args=(proc,), daemon=True).start()
+        return proc
+
+    def _relay(self, proc: subprocess.Popen[bytes]) -> None:
+        """Pass the child's stderr on to the app's, keeping its last non-empty line (``trouble`` shows it)."""
+        if proc.stderr is None:  # not piped: nothing to relay
+            return
+        for raw in proc.stderr:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            if line := raw.decode(errors="replace").strip():
+                self.last_error = line[:300]
+
+    def trouble(self) -> str | None:
+        """A line for the page when the worker keeps dying: ``trouble_restarts`` restarts within
+        ``trouble_window_s`` seconds, with the last error line it wrote; None while it runs normally."""
+        now = time.monotonic()
+        recent = [t for t in self._restarted_at if now - t <= self.trouble_window_s]
+        if len(recent) < self.trouble_restarts:
+            return None
+        minutes = max(1, round((now - recent[0]) / 60))
+        last = f" Its last error: `{self.last_error}`." if self.last_error else ""
+        return (f"⚠ The job worker keeps failing: restarted {len(recent)} times in the last {minutes} min, so queued "
+                f"jobs do not run.{last} Tell the operator of this server (the app's log has the whole error; "
+                f"`python -m darl_core.jobs.worker --once` shows it too).")
 
     def _watch(self) -> None:
         pause = self.check_s
@@ -112,6 +144,7 @@ class Supervisor:
             if self._stopping.wait(pause):
                 return
             self.restarts += 1
+            self._restarted_at.append(time.monotonic())
             self.proc = self._start()
             pause = min(2 * pause, self.max_pause_s)  # a worker that dies at once is not restarted in a loop
 
@@ -186,8 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     register_shipped(store)
     store.sweep_temporary()  # blob writes a crash interrupted
     gradio_cache(store.dir)
-    if os.environ.get("DARL_NO_WORKER") != "1":
-        start_worker()
+    sup = start_worker() if os.environ.get("DARL_NO_WORKER") != "1" else None
     precision = os.environ.get("DARL_PRECISION", "auto")
     if precision not in ("auto", "fp32", "bf16"):
         sys.exit(f"error: DARL_PRECISION must be auto, fp32 or bf16, got {precision!r}")
@@ -200,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: DARL_MAX_JOBS_PER_USER must be a whole number >= 1 and DARL_MAX_JOB_HOURS_PER_USER a number "
                  "of hours > 0")
     ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins, max_user_jobs=max_jobs,
-                     max_user_hours=max_hours)
+                     max_user_hours=max_hours, worker_trouble=sup.trouble if sup is not None else None)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"

@@ -183,6 +183,12 @@ class AppContext:
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
     stop_users: dict[str, str] = field(default_factory=dict)  # whose restore each stop flag belongs to
     keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads go after this
+    # the worker's supervisor's warning when the worker keeps dying (app.Supervisor.trouble), None without one
+    worker_trouble: Callable[[], str | None] | None = None
+
+    def worker_warning(self) -> str:
+        """The line the Fine-tune tab shows about the job worker: empty while it runs (or none is supervised)."""
+        return (self.worker_trouble() or "") if self.worker_trouble is not None else ""
 
     def start_session(self, session: str, user: str = "anonymous") -> threading.Event:
         """The stop flag of a restore that a browser session (``session``, of ``user``) starts now."""
