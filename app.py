@@ -15,7 +15,9 @@ login: everyone who reaches it may change everything), DARL_ALLOWED_HOSTS ("darl
 names a request's Host may carry, with login or DARL_ALLOW_REMOTE=1; without them the loopback names
 only), DARL_TRUSTED_PROXIES ("127.0.0.1,10.0.0.0/8": the reverse proxies whose X-Forwarded-For names
 the client; default none), DARL_MAX_JOBS_PER_USER (3) and DARL_MAX_JOB_HOURS_PER_USER (24: the
-estimated training hours one user may have queued or running; admins are not capped), DARL_NO_WORKER=1 (do not
+estimated training hours one user may have queued or running; admins are not capped),
+DARL_MAX_BACKGROUND_RESTORES_PER_USER (2: restores expected to take over a minute run in the background, queued
+or running at most this many per user), DARL_NO_WORKER=1 (do not
 start a worker here, e.g. when workers run on GPU machines), DARL_PRECISION
 (auto, fp32 or bf16; auto: bf16 autocast where the CPU has native bf16 or on a
 GPU, else fp32).
@@ -42,6 +44,7 @@ from starlette.middleware import Middleware
 from darl_core.models.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import CSS, AppContext, build_app
+from ui.background_restores import BackgroundRunner
 from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users, served_hosts, trust_proxies
 
 
@@ -226,13 +229,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         max_jobs = int(os.environ.get("DARL_MAX_JOBS_PER_USER", "3"))
         max_hours = float(os.environ.get("DARL_MAX_JOB_HOURS_PER_USER", "24"))
-        if max_jobs < 1 or not max_hours > 0:
+        max_restores = int(os.environ.get("DARL_MAX_BACKGROUND_RESTORES_PER_USER", "2"))
+        if max_jobs < 1 or not max_hours > 0 or max_restores < 1:
             raise ValueError
     except ValueError:
-        sys.exit("error: DARL_MAX_JOBS_PER_USER must be a whole number >= 1 and DARL_MAX_JOB_HOURS_PER_USER a number "
-                 "of hours > 0")
+        sys.exit("error: DARL_MAX_JOBS_PER_USER and DARL_MAX_BACKGROUND_RESTORES_PER_USER must be whole numbers >= 1 "
+                 "and DARL_MAX_JOB_HOURS_PER_USER a number of hours > 0")
     ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins, max_user_jobs=max_jobs,
-                     max_user_hours=max_hours, worker_trouble=sup.trouble if sup is not None else None)
+                     max_user_hours=max_hours, max_user_restores=max_restores, worker_trouble=sup.trouble if sup is not None else None)
+    runner = BackgroundRunner(ctx).start()  # restores of over a minute, outside the interactive queue
+    atexit.register(runner.stop)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"
