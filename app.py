@@ -15,7 +15,9 @@ login: everyone who reaches it may change everything), DARL_ALLOWED_HOSTS ("darl
 names a request's Host may carry, with login or DARL_ALLOW_REMOTE=1; without them the loopback names
 only), DARL_TRUSTED_PROXIES ("127.0.0.1,10.0.0.0/8": the reverse proxies whose X-Forwarded-For names
 the client; default none), DARL_MAX_JOBS_PER_USER (3) and DARL_MAX_JOB_HOURS_PER_USER (24: the
-estimated training hours one user may have queued or running; admins are not capped), DARL_NO_WORKER=1 (do not
+estimated training hours one user may have queued or running; admins are not capped),
+DARL_MAX_BACKGROUND_RESTORES_PER_USER (2: restores expected to take over a minute run in the background, queued
+or running at most this many per user), DARL_NO_WORKER=1 (do not
 start a worker here, e.g. when workers run on GPU machines), DARL_PRECISION
 (auto, fp32 or bf16; auto: bf16 autocast where the CPU has native bf16 or on a
 GPU, else fp32).
@@ -32,6 +34,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +44,7 @@ from starlette.middleware import Middleware
 from darl_core.models.loading import SHIPPED_MODELS, card_evaluation
 from storage import Store, StoreUnavailable
 from ui import CSS, AppContext, build_app
+from ui.background_restores import BackgroundRunner
 from ui.server import LOGIN_MESSAGE, LoginThrottle, guard, is_loopback, parse_users, served_hosts, trust_proxies
 
 
@@ -83,10 +88,15 @@ class Supervisor:
     from. With ``handover``, each child gets ``--worker-id`` and a restarted one ``--dead-worker`` naming the
     one that died, which takes its job back at once (not after the stale timeout)."""
 
-    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False) -> None:
+    def __init__(self, cmd: list[str], check_s: float = 2.0, max_pause_s: float = 60.0, handover: bool = False,
+                 trouble_restarts: int = 3, trouble_window_s: float = 600.0) -> None:
         self.cmd, self.check_s, self.max_pause_s, self.handover = cmd, check_s, max_pause_s, handover
         self.restarts = 0
         self.worker_id: str | None = None
+        # ``trouble``: this many restarts within this many seconds is said on the page
+        self.trouble_restarts, self.trouble_window_s = trouble_restarts, trouble_window_s
+        self._restarted_at: deque[float] = deque(maxlen=max(1, trouble_restarts))  # time.monotonic() of each
+        self.last_error = ""  # the last non-empty line the worker wrote to stderr
         self._stopping = threading.Event()
         self.proc = self._start()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -99,7 +109,32 @@ class Supervisor:
             cmd += ["--worker-id", self.worker_id] + (["--dead-worker", dead] if dead else [])
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
+        threading.Thread(target=self._relay, args=(proc,), daemon=True).start()
+        return proc
+
+    def _relay(self, proc: subprocess.Popen[bytes]) -> None:
+        """Pass the child's stderr on to the app's, keeping its last non-empty line (``trouble`` shows it)."""
+        if proc.stderr is None:  # not piped: nothing to relay
+            return
+        for raw in proc.stderr:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            if line := raw.decode(errors="replace").strip():
+                self.last_error = line[:300]
+
+    def trouble(self) -> str | None:
+        """A line for the page when the worker keeps dying: ``trouble_restarts`` restarts within
+        ``trouble_window_s`` seconds, with the last error line it wrote; None while it runs normally."""
+        now = time.monotonic()
+        recent = [t for t in self._restarted_at if now - t <= self.trouble_window_s]
+        if len(recent) < self.trouble_restarts:
+            return None
+        minutes = max(1, round((now - recent[0]) / 60))
+        last = f" Its last error: `{self.last_error}`." if self.last_error else ""
+        return (f"⚠ The job worker keeps failing: restarted {len(recent)} times in the last {minutes} min, so queued "
+                f"jobs do not run.{last} Tell the operator of this server (the app's log has the whole error; "
+                f"`python -m darl_core.jobs.worker --once` shows it too).")
 
     def _watch(self) -> None:
         pause = self.check_s
@@ -112,6 +147,7 @@ class Supervisor:
             if self._stopping.wait(pause):
                 return
             self.restarts += 1
+            self._restarted_at.append(time.monotonic())
             self.proc = self._start()
             pause = min(2 * pause, self.max_pause_s)  # a worker that dies at once is not restarted in a loop
 
@@ -186,21 +222,23 @@ def main(argv: list[str] | None = None) -> None:
     register_shipped(store)
     store.sweep_temporary()  # blob writes a crash interrupted
     gradio_cache(store.dir)
-    if os.environ.get("DARL_NO_WORKER") != "1":
-        start_worker()
+    sup = start_worker() if os.environ.get("DARL_NO_WORKER") != "1" else None
     precision = os.environ.get("DARL_PRECISION", "auto")
     if precision not in ("auto", "fp32", "bf16"):
         sys.exit(f"error: DARL_PRECISION must be auto, fp32 or bf16, got {precision!r}")
     try:
         max_jobs = int(os.environ.get("DARL_MAX_JOBS_PER_USER", "3"))
         max_hours = float(os.environ.get("DARL_MAX_JOB_HOURS_PER_USER", "24"))
-        if max_jobs < 1 or not max_hours > 0:
+        max_restores = int(os.environ.get("DARL_MAX_BACKGROUND_RESTORES_PER_USER", "2"))
+        if max_jobs < 1 or not max_hours > 0 or max_restores < 1:
             raise ValueError
     except ValueError:
-        sys.exit("error: DARL_MAX_JOBS_PER_USER must be a whole number >= 1 and DARL_MAX_JOB_HOURS_PER_USER a number "
-                 "of hours > 0")
+        sys.exit("error: DARL_MAX_JOBS_PER_USER and DARL_MAX_BACKGROUND_RESTORES_PER_USER must be whole numbers >= 1 "
+                 "and DARL_MAX_JOB_HOURS_PER_USER a number of hours > 0")
     ctx = AppContext(store, precision=precision, auth=bool(users), admins=admins, max_user_jobs=max_jobs,
-                     max_user_hours=max_hours)
+                     max_user_hours=max_hours, max_user_restores=max_restores, worker_trouble=sup.trouble if sup is not None else None)
+    runner = BackgroundRunner(ctx).start()  # restores of over a minute, outside the interactive queue
+    atexit.register(runner.stop)
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=1, max_size=128)
     # show_error: a value Gradio itself refuses (a path that was never uploaded, say) gets its message, not "Error"

@@ -66,6 +66,8 @@ def main() -> None:
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     d_sft, d_rl = ctx.default_models()
     sft, rl = str(Path(args.sft).resolve()) if args.sft else d_sft, str(Path(args.rl).resolve()) if args.rl else d_rl
+    for m in {sft, rl} - {d_sft, d_rl}:  # the app restores with registered (or shipped) models only
+        ctx.store.register_checkpoint(m, Path(m).name)
 
     inside: list[float] = []  # the restorations' own time, as the page reports it ("both restorations took")
 

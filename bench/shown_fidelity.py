@@ -73,6 +73,8 @@ def main() -> None:
     hq = pil_to_tensor(builtin_image(args.image))[None, :, :256, :256]
     save_tensor(degrade(hq, get_preset("blind"), torch.Generator().manual_seed(0))[0], tmp / "lq.png")
     ctx = AppContext(Store(directory=tmp / "data"))
+    for m in filter(None, (args.sft, args.rl)):  # the app restores with registered (or shipped) models only
+        ctx.store.register_checkpoint(m, Path(m).name)
     r = restore(ctx, str(tmp / "lq.png"), "blind", args.sft, args.rl)
     diff, _, zoom = compare_views(r)
     shown = {"input": r.input, "SFT": r.sft, "RL": r.rl, "difference map": diff, "zoom strip": zoom}

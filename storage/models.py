@@ -10,6 +10,7 @@ Metric      a (job, step, name, value) training metric
 Event       the audit log: who changed what (tag, cancel, promote, delete; flags record their user themselves)
 Comparison  a finished job's before and after: one image restored by its base model and by its new model
 SampleScore one model's scores on a sample (PSNR, SSIM with a ground truth; NIQE), newest per model shown
+BackgroundRestore  a restore too long for the interactive queue: its request, state, progress and result files
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "COMPARISON_SUBSETS", "Checkpoint", "Comparison", "ComparisonSubset", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "SampleScore", "utcnow"]
+__all__ = ["BackgroundRestore", "Base", "COMPARISON_SUBSETS", "Checkpoint", "Comparison", "ComparisonSubset", "DIFFICULTY_KINDS", "Event", "Flag", "JOB_STATES", "Job", "JobState", "Metric", "Sample", "SampleScore", "utcnow"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -182,3 +183,28 @@ class SampleScore(Base):
     steps: Mapped[int | None] = mapped_column(Integer)  # the restore's diffusion steps
     user: Mapped[str] = mapped_column(String(128), default="anonymous")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BackgroundRestore(Base):
+    """A restore expected to take over a minute: run by the app's background runner (ui/background_restores.py),
+    not in the interactive queue. States are a job's: queued, running, succeeded, failed, cancelled (0011)."""
+    __tablename__ = "background_restores"
+    __table_args__ = (Index("ix_background_restores_state", "state", "id"),
+                      Index("ix_background_restores_user", "user", "id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(128), default="anonymous")  # who asked (only they or an admin see it)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # a JobState
+    # what to restore: folder (relative to the data directory) holding input.png and gt.png, task, sft, rl,
+    # steps, seed, tile, width, height, estimate_s (the expected seconds when it was queued)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    message: Mapped[str] = mapped_column(Text, default="")  # the newest progress line
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    files: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the result's files, relative to the data directory
+    runner: Mapped[str | None] = mapped_column(String(128))
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

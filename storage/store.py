@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from .db import StoreUnavailable, data_dir, make_engine, migrate
 from .models import (
     COMPARISON_SUBSETS,
+    BackgroundRestore,
     DIFFICULTY_KINDS,
     JOB_STATES,
     Checkpoint,
@@ -440,7 +441,8 @@ class Store:
     # ------------------------------------------------------------------ owners and the audit log
 
     def owners(self, target: str) -> set[str]:
-        """Who may change ``target`` besides an admin: for "sample:N" every user whose flag on it stands, for "job:N" the user who launched it, for "checkpoint:N"
+        """Who may change ``target`` besides an admin: for "sample:N" every user whose flag on it stands, for "job:N" the user who launched it, for "restore:N" the user
+        who asked for that background restore, for "checkpoint:N"
         the user of the job that made it (nobody for shipped or registered-by-hand models). KeyError if
         there is no such thing."""
         kind, _, num = target.partition(":")
@@ -455,6 +457,11 @@ class Store:
                 if job is None:
                     raise KeyError(f"no job {num}")
                 return {job.user}
+            if kind == "restore":
+                r = s.get(BackgroundRestore, int(num))
+                if r is None:
+                    raise KeyError(f"no background restore {num}")
+                return {r.user}
             if kind == "checkpoint":
                 c = s.get(Checkpoint, int(num))
                 if c is None:
@@ -693,6 +700,117 @@ class Store:
             s.add(Event(user=user, action="delete", target=f"checkpoint:{checkpoint_id}", detail=f"{c.name} {c.path}",
                         created_at=utcnow()))
             return c.path
+
+    # ------------------------------------------------------------------ background restores
+    # A restore too long for the interactive queue (ui/background_restores.py): queued, claimed by the app's
+    # runner, its progress and cancel flag through ``restore_beat``, and finished with its files or an error.
+    # Its states and their moves are a job's (TRANSITIONS).
+    def create_restore(self, request: dict[str, Any], user: str = "anonymous") -> int:
+        with self.session() as s:
+            r = BackgroundRestore(user=user, state="queued", request=dict(request), progress=0.0, message="",
+                                  cancel_requested=False, files=[], created_at=utcnow())
+            s.add(r)
+            s.flush()
+            return r.id
+
+    def background_restore(self, restore_id: int) -> BackgroundRestore:
+        with self.session() as s:
+            r = s.get(BackgroundRestore, restore_id)
+            if r is None:
+                raise KeyError(f"no background restore {restore_id}")
+            return r
+
+    def background_restores(self, user: str | None = None, limit: int = 50) -> list[BackgroundRestore]:
+        """The newest background restores first: ``user``'s, or everyone's (None)."""
+        with self.session() as s:
+            q = select(BackgroundRestore).order_by(BackgroundRestore.id.desc()).limit(limit)
+            if user is not None:
+                q = q.where(BackgroundRestore.user == user)
+            return list(s.scalars(q))
+
+    def active_restores(self, user: str) -> list[BackgroundRestore]:
+        """``user``'s background restores that are queued or running (the per-user cap counts them)."""
+        with self.session() as s:
+            return list(s.scalars(select(BackgroundRestore).where(
+                BackgroundRestore.user == user, BackgroundRestore.state.in_(("queued", "running")))
+                .order_by(BackgroundRestore.id)))
+
+    def claim_restore(self, runner: str) -> BackgroundRestore | None:
+        """Atomically take the oldest queued background restore and mark it running for ``runner``."""
+        now = utcnow()
+        with self.session() as s:
+            q = select(BackgroundRestore.id).where(BackgroundRestore.state == "queued").order_by(
+                BackgroundRestore.id).limit(1)
+            rid = s.scalar(q.with_for_update(skip_locked=True) if self.dialect == "postgresql" else q)
+            if rid is None:
+                return None
+            res = s.execute(update(BackgroundRestore).where(BackgroundRestore.id == rid,
+                                                            BackgroundRestore.state == "queued")
+                            .values(state="running", runner=runner, heartbeat=now, started_at=now, progress=0.0)
+                            .returning(BackgroundRestore.id))
+            if res.scalar() is None:
+                return None
+            return s.get(BackgroundRestore, rid)
+
+    def restore_beat(self, restore_id: int, runner: str, progress: float | None = None,
+                     message: str | None = None) -> bool:
+        """Record a running background restore's liveness (and progress); True when its cancel was asked
+        for, or when it is no longer ``runner``'s (taken back as stale): either way, stop."""
+        values: dict[str, Any] = {"heartbeat": utcnow()}
+        if progress is not None:
+            values["progress"] = max(0.0, min(1.0, float(progress)))
+        if message is not None:
+            values["message"] = message[:500]
+        with self.session() as s:
+            res = s.execute(update(BackgroundRestore).where(
+                BackgroundRestore.id == restore_id, BackgroundRestore.state == "running",
+                BackgroundRestore.runner == runner).values(**values))
+            if res.rowcount != 1:
+                return True
+            return bool(s.scalar(select(BackgroundRestore.cancel_requested).where(BackgroundRestore.id == restore_id)))
+
+    def finish_restore(self, restore_id: int, runner: str, state: JobState, files: Sequence[str] = (),
+                       error: str | None = None) -> bool:
+        """End ``runner``'s running background restore as ``state`` (succeeded with its ``files``, failed with
+        its ``error``, cancelled); False when it was not theirs any more (nothing written)."""
+        if state not in ("succeeded", "failed", "cancelled"):
+            raise IllegalTransition(f"a background restore ends succeeded, failed or cancelled, not {state!r}")
+        values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "files": list(files), "error": error}
+        if state == "succeeded":
+            values.update(progress=1.0, message="done")
+        with self.session() as s:
+            res = s.execute(update(BackgroundRestore).where(
+                BackgroundRestore.id == restore_id, BackgroundRestore.state == "running",
+                BackgroundRestore.runner == runner).values(**values))
+            return res.rowcount == 1
+
+    def cancel_restore(self, restore_id: int, user: str = "anonymous") -> str:
+        """Cancel a background restore: a queued one at once, a running one at its next tile (its runner sees
+        the flag). Returns the state it was in; recorded in the audit log with ``user``."""
+        with self.session() as s:
+            r = s.get(BackgroundRestore, restore_id)
+            if r is None:
+                raise KeyError(f"no background restore {restore_id}")
+            was = r.state
+            s.execute(update(BackgroundRestore).where(BackgroundRestore.id == restore_id)
+                      .values(cancel_requested=True))
+            s.execute(update(BackgroundRestore).where(BackgroundRestore.id == restore_id,
+                                                      BackgroundRestore.state == "queued")
+                      .values(state="cancelled", finished_at=utcnow()))
+            s.add(Event(user=user, action="cancel", target=f"restore:{restore_id}", detail="", created_at=utcnow()))
+            return was
+
+    def recover_restores(self, timeout_s: float) -> list[int]:
+        """Running background restores whose heartbeat is older than ``timeout_s`` (their app stopped):
+        queued again, to start over (a restore has no checkpoint to resume from)."""
+        cutoff = utcnow() - timedelta(seconds=timeout_s)
+        with self.session() as s:
+            res = s.execute(update(BackgroundRestore).where(BackgroundRestore.state == "running",
+                                                            BackgroundRestore.heartbeat < cutoff)
+                            .values(state="queued", runner=None, progress=0.0,
+                                    message="queued again: the app stopped while it ran")
+                            .returning(BackgroundRestore.id))
+            return sorted(res.scalars())
 
     def ping(self) -> None:
         with self.session() as s:

@@ -25,3 +25,20 @@ def record(section: str, **counts: int) -> None:
     for k, v in counts.items():
         sec[k] = sec.get(k, 0) + int(v)
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+TINY_MODELS = ("tiny_model_dir", "tiny_sd_dir", "tiny_ldm_dir")  # conftest's tiny model folders
+
+
+def register_models(ctx: object, *paths: object) -> None:
+    """Register model folders as checkpoints of ``ctx``'s store: a restore uses only registered (or shipped)
+    models (``AppContext.check_model``)."""
+    for p in paths:
+        ctx.store.register_checkpoint(str(p), Path(str(p)).name)  # type: ignore[attr-defined]
+
+
+def register_tiny(ctx: object, request: object) -> object:
+    """``ctx`` with the tiny models the test (``request``: pytest's) asks for registered; returns ``ctx``."""
+    register_models(ctx, *(request.getfixturevalue(n) for n in TINY_MODELS  # type: ignore[attr-defined]
+                           if n in request.fixturenames))  # type: ignore[attr-defined]
+    return ctx

@@ -74,6 +74,43 @@ def test_a_restarted_worker_is_told_which_worker_died() -> None:
         sup.stop()
 
 
+def test_a_worker_that_keeps_dying_is_said_on_the_fine_tune_tab(tmp_path: Path) -> None:
+    """Issue #39: the supervisor restarted a worker that died at once (a missing package, a bad database
+    URL) every minute, and nothing on the page said why queued jobs never ran. After 3 restarts within 10
+    minutes the Fine-tune tab shows a warning with the last line the worker wrote to stderr."""
+    sys.path.insert(0, str(ROOT))
+    from app import Supervisor
+
+    from storage import Store
+    from ui import AppContext, build_app
+
+    healthy = Supervisor([sys.executable, "-c", "import time; time.sleep(60)"], check_s=0.1)
+    try:
+        time.sleep(0.5)
+        assert healthy.trouble() is None and healthy.restarts == 0
+    finally:
+        healthy.stop()
+    dying = Supervisor([sys.executable, "-c", "import sys; print('loading', file=sys.stderr); "
+                        "sys.exit('StoreUnavailable: cannot reach the database at db:5432')"],
+                       check_s=0.1, max_pause_s=0.1)
+    try:
+        _wait(lambda: dying.restarts >= 2, 10, "two restarts")
+        assert dying.trouble() is None  # two restarts: not yet a pattern
+        _wait(lambda: dying.restarts >= 3 and dying.last_error.startswith("StoreUnavailable"), 10, "three restarts")
+        said = dying.trouble()
+    finally:
+        dying.stop()
+    assert said is not None and "The job worker keeps failing: restarted 3 times in the last 1 min" in said
+    assert "Its last error: `StoreUnavailable: cannot reach the database at db:5432`" in said
+    assert "Tell the operator" in said
+    # the page: the Fine-tune tab's warning line carries it (empty without a supervisor, or while it runs)
+    ctx = AppContext(Store(directory=tmp_path / "data"), worker_trouble=lambda: said)
+    demo = build_app(ctx)
+    line = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "worker-warning")
+    assert line.value == said
+    assert AppContext(ctx.store).worker_warning() == ""
+
+
 def test_the_gradio_cache_is_the_apps_own_and_emptied_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #39, smaller: the Gradio cache was not emptied at start, contrary to the docs."""
     sys.path.insert(0, str(ROOT))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from helpers import free_port, record
+from helpers import free_port, record, register_tiny
 from PIL import Image
 from sqlalchemy import text
 
@@ -38,8 +38,9 @@ from ui.upload import ImageUpload
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> AppContext:
-    return AppContext(Store(directory=tmp_path / "data"))
+def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> AppContext:
+    # the tiny models the test uses are registered: a restore takes registered (or shipped) models only
+    return register_tiny(AppContext(Store(directory=tmp_path / "data")), request)
 
 
 def _png(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0) -> str:
@@ -183,17 +184,34 @@ def test_uploads_are_decoded_by_our_loader_only(ctx: AppContext, tmp_path: Path)
     except UserError as e:
         assert "exif.jpg" in str(e)
 
-    # An image sent around the page as a data: URL is written to a file, also undecoded; bad base64 is said.
+    # An image sent around the page as a data: URL is refused with a message (test_data_url_images_are_
+    # refused_and_leave_nothing_in_the_cache), good base64 or bad.
     from gradio.data_classes import ImageData
-
-    raw = grey16.read_bytes()
-    path = ImageUpload().preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(raw).decode()))
-    assert Path(path).read_bytes() == raw
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="not valid base64"):
-        ImageUpload().preprocess(ImageData(url="data:image/png;base64,@@@@"))
-    record("uploads", tried=tried + 4, refused_with_message=refused + 1, crashes=0, rows_wrongly_stored=0)
+    for data in (base64.b64encode(grey16.read_bytes()).decode(), "@@@@"):
+        with pytest.raises(gr.Error, match="send it as a file"):
+            ImageUpload().preprocess(ImageData(url="data:image/png;base64," + data))
+    record("uploads", tried=tried + 5, refused_with_message=refused + 3, crashes=0, rows_wrongly_stored=0)
+
+
+def test_data_url_images_are_refused_and_leave_nothing_in_the_cache(tmp_path: Path) -> None:
+    """Issue #39: an image sent as a data: URL was written to Gradio's cache under a name without a suffix,
+    which the loader always refuses, and the file stayed there. Now it is refused before anything is written."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, "PNG")
+    up = ImageUpload()
+    up.GRADIO_CACHE = str(tmp_path / "cache")
+    with pytest.raises(gr.Error, match="data: URL is not accepted; send it as a file"):
+        up.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.rglob("*")) == []
+    # a file upload still reaches the handler as its path, undecoded
+    (tmp_path / "a.png").write_bytes(buf.getvalue())
+    assert up.preprocess(ImageData(path=str(tmp_path / "a.png"))) == str(tmp_path / "a.png")
 
 
 def test_a_metric_that_cannot_be_built_here_is_said_not_raised(ctx: AppContext, tmp_path: Path,

@@ -170,7 +170,7 @@ def test_a_second_users_flag_of_the_same_bytes_is_their_own_sample(store_args: t
     assert [r.sample_id for r in store.flagged(user="ann")] == [ann]
     assert [r.sample_id for r in store.flagged(user="bob")] == [bob] and len(store.flagged()) == 2
     # an older database (0008: one sample per image, shared): down merges, up gives the first flagger
-    migrate(store.engine, "-2")  # (0010 and 0009 down)
+    migrate(store.engine, "-3")  # (0011, 0010 and 0009 down)
     with store.session() as s:
         assert s.execute(text("SELECT id FROM samples")).scalars().all() == [ann]
         assert s.execute(text("SELECT DISTINCT sample_id FROM flags")).scalars().all() == [ann]
@@ -276,19 +276,19 @@ def test_migrations_can_be_inspected_and_applied_from_the_command_line(tmp_path:
 
     url = f"sqlite:///{tmp_path / 'darl.db'}"
     assert main(["current", "--url", url]) == 0  # --url before or after the command
-    assert "at base (empty); newest 0010 (run `python -m storage migrate`)" in capsys.readouterr().out
-    assert main(["--url", url, "migrate"]) == 0 and "base -> 0010" in capsys.readouterr().out
+    assert "at base (empty); newest 0011 (run `python -m storage migrate`)" in capsys.readouterr().out
+    assert main(["--url", url, "migrate"]) == 0 and "base -> 0011" in capsys.readouterr().out
     assert main(["--url", url, "history"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln[:7] for ln in lines[:10]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
-                                            "* 0008 ", "* 0009 ", "* 0010 "]
+    assert [ln[:7] for ln in lines[:11]] == ["* 0001 ", "* 0002 ", "* 0003 ", "* 0004 ", "* 0005 ", "* 0006 ", "* 0007 ",
+                                            "* 0008 ", "* 0009 ", "* 0010 ", "* 0011 "]
     assert "Drop the ``scores`` table" in lines[4]
     assert main(["migrate", "-3", "--url", url]) == 2  # a downgrade drops data: it asks first
     assert "add --yes" in capsys.readouterr().err
-    assert main(["migrate", "-3", "--url", url, "--yes"]) == 0 and "0010 -> 0007" in capsys.readouterr().out
+    assert main(["migrate", "-3", "--url", url, "--yes"]) == 0 and "0011 -> 0008" in capsys.readouterr().out
     assert main(["--url", url, "migrate", "zzz"]) == 2 and "unknown revision 'zzz'" in capsys.readouterr().err
     main(["--url", url, "history"])
-    assert capsys.readouterr().out.splitlines()[7].startswith("  0008")  # no longer applied
+    assert capsys.readouterr().out.splitlines()[8].startswith("  0009")  # no longer applied
     assert main(["--url", "postgresql+psycopg://nobody@127.0.0.1:1/darl", "current"]) == 1
     assert "is unreachable" in capsys.readouterr().err
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port, record
+from helpers import free_port, record, register_models, register_tiny
 from PIL import Image
 from sqlalchemy import text
 
@@ -30,8 +31,9 @@ from ui import (
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> AppContext:
-    return AppContext(Store(directory=tmp_path / "data"))
+def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> AppContext:
+    # the tiny models the test uses are registered: a restore takes registered (or shipped) models only
+    return register_tiny(AppContext(Store(directory=tmp_path / "data")), request)
 
 
 def _img(path: Path, size: tuple[int, int] = (40, 32), mode: str = "RGB", seed: int = 0) -> str:
@@ -100,6 +102,27 @@ def test_restore_scores_and_difficulty(ctx: AppContext, tmp_path: Path, tiny_mod
         restore_service.restore(ctx, lq, "blind", str(tmp_path / "nope"), m, steps=2, tile=64)
 
 
+def test_a_restore_uses_registered_or_shipped_models_only(ctx: AppContext, tmp_path: Path,
+                                                          tiny_model_dir: Path) -> None:
+    """Issue #39: the pickers took any server path, and the message told which paths exist. A model folder
+    that is not registered is refused with one message whether or not it exists, before anything loads."""
+    lq = _img(tmp_path / "lq.png", (64, 64))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)  # a real model folder, not registered
+    said = []
+    for path in (str(copy), str(tmp_path / "missing"), "/etc", "/etc/passwd"):
+        with pytest.raises(UserError) as e:
+            restore_service.restore(ctx, lq, "blind", path, str(tiny_model_dir), steps=1, tile=64)
+        said.append(str(e.value).replace(repr(path[:80]), "PATH"))
+    assert len(set(said)) == 1 and "is not one of this app's models; choose one from the SFT picker" in said[0]
+    with pytest.raises(UserError, match="RL model: .* is not one of this app's models"):
+        restore_service.restore(ctx, lq, "blind", str(tiny_model_dir), str(copy), steps=1, tile=64)
+    assert str(copy.resolve()) not in ctx._models and str(copy) not in ctx._models  # nothing was loaded
+    register_models(ctx, copy)  # registered (the Models tab lists it): restored
+    r = restore_service.restore(ctx, lq, "blind", str(copy), str(tiny_model_dir), steps=1, tile=64)
+    assert r.sft.size == (64, 64)
+
+
 def test_the_same_request_again_reuses_its_restorations(ctx: AppContext, tmp_path: Path,
                                                        tiny_model_dir: Path) -> None:
     # A ground truth added after a first look, or one model changed: what decides a restoration (model,
@@ -147,6 +170,7 @@ def test_restore_with_a_latent_restorer_and_two_stage_steps_zero(ctx: AppContext
 
     two = tmp_path / "two"
     RestorationPipeline(build_unet("tiny", 0), make_scheduler(), 0.5, stage1=build_stage1("tiny", 0)).save_pretrained(two)
+    register_models(ctx, two)
     r0 = restore_service.restore(ctx, lq, "blind", str(two), str(two), steps=0, tile=64)
     assert r0.sft.size == (24, 24)
     with pytest.raises(UserError, match="no stage 1"):
@@ -739,6 +763,31 @@ def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_
                         sft_model=d_sft, rl_model=d_sft)
     assert len([w for w in warned if "will take about" in w and "64x64" in w]) == 1
     assert len(warned) == 2 and "NIQE is unreliable below 192 px" in warned[1]  # 64 px: too small for NIQE
+
+
+def test_a_tiny_restore_does_not_poison_every_users_time_estimate(ctx: AppContext, tmp_path: Path,
+                                                                  tiny_model_dir: Path) -> None:
+    """Issue #39: one 1x1 restore set the measured speed to its fixed cost over one pixel, and every user's
+    next estimate said "about 98 min" for a restore of seconds. Restores under 64x64 are not measured, and
+    the speed is the median of recent measurements (ui/speed.py)."""
+    m = str(tiny_model_dir)
+    restore_service.restore(ctx, _img(tmp_path / "a.png", (96, 96)), "blind", m, m, steps=2, tile=64)
+    measured = ctx.speed[m]
+    seconds = restore_service.estimate_seconds(ctx, [m, m], (96, 96), 2)
+    for side in (16, 40, 63):  # mostly fixed cost: not measured (the tiny model takes no 1x1)
+        restore_service.restore(ctx, _img(tmp_path / f"t{side}.png", (side, side)), "blind", m, m, steps=2, tile=64)
+        assert ctx.speed[m] == measured
+    assert restore_service.estimate_seconds(ctx, [m, m], (96, 96), 2) == seconds
+    # one slow restore among ordinary ones (the machine busy elsewhere) moves the median by one rank only
+    from ui.speed import SpeedMeter
+
+    meter = SpeedMeter()
+    for s in (2.0, 2.2, 60.0, 1.8):
+        meter.record("x", s, 1_000_000, 1)
+    assert meter["x"] == pytest.approx(2.1)  # the median of 1.8, 2.0, 2.2 and 60
+    assert not meter.record("x", 50.0, 1, 1) and meter["x"] == pytest.approx(2.1)  # a 1-pixel one: ignored
+    meter["x"] = 5.0  # set directly (an operator's or a test's number): that is the speed
+    assert meter == {"x": 5.0} and meter.record("x", 1.0, 1_000_000, 1) and meter["x"] == 1.0
 
 
 # ----------------------------------------------------------------------------- comparing restorations

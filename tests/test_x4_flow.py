@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import register_models
 import torch
 from PIL import Image
 
@@ -34,6 +35,7 @@ def test_gt_scale() -> None:
 
 def test_x4_gt_restores_flags_and_trains(tmp_path: Path, tiny_sd_dir: Path) -> None:
     ctx = AppContext(Store(directory=tmp_path / "data"))
+    register_models(ctx, tiny_sd_dir)  # a restore takes registered (or shipped) models only
     lq, gt = _img(tmp_path / "lq.png", (24, 24)), _img(tmp_path / "gt.png", (96, 96), seed=1)
     r = restore(ctx, lq, sft_model=str(tiny_sd_dir), rl_model=str(tiny_sd_dir), steps=1, tile=64, gt_path=gt)
     assert {row[0] for row in r.scores} >= {"input", "SFT", "RL"}  # scored against the x4 ground truth

@@ -24,6 +24,8 @@ from darl_core.models.restorer import Restorer
 from darl_core.models.restorer import Precision
 from storage import Store
 
+from .speed import SpeedMeter
+
 __all__ = ["AppContext", "SHIPPED", "SHIPPED_RL", "UserError", "caller", "int_arg", "user_errors", "user_messages", "user_warnings"]
 
 T = TypeVar("T")
@@ -166,6 +168,7 @@ class AppContext:
     max_processes: int = field(default_factory=lambda: _devices())  # and this many training processes
     max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
     max_tile_passes: int = 100_000  # and this many tile evaluations (small tiles on a large image)
+    max_user_restores: int = 2  # and background restores queued or running (DARL_MAX_BACKGROUND_RESTORES_PER_USER)
     max_pending: int = 16  # queued or running requests one client (user, or address without login) may have
     auth: bool = False  # users log in (DARL_AUTH): changes are checked against owners and admins
     admins: frozenset[str] = frozenset()  # users who may change anything (DARL_ADMINS)
@@ -175,12 +178,18 @@ class AppContext:
     # request again (a ground truth added, one model changed) reuses them instead of restoring again.
     _kept: OrderedDict[tuple[Any, ...], tuple[Any, Image.Image]] = field(default_factory=OrderedDict)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
-    speed: dict[str, float] = field(default_factory=dict)
+    speed: SpeedMeter = field(default_factory=SpeedMeter)  # restores under 64x64 not counted, median of recent
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)
     stop_users: dict[str, str] = field(default_factory=dict)  # whose restore each stop flag belongs to
     keep_files_s: float = 6 * 3600  # the app's temporary folders (downloads, exports) and uploads go after this
+    # the worker's supervisor's warning when the worker keeps dying (app.Supervisor.trouble), None without one
+    worker_trouble: Callable[[], str | None] | None = None
+
+    def worker_warning(self) -> str:
+        """The line the Fine-tune tab shows about the job worker: empty while it runs (or none is supervised)."""
+        return (self.worker_trouble() or "") if self.worker_trouble is not None else ""
 
     def start_session(self, session: str, user: str = "anonymous") -> threading.Event:
         """The stop flag of a restore that a browser session (``session``, of ``user``) starts now."""
@@ -293,6 +302,15 @@ class AppContext:
                 out.append((f"{c.name}{' (default RL)' if c.promoted else ''}{' — ' + ev if ev else ''}", c.path))
                 seen.add(c.path)
         return out
+
+    def check_model(self, label: str, path: Any) -> str:
+        """``path`` when a restore may use it: a shipped model or a registered checkpoint (``model_choices``,
+        what the pickers list); anything else is refused with one message, whether or not such a folder
+        exists on the server (a request sent around the page learns nothing of the server's files)."""
+        if not isinstance(path, str) or path not in {p for _, p in self.model_choices()}:
+            raise UserError(f"{label} model: {str(path)[:80]!r} is not one of this app's models; choose one from the "
+                            f"{label} picker (the shipped models and the checkpoints the Models tab lists)")
+        return path
 
     @staticmethod
     def model_note(path: str | None) -> str:

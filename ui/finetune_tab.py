@@ -549,6 +549,8 @@ def cancel_job(ctx: AppContext, job_id: int | None, user: str = "anonymous") -> 
 def render(ctx: AppContext) -> dict[str, Any]:
     c: dict[str, Any] = {}
     choices = ctx.model_choices()
+    # empty while the job worker runs; a warning with its last error when the app keeps restarting it
+    c["worker_warning"] = gr.Markdown(ctx.worker_warning(), elem_id="worker-warning")
     with gr.Row():
         with gr.Column(scale=1):
             c["base"] = gr.Dropdown(choices, value=choices[0][1], label="Base checkpoint", allow_custom_value=True,
@@ -687,6 +689,9 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
                c["shown_state"], *panels]
     for trigger in (c["timer"].tick, c["job"].change):
         trigger(on_tick, c["job"], outputs, api_visibility="private", show_progress="hidden")
+    for trigger in (c["timer"].tick, load_event):
+        trigger(ctx.worker_warning, None, c["worker_warning"], api_visibility="private", show_progress="hidden",
+                queue=False)
 
     # The before and after: drawn when the job shown changes or reaches another state (it finished), not
     # every tick (its pictures would be sent again every 2 s).

@@ -327,7 +327,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     check_budget(ctx, im.size, steps, tile)  # the least it can cost, before any model is loaded
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
-    sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
+    sft_model, rl_model = ctx.check_model("SFT", sft_model or d_sft), ctx.check_model("RL", rl_model or d_rl)
     warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps), uniform_warning(im),
                 small_image_warning(im, ctx.metrics)]
     for warning in warnings:
@@ -377,7 +377,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
             t1 = time.perf_counter()
             out = pipe(im, num_inference_steps=int(steps), seed=int(seed), tile_size=int(tile), callback=on_tile)[0]
             passes = _passes(pipe.has_stage1, int(steps))
-            ctx.speed[path] = (time.perf_counter() - t1) / max(passes, 1) / (im.size[0] * im.size[1] / 1e6)
+            ctx.speed.record(path, time.perf_counter() - t1, im.size[0] * im.size[1], passes)
             if pixels:
                 ctx.keep(key, pipe, out)
         file = tmp / f"restored_{label.lower()}.png"

@@ -13,7 +13,8 @@ from gradio.data_classes import FileData
 from darl_core.data.degrade import PRESETS
 from darl_core.models.pipeline import DEFAULT_STEPS, DEFAULT_TILE
 
-from . import fields
+from . import background_area, fields
+from .background_restores import queued_text, submit_if_long
 from .compare import DIFF_GAIN, SHOWN, compare_views, shown_file
 from .context import AppContext, caller, user_errors, user_messages
 from .bulk_import import record_scores
@@ -114,6 +115,7 @@ def render(ctx: AppContext) -> dict[str, Any]:
                                                 elem_id="batch-table")
                 c["batch_gallery"] = gr.Gallery(label="Batch restorations", columns=4, height=220, format=SHOWN,
                                                  object_fit="contain")  # whole images, not cropped tiles
+    c.update(background_area.render(ctx))  # restores of over a minute: state, progress, cancel, download
     return c
 
 
@@ -129,6 +131,10 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         # Each picture is shown as soon as it exists: input ⟷ SFT while the RL model runs, then SFT ⟷ RL,
         # the difference map and the zoom, then the scores. The page shows files, each encoded once: the
         # restorations are the downloads themselves, the rest fast lossless PNGs (see SHOWN).
+        # A restore expected to take over a minute is queued in the background: the queue stays free.
+        if (queued := submit_if_long(ctx, image, task, sft, rl, steps, seed or 0, tile, gt, caller(request))):
+            yield {c["difficulty_md"]: queued_text(ctx, queued)}
+            return
         key = getattr(request, "session_hash", None) or "anonymous"
         stop = ctx.start_session(key, caller(request))
         shown: dict[Any, Any] = {}  # every picture put on the page so far
@@ -299,3 +305,4 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
         return score(ctx, image["path"] if isinstance(image, dict) else image.path, metrics)
 
     gr.api(on_score, api_name="score")
+    background_area.listen(ctx, c)
