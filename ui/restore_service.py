@@ -29,7 +29,7 @@ from .context import AppContext, UserError, int_arg, png_bytes
 
 __all__ = ["DEFAULT_SCORE_SPEED", "DEFAULT_SPEED", "MAX_BATCH", "MAX_NOTE", "METRIC_INFO", "REASONS", "Restored", "RestoreResult", "RestoreStopped",
            "SCORE_HEADERS", "check_budget", "difficulty_text", "left_text", "progress_at", "score_seconds", "estimate_seconds", "example_images", "flag", "flag_sample",
-           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning",
+           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning", "model_labels",
            "restore", "restore_batch", "restore_stages", "rough_scores", "score", "score_table", "small_image_warning",
            "stale_ground_truth", "took", "uniform_warning", "upload_problem", "work"]
 
@@ -534,6 +534,14 @@ def ground_truth_problem(ctx: AppContext, image: str | None, gt: str | None) -> 
         return gt_size_problem(ctx.open_upload(image).size, ctx.open_upload(gt, "ground truth").size)
     except UserError:
         return None
+
+
+def model_labels(ctx: AppContext, sft: str | None, rl: str | None) -> str:
+    """The chosen models' full labels (name and held-out numbers, ``AppContext.model_choices``), one line
+    each: a picker shows only as much of a label as its width allows."""
+    labels = {path: label for label, path in ctx.model_choices()}
+    return "  \n".join(f"**{side}:** {labels.get(str(path), str(path)) if path else '(default)'}"
+                       for side, path in (("SFT", sft), ("RL", rl)))
 
 
 def took(r: RestoreResult) -> str:
