@@ -549,7 +549,7 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         # A value Gradio's own field check refuses is named (it was a bare "Error").
         _, text_ = _call(ann, base, uuid.uuid4().hex, 2, [None, None, "blind", str(tiny_model_dir),
                                                          str(tiny_model_dir), "abc", 0, 64])
-        assert "Steps: 'abc' is not a usable number" in text_, text_
+        assert "Steps (0\\u201350): 'abc' is not a usable number" in text_, text_  # the JSON escapes the dash
 
         # Path traversal on the file routes: nothing outside the app's files is served.
         served = 0

@@ -729,6 +729,18 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
     fr = [f for f, _ in seen]
     assert fr == sorted(fr) and max(fr) <= 1.0
     assert str(tiny_model_dir) in ctx.speed and ctx.speed[str(tiny_model_dir)] > 0  # measured for estimates
+    assert ctx.score_speed is not None and ctx.score_speed > 0  # and the scoring's speed
+    # the bar is of the whole restore: with the speeds known, the SFT model's last tile is its share of
+    # both models and the scores, not half (nor all) of the bar
+    seen.clear()
+    ctx.speed[str(tiny_model_dir)], ctx.score_speed = 1.0, 0.5
+    parts = [restore_service.estimate_seconds(ctx, [str(tiny_model_dir)], (120, 100), 2)] * 2 + [
+        restore_service.score_seconds(ctx, (120, 100))]
+    restore_service.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2, tile=64,
+                            progress=lambda f, s: seen.append((f, s)))
+    last_sft = [f for f, s in seen if s.startswith("SFT model: step 2/2, tile 4/4")]
+    assert last_sft == [pytest.approx(parts[0] / sum(parts))]
+    assert [f for f, s in seen if s.startswith("scored the RL")] == [pytest.approx(1.0)]
 
     stop = threading.Event()
     calls = []
@@ -741,6 +753,28 @@ def test_restore_reports_tiles_with_eta_and_stops_when_told(ctx: AppContext, tmp
         restore_service.restore(ctx, lq, sft_model=str(tiny_model_dir), rl_model=str(tiny_model_dir), steps=2,
                             tile=64, progress=press_stop_at_third_tile, stop=stop)
     assert len(calls) == 3  # no tile ran after the flag was seen
+
+
+def test_time_left_counts_every_part_at_this_restores_throughput() -> None:
+    at = restore_service.progress_at
+    # SFT 10 s, RL 10 s, scores 5 s expected; half the SFT done in 10 s: twice as slow as expected
+    assert at([10, 10, 5], 0, 0.5, 10.0) == (pytest.approx(0.2), pytest.approx(40.0))
+    assert at([10, 10, 5], 0, 0.5, 2.5) == (pytest.approx(0.2), pytest.approx(10.0))  # faster: less left
+    # the RL model done: what is left is the scores alone; a reused SFT restoration weighs nothing
+    assert at([10, 10, 5], 2, 0.0, 20.0) == (pytest.approx(0.8), pytest.approx(5.0))
+    assert at([0, 10, 5], 1, 0.5, 5.0) == (pytest.approx(1 / 3), pytest.approx(10.0))
+    assert at([10, 10, 5], 0, 0.01, 1.0)[1] is None  # nothing to go on yet
+    assert restore_service.left_text(None) == "" and restore_service.left_text(40) == ", about 40 s left"
+    assert restore_service.left_text(600) == ", about 10 min left"
+
+
+def test_job_time_left_follows_its_recent_rounds() -> None:
+    left = finetune_tab.rounds_left_seconds
+    assert left([9.0, 4.0, 4.0, 4.0], 5, 0.0) == pytest.approx(20.0)  # the warm-up round left out
+    assert left([9.0, 4.0, 4.0, 4.0], 5, 1.5) == pytest.approx(18.5)  # the round under way counts
+    assert left([4.0, 4.0, 4.0, 8.0, 8.0, 8.0], 2, 0.0) == pytest.approx(16.0)  # the machine got busy
+    assert left([4.0, 4.0, 4.0, 4.0], 1, 30.0) == pytest.approx(1.0)  # a slow round: not done before it is
+    assert left([4.0], 3, 0.0) == pytest.approx(12.0) and left([4.0, 4.0], 0, 0.0) == 0.0
 
 
 def test_large_image_warning_names_the_time_and_what_to_do(ctx: AppContext, tmp_path: Path) -> None:

@@ -179,6 +179,8 @@ class AppContext:
     _kept: OrderedDict[tuple[Any, ...], tuple[Any, Image.Image]] = field(default_factory=OrderedDict)
     # Measured restore speed: seconds per megapixel per network pass, per model path (for estimates).
     speed: SpeedMeter = field(default_factory=SpeedMeter)  # restores under 64x64 not counted, median of recent
+    # Measured scoring speed: seconds per megapixel of one image scored by the table's metrics (None: not yet).
+    score_speed: float | None = None
     # Stop flags of running restores, by browser session: the Stop button sets one, the restore
     # checks it after every tile and stops there.
     stop_flags: dict[str, threading.Event] = field(default_factory=dict)

@@ -7,6 +7,7 @@ run command), not in the web server: closing the browser tab changes nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import gradio as gr
@@ -23,7 +24,7 @@ from .context import AppContext, UserError, caller, int_arg, user_errors, user_m
 __all__ = ["JOB_HEADERS", "cancel_job", "curve_colors", "initial_job", "job_choices", "job_curves", "job_from_row",
            "job_sample", "job_status", "launch_job", "list_jobs", "listen", "plot_frame", "render", "status_text",
            "compare_colors", "compare_frame", "estimate_text", "expected_minutes", "seconds_per_unit",
-           "PAYOFF_HEADERS", "waiting_for", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view",
+           "PAYOFF_HEADERS", "rounds_left_seconds", "waiting_for", "finish_minutes", "payoff_open", "payoff_pick_from_gallery", "payoff_view",
            "SIZE_LABELS", "curve_panels", "curves_title", "model_label", "size_choices"]
 
 JOB_HEADERS = ["job", "state", "progress", "method", "reward", "samples", "user", "created"]
@@ -243,19 +244,35 @@ def list_jobs(ctx: AppContext) -> list[list[Any]]:
              len(j.sample_ids), j.user, j.created_at.strftime("%Y-%m-%d %H:%M")] for j in ctx.store.jobs()]
 
 
+def rounds_left_seconds(round_s: list[float], rounds_left: int, since_last: float) -> float:
+    """Expected seconds until a job's last round ends: ``rounds_left`` rounds at this job's own recent speed
+    (the median of its last three timed rounds, ``round_s`` in round order, the first one left out once
+    there are others: it warms up), less the ``since_last`` seconds the round under way has already run.
+    Recent rounds follow the machine's load (a restore or another job beside it) within three rounds."""
+    recent = (round_s[1:] if len(round_s) > 1 else round_s)[-3:]
+    per_round = sorted(recent)[len(recent) // 2]
+    if rounds_left <= 0:
+        return 0.0
+    return max(per_round * rounds_left - min(max(since_last, 0.0), per_round), 1.0)
+
+
 def job_status(ctx: AppContext, job_id: int) -> dict[str, Any]:
     """State, progress (0..1), log and error of one job, with its median seconds per round and,
-    while it runs, the expected time left (None before its first round)."""
+    while it runs, the expected time left in its rounds (``rounds_left_seconds``; None before its first)."""
     try:
         j = ctx.store.job(int_arg("job", job_id, 1, 2**31 - 1))
     except KeyError:
         raise UserError(f"there is no job #{job_id}") from None
-    times = sorted(v for _, n, v in ctx.store.metrics(j.id) if n == "round_s")
+    metrics = ctx.store.metrics(j.id)
+    in_order = [v for _, n, v in metrics if n == "round_s"]
+    times = sorted(in_order)
     per_round = times[len(times) // 2] if times else None
     rounds = int(j.config.get("rounds", 0) or 0)
     left = None
     if per_round is not None and j.state == "running":
-        left = per_round * max(rounds - round(j.progress * rounds), 0)
+        ends = [v for _, n, v in metrics if n == "round_end"]
+        left = rounds_left_seconds(in_order, max(rounds - round(j.progress * rounds), 0),
+                                   time.time() - ends[-1] if ends else 0.0)
     return {"job": j.id, "state": j.state, "progress": j.progress, "log": j.log, "error": j.error,
             "config": j.config, "seconds_per_round": per_round, "seconds_left": left,
             "waiting_for": waiting_for(ctx, j.id) if j.state == "queued" else None}

@@ -27,9 +27,9 @@ from storage import DiskFull
 
 from .context import AppContext, UserError, int_arg, png_bytes
 
-__all__ = ["MAX_BATCH", "MAX_NOTE", "METRIC_INFO", "REASONS", "Restored", "RestoreResult", "RestoreStopped",
-           "SCORE_HEADERS", "check_budget", "difficulty_text", "estimate_seconds", "example_images", "flag", "flag_sample",
-           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning",
+__all__ = ["DEFAULT_SCORE_SPEED", "DEFAULT_SPEED", "MAX_BATCH", "MAX_NOTE", "METRIC_INFO", "REASONS", "Restored", "RestoreResult", "RestoreStopped",
+           "SCORE_HEADERS", "check_budget", "difficulty_text", "left_text", "progress_at", "score_seconds", "estimate_seconds", "example_images", "flag", "flag_sample",
+           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning", "model_labels",
            "restore", "restore_batch", "restore_stages", "rough_scores", "score", "score_table", "small_image_warning",
            "stale_ground_truth", "took", "uniform_warning", "upload_problem", "work"]
 
@@ -173,6 +173,7 @@ class RestoreStopped(UserError):
 
 
 DEFAULT_SPEED = 10.0  # s per megapixel per network pass before a model was measured (the shipped denoiser: ~11 on 2 cores)
+DEFAULT_SCORE_SPEED = 4.0  # s per megapixel of one image scored by NIQE and PIQE before it was measured (~4 on 2 cores)
 
 
 def _passes(has_stage1: bool, steps: int) -> int:
@@ -187,6 +188,38 @@ def estimate_seconds(ctx: AppContext, paths: list[str], size: tuple[int, int], s
     mpx = size[0] * size[1] / 1e6
     return sum(ctx.speed.get(p, DEFAULT_SPEED) * mpx * _passes((Path(p) / "stage1").is_dir(), steps)
                for p in paths)
+
+
+def score_seconds(ctx: AppContext, size: tuple[int, int], out_scale: int = 1) -> float:
+    """Expected wall time of scoring the input and both restorations (``out_scale`` times its sides) of a
+    ``size`` image, from the scoring speed measured on earlier restores (a default before the first)."""
+    mpx = size[0] * size[1] / 1e6
+    return (ctx.score_speed or DEFAULT_SCORE_SPEED) * mpx * (1 + 2 * out_scale**2)
+
+
+def progress_at(parts: list[float], part: int, f: float, elapsed: float) -> tuple[float, float | None]:
+    """Where a restore stands: (fraction done, seconds left; None before there is anything to go on).
+
+    ``parts``: the expected seconds of each part (SFT model, RL model, scores) from the speeds measured
+    on earlier restores, 0 for a part with nothing to do (a reused restoration): their shares of the
+    work. ``part`` runs now, ``f`` of it done, ``elapsed`` seconds since the restore began. The time left
+    is the work left at this restore's own measured throughput (work done / ``elapsed``), so a machine
+    slowed by a concurrent job slows the estimate alike, and it counts every part still to come, not
+    only the one running."""
+    total = sum(parts)
+    if total <= 0:
+        return 1.0, None
+    done = sum(parts[:part]) + min(max(f, 0.0), 1.0) * parts[part]
+    if done < 0.02 * total or elapsed <= 0:
+        return done / total, None
+    return done / total, elapsed / done * (total - done)
+
+
+def left_text(seconds: float | None) -> str:
+    """The time left as the progress bar says it ("" when not known yet)."""
+    if seconds is None:
+        return ""
+    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
 
 
 def work(size: tuple[int, int], steps: int, tile: int, scales: tuple[int, ...] = (1, 1),
@@ -224,13 +257,14 @@ def check_budget(ctx: AppContext, size: tuple[int, int], steps: int, tile: int,
 
 
 def large_image_warning(ctx: AppContext, size: tuple[int, int], sft_model: str | None, rl_model: str | None,
-                        steps: int, threshold_s: float = 60.0) -> str | None:
-    """A warning with the expected time and what to do, for restores of a ``size`` (width, height)
-    image expected to take over ``threshold_s``."""
+                        steps: int, threshold_s: float = 60.0, out_scale: int = 1) -> str | None:
+    """A warning with the expected time (both models and the scores, ``out_scale``: the restorations'
+    size over the input's) and what to do, for restores of a ``size`` (width, height) image expected to
+    take over ``threshold_s``."""
     if not (sft_model and rl_model):  # restore() passes both; a store query only for a caller that did not
         d_sft, d_rl = ctx.default_models()
         sft_model, rl_model = sft_model or d_sft, rl_model or d_rl
-    t = estimate_seconds(ctx, [sft_model, rl_model], size, steps)
+    t = estimate_seconds(ctx, [sft_model, rl_model], size, steps) + score_seconds(ctx, size, out_scale)
     if t <= threshold_s:
         return None
     hint = "fewer steps (0 = stage 1 alone, the fastest)" if int(steps) > 0 else "a smaller crop of the image"
@@ -328,11 +362,6 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
     d_sft, d_rl = ctx.default_models()
     sft_model, rl_model = ctx.check_model("SFT", sft_model or d_sft), ctx.check_model("RL", rl_model or d_rl)
-    warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps), uniform_warning(im),
-                small_image_warning(im, ctx.metrics)]
-    for warning in warnings:
-        if warning and warn is not None:
-            warn(warning)
     progress = progress or (lambda f, s: None)
     pipes = []
     for label, path in (("SFT", sft_model), ("RL", rl_model)):
@@ -343,6 +372,11 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
         if int(steps) == 0 and not pipe.has_stage1:
             raise UserError(f"{label} model has no stage 1, so 0 steps (stage 1 alone) does not apply: use 1 or more")
         pipes.append(pipe)
+    warnings = [large_image_warning(ctx, im.size, sft_model, rl_model, steps, out_scale=pipes[0].output_scale),
+                uniform_warning(im), small_image_warning(im, ctx.metrics)]
+    for warning in warnings:
+        if warning and warn is not None:
+            warn(warning)
     scales = tuple(p.network_scale for p in pipes)
     check_budget(ctx, im.size, steps, tile, scales)  # what it will cost
     gt = None
@@ -358,20 +392,28 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     rgb_in = to_rgb(im)[0]
     tmp = Path(ctx.scratch("darl-restore-"))
     pixels = image_key(rgb_in) if ctx.max_kept_pixels > 0 else ""
+    keys = [(id(pipe), pixels, int(steps), int(seed), int(tile)) for pipe in pipes]  # what decides an output
+    kept = [ctx.kept(key, pipe) if pixels else None for key, pipe in zip(keys, pipes)]
+    # The progress bar's fraction and time left are of the whole restore: each part (SFT, RL, scores)
+    # weighs what it is expected to take by earlier speeds (nothing for a reused restoration), and the
+    # time left is the rest at the throughput this restore has measured so far (progress_at).
+    parts = [0.0 if k is not None else estimate_seconds(ctx, [path], im.size, steps)
+             for k, path in zip(kept, (sft_model, rl_model))] + [score_seconds(ctx, im.size, pipes[0].output_scale)]
     t0 = time.perf_counter()
+
+    def report(part: int, f: float, text: str) -> None:
+        fraction, left = progress_at(parts, part, f, time.perf_counter() - t0)
+        progress(fraction, text + left_text(left))
+
     done: list[Restored] = []
     for i, ((label, path), pipe) in enumerate(zip((("SFT", sft_model), ("RL", rl_model)), pipes)):
-        progress(i / 2 * 0.95, f"restoring with the {label} model")
+        report(i, 0.0, f"restoring with the {label} model")
 
         def on_tile(f: float, text: str, i: int = i, label: str = label) -> None:
             if stop is not None and stop.is_set():
                 raise RestoreStopped("stopped: the restore was ended with the Stop button")
-            done = (i + f) / 2
-            el = time.perf_counter() - t0
-            eta = f", about {el / done - el:.0f} s left" if done > 0.02 else ""
-            progress(done * 0.95, f"{label} model: {text}{eta}")
-        key = (id(pipe), pixels, int(steps), int(seed), int(tile))  # what decides the output (not the task)
-        out = ctx.kept(key, pipe) if pixels else None
+            report(i, f, f"{label} model: {text}")
+        key, out = keys[i], kept[i]
         reused = out is not None
         if out is None:
             t1 = time.perf_counter()
@@ -385,7 +427,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
         done.append(Restored(label, to_rgb(out)[0], reused, str(file), rgb_in, gt_shown))
         yield label, done[-1]
     seconds = time.perf_counter() - t0
-    progress(0.95, "scoring")
+    report(2, 0.0, "scoring")
     sft_rgb, rl_rgb = done[0].image, done[1].image
     if gt is not None and tuple(gt.shape[-2:]) != sft_rgb.size[::-1]:  # the models made another size than said
         raise UserError(f"the ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the restoration is "
@@ -393,8 +435,13 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     names = list(ctx.metrics) + (["psnr", "ssim"] if gt is not None else [])
     tensors = [pil_to_tensor(x)[None] for x in (rgb_in, sft_rgb, rl_rgb)]
     sft_raw: dict[str, float] = {}
-    rows = [_score_row(lbl, t, gt, names, sft_raw if lbl == "SFT" else None)
-            for lbl, t in zip(("input", "SFT", "RL"), tensors)]
+    rows = []
+    t_score, scored, to_score = time.perf_counter(), 0.0, sum(t.shape[-1] * t.shape[-2] / 1e6 for t in tensors)
+    for lbl, t in zip(IMAGES, tensors):
+        rows.append(_score_row(lbl, t, gt, names, sft_raw if lbl == "SFT" else None))
+        scored += t.shape[-1] * t.shape[-2] / 1e6
+        report(2, scored / to_score, f"scored the {lbl}" + (" image" if lbl == "input" else " restoration"))
+    ctx.score_speed = (time.perf_counter() - t_score) / scored  # for the next restore's estimates
     if gt is not None:
         # 1 - SSIM of the SFT restoration: already scored for the table when SSIM is a table metric
         d, kind = (1 - sft_raw["ssim"] if "ssim" in sft_raw else float(difficulty(tensors[1], gt))), "gt"
@@ -487,6 +534,14 @@ def ground_truth_problem(ctx: AppContext, image: str | None, gt: str | None) -> 
         return gt_size_problem(ctx.open_upload(image).size, ctx.open_upload(gt, "ground truth").size)
     except UserError:
         return None
+
+
+def model_labels(ctx: AppContext, sft: str | None, rl: str | None) -> str:
+    """The chosen models' full labels (name and held-out numbers, ``AppContext.model_choices``), one line
+    each: a picker shows only as much of a label as its width allows."""
+    labels = {path: label for label, path in ctx.model_choices()}
+    return "  \n".join(f"**{side}:** {labels.get(str(path), str(path)) if path else '(default)'}"
+                       for side, path in (("SFT", sft), ("RL", rl)))
 
 
 def took(r: RestoreResult) -> str:

@@ -19,7 +19,8 @@ from .compare import DIFF_GAIN, SHOWN, compare_views, shown_file
 from .context import AppContext, caller, user_errors, user_messages
 from .bulk_import import record_scores
 from .restore_service import (MAX_NOTE, REASONS, SCORE_HEADERS, Restored, RestoreResult, RestoreStopped,
-                              example_images, flag_sample, ground_truth_problem, image_key, restore, restore_batch,
+                              example_images, flag_sample, ground_truth_problem, image_key, model_labels, restore,
+                              restore_batch,
                               restore_stages, score, score_table, stale_ground_truth, took, upload_problem)
 from .upload import ImageUpload
 
@@ -30,47 +31,66 @@ STEPS_HELP = ("**Fidelity ↔ detail.** The restorer runs in two stages: stage 1
               "network, the most faithful to the input (highest PSNR); each diffusion step after it adds "
               "texture the regression averaged away, at some cost in fidelity. The models' cards "
               "(`models/*/README.md`, docs/quality) give the numbers on photos no model saw.")
+TILE_HELP = ("**Tile size.** Large images are restored in tiles of about this size (up to 25 % larger when that "
+             "means fewer tiles), a multiple of 8; smaller tiles use less memory, larger ones are a little faster. "
+             "**Ground truth** (optional): the clean image, at the input's size or a multiple of it for a "
+             "super-resolution model; with it the scores add PSNR and SSIM and the difficulty is measured (1 − SSIM).")
+
+
+SEED_MAX = 2**32 - 1  # the page's seeds (the API takes up to 2**63 - 1; a browser's numbers are exact to 2**53)
 
 
 def render(ctx: AppContext) -> dict[str, Any]:
     choices = ctx.model_choices()
     d_sft, d_rl = ctx.default_models()
     c: dict[str, Any] = {}
+    # Two columns that fit a 1400x1000 window without scrolling: the uploads, the Restore button and the
+    # settings on the left; the comparison sliders and the scores on the right, at the same height, so the
+    # results appear where the person who pressed Restore is looking.
     with gr.Row():
-        with gr.Column(scale=1):
-            c["image"] = ImageUpload(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
-                                  elem_id="upload")
-            c["gt"] = ImageUpload(type="filepath", label="Ground truth (optional: PSNR, SSIM and the measured difficulty)",
-                               sources=["upload", "clipboard"], elem_id="gt-upload")
+        with gr.Column(scale=1, min_width=400):
+            with gr.Row():
+                c["image"] = ImageUpload(type="filepath", label="Degraded image", sources=["upload", "clipboard"],
+                                         elem_id="upload", height=220)
+                c["gt"] = ImageUpload(type="filepath", label="Ground truth (optional)", sources=["upload", "clipboard"],
+                                      elem_id="gt-upload", height=220)
+            with gr.Row():
+                c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            with gr.Accordion("Models, steps, seed and tile size", open=True, elem_id="settings"):
+                # values set again on every page load (ui.build_app): a promoted model is the RL default at once
+                with gr.Row():
+                    c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True,
+                                           elem_id="sft-picker", min_width=160)
+                    c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
+                                          elem_id="rl-picker", min_width=160)
+                # a picker is narrow: each chosen model's full label (its held-out numbers) is said beside it
+                c["model_labels"] = gr.Markdown(model_labels(ctx, d_sft, d_rl), elem_id="model-labels")
+                c["rl_note"] = gr.Markdown(ctx.model_note(d_rl), elem_id="rl-note")  # what to know about the RL side
+                # Number fields, not sliders: a slider clamps a typed 9999 to its maximum in the browser without a
+                # word; these refuse it, saying the range, as soon as the field is left (fields.check_on_leave).
+                with gr.Row():
+                    c["steps"] = fields.Number(DEFAULT_STEPS, precision=0, minimum=0, maximum=50, step=1,
+                                               label="Steps (0–50)", elem_id="steps", min_width=90,
+                                               info="0 = stage 1 alone: most faithful")
+                    c["seed"] = fields.Number(0, precision=0, minimum=0, maximum=SEED_MAX, label="Seed",
+                                              elem_id="seed", min_width=90, info="the same seed, the same result")
+                    c["tile"] = fields.Number(DEFAULT_TILE, precision=0, minimum=64, maximum=1024, step=8,
+                                              label="Tile size (64–1024)", elem_id="tile", min_width=90,
+                                              info="smaller: less memory")
+                c["dice"] = gr.Button("Random seed", elem_id="dice", size="sm")
+                with gr.Accordion("What do the steps trade? What is a tile?", open=False):
+                    gr.Markdown(STEPS_HELP + "\n\n" + TILE_HELP)
+                # The models restore any degradation; the task only says which one this image has, recorded with
+                # a flag (the Hard-samples filter and a job's training pool read it).
+                c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Degradation of this image (saved with "
+                                        "a flag)", info="Does not change the restore; the Hard-samples tab filters "
+                                        "flags by it.")
             try:
                 gr.Examples([[p, None] for p in example_images(ctx.store.dir / "examples")], inputs=[c["image"], c["gt"]],
                             label="Examples: held-out photos degraded by Pillow and JPEG (click one)")
             except FileNotFoundError:  # scikit-image's photos missing: the page works without examples
                 pass
-            # The models restore any degradation; the task only says which one this image has, recorded with
-            # a flag (the Hard-samples filter and a job's training pool read it).
-            c["task"] = gr.Dropdown(sorted(PRESETS), value="blind", label="Degradation of this image (saved with a flag)",
-                                    info="Does not change the restore; the Hard-samples tab filters flags by it.")
-            # values set again on every page load (ui.build_app): a promoted model is the RL default at once
-            c["sft"] = gr.Dropdown(choices, value=d_sft, label="SFT model", allow_custom_value=True,
-                                   elem_id="sft-picker")
-            c["rl"] = gr.Dropdown(choices, value=d_rl, label="RL model", allow_custom_value=True,
-                                  elem_id="rl-picker")
-            c["rl_note"] = gr.Markdown(ctx.model_note(d_rl), elem_id="rl-note")  # what to know about the RL side
-            c["steps"] = fields.Slider(0, 50, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps",
-                                   info="0 = stage 1 alone (most faithful, two-stage models); more steps add detail "
-                                        "and cost fidelity")
-            with gr.Accordion("What do the steps trade?", open=False):
-                gr.Markdown(STEPS_HELP)
-            with gr.Row():
-                c["seed"] = fields.Number(0, precision=0, label="Seed", elem_id="seed", scale=3)
-                c["dice"] = gr.Button("Random seed", elem_id="dice", scale=1)
-                c["tile"] = fields.Slider(64, 1024, value=DEFAULT_TILE, step=8, label="Tile size", scale=3,
-                                      elem_id="tile", info="Large images are restored in tiles of about this "
-                                      "size (up to 25 % larger when that means fewer tiles); smaller uses less memory.")
-            with gr.Row():
-                c["run"] = gr.Button("Restore", variant="primary", elem_id="restore-btn")
-                c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             with gr.Accordion("Flag as hard", open=True, elem_id="flag-box"):
                 c["reason"] = gr.Dropdown(REASONS, value="artifacts", label="Reason")
                 c["note"] = gr.Textbox(label=f"Note (at most {MAX_NOTE} characters)")
@@ -211,6 +231,10 @@ def listen(ctx: AppContext, c: dict[str, Any]) -> None:
     c["image"].change(cleared, None, [*results, c["flag_msg"]], api_visibility="private", queue=False)
     # The RL side's caveat (a shipped model's note, e.g. that it is not better than SFT) follows the picker.
     c["rl"].change(ctx.model_note, c["rl"], c["rl_note"], api_visibility="private", queue=False)
+    for picker in (c["sft"], c["rl"]):
+        picker.change(lambda sft, rl: model_labels(ctx, sft, rl), [c["sft"], c["rl"]], c["model_labels"],
+                      api_visibility="private", queue=False)
+    fields.check_on_leave(c["steps"], c["seed"], c["tile"])  # refused when the field is left, range said
 
     # A file the loader refuses is said at upload and emptied (not shown as a broken image until Restore).
     # A ground truth belongs to the degraded image it was given with (or, given first, to the next one):

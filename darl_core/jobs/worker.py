@@ -177,6 +177,7 @@ def run_job(store: Store, job: Job, heartbeat_s: float = HEARTBEAT_S) -> None:
         def on_round(rec: dict[str, Any]) -> None:
             last.update(rec)
             nums = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float)) and k != "round"}
+            nums["round_end"] = time.time()  # when it ended (epoch s): the app's time left counts the round under way
             store.add_metrics(job.id, int(rec["round"]), nums)
             line = f"round {rec['round']}/{cfg.rounds} " + " ".join(
                 f"{k}={nums[k]:.4g}" for k in ("reward", "kl", "loss_sft", "val_psnr") if k in nums)
