@@ -73,7 +73,7 @@ def test_a_small_restore_is_served_while_a_large_one_runs_in_the_background(
     try:
         assert reached.wait(60), "the background restore never started"
         running = ctx.store.background_restore(rid)
-        assert running.state == "running" and 0 < running.progress < 1 and "SFT model" in running.message
+        assert running.state == "running" and 0 < running.progress < 1 and " model: step " in running.message
         # the interactive path while the large one is running (held halfway through its SFT model)
         t0 = time.perf_counter()
         r = restore_service.restore(ctx, small, "blind", m, m, steps=2, tile=64)

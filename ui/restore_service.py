@@ -414,6 +414,8 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
                 raise RestoreStopped("stopped: the restore was ended with the Stop button")
             report(i, f, f"{label} model: {text}")
         key, out = keys[i], kept[i]
+        if out is None and pixels:  # the SFT side may have just made it (the same model and settings on both)
+            out = ctx.kept(key, pipe)
         reused = out is not None
         if out is None:
             t1 = time.perf_counter()
