@@ -159,7 +159,7 @@ def test_a_session_is_its_clients_own(anon: Served, tmp_path: Path) -> None:
         anon.ctx.speed[path] = 0.01
     restore = _restore(anon, _image(victim, anon.base, tmp_path, 256), steps=50)
     assert _join(victim, anon, session, "on_restore", restore).status_code == 200
-    assert _wait(lambda: session in anon.ctx.stop_flags), "the restore did not start"
+    assert _wait(lambda: session in anon.ctx.stop_flags, 180), "the restore did not start"  # (a loaded machine)
     flag = anon.ctx.stop_flags[session]
     attempts = {
         "run/predict on Stop": lambda s: s.post(anon.base + "/gradio_api/run/predict", timeout=30, json={
