@@ -608,3 +608,30 @@ def test_strangers_over_http(tmp_path: Path, tiny_model_dir: Path) -> None:
         for k in range(3):
             ctx.stop_session(f"share-{k}")
         demo.close()
+
+
+def test_another_users_job_shows_nothing_of_theirs(ctx: AppContext, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The attacker pass after round 2: with login, bob picked ann's job and got her training input (her
+    sample's picture), her job's log and its before and after. A job is its user's, as her samples are."""
+    ctx.auth, ctx.admins = True, frozenset({"root"})
+    ctx.store.register_checkpoint(str(tiny_model_dir), "tiny")
+    restore_service.flag(ctx, _png(tmp_path / "a.png"), "artifacts", user="ann")
+    job = finetune_tab.launch_job(ctx, str(tiny_model_dir), "niqe", "darl", 2, "", "ann")
+    assert [j for _, j in finetune_tab.job_choices(ctx, "ann")] == [job] and finetune_tab.job_choices(ctx, "bob") == []
+    assert finetune_tab.list_jobs(ctx, "bob") == [] and finetune_tab.initial_job(ctx, job, "bob") is None
+    with pytest.raises(UserError, match=f"job #{job} belongs to another user"):
+        finetune_tab.require_job_view(ctx, job, "bob")
+    for user in ("ann", "root"):  # the owner and an admin see it
+        finetune_tab.require_job_view(ctx, job, user)
+    assert [row[0] for row in finetune_tab.list_jobs(ctx, "root")] == [job]
+    ctx.auth = False  # without login (this machine only) everyone sees every job
+    assert finetune_tab.job_choices(ctx, "bob") and finetune_tab.require_job_view(ctx, job, "bob") is None
+
+
+def test_a_score_request_scores_each_metric_once_and_a_few_at_most(ctx: AppContext, tmp_path: Path) -> None:
+    """The attacker pass after round 2: "niqe," repeated 200 times scored NIQE 200 times (14 s for a 200-px
+    image; a 1 MiB body holds 200,000 repeats)."""
+    image = _png(tmp_path / "a.png", (64, 64))
+    assert list(restore_service.score(ctx, image, "piqe," * 200 + "PIQE")) == ["piqe"]
+    with pytest.raises(UserError, match="9 names; at most 8"):
+        restore_service.score(ctx, image, "psnr,ssim,piqe,niqe,brisque,gmsd,vif,fsim,mad")

@@ -59,9 +59,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         model_events = models_tab.listen(ctx, mc, models_t.select)
 
         # "Open in Restore": the sample's input (and ground truth) go to the Restore tab, which comes to the front.
-        def open_in_restore(sample: int | None) -> tuple[Any, Any, Any]:
+        def open_in_restore(sample: int | None, request: gr.Request) -> tuple[Any, Any, Any]:
             try:
-                lq, gt, _ = samples_tab.sample_files(ctx, sample)
+                lq, gt, _ = samples_tab.sample_files(ctx, sample, caller(request))
             except UserError as e:
                 raise gr.Error(str(e)) from None
             return lq, gt, gr.Tabs(selected="restore")
@@ -71,8 +71,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         # "Open in Restore" from a job's before and after: the image, and the job's base and new models as the
         # two sides, so the Restore tab shows the same comparison at any steps, with zoom and difference map.
-        def open_payoff(job: int | None, comparison: int | None) -> tuple[Any, ...]:
+        def open_payoff(job: int | None, comparison: int | None, request: gr.Request) -> tuple[Any, ...]:
             try:
+                finetune_tab.require_job_view(ctx, job, caller(request))
                 lq, gt, base, new = finetune_tab.payoff_open(ctx, job, comparison)
             except UserError as e:
                 raise gr.Error(str(e)) from None

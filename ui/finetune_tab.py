@@ -237,11 +237,32 @@ def _full_reference(spec: str) -> bool:
         raise UserError(f"reward {spec!r}: {e}") from None
 
 
-def list_jobs(ctx: AppContext) -> list[list[Any]]:
+def visible_jobs(ctx: AppContext, user: str = "anonymous") -> list[Any]:
+    """The jobs ``user`` may see, newest first: everyone's without login or for an admin, else their own (a
+    job shows its samples' pictures, its log and its before and after: the owner rule of the samples)."""
+    who = ctx.sees(user)
+    return [j for j in ctx.store.jobs() if who is None or j.user == who]
+
+
+def require_job_view(ctx: AppContext, job_id: Any, user: str = "anonymous") -> None:
+    """Raise UserError unless ``user`` may see job ``job_id`` (``visible_jobs``'s rule); None passes."""
+    who = ctx.sees(user)
+    if job_id is None or who is None:
+        return
+    try:
+        owner = ctx.store.job(int_arg("job", job_id, 1, 2**31 - 1)).user
+    except KeyError:
+        raise UserError(f"there is no job #{job_id}") from None
+    if owner != who:
+        raise UserError(f"job #{job_id} belongs to another user: only they or an admin (DARL_ADMINS) may see it "
+                        f"(you are logged in as {user})")
+
+
+def list_jobs(ctx: AppContext, user: str = "anonymous") -> list[list[Any]]:
     return [[j.id, j.state, f"{100 * j.progress:.0f}%",
              j.config.get("preset", "") + (f" ({j.config['size']})" if j.config.get("size") else ""),
              j.config.get("reward", ""),
-             len(j.sample_ids), j.user, j.created_at.strftime("%Y-%m-%d %H:%M")] for j in ctx.store.jobs()]
+             len(j.sample_ids), j.user, j.created_at.strftime("%Y-%m-%d %H:%M")] for j in visible_jobs(ctx, user)]
 
 
 def rounds_left_seconds(round_s: list[float], rounds_left: int, since_last: float) -> float:
@@ -515,16 +536,17 @@ def compare_colors(frame: pd.DataFrame) -> dict[str, str]:
             for i, m in enumerate(labels)}
 
 
-def job_choices(ctx: AppContext) -> list[tuple[str, int]]:
-    """(label, id) of the jobs, newest first, for the job picker (no state: a label would go stale)."""
+def job_choices(ctx: AppContext, user: str = "anonymous") -> list[tuple[str, int]]:
+    """(label, id) of the jobs ``user`` may see, newest first, for the job picker (no state: a label would go
+    stale)."""
     return [(f"#{j.id} · {j.config.get('preset', '')} · {j.config.get('reward', '')}".rstrip(" ·"), j.id)
-            for j in ctx.store.jobs()]
+            for j in visible_jobs(ctx, user)]
 
 
-def initial_job(ctx: AppContext, saved: int | None) -> int | None:
+def initial_job(ctx: AppContext, saved: int | None, user: str = "anonymous") -> int | None:
     """The job a page shows when it loads: the one this browser had chosen (kept across reloads) while it
     exists, else the newest job, else none."""
-    ids = [j.id for j in ctx.store.jobs()]
+    ids = [j.id for j in visible_jobs(ctx, user)]
     try:
         if saved is not None and int(saved) in ids:
             return int(saved)
@@ -645,21 +667,25 @@ def render(ctx: AppContext) -> dict[str, Any]:
 def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any = None) -> None:
     """The tab's events; ``shown_event`` (the tab coming into view) brings the expected times up to date with
     samples flagged or imported since the page loaded."""
-    def pick(job: int | float | None) -> dict[str, Any]:
-        return gr.update(choices=job_choices(ctx), value=None if job is None else int(job))
+    def pick(job: int | float | None, user: str = "anonymous") -> dict[str, Any]:
+        return gr.update(choices=job_choices(ctx, user), value=None if job is None else int(job))
+
+    def pick_for(job: int | float | None, request: gr.Request) -> dict[str, Any]:
+        """``pick`` among the jobs the caller may see."""
+        return pick(job, caller(request))
 
     @user_messages(3, at=0, lead="Not launched")
     def on_launch(base, reward, preset, rounds, samples, hardest_k, processes=1, size="full",  # noqa: ANN001
                   request: gr.Request = None) -> Any:
         job = launch_job(ctx, base, reward, preset, rounds, samples, caller(request), hardest_k,
                          processes=processes, size=size or "full")
-        return f"Job #{job} queued.", job, list_jobs(ctx)
+        return f"Job #{job} queued.", job, list_jobs(ctx, caller(request))
 
     # The API answers the plain job id (c["launched"]); the page then follows the new job in the picker.
     c["launch"].click(on_launch, [c["base"], c["reward"], c["preset"], c["rounds"], c["samples"], c["hardest_k"],
                                   c["processes"], c["size"]],
                       [c["msg"], c["launched"], c["jobs"]], api_name="launch_job").success(
-        pick, c["launched"], c["job"], api_visibility="private")
+        pick_for, c["launched"], c["job"], api_visibility="private")
 
     # The expected time of each run size follows the form (and this machine's newest timed job).
     estimate_in = [c["preset"], c["rounds"], c["samples"], c["hardest_k"]]
@@ -675,12 +701,15 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
                      queue=False)
 
     # The page load restores this browser's job (or shows the newest); every choice is saved in the browser.
-    load_event(lambda saved: pick(initial_job(ctx, saved)), c["saved_job"], c["job"], api_visibility="private")
-    c["job"].change(lambda job: job, c["job"], c["saved_job"], api_visibility="private")
-    c["job"].focus(lambda job: pick(job), c["job"], c["job"], api_visibility="private")  # jobs launched elsewhere
+    def on_load(saved: int | None, request: gr.Request) -> dict[str, Any]:
+        return pick(initial_job(ctx, saved, caller(request)), caller(request))
 
-    def on_row(evt: gr.SelectData) -> dict[str, Any]:
-        return pick(job_from_row(evt.row_value))
+    load_event(on_load, c["saved_job"], c["job"], api_visibility="private")
+    c["job"].change(lambda job: job, c["job"], c["saved_job"], api_visibility="private")
+    c["job"].focus(pick_for, c["job"], c["job"], api_visibility="private")  # jobs launched elsewhere
+
+    def on_row(evt: gr.SelectData, request: gr.Request) -> dict[str, Any]:
+        return pick(job_from_row(evt.row_value), caller(request))
 
     c["jobs"].select(on_row, None, c["job"], api_visibility="private")
 
@@ -692,14 +721,16 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
         return [gr.update(value=frames[m], visible=True) if m in frames else gr.update(visible=False)
                 for m in c["panels"]]
 
-    def on_tick(job) -> Any:  # noqa: ANN001
+    def on_tick(job, request: gr.Request) -> Any:  # noqa: ANN001
+        jobs = list_jobs(ctx, caller(request))
         if job is None:
-            return list_jobs(ctx), "", curves_title(ctx, None), "", None, None, "", None, *drawn(None)
+            return jobs, "", curves_title(ctx, None), "", None, None, "", None, *drawn(None)
         try:
+            require_job_view(ctx, job, caller(request))
             st = job_status(ctx, job)
         except UserError as e:
-            return list_jobs(ctx), str(e), curves_title(ctx, None), "", None, None, "", None, *drawn(None)
-        return (list_jobs(ctx), status_text(st), curves_title(ctx, job), st["log"], *job_sample(ctx, job),
+            return jobs, str(e), curves_title(ctx, None), "", None, None, "", None, *drawn(None)
+        return (jobs, status_text(st), curves_title(ctx, job), st["log"], *job_sample(ctx, job),
                 f"{st['job']}:{st['state']}", *drawn(job))
 
     outputs = [c["jobs"], c["status"], c["curves_md"], c["log"], c["sample_lq"], c["sample_out"], c["sample_md"],
@@ -713,21 +744,26 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
     # The before and after: drawn when the job shown changes or reaches another state (it finished), not
     # every tick (its pictures would be sent again every 2 s).
     @user_errors
-    def on_payoff(job) -> Any:  # noqa: ANN001
+    def on_payoff(job, request: gr.Request) -> Any:  # noqa: ANN001
+        require_job_view(ctx, job, caller(request))
         md, table, gallery, choices = payoff_view(ctx, job)
         return md, gallery, table, gr.update(choices=choices, value=choices[0][1] if choices else None)
 
     c["shown_state"].change(on_payoff, c["job"], [c["payoff_md"], c["payoff_gallery"], c["payoff_table"],
                                                   c["payoff_pick"]], api_visibility="private")
 
-    def on_tile(job, evt: gr.SelectData) -> Any:  # noqa: ANN001
+    def on_tile(job, evt: gr.SelectData, request: gr.Request) -> Any:  # noqa: ANN001
+        if ctx.sees(caller(request)) is not None and job not in {j.id for j in visible_jobs(ctx, caller(request))}:
+            return gr.update()
         picked = payoff_pick_from_gallery(ctx, job, evt.index)
         return gr.update() if picked is None else picked
 
     c["payoff_gallery"].select(on_tile, c["job"], c["payoff_pick"], api_visibility="private")
 
     @user_errors
-    def on_compare(jobs, metric) -> Any:  # noqa: ANN001
+    def on_compare(jobs, metric, request: gr.Request) -> Any:  # noqa: ANN001
+        for job in jobs or []:
+            require_job_view(ctx, job, caller(request))
         frame = compare_frame(ctx, jobs, metric)
         return frame, compare_colors(frame)
 
@@ -735,7 +771,10 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
         trigger(on_compare, [c["compare"], c["compare_metric"]], [c["compare_plot"], c["compare_colors"]],
                 api_visibility="private").then(lambda colors: gr.update(color_map=colors), c["compare_colors"],
                                                c["compare_plot"], api_visibility="private")
-    c["compare"].focus(lambda: gr.update(choices=job_choices(ctx)), None, c["compare"], api_visibility="private")
+    def compare_choices(request: gr.Request) -> dict[str, Any]:
+        return gr.update(choices=job_choices(ctx, caller(request)))
+
+    c["compare"].focus(compare_choices, None, c["compare"], api_visibility="private")
 
     @user_messages(1, at=0, lead="Not cancelled")
     def on_cancel(job, request: gr.Request) -> Any:  # noqa: ANN001
@@ -744,7 +783,8 @@ def listen(ctx: AppContext, c: dict[str, Any], load_event: Any, shown_event: Any
     c["cancel"].click(on_cancel, c["job"], c["msg"], api_visibility="private")
 
     @user_errors
-    def api_status(job: int) -> dict[str, Any]:
+    def api_status(job: int, request: gr.Request) -> dict[str, Any]:
+        require_job_view(ctx, job, caller(request))
         return job_status(ctx, job)
 
     gr.api(api_status, api_name="job_status")

@@ -148,15 +148,22 @@ def _score_row(label: str, img: torch.Tensor, gt: torch.Tensor | None, names: li
     return row
 
 
+MAX_SCORE_METRICS = 8  # metric names one score request may ask for (each scores the whole image)
+
+
 def score(ctx: AppContext, image_path: str, metrics: str = "niqe,piqe", gt_path: str | None = None
           ) -> dict[str, float | str]:
-    """Raw scores of one image (``metrics``: comma-separated pyiqa names)."""
+    """Raw scores of one image (``metrics``: comma-separated pyiqa names, each scored once, at most
+    ``MAX_SCORE_METRICS``)."""
     if not isinstance(metrics, str):
         raise UserError(f"metrics: {str(metrics)[:40]!r} is not a comma-separated list of metric names")
+    names = list(dict.fromkeys(m.strip().lower() for m in metrics.split(",") if m.strip()))  # each once
+    if len(names) > MAX_SCORE_METRICS:
+        raise UserError(f"metrics: {len(names)} names; at most {MAX_SCORE_METRICS} in one request")
     x = pil_to_tensor(to_rgb(ctx.open_upload(image_path))[0])[None]
     gt = pil_to_tensor(to_rgb(ctx.open_upload(gt_path, "ground truth"))[0])[None] if gt_path else None
     out: dict[str, float | str] = {}
-    for n in [m.strip() for m in metrics.split(",") if m.strip()]:
+    for n in names:
         try:
             m = get_metric(n)
             if m.full_reference and gt is None:
@@ -173,6 +180,8 @@ class RestoreStopped(UserError):
 
 
 DEFAULT_SPEED = 10.0  # s per megapixel per network pass before a model was measured (the shipped denoiser: ~11 on 2 cores)
+SCORES = "(scores)"  # the scoring's entry in ctx.speed (beside each model's)
+SCORE_MIN_PIXELS = 96 * 96  # inputs smaller than this do not measure the scoring's speed
 DEFAULT_SCORE_SPEED = 4.0  # s per megapixel of one image scored by NIQE and PIQE before it was measured (~4 on 2 cores)
 
 
@@ -443,7 +452,11 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
         rows.append(_score_row(lbl, t, gt, names, sft_raw if lbl == "SFT" else None))
         scored += t.shape[-1] * t.shape[-2] / 1e6
         report(2, scored / to_score, f"scored the {lbl}" + (" image" if lbl == "input" else " restoration"))
-    ctx.score_speed = (time.perf_counter() - t_score) / scored  # for the next restore's estimates
+    if rgb_in.size[0] * rgb_in.size[1] >= SCORE_MIN_PIXELS:  # for the next restore's estimates: as the models'
+        # speed (ui/speed.py), a small image is mostly the metrics' fixed cost, so it is not measured, and the
+        # speed is the median of recent measurements
+        ctx.speed.record(SCORES, time.perf_counter() - t_score, round(scored * 1e6), 1)
+        ctx.score_speed = ctx.speed[SCORES]
     if gt is not None:
         # 1 - SSIM of the SFT restoration: already scored for the table when SSIM is a table metric
         d, kind = (1 - sft_raw["ssim"] if "ssim" in sft_raw else float(difficulty(tensors[1], gt))), "gt"

@@ -322,6 +322,8 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
                 sessions.popitem(last=False)
         return first == owner
 
+    joining: dict[str, list[str | None]] = {}  # client -> the concurrency ids of its joins not yet queued
+
     class Guard:
         def __init__(self, app: ASGIApp) -> None:
             self.app = app
@@ -381,8 +383,24 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
                     return await _json(send, 400, {"detail": "fn_index must be an integer"})
                 refusal = self.refusal(scope, gradio_app, fn_index, queued=rule == "join")
                 if refusal:
-                    return await _json(send, 429 if rule == "join" else 403, {"detail": refusal})
+                    status = 400 if refusal.startswith("there is no handler") else 429 if rule == "join" else 403
+                    return await _json(send, status, {"detail": refusal})
+                if rule == "join":
+                    # Counted from the check until Gradio's queue holds the event: joins sent together are
+                    # checked one after another (one event loop, no await between check and count), so
+                    # concurrent requests cannot all pass a share that only the queue's events would show.
+                    who, tag = _client(scope, gradio_app), self.concurrency(gradio_app, fn_index)
+                    joining.setdefault(who, []).append(tag)
+                    try:
+                        return await self.app(scope, receive, send)
+                    finally:
+                        joining[who].remove(tag)
             return await self.app(scope, receive, send)
+
+        @staticmethod
+        def concurrency(gradio_app: Any, fn_index: int) -> str | None:
+            fn = getattr(gradio_app.get_blocks(), "fns", {}).get(fn_index) if hasattr(gradio_app, "get_blocks") else None
+            return getattr(fn, "concurrency_id", None)
 
         def foreign(self, scope: Scope) -> str | None:
             """Why a request comes from another site (its Host or Origin), or None."""
@@ -408,18 +426,20 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
             except AttributeError:  # a Gradio without these internals: no share enforced (the tests notice)
                 return None
             fn = fns.get(fn_index)
+            if fn is None:  # Gradio itself would raise on it (a 500 and a traceback): said here, as a 4xx
+                return f"there is no handler {fn_index} in this app"
             if not queued:
                 if fn is None or fn.queue is not False:
                     return ("that handler runs through the queue only (POST /gradio_api/queue/join), where it "
                             "waits its turn for the models")
                 return None
             who = _client(scope, gradio_app)
-            mine = [e for e in events if _event_client(e) == who]
+            mine = [e.concurrency_id for e in events if _event_client(e) == who] + joining.get(who, [])
             if len(mine) >= ctx.max_pending:
                 return (f"you already have {len(mine)} requests waiting or running (at most {ctx.max_pending}); "
                         f"wait for them to finish")
             if fn is not None and fn.concurrency_id == "models":
-                models = [e for e in mine if e.concurrency_id == "models"]
+                models = [t for t in mine if t == "models"]
                 if len(models) >= MODEL_SHARE:
                     return (f"you already have {len(models)} restores waiting or running (at most {MODEL_SHARE}); "
                             f"stop one or wait for it")
@@ -470,7 +490,7 @@ def _device_cookie(send: Send, issued: list[str], throttle: LoginThrottle | None
 def _field(body: bytes, name: str) -> Any:
     try:
         data = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (a body of 50,000 nested lists is not JSON we read)
         return None
     return data.get(name) if isinstance(data, dict) else None
 
