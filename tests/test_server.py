@@ -85,6 +85,17 @@ def _wait(cond: Any, timeout_s: float = 60.0) -> bool:
         time.sleep(0.05)
     return bool(cond())
 
+def _idle(app: Served, timeout_s: float = 180.0) -> bool:
+    """Wait until the app runs and queues nothing (an earlier test's restore would record its real speed over
+    a test's measured one, or count against a share)."""
+    q = app.demo._queue
+
+    def quiet() -> bool:
+        queued = sum(len(x.queue) for x in q.event_queue_per_concurrency_id.values())
+        return not app.ctx.stop_flags and not queued and not any(j for j in q.active_jobs if j)
+    return _wait(quiet, timeout_s)
+
+
 
 @pytest.mark.slow
 def test_only_the_routes_the_page_uses_are_served(anon: Served, tmp_path: Path) -> None:
@@ -155,6 +166,7 @@ def test_a_session_is_its_clients_own(anon: Served, tmp_path: Path) -> None:
     stranger.get(anon.base + "/", timeout=30)  # each browser gets its own client cookie with the page
     assert victim.cookies.get("darl-client") and victim.cookies.get("darl-client") != stranger.cookies.get("darl-client")
     session = uuid.uuid4().hex
+    assert _idle(anon), "an earlier test's restore is still running"
     for _, path in anon.ctx.model_choices():  # measured fast: the restore stays interactive (under a minute)
         anon.ctx.speed[path] = 0.01
     restore = _restore(anon, _image(victim, anon.base, tmp_path, 256), steps=50)
@@ -288,6 +300,7 @@ def test_joins_sent_together_cannot_pass_the_share_and_odd_bodies_are_4xx(anon: 
     client = requests.Session()
     client.get(anon.base + "/", timeout=30)
     image = _image(client, anon.base, tmp_path, 64)
+    assert _idle(anon), "an earlier test's restore is still running"
     for _, path in anon.ctx.model_choices():  # measured fast: every restore stays interactive
         anon.ctx.speed[path] = 0.01
     session = uuid.uuid4().hex
@@ -303,3 +316,36 @@ def test_joins_sent_together_cannot_pass_the_share_and_odd_bodies_are_4xx(anon: 
     r = client.post(anon.base + "/gradio_api/queue/join", timeout=30, json={
         "data": [], "fn_index": 999, "session_hash": uuid.uuid4().hex, "event_data": None})
     assert r.status_code == 400 and "no handler 999" in r.text, (r.status_code, r.text[:200])
+
+
+@pytest.mark.slow
+def test_without_login_each_local_browser_has_its_own_share(anon: Served, tmp_path: Path) -> None:
+    """Round 2, smaller: without login all local users shared one allowance (a second browser got 429 "you already
+    have 30 requests"). Each browser (its client cookie) has its own share; the address a cap over all of them."""
+    a, b = requests.Session(), requests.Session()
+    for s in (a, b):
+        s.get(anon.base + "/", timeout=30)
+    image = _image(a, anon.base, tmp_path, 256)
+    assert _idle(anon), "an earlier test's restore is still running"
+    for _, path in anon.ctx.model_choices():  # measured fast: every restore stays interactive
+        anon.ctx.speed[path] = 0.01
+    sa, sb = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        first = [_join(a, anon, sa, "on_restore", _restore(anon, image, 50)).status_code for _ in range(3)]
+        assert first == [200, 200, 429], first  # a's share of restores is full ...
+        assert _join(b, anon, sb, "on_restore", _restore(anon, image, 50)).status_code == 200  # ... b's is its own
+        # new cookies do not mint new shares past the address's cap (ADDRESS_SHARE shares: 4 here, with 1 each)
+        from ui.server import ADDRESS_SHARE
+
+        anon.ctx.max_pending = 1
+        codes = []
+        for _ in range(3):
+            c = requests.Session()
+            c.get(anon.base + "/", timeout=30)
+            r = _join(c, anon, uuid.uuid4().hex, "on_restore", _restore(anon, image, 2))
+            codes.append((r.status_code, "this address already has" in r.text))
+        assert ADDRESS_SHARE == 4 and codes[0] == (200, False) and codes[-1] == (429, True), codes
+    finally:
+        anon.ctx.max_pending = 16
+        anon.ctx.stop_session(sa)
+        anon.ctx.stop_session(sb)

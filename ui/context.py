@@ -169,7 +169,8 @@ class AppContext:
     max_work: float = 400.0  # a restore may cost at most this many megapixel-passes (tiles' pixels x passes)
     max_tile_passes: int = 100_000  # and this many tile evaluations (small tiles on a large image)
     max_user_restores: int = 2  # and background restores queued or running (DARL_MAX_BACKGROUND_RESTORES_PER_USER)
-    max_pending: int = 16  # queued or running requests one client (user, or address without login) may have
+    max_pending: int = 16  # queued or running requests one client may have (a user; without login a browser,
+                           # and 4x this for all browsers at one address)
     auth: bool = False  # users log in (DARL_AUTH): changes are checked against owners and admins
     admins: frozenset[str] = frozenset()  # users who may change anything (DARL_ADMINS)
     _models: OrderedDict[str, Restorer] = field(default_factory=OrderedDict)

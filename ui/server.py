@@ -52,6 +52,7 @@ __all__ = ["LOGIN_MESSAGE", "LoginThrottle", "MAX_JOIN_BYTES", "MODEL_SHARE", "R
            "parse_users", "served_hosts", "trust_proxies"]
 
 MODEL_SHARE = 2  # restores one client may have queued or running at once
+ADDRESS_SHARE = 4  # without login, the requests of all browsers at one address: this many clients' shares
 MAX_JOIN_BYTES = 1 << 20  # a queue request is a few kB (files travel through /upload): larger ones are refused
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 CLIENT_COOKIE = "darl-client"  # who a browser is without login (its sessions are bound to it)
@@ -259,9 +260,14 @@ def _address(scope: Scope) -> str:
 
 
 def _client(scope: Scope, gradio_app: Any) -> str:
-    """Who sends a request, for the queue's share: the logged-in user, else the peer address."""
+    """Who sends a request, for the queue's share: the logged-in user, else the browser's client cookie (each
+    local browser its own share), else the peer address. Without login the address also has a cap of its own
+    (``ADDRESS_SHARE`` shares), so minting cookies does not mint shares."""
     user = _user(scope, gradio_app)
-    return f"user:{user}" if user else f"addr:{_address(scope)}"
+    if user:
+        return f"user:{user}"
+    cookie = _cookies(scope).get(CLIENT_COOKIE)
+    return f"client:{cookie}" if cookie else f"addr:{_address(scope)}"
 
 
 def _owner(scope: Scope, gradio_app: Any) -> str:
@@ -282,8 +288,14 @@ def _pending(gradio_app: Any) -> list[Any]:
 
 
 def _event_client(event: Any) -> str:
+    """``_client`` of a queued event."""
     if event.username:
         return f"user:{event.username}"
+    cookies = getattr(getattr(event, "request", None), "cookies", None) or {}
+    return f"client:{cookies[CLIENT_COOKIE]}" if cookies.get(CLIENT_COOKIE) else _event_address(event)
+
+
+def _event_address(event: Any) -> str:
     client = getattr(getattr(event, "request", None), "client", None)
     return f"addr:{client.host}" if client else "addr:?"
 
@@ -323,6 +335,7 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
         return first == owner
 
     joining: dict[str, list[str | None]] = {}  # client -> the concurrency ids of its joins not yet queued
+    joining_at: dict[str, int] = {}  # address -> its joins not yet queued
 
     class Guard:
         def __init__(self, app: ASGIApp) -> None:
@@ -390,11 +403,14 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
                     # checked one after another (one event loop, no await between check and count), so
                     # concurrent requests cannot all pass a share that only the queue's events would show.
                     who, tag = _client(scope, gradio_app), self.concurrency(gradio_app, fn_index)
+                    addr = f"addr:{_address(scope)}"
                     joining.setdefault(who, []).append(tag)
+                    joining_at[addr] = joining_at.get(addr, 0) + 1
                     try:
                         return await self.app(scope, receive, send)
                     finally:
                         joining[who].remove(tag)
+                        joining_at[addr] -= 1
             return await self.app(scope, receive, send)
 
         @staticmethod
@@ -435,6 +451,12 @@ def guard(ctx: AppContext, hosts: Iterable[str] | None = LOOPBACK_NAMES,
                 return None
             who = _client(scope, gradio_app)
             mine = [e.concurrency_id for e in events if _event_client(e) == who] + joining.get(who, [])
+            if not who.startswith("user:"):  # without login: the address's cap over all its browsers
+                addr = f"addr:{_address(scope)}"
+                here = sum(1 for e in events if not e.username and _event_address(e) == addr) + joining_at.get(addr, 0)
+                if here >= ADDRESS_SHARE * ctx.max_pending:
+                    return (f"this address already has {here} requests waiting or running (at most "
+                            f"{ADDRESS_SHARE * ctx.max_pending} for all its browsers); wait for them to finish")
             if len(mine) >= ctx.max_pending:
                 return (f"you already have {len(mine)} requests waiting or running (at most {ctx.max_pending}); "
                         f"wait for them to finish")
