@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from darl_core.data.degrade import PRESETS
 from storage import BackgroundRestore
 
 from .context import AppContext, UserError, int_arg
-from .restore_service import RestoreStopped, check_budget, estimate_seconds, gt_size_problem, restore
+from .restore_service import (RestoreStopped, check_budget, estimate_seconds, gt_size_problem, request_numbers,
+                              restore)
 
 __all__ = ["AFTER_S", "HEADERS", "BackgroundRunner", "cancel", "choices", "queued_text", "result_files", "rows",
            "submit_if_long"]
@@ -52,12 +52,7 @@ def submit_if_long(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     enough for the interactive queue (nothing stored). Refuses what ``restore`` would refuse before any
     model runs (the same messages), and a user's restore over their cap of queued or running ones."""
     # 1. the request's own checks, before anything is stored
-    if not isinstance(task, str) or task not in PRESETS:
-        raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
-    steps, seed = int_arg("steps", steps, 0, 50), int_arg("seed", seed, 0, 2**63 - 1)
-    tile = int_arg("tile size", tile, 64, 1024)
-    if tile % 8:
-        raise UserError(f"tile size must be a multiple of 8 between 64 and 1024, got {tile}")
+    steps, seed, tile = request_numbers(task, steps, seed, tile)
     im = ctx.open_upload(image_path)
     d_sft, d_rl = ctx.default_models()
     sft, rl = ctx.check_model("SFT", sft_model or d_sft), ctx.check_model("RL", rl_model or d_rl)

@@ -29,7 +29,7 @@ from .context import AppContext, UserError, int_arg, png_bytes
 
 __all__ = ["DEFAULT_SCORE_SPEED", "DEFAULT_SPEED", "MAX_BATCH", "MAX_NOTE", "METRIC_INFO", "REASONS", "Restored", "RestoreResult", "RestoreStopped",
            "SCORE_HEADERS", "check_budget", "difficulty_text", "left_text", "progress_at", "score_seconds", "estimate_seconds", "example_images", "flag", "flag_sample",
-           "ground_truth_problem", "gt_scale", "gt_size_problem", "image_key", "large_image_warning", "model_labels",
+           "ground_truth_problem", "gt_scale", "request_numbers", "gt_size_problem", "image_key", "large_image_warning", "model_labels",
            "restore", "restore_batch", "restore_stages", "rough_scores", "score", "score_table", "small_image_warning",
            "stale_ground_truth", "took", "uniform_warning", "upload_problem", "work"]
 
@@ -351,6 +351,18 @@ class Restored:
     gt: Image.Image | None = None  # the ground truth (RGB), if one was given
 
 
+def request_numbers(task: Any, steps: Any, seed: Any, tile: Any) -> tuple[int, int, int]:
+    """A restore request's task and numbers checked (a refusal names the value and the range); returns
+    (steps, seed, tile). The interactive restore and a background one refuse the same things."""
+    if not isinstance(task, str) or task not in PRESETS:
+        raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
+    steps, seed = int_arg("steps", steps, 0, 50), int_arg("seed", seed, 0, 2**63 - 1)
+    tile = int_arg("tile size", tile, 64, 1024)
+    if tile % 8:
+        raise UserError(f"tile size must be a multiple of 8 between 64 and 1024, got {tile}")
+    return steps, seed, tile
+
+
 def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_model: str | None = None,
                    rl_model: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, tile: int = DEFAULT_TILE,
                    gt_path: str | None = None, progress: Callable[[float, str], None] | None = None,
@@ -360,12 +372,7 @@ def restore_stages(ctx: AppContext, image_path: str, task: str = "blind", sft_mo
     Restored) when the SFT restoration is done (the RL model runs next), ("RL", Restored), then
     ("done", RestoreResult) with the scores. Every check that can refuse the request runs before the
     first model does."""
-    if not isinstance(task, str) or task not in PRESETS:
-        raise UserError(f"task: unknown task {str(task)[:40]!r}; one of {', '.join(PRESETS)}")
-    steps, seed = int_arg("steps", steps, 0, 50), int_arg("seed", seed, 0, 2**63 - 1)
-    tile = int_arg("tile size", tile, 64, 1024)
-    if tile % 8:
-        raise UserError(f"tile size must be a multiple of 8 between 64 and 1024, got {tile}")
+    steps, seed, tile = request_numbers(task, steps, seed, tile)
     im = ctx.open_upload(image_path)
     check_budget(ctx, im.size, steps, tile)  # the least it can cost, before any model is loaded
     gt_im = ctx.open_upload(gt_path, "ground truth") if gt_path else None
